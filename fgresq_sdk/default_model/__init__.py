@@ -1,0 +1,1 @@
+"""The embedded default model bundle (model.json + ONNX graphs), used when no --model is given."""

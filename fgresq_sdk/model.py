@@ -1,0 +1,148 @@
+"""The one torch definition of FGResQ, shared by train/, export/ and the torch backend.
+
+FGResQ (Fine-grained Image Quality Assessment for Perceptual Image Restoration) reads an image with two
+CLIP image towers of the same shape: the image encoder (official name `clip_model`) and the degradation
+encoder (`task_cls_clip`, trained first to recognise the restoration task). The degradation features
+steer a learnable prompt into a quality-aware vector; a regression head scores one image and a 3-way
+head compares two. Towers are open_clip's, so any open_clip image tower (ViT or ModifiedResNet) fits
+behind the same prompt and heads.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import feature_dim, load_config
+
+CHECKPOINT_FORMAT = "fgresq-checkpoint-v1"
+
+
+def build_image_tower(cfg: dict[str, Any]) -> nn.Module:
+    """An open_clip image tower whose forward returns the pooled feature the heads read."""
+    from open_clip.model import _build_vision_tower
+
+    tower = _build_vision_tower(cfg["embed_dim"], dict(cfg["vision_cfg"]), quick_gelu=cfg.get("quick_gelu", False))
+    return tower
+
+
+def build_text_tower(cfg: dict[str, Any]) -> nn.Module:
+    """open_clip's text tower; only degradation-aware feature learning (training stage 1) uses it."""
+    from open_clip.model import _build_text_tower
+
+    return _build_text_tower(cfg["embed_dim"], dict(cfg["text_cfg"]), quick_gelu=cfg.get("quick_gelu", False))
+
+
+class FGResQ(nn.Module):
+    """Two image towers + degradation-aware prompt + regression and comparison heads."""
+
+    def __init__(self, cfg: dict[str, Any] | str):
+        super().__init__()
+        self.cfg = load_config(cfg)
+        dim = feature_dim(self.cfg)
+        self.feature_dim = dim
+        self.image_tower = build_image_tower(self.cfg)
+        self.degradation_tower = build_image_tower(self.cfg)
+        # The heads read the class token before CLIP's projection, so the image tower's projection is dropped;
+        # the degradation tower keeps its projection apart because stage 1 aligns projected features with text.
+        self.degradation_proj: nn.Parameter | None = None
+        if getattr(self.image_tower, "proj", None) is not None:
+            self.image_tower.proj = None
+            self.degradation_proj = self.degradation_tower.proj
+            self.degradation_tower.proj = None
+        self.task_mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.prompt = nn.Parameter(torch.randn(1, dim) * 0.02)
+        self.prompt_mlp = nn.Linear(dim, dim)
+        self.head = nn.Linear(3 * dim, 1)
+        self.compare_head = nn.Linear(6 * dim, 3)
+
+    # -- the forward pieces ------------------------------------------------------------------------------
+    def degradation_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.degradation_tower(x)
+
+    def quality_features(self, x: torch.Tensor) -> torch.Tensor:
+        """q = [f, t, f + t] with t = prompt_mlp(softmax(task_mlp(d)) · prompt)."""
+        f = self.image_tower(x)
+        d = self.degradation_tower(x)
+        t = self.prompt_mlp(F.softmax(self.task_mlp(d), dim=1) * self.prompt)
+        return torch.cat([f, t, f + t], dim=1)
+
+    def score_from_features(self, q: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.head(q)).squeeze(-1)
+
+    def compare_logits(self, q0: torch.Tensor, q1: torch.Tensor) -> torch.Tensor:
+        """Logits of (first better, second better, similar quality)."""
+        return self.compare_head(torch.cat([q0, q1], dim=1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q = self.quality_features(x)
+        return q, self.score_from_features(q)
+
+
+class CompareHead(nn.Module):
+    """The comparison head alone, as exported to its own graph."""
+
+    def __init__(self, model: FGResQ):
+        super().__init__()
+        self.compare_head = model.compare_head
+
+    def forward(self, q0: torch.Tensor, q1: torch.Tensor) -> torch.Tensor:
+        return self.compare_head(torch.cat([q0, q1], dim=1))
+
+
+# -- checkpoints (safetensors + JSON config in its metadata) -----------------------------------------------
+def save_checkpoint(model: FGResQ, path: str | Path, source: str, extra: dict[str, str] | None = None) -> Path:
+    """Write our checkpoint: safetensors weights, the full JSON config and provenance in the header."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "config": json.dumps(model.cfg, sort_keys=True),
+        "config_name": model.cfg["name"],
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": source,
+    }
+    meta.update(extra or {})
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def read_checkpoint_metadata(path: str | Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> FGResQ:
+    """Build the model from one of our safetensors checkpoints (no pickle involved)."""
+    from safetensors.torch import load_file
+
+    from .errors import BundleError
+
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"{path}: checkpoint not found")
+    try:
+        meta = read_checkpoint_metadata(path)
+    except Exception as exc:  # noqa: BLE001 - any header failure means "not our checkpoint"
+        raise BundleError(f"{path}: not a safetensors checkpoint ({exc})") from None
+    if meta.get("format") != CHECKPOINT_FORMAT or "config" not in meta:
+        raise BundleError(f"{path}: not an FGResQ checkpoint (metadata format={meta.get('format')!r})")
+    model = FGResQ(json.loads(meta["config"]))
+    state = load_file(str(path), device=map_location)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise BundleError(f"{path}: weights do not match config {model.cfg['name']} "
+                          f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})")
+    return model.eval()

@@ -1,0 +1,140 @@
+"""Decode and normalise images exactly as the released FGResQ does, without torch.
+
+The official pipeline is PIL decode → .convert('RGB') → torchvision Resize((224, 224)) → ToTensor →
+Normalize(CLIP mean/std). On a PIL image torchvision's Resize is PIL's own bilinear resize (which
+antialiases by widening its filter when downscaling), so calling PIL directly reproduces it bit for bit.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .config import CLIP_MEAN, CLIP_STD
+from .errors import InputError
+
+ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+
+# Images above this many pixels are refused before decoding (decompression bombs). 2×PIL's default.
+MAX_PIXELS = 2 * 89_478_485
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Bring any PIL mode to 8-bit RGB; 16-bit data is scaled, not clipped."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img).astype(np.float64)
+        if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255):
+            arr = arr / 257.0
+        elif img.mode == "F" and arr.max(initial=0) <= 1.0:
+            arr = arr * 255.0
+        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr, mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    # Like the official pipeline: alpha is dropped, CMYK/YCbCr/L/LA/P converted by PIL.
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def _from_array(arr: np.ndarray, name: str) -> Image.Image:
+    if arr.size == 0 or arr.ndim not in (2, 3) or min(arr.shape[:2]) == 0:
+        raise InputError(name, f"array of shape {arr.shape} is not an image (expected H×W, H×W×3 or H×W×4)")
+    if arr.ndim == 3 and arr.shape[2] not in (1, 3, 4):
+        raise InputError(name, f"array with {arr.shape[2]} channels (expected 1, 3 or 4)")
+    if arr.dtype == np.uint16:
+        arr = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise InputError(name, f"array dtype {arr.dtype} (expected uint8 or uint16)")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    return _to_rgb(Image.fromarray(np.ascontiguousarray(arr)))
+
+
+def load_image(src: ImageInput, name: str | None = None) -> Image.Image:
+    """Open one input as an 8-bit RGB PIL image with its EXIF orientation applied.
+
+    Raises InputError (naming the input) for anything that is not a usable image.
+    """
+    label = name if name is not None else ("<array>" if isinstance(src, np.ndarray) else
+                                           "<image>" if isinstance(src, Image.Image) else src)
+    if isinstance(src, np.ndarray):
+        return _from_array(src, label)
+    if isinstance(src, Image.Image):
+        if src.width == 0 or src.height == 0:
+            raise InputError(label, "image has zero width or height")
+        return _to_rgb(ImageOps.exif_transpose(src) or src)
+    try:
+        fp = io.BytesIO(src) if isinstance(src, bytes) else open(src, "rb")
+    except IsADirectoryError:
+        raise InputError(label, "is a directory, not an image") from None
+    except PermissionError:
+        raise InputError(label, "permission denied") from None
+    except FileNotFoundError:
+        raise InputError(label, "no such file") from None
+    except OSError as exc:
+        raise InputError(label, f"cannot open ({exc.strerror or exc})") from None
+    with fp:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(fp)
+                w, h = img.size
+                if w == 0 or h == 0:
+                    raise InputError(label, "image has zero width or height")
+                if w * h > MAX_PIXELS:
+                    raise InputError(label, f"image too large ({w}×{h} pixels > {MAX_PIXELS} limit; "
+                                            "possible decompression bomb)")
+                img.load()
+        except InputError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise InputError(label, "image too large (possible decompression bomb)") from None
+        except UnidentifiedImageError:
+            size = _size_of(fp)
+            why = "empty file (0 bytes)" if size == 0 else "not a recognised image format"
+            raise InputError(label, why) from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            msg = str(exc) or type(exc).__name__
+            if "truncated" in msg.lower() or isinstance(exc, EOFError):
+                msg = f"truncated or corrupted image data ({msg})"
+            else:
+                msg = f"cannot decode image ({msg})"
+            raise InputError(label, msg) from None
+        try:
+            img = ImageOps.exif_transpose(img) or img
+        except Exception:  # a malformed EXIF block must not cost the image itself
+            pass
+        return _to_rgb(img)
+
+
+def _size_of(fp: Any) -> int:
+    try:
+        fp.seek(0, io.SEEK_END)
+        return fp.tell()
+    except Exception:
+        return -1
+
+
+def normalize(img: Image.Image, size: int = 224, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
+    """Resize (aspect ignored, bilinear + antialias) and CLIP-normalise to a float32 [3, size, size]."""
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.float32) / np.float32(255.0)
+    arr = (arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def preprocess(src: ImageInput, cfg_pre: dict | None = None, name: str | None = None) -> np.ndarray:
+    """Input → normalised tensor as the model expects it."""
+    pre = cfg_pre or {}
+    return normalize(load_image(src, name), int(pre.get("size", 224)),
+                     pre.get("mean", CLIP_MEAN), pre.get("std", CLIP_STD))
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
