@@ -1,0 +1,127 @@
+"""Trace FGResQ into a model bundle: encoder graph, comparison-head graph, numpy head weights, manifest.
+
+The encoder graph maps an image batch [B,3,S,S] to quality features q [B,3D] and score [B] with a
+dynamic batch axis. The comparison head is its own tiny graph (q0, q1 → 3 logits) so a pair never
+re-runs an encoder; its weights are also stored as .npz because ranking N images evaluates all N²
+pairs in numpy from per-image terms (the head is linear in [q0, q1]).
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fgresq_sdk.bundle import write_manifest
+from fgresq_sdk.errors import BundleError
+
+DEFAULT_OPSET = 17
+ENCODER_FILE = "encoder.onnx"
+COMPARE_FILE = "compare_head.onnx"
+HEADS_FILE = "heads.npz"
+CHECKPOINT_FILE = "model.safetensors"
+
+
+def head_arrays(model) -> dict[str, np.ndarray]:
+    """Regression and comparison head weights as float32 arrays (the torch-free heads read these)."""
+    return {
+        "head_weight": model.head.weight.detach().float().cpu().numpy(),
+        "head_bias": model.head.bias.detach().float().cpu().numpy(),
+        "compare_weight": model.compare_head.weight.detach().float().cpu().numpy(),
+        "compare_bias": model.compare_head.bias.detach().float().cpu().numpy(),
+    }
+
+
+def _export_graphs(model, out: Path, opset: int) -> None:
+    import torch
+
+    from fgresq_sdk.model import CompareHead
+
+    size = int(model.cfg["preprocess"]["size"])
+    dim3 = 3 * model.feature_dim
+    image = torch.zeros(2, 3, size, size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (image,), str(out / ENCODER_FILE), input_names=["image"], output_names=["features", "score"],
+            dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}, "score": {0: "batch"}},
+            opset_version=opset, dynamo=False, do_constant_folding=True,
+        )
+        q = torch.zeros(2, dim3)
+        torch.onnx.export(
+            CompareHead(model), (q, q), str(out / COMPARE_FILE), input_names=["q0", "q1"], output_names=["logits"],
+            dynamic_axes={"q0": {0: "batch"}, "q1": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=opset, dynamo=False,
+        )
+
+
+def check_graphs(out: Path) -> None:
+    """onnx.checker on both graphs (full check, including shape inference)."""
+    import onnx
+
+    for fname in (ENCODER_FILE, COMPARE_FILE):
+        onnx.checker.check_model(str(out / fname), full_check=True)
+
+
+def prepare_out_dir(out: str | Path, force: bool) -> Path:
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise BundleError(f"{out}: output exists and is not empty (pass --force to replace it)")
+    return out
+
+
+def _relax_permissions(folder: Path) -> None:
+    """mkdtemp makes a private folder; a bundle is meant to be shared like any installed file."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for f in folder.iterdir():
+        os.chmod(f, 0o666 & ~umask)
+
+
+def export_bundle(model, out: str | Path, *, source: str, opset: int = DEFAULT_OPSET,
+                  include_checkpoint: bool = True, force: bool = False,
+                  extra: dict[str, Any] | None = None) -> Path:
+    """Write a complete bundle for `model` (an FGResQ in eval mode) into `out`.
+
+    Everything is written into a temporary sibling folder first and moved into place at the end, so a
+    failed export never leaves a half-written bundle or clobbers an existing one.
+    """
+    import torch
+
+    from fgresq_sdk.model import save_checkpoint
+
+    out = prepare_out_dir(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval().float().cpu()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        # Traced with autograd on: under no_grad, nn.MultiheadAttention takes its fused fast path, which
+        # has no ONNX symbolic.
+        _export_graphs(model, tmp, opset)
+        check_graphs(tmp)
+        np.savez(tmp / HEADS_FILE, **head_arrays(model))
+        files = {"encoder": ENCODER_FILE, "compare_head": COMPARE_FILE, "heads": HEADS_FILE}
+        if include_checkpoint:
+            save_checkpoint(model, tmp / CHECKPOINT_FILE, source=source)
+            files["checkpoint"] = CHECKPOINT_FILE
+        meta = {"opset": opset, "feature_dim": model.feature_dim,
+                "inputs": {"image": ["batch", 3, model.cfg["preprocess"]["size"], model.cfg["preprocess"]["size"]]},
+                "outputs": {"features": ["batch", 3 * model.feature_dim], "score": ["batch"],
+                            "logits": ["batch", 3], "logit_order": ["first_better", "second_better", "similar"]}}
+        meta.update(extra or {})
+        write_manifest(tmp, name=model.cfg["name"], config=model.cfg, files=files, precision="fp32",
+                       source=source, extra=meta)
+        _relax_permissions(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

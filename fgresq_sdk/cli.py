@@ -1,0 +1,287 @@
+"""`fgresq-sdk`: one entry point to score, compare, rank, export, import and inspect FGResQ models.
+
+Command names, options and JSON keys are a contract other tools read. Machine-readable output goes to
+stdout; progress and one-line error messages go to stderr. Exit codes: 0 all inputs succeeded, 1 some
+inputs failed (the rest are still reported), 2 usage errors (bad option, missing model, bad bundle).
+"""
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import FGResQError, display_path
+from .output import emit_csv, emit_json, emit_table, err_console, progress, report_errors
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fine-grained quality assessment of restored images with FGResQ.")
+
+MAX_RANK_GROUP = 8192
+
+
+class Fmt(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+class BackendName(str, Enum):
+    auto = "auto"
+    onnxruntime = "onnxruntime"
+    torch = "torch"
+
+
+class GroupBy(str, Enum):
+    none = "none"
+    parent = "parent"
+
+
+ModelOpt = typer.Option(None, "--model", "-m", help="Model bundle folder (default: the embedded model).")
+BackendOpt = typer.Option(BackendName.auto, "--backend", help="Inference backend.")
+DeviceOpt = typer.Option("cpu", "--device", help="cpu or cuda[:N].")
+BatchOpt = typer.Option(16, "--batch-size", "-b", min=1, help="Images per encoder batch.")
+FmtOpt = typer.Option(Fmt.table, "--format", "-f", help="Output format.")
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    err_console.print(f"error: {msg}", markup=False)
+    raise typer.Exit(code)
+
+
+def _scorer(model, backend, device, batch_size):
+    from .scorer import Scorer
+
+    return Scorer(model, backend=backend.value if isinstance(backend, Enum) else backend,
+                  device=device, batch_size=batch_size)
+
+
+def _run_encode(scorer, paths: list, label: str):
+    """Encode all paths with a progress bar; returns (encoded ok list, error dicts)."""
+    ok, errors = [], []
+    bar = progress(len(paths), label)
+    with bar as p:
+        task = p.add_task(label, total=len(paths)) if p is not None else None
+        for enc in scorer.iter_encode(paths, names=[display_path(x) for x in paths]):
+            if enc.error is None:
+                ok.append(enc)
+            else:
+                errors.append({"path": enc.name, "error": enc.error})
+            if p is not None:
+                p.advance(task)
+    return ok, errors
+
+
+@app.command()
+def score(
+    images: List[Path] = typer.Argument(..., help="Image files.", show_default=False),
+    model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt, device: str = DeviceOpt,
+    batch_size: int = BatchOpt, fmt: Fmt = FmtOpt,
+):
+    """Score each image: quality in (0, 1), higher is better."""
+    try:
+        scorer = _scorer(model, backend, device, batch_size)
+        ok, errors = _run_encode(scorer, images, "scoring")
+    except FGResQError as exc:
+        _fail(str(exc))
+    results = [{"path": e.name, "score": e.score} for e in ok]
+    if fmt is Fmt.json:
+        emit_json({"results": results, "errors": errors})
+    elif fmt is Fmt.csv:
+        emit_csv(["path", "score"], [[r["path"], r["score"]] for r in results])
+    else:
+        emit_table(None, ["path", "score"], [[r["path"], r["score"]] for r in results])
+    report_errors(errors)
+    raise typer.Exit(1 if errors else 0)
+
+
+@app.command()
+def compare(
+    a: Path = typer.Argument(..., help="First image."), b: Path = typer.Argument(..., help="Second image."),
+    model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt, device: str = DeviceOpt,
+    fmt: Fmt = FmtOpt,
+):
+    """Compare two restored versions: P(first better), P(second better), P(similar quality)."""
+    from .errors import InputError
+
+    try:
+        scorer = _scorer(model, backend, device, 2)
+        res = scorer.compare(a, b).to_dict()
+    except InputError as exc:
+        report_errors([{"path": exc.path, "error": exc.reason}])
+        raise typer.Exit(1)
+    except FGResQError as exc:
+        _fail(str(exc))
+    res["a"], res["b"] = display_path(a), display_path(b)
+    if fmt is Fmt.json:
+        emit_json(res)
+    elif fmt is Fmt.csv:
+        emit_csv(list(res), [list(res.values())])
+    else:
+        emit_table(None, ["a", "b", "P(a better)", "P(b better)", "P(similar)", "verdict"],
+                   [[res["a"], res["b"], res["p_first_better"], res["p_second_better"], res["p_similar"],
+                     res["verdict"]]])
+
+
+@app.command()
+def rank(
+    directory: Path = typer.Argument(..., help="Folder of restored images."),
+    model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt, device: str = DeviceOpt,
+    batch_size: int = BatchOpt,
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Include sub-folders."),
+    group_by: GroupBy = typer.Option(GroupBy.none, "--group-by",
+                                     help="parent: rank each sub-folder separately (implies --recursive)."),
+    top: Optional[int] = typer.Option(None, "--top", min=1, help="Show only the best K of each group."),
+    fmt: Fmt = FmtOpt,
+):
+    """Rank the images of a folder best-first (each sub-folder separately with --group-by parent)."""
+    from .scorer import collect_images
+
+    if not directory.exists():
+        _fail(f"{display_path(directory)}: no such directory")
+    if not directory.is_dir():
+        _fail(f"{display_path(directory)}: not a directory")
+    recursive = recursive or group_by is GroupBy.parent
+    files, walk_problems = collect_images(directory, recursive)
+    errors = [{"path": p, "error": why} for p, why in walk_problems]
+    if not files:
+        report_errors(errors)
+        _fail(f"{display_path(directory)}: no images found" + ("" if recursive else " (try --recursive)"), 1)
+    groups: dict[str, list[Path]] = {}
+    for f in files:
+        key = display_path(directory) if group_by is GroupBy.none else display_path(f.parent.relative_to(directory))
+        groups.setdefault(key, []).append(f)
+    big = [k for k, v in groups.items() if len(v) > MAX_RANK_GROUP]
+    if big:
+        _fail(f"group {big[0]} has {len(groups[big[0]])} images; all-pairs ranking is limited to "
+              f"{MAX_RANK_GROUP} per group (use --group-by parent, or `score` for plain scores)")
+    try:
+        scorer = _scorer(model, backend, device, batch_size)
+        ok, enc_errors = _run_encode(scorer, files, "ranking")
+    except FGResQError as exc:
+        _fail(str(exc))
+    errors += enc_errors
+    by_name = {e.name: e for e in ok}
+    out_groups = []
+    import numpy as np
+
+    for gname, members in groups.items():
+        encs = [by_name[display_path(m)] for m in members if display_path(m) in by_name]
+        if not encs:
+            continue
+        res = scorer.rank_features([e.name for e in encs], np.stack([e.features for e in encs]),
+                                   np.asarray([e.score for e in encs]))
+        out_groups.append({"name": gname, "ranking": res.entries(top)})
+    if fmt is Fmt.json:
+        emit_json({"groups": out_groups, "errors": errors})
+    elif fmt is Fmt.csv:
+        emit_csv(["group", "rank", "path", "score", "win_rate", "tier"],
+                 [[g["name"], r["rank"], r["path"], r["score"], r["win_rate"], r["tier"]]
+                  for g in out_groups for r in g["ranking"]])
+    else:
+        for g in out_groups:
+            emit_table(f"{g['name']} ({len(groups[g['name']])} images)", ["rank", "path", "score", "win rate", "tier"],
+                       [[r["rank"], r["path"], r["score"], r["win_rate"], r["tier"]] for r in g["ranking"]])
+    report_errors(errors)
+    raise typer.Exit(1 if errors else 0)
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Our .safetensors checkpoint or a bundle with one."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write."),
+    fmt: ExportFormat = typer.Option(ExportFormat.onnx, "--format", help="Export format."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty output folder."),
+):
+    """Export a checkpoint to a model bundle (ONNX encoder + comparison head + manifest)."""
+    try:
+        from .export.onnx_export import export_bundle
+        from .model import load_checkpoint
+    except ImportError as exc:
+        _fail(f"export needs the [export] extra: pip install 'fgresq-sdk[export]' ({exc})")
+    try:
+        ckpt = checkpoint
+        if checkpoint.is_dir():
+            from .bundle import load_bundle
+
+            ckpt = load_bundle(checkpoint).path("checkpoint")
+        model = load_checkpoint(ckpt)
+        path = export_bundle(model, out, source=f"exported from {ckpt.name}", opset=opset, force=force)
+    except FGResQError as exc:
+        _fail(str(exc))
+    err_console.print(f"wrote bundle {display_path(path)}", markup=False)
+
+
+@app.command("import-official")
+def import_official_cmd(
+    checkpoint: Path = typer.Argument(..., help="The released FGResQ.pth."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write."),
+    degradation: Optional[Path] = typer.Option(None, "--degradation", help="Optional Degradation.pth."),
+    config: str = typer.Option("fgresq-vit-b16", "--config", help="Model config name or JSON path."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty output folder."),
+):
+    """Convert the released FGResQ.pth into a complete model bundle usable by every backend."""
+    try:
+        from .export.official_import import import_official
+    except ImportError as exc:
+        _fail(f"import-official needs the [export] extra: pip install 'fgresq-sdk[export]' ({exc})")
+    try:
+        path = import_official(checkpoint, out, config=config, degradation=degradation, force=force)
+    except FGResQError as exc:
+        _fail(str(exc))
+    err_console.print(f"wrote bundle {display_path(path)}", markup=False)
+
+
+@app.command()
+def info(
+    model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt, device: str = DeviceOpt,
+    fmt: Fmt = typer.Option(Fmt.table, "--format", "-f"),
+):
+    """Model, config, backend, providers and library versions."""
+    import importlib.metadata as md
+    import importlib.util
+    import platform
+
+    import onnxruntime as ort
+
+    from . import __version__
+
+    def ver(pkg):
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+    payload = {"fgresq_sdk": __version__, "python": platform.python_version(),
+               "onnxruntime": ort.__version__, "onnxruntime_providers": ort.get_available_providers(),
+               "torch": ver("torch") if importlib.util.find_spec("torch") else None,
+               "open_clip": ver("open_clip_torch"), "numpy": ver("numpy"), "pillow": ver("pillow")}
+    try:
+        scorer = _scorer(model, backend, device, 1)
+        payload.update(scorer.describe())
+    except FGResQError as exc:
+        payload["model_error"] = str(exc)
+    if fmt is Fmt.json:
+        emit_json(payload)
+    else:
+        emit_table(None, ["key", "value"], [[k, v] for k, v in payload.items()])
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
