@@ -46,11 +46,19 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise BundleError(f"{path}: checkpoint not found")
+    import warnings
+
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about the pickle protocol; our error says it all
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle errors vary; all mean "not a plain tensor checkpoint"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BundleError(f"{path}: cannot load as a weights-only torch checkpoint ({first})") from None
+        text = str(exc).strip()
+        if "Weights only load failed" in text:
+            why = "it holds pickled objects other than tensors; refused because loading them could run code"
+        else:
+            why = text.splitlines()[0] if text else type(exc).__name__
+        raise BundleError(f"{path}: cannot load as a weights-only torch checkpoint ({why})") from None
     for wrapper in ("model", "state_dict"):
         if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
             obj = obj[wrapper]

@@ -6,7 +6,9 @@ inputs failed (the rest are still reported), 2 usage errors (bad option, missing
 """
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -14,7 +16,7 @@ from typing import List, Optional
 import typer
 
 from .errors import FGResQError, display_path
-from .output import emit_csv, emit_json, emit_table, err_console, progress, report_errors
+from .output import emit_csv, emit_json, emit_table, err_console, one_line, progress, report_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-grained quality assessment of restored images with FGResQ.")
@@ -47,7 +49,7 @@ FmtOpt = typer.Option(Fmt.table, "--format", "-f", help="Output format.")
 
 
 def _fail(msg: str, code: int = 2) -> None:
-    err_console.print(f"error: {msg}", markup=False)
+    err_console.print(f"error: {one_line(msg)}", markup=False)
     raise typer.Exit(code)
 
 
@@ -147,12 +149,12 @@ def rank(
     files, walk_problems = collect_images(directory, recursive)
     errors = [{"path": p, "error": why} for p, why in walk_problems]
     if not files:
-        report_errors(errors)
-        _fail(f"{display_path(directory)}: no images found" + ("" if recursive else " (try --recursive)"), 1)
-    groups: dict[str, list[Path]] = {}
-    for f in files:
-        key = display_path(directory) if group_by is GroupBy.none else display_path(f.parent.relative_to(directory))
-        groups.setdefault(key, []).append(f)
+        # Still the usual (empty) output, so a script reading stdout gets parseable JSON or CSV.
+        errors.append({"path": display_path(directory),
+                       "error": "no images found" + ("" if recursive else " (try --recursive)")})
+        _emit_rank(fmt, [], {}, errors)
+        raise typer.Exit(1)
+    groups = _group_files(directory, files, group_by)
     big = [k for k, v in groups.items() if len(v) > MAX_RANK_GROUP]
     if big:
         _fail(f"group {big[0]} has {len(groups[big[0]])} images; all-pairs ranking is limited to "
@@ -163,17 +165,33 @@ def rank(
     except FGResQError as exc:
         _fail(str(exc))
     errors += enc_errors
-    by_name = {e.name: e for e in ok}
+    # By input index, not by printed name: two files can print alike (non-UTF-8 bytes vs a literal "\xe9").
+    by_index = {e.index: e for e in ok}
     out_groups = []
     import numpy as np
 
     for gname, members in groups.items():
-        encs = [by_name[display_path(m)] for m in members if display_path(m) in by_name]
+        encs = [by_index[i] for i in members if i in by_index]
         if not encs:
             continue
         res = scorer.rank_features([e.name for e in encs], np.stack([e.features for e in encs]),
                                    np.asarray([e.score for e in encs]))
         out_groups.append({"name": gname, "ranking": res.entries(top)})
+    _emit_rank(fmt, out_groups, groups, errors)
+    raise typer.Exit(1 if errors else 0)
+
+
+def _group_files(directory: Path, files: list[Path], group_by: GroupBy) -> dict[str, list[int]]:
+    """Group name → indices into files (the whole folder, or one group per parent folder)."""
+    groups: dict[str, list[int]] = {}
+    for i, f in enumerate(files):
+        key = display_path(directory) if group_by is GroupBy.none else display_path(f.parent.relative_to(directory))
+        groups.setdefault(key, []).append(i)
+    return groups
+
+
+def _emit_rank(fmt: Fmt, out_groups: list[dict], groups: dict[str, list[int]], errors: list[dict]) -> None:
+    """Print the ranking in the chosen format on stdout, then one line per error on stderr."""
     if fmt is Fmt.json:
         emit_json({"groups": out_groups, "errors": errors})
     elif fmt is Fmt.csv:
@@ -185,7 +203,6 @@ def rank(
             emit_table(f"{g['name']} ({len(groups[g['name']])} images)", ["rank", "path", "score", "win rate", "tier"],
                        [[r["rank"], r["path"], r["score"], r["win_rate"], r["tier"]] for r in g["ranking"]])
     report_errors(errors)
-    raise typer.Exit(1 if errors else 0)
 
 
 class ExportFormat(str, Enum):
@@ -259,9 +276,15 @@ def info(
         except md.PackageNotFoundError:
             return None
 
+    def importable(mod):
+        try:
+            return importlib.util.find_spec(mod) is not None
+        except (ImportError, ValueError):
+            return False
+
     payload = {"fgresq_sdk": __version__, "python": platform.python_version(),
                "onnxruntime": ort.__version__, "onnxruntime_providers": ort.get_available_providers(),
-               "torch": ver("torch") if importlib.util.find_spec("torch") else None,
+               "torch": ver("torch") if importable("torch") else None,
                "open_clip": ver("open_clip_torch"), "numpy": ver("numpy"), "pillow": ver("pillow")}
     try:
         scorer = _scorer(model, backend, device, 1)
@@ -274,8 +297,17 @@ def info(
         emit_table(None, ["key", "value"], [[k, v] for k, v in payload.items()])
 
 
+def _quiet_libraries() -> None:
+    """Keep stderr to our one-line messages: PIL warns (corrupt EXIF…) and logs (odd TIFF headers) on
+    its own for files we already report or decode fine. `python -W` / PYTHONWARNINGS still win."""
+    if not sys.warnoptions:
+        warnings.simplefilter("ignore")
+    logging.getLogger("PIL").addHandler(logging.NullHandler())
+
+
 def main() -> None:
     """Console-script entry point."""
+    _quiet_libraries()
     try:
         app()
     except KeyboardInterrupt:

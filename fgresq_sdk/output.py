@@ -7,13 +7,23 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
 from typing import Any, Iterable
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# emoji=False: a file named ":cat:.png" must be printed as such, not as a cat.
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: object) -> str:
+    """Escape control characters (a newline is legal in a file name) so one message stays one line."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
 
 
 def emit_json(payload: dict[str, Any]) -> None:
@@ -32,18 +42,19 @@ def emit_csv(header: list[str], rows: Iterable[list[Any]]) -> None:
 
 
 def emit_table(title: str | None, header: list[str], rows: Iterable[list[Any]]) -> None:
-    table = Table(title=title, title_justify="left")
+    table = Table(title=None if title is None else Text(one_line(title)), title_justify="left")
     for h in header:
         table.add_column(h, overflow="fold")
     for row in rows:
-        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
-    Console(highlight=False, soft_wrap=False).print(table)
+        # Text cells, not str: a str cell is parsed as rich markup, and a path like "x[/]y.png" crashes it.
+        table.add_row(*[Text(f"{v:.4f}" if isinstance(v, float) else one_line(v)) for v in row])
+    Console(highlight=False, soft_wrap=False, emoji=False).print(table)
 
 
 def report_errors(errors: list[dict[str, str]]) -> None:
     """One line per failed input on stderr: `error: PATH: reason`."""
     for e in errors:
-        err_console.print(f"error: {e['path']}: {e['error']}", markup=False)
+        err_console.print(f"error: {one_line(e['path'])}: {one_line(e['error'])}", markup=False)
 
 
 def progress(total: int, label: str):

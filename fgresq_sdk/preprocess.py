@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import io
 import os
+import stat
+import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Union
 
@@ -68,48 +71,94 @@ def load_image(src: ImageInput, name: str | None = None) -> Image.Image:
         if src.width == 0 or src.height == 0:
             raise InputError(label, "image has zero width or height")
         return _to_rgb(ImageOps.exif_transpose(src) or src)
+    fp = io.BytesIO(src) if isinstance(src, bytes) else _open_file(src, label)
+    with fp:
+        img = _decode(fp, label)
+        try:
+            img = ImageOps.exif_transpose(img) or img
+        except Exception:  # a malformed EXIF block must not cost the image itself
+            pass
+        try:
+            return _to_rgb(img)
+        except (OSError, ValueError) as exc:
+            raise InputError(label, f"cannot convert image mode {img.mode} to RGB ({exc})") from None
+
+
+def _open_file(path: str | os.PathLike, label: object):
+    """Open a path for reading, refusing directories and non-regular files (a FIFO would block forever)."""
     try:
-        fp = io.BytesIO(src) if isinstance(src, bytes) else open(src, "rb")
-    except IsADirectoryError:
-        raise InputError(label, "is a directory, not an image") from None
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise InputError(label, "is a directory, not an image")
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(label, "not a regular file")
+        return open(path, "rb")
     except PermissionError:
         raise InputError(label, "permission denied") from None
     except FileNotFoundError:
         raise InputError(label, "no such file") from None
     except OSError as exc:
         raise InputError(label, f"cannot open ({exc.strerror or exc})") from None
-    with fp:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(fp)
-                w, h = img.size
-                if w == 0 or h == 0:
-                    raise InputError(label, "image has zero width or height")
-                if w * h > MAX_PIXELS:
-                    raise InputError(label, f"image too large ({w}×{h} pixels > {MAX_PIXELS} limit; "
-                                            "possible decompression bomb)")
+
+
+# catch_warnings() swaps the process-wide filter list and puts its snapshot back on exit: two decode
+# threads inside it at once put back each other's snapshots and leave a filter installed for good.
+_WARNINGS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _bomb_warning_silenced():
+    """PIL warns above its own limit, but MAX_PIXELS (checked by us, with a clear message) decides.
+
+    Held only around header parsing and around decoding images above PIL's limit (rare, and huge:
+    decoding those one at a time also bounds memory).
+    """
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
+def _over_pil_limit(pixels: int) -> bool:
+    limit = Image.MAX_IMAGE_PIXELS
+    return limit is not None and pixels > limit
+
+
+def _decode(fp: Any, label: object) -> Image.Image:
+    """Parse the header, refuse bombs before any pixel is decoded, then decode; every failure → InputError."""
+    try:
+        with _bomb_warning_silenced():
+            img = Image.open(fp)
+        w, h = img.size
+        if w == 0 or h == 0:
+            raise InputError(label, "image has zero width or height")
+        if w * h > MAX_PIXELS:
+            raise InputError(label, f"image too large ({w}×{h} pixels > {MAX_PIXELS} limit; "
+                                    "possible decompression bomb)")
+        if _over_pil_limit(w * h):
+            with _bomb_warning_silenced():
                 img.load()
-        except InputError:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise InputError(label, "image too large (possible decompression bomb)") from None
-        except UnidentifiedImageError:
-            size = _size_of(fp)
-            why = "empty file (0 bytes)" if size == 0 else "not a recognised image format"
-            raise InputError(label, why) from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            msg = str(exc) or type(exc).__name__
-            if "truncated" in msg.lower() or isinstance(exc, EOFError):
-                msg = f"truncated or corrupted image data ({msg})"
-            else:
-                msg = f"cannot decode image ({msg})"
-            raise InputError(label, msg) from None
-        try:
-            img = ImageOps.exif_transpose(img) or img
-        except Exception:  # a malformed EXIF block must not cost the image itself
-            pass
-        return _to_rgb(img)
+        else:
+            img.load()
+        return img
+    except InputError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise InputError(label, f"image too large, refused as a possible decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        size = _size_of(fp)
+        why = "empty file (0 bytes)" if size == 0 else "not a recognised image format"
+        raise InputError(label, why) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        msg = str(exc) or type(exc).__name__
+        if "truncated" in msg.lower() or isinstance(exc, EOFError):
+            msg = f"truncated or corrupted image data ({msg})"
+        else:
+            msg = f"cannot decode image ({msg})"
+        raise InputError(label, msg) from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # PIL's plugins raise assorted types (struct.error, IndexError…) on malformed files
+        raise InputError(label, f"cannot decode image ({type(exc).__name__}: {exc})") from None
 
 
 def _size_of(fp: Any) -> int:

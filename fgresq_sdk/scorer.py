@@ -191,7 +191,7 @@ def collect_images(root: Path, recursive: bool) -> tuple[list[Path], list[tuple[
     problems: list[tuple[str, str]] = []
     seen_dirs: set[tuple[int, int]] = set()
 
-    def walk(d: Path):
+    def walk(d: Path, ancestors: frozenset = frozenset()):
         try:
             st = d.stat()
         except OSError as exc:
@@ -199,7 +199,9 @@ def collect_images(root: Path, recursive: bool) -> tuple[list[Path], list[tuple[
             return
         key = (st.st_dev, st.st_ino)
         if key in seen_dirs:
-            problems.append((display_path(d), "symlink loop (directory already visited), skipped"))
+            # A loop leads back to a folder we are inside; anything else is just a second way to one.
+            why = "symlink loop" if key in ancestors else "same folder as one already visited"
+            problems.append((display_path(d), f"{why}, skipped"))
             return
         seen_dirs.add(key)
         try:
@@ -215,7 +217,7 @@ def collect_images(root: Path, recursive: bool) -> tuple[list[Path], list[tuple[
                 is_dir = False
             if is_dir:
                 if recursive:
-                    walk(p)
+                    walk(p, ancestors | {key})
             elif is_image_file(p):
                 if e.is_symlink() and not p.exists():
                     problems.append((display_path(p), "broken symlink"))

@@ -1,0 +1,96 @@
+"""Shared fixtures: a tiny exported bundle and a folder of real photos (scikit-image's data module)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("open_clip") is not None
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="needs torch + open_clip ([torch] extra)")
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "cat")
+
+
+def photo(name: str) -> np.ndarray:
+    from skimage import data
+
+    arr = getattr(data, name)()
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    return np.ascontiguousarray(arr[..., :3])
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory) -> Path:
+    """Real photos at assorted sizes and formats, in two scene folders."""
+    root = tmp_path_factory.mktemp("photos")
+    for i, name in enumerate(PHOTOS):
+        img = Image.fromarray(photo(name))
+        scene = root / ("scene_a" if i % 2 == 0 else "scene_b")
+        scene.mkdir(exist_ok=True)
+        if i % 3 == 0:
+            img.save(scene / f"{name}.png")
+        else:
+            img.resize((img.width // 2, img.height // 3)).save(scene / f"{name}.jpg", quality=92)
+    return root
+
+
+@pytest.fixture(scope="session")
+def photo_paths(photo_dir) -> list[Path]:
+    return sorted(p for p in photo_dir.rglob("*") if p.is_file())
+
+
+def _export(cfg_name: str, out: Path, seed: int) -> Path:
+    import torch
+
+    from fgresq_sdk.export.onnx_export import export_bundle
+    from fgresq_sdk.model import FGResQ
+
+    torch.manual_seed(seed)
+    model = FGResQ(cfg_name).eval()
+    # Random heads give near-uniform probabilities; widen them so verdicts and rankings are decisive.
+    with torch.no_grad():
+        model.compare_head.weight.mul_(20.0)
+        model.head.weight.mul_(20.0)
+    return export_bundle(model, out, source=f"random init seed {seed} (tests)")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """The compact test config, exported (ONNX + checkpoint). Requires torch to build, not to use."""
+    if not HAS_TORCH:
+        pytest.skip("building a bundle needs torch")
+    return _export("fgresq-vit-tiny", tmp_path_factory.mktemp("bundles") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def official_b16(tmp_path_factory):
+    """A ViT-B/16 checkpoint in the released FGResQ.pth format (random transformers towers + heads)."""
+    if not HAS_TORCH:
+        pytest.skip("needs torch")
+    import torch
+
+    from official_format import B16, official_state
+
+    sd, img, deg = official_state(B16, seed=3, legacy_names=True)
+    path = tmp_path_factory.mktemp("official") / "FGResQ.pth"
+    # As released: possibly wrapped and DataParallel-prefixed.
+    torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}}, path)
+    return path, sd, img, deg
+
+
+@pytest.fixture(scope="session")
+def imported_b16(official_b16, tmp_path_factory) -> Path:
+    """`fgresq-sdk import-official` on that checkpoint through the real CLI: the paper-config bundle."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("imported") / "fgresq-b16"
+    exe = Path(sys.executable).parent / "fgresq-sdk"
+    res = subprocess.run([str(exe), "import-official", str(official_b16[0]), "--out", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    return out

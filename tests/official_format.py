@@ -1,0 +1,72 @@
+"""Build checkpoints in the released FGResQ.pth format from transformers CLIPVisionModel towers,
+and an independent reference forward written with transformers modules (for importer tests)."""
+from __future__ import annotations
+
+B16 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+           image_size=224, patch_size=16)
+TINY = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+            image_size=224, patch_size=32)
+
+
+def hf_tower(shape: dict, seed: int):
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(seed)
+    cfg = CLIPVisionConfig(hidden_act="quick_gelu", layer_norm_eps=1e-5, **shape)
+    model = CLIPVisionModel(cfg).eval()
+    # Random-init LayerNorms are identity; perturb every tensor so a wrong mapping cannot hide.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model
+
+
+def official_state(shape: dict, seed: int, legacy_names: bool = True):
+    """Two towers + heads, named exactly like the released FGResQ.pth."""
+    import torch
+
+    img, deg = hf_tower(shape, seed), hf_tower(shape, seed + 1)
+    d = shape["hidden_size"]
+    g = torch.Generator().manual_seed(seed + 2)
+
+    def rnd(*s, scale=0.05):
+        return torch.randn(*s, generator=g) * scale
+
+    sd = {}
+    for prefix, tower in (("clip_model", img), ("task_cls_clip", deg)):
+        level = ".vision_model." if legacy_names else "."
+        for k, v in tower.state_dict().items():
+            sd[prefix + level + k] = v.clone()
+    sd.update({
+        "task_mlp.0.weight": rnd(d, d), "task_mlp.0.bias": rnd(d), "task_mlp.2.weight": rnd(d, d),
+        "task_mlp.2.bias": rnd(d), "prompt": rnd(1, d, scale=1.0), "prompt_mlp.weight": rnd(d, d),
+        "prompt_mlp.bias": rnd(d), "head.weight": rnd(1, 3 * d), "head.bias": rnd(1),
+        "compare_head.weight": rnd(3, 6 * d), "compare_head.bias": rnd(3),
+    })
+    return sd, img, deg
+
+
+def reference_forward(sd, img, deg, x):
+    """FGResQ written independently with transformers' towers and plain functional ops."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        f = img(pixel_values=x).pooler_output
+        dd = deg(pixel_values=x).pooler_output
+        h = F.linear(F.silu(F.linear(dd, sd["task_mlp.0.weight"], sd["task_mlp.0.bias"])),
+                     sd["task_mlp.2.weight"], sd["task_mlp.2.bias"])
+        t = F.linear(F.softmax(h, dim=1) * sd["prompt"], sd["prompt_mlp.weight"], sd["prompt_mlp.bias"])
+        q = torch.cat([f, t, f + t], dim=1)
+        score = torch.sigmoid(F.linear(q, sd["head.weight"], sd["head.bias"]))[:, 0]
+    return q, score
+
+
+def reference_compare(sd, q0, q1):
+    import torch
+
+    logits = torch.cat([q0, q1], dim=1) @ sd["compare_head.weight"].T + sd["compare_head.bias"]
+    return torch.softmax(logits, dim=1)
+
+

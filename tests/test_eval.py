@@ -1,0 +1,272 @@
+"""Evaluation metrics (train/metrics.py) and the end-to-end evaluation report (train/evaluate.py)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage, stats
+
+from fgresq_sdk.train import metrics as M
+
+from .conftest import needs_torch, photo
+
+RNG = np.random.default_rng(1234)
+X = RNG.normal(size=60)
+Y = 0.7 * X + RNG.normal(scale=0.6, size=60)
+Y_TIES = np.round(Y, 0)  # plenty of ties
+
+
+# -- correlations ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("y", [Y, Y_TIES, -Y])
+def test_rank_correlations_match_scipy(y):
+    assert M.srcc(X, y) == pytest.approx(stats.spearmanr(X, y)[0], abs=1e-12)
+    assert M.krcc(X, y) == pytest.approx(stats.kendalltau(X, y)[0], abs=1e-12)
+    assert M.pearson(X, y) == pytest.approx(stats.pearsonr(X, y)[0], abs=1e-12)
+
+
+def test_degenerate_inputs_give_nan():
+    assert math.isnan(M.srcc([1.0], [2.0]))
+    assert math.isnan(M.srcc([1, 1, 1], [1, 2, 3]))
+    assert math.isnan(M.krcc([1, 2, 3], [5, 5, 5]))
+    assert math.isnan(M.plcc([1, 1, 1, 1, 1], [1, 2, 3, 4, 5]))
+    # non-finite pairs are dropped, not propagated
+    assert M.srcc([1, 2, np.nan, 4], [1, 2, 3, 4]) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        M.srcc([1, 2, 3], [1, 2])
+
+
+def test_logistic_fit_recovers_a_known_curve():
+    x = np.linspace(-40.0, 120.0, 81)
+    true = (4.5, 1.2, 37.0, 11.0)
+    y = M.logistic4(x, *true)
+    b1, b2, b3, b4 = M.fit_logistic4(x, y)
+    assert (b1, b2, b3, abs(b4)) == pytest.approx(true, rel=1e-4)
+    r = M.plcc_detail(x, y)
+    assert r.method == "logistic4" and r.value == pytest.approx(1.0, abs=1e-9)
+    # raw Pearson on a saturating curve is clearly lower: the mapping matters
+    assert M.pearson(x, y) < 0.97
+
+
+def test_plcc_equals_pearson_of_the_mapped_predictions():
+    r = M.plcc_detail(X, Y)
+    assert r.method == "logistic4"
+    mapped = M.logistic4(X, *r.params)
+    assert r.value == pytest.approx(stats.pearsonr(mapped, Y)[0], abs=1e-12)
+    assert M.plcc(X, Y) == r.value
+    # the fitted curve is at least as good as the linear one (least squares on a richer family)
+    assert r.value >= stats.pearsonr(X, Y)[0] - 1e-9
+
+
+def test_plcc_decreasing_relation_and_fallback():
+    x = np.linspace(0, 10, 30)
+    y = M.logistic4(x, 1.0, 5.0, 5.0, 1.5)  # decreasing (b1 < b2)
+    r = M.plcc_detail(x, y)
+    assert r.method == "logistic4" and r.params[0] < r.params[1]
+    assert r.value == pytest.approx(-1.0, abs=1e-8)  # signed: the direction shows, as in SRCC
+    assert M.srcc(x, y) == pytest.approx(-1.0)
+    assert M.plcc(x, y, signed=False) == pytest.approx(1.0, abs=1e-8)  # the classic sign-free value
+    few = M.plcc_detail([1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 4.0])  # too few points for a 4-parameter fit
+    assert few.method == "pearson" and few.reason
+    assert few.value == pytest.approx(stats.pearsonr([1, 2, 3, 4], [1, 3, 2, 4])[0])
+    assert few.to_dict()["method"] == "pearson"
+    assert M.plcc_detail(x[:7], y[:7]).method == "pearson"  # below MIN_LOGISTIC_POINTS
+    assert M.plcc_detail(x[:7], y[:7], min_points=5).method == "logistic4"
+
+
+# -- pairs ---------------------------------------------------------------------------------------------------
+def test_pair_accuracy_hand_made():
+    labels = ["a_better", "b_better", "a_better", "similar", "b_better"]
+    p_a = np.array([0.9, 0.2, 0.4, 0.99, 0.5])  # right, right, wrong, (ignored), tie
+    assert M.pair_accuracy(p_a, labels) == pytest.approx((1 + 1 + 0 + 0.5) / 4)
+    scores = np.array([[3.0, 1.0], [0.0, 2.0], [1.0, 1.5], [9.0, 0.0], [2.0, 2.0]])
+    assert M.pair_accuracy(scores, labels) == pytest.approx(2.5 / 4)
+    assert M.score_pair_accuracy(scores[:, 0], scores[:, 1], labels) == pytest.approx(2.5 / 4)
+    # lower-is-better scores (e.g. a distance) flip the comparison; the tie stays half
+    assert M.score_pair_accuracy(scores[:, 0], scores[:, 1], labels, higher_is_better=False) == pytest.approx(1.5 / 4)
+    probs = np.array([[0.6, 0.1, 0.3], [0.2, 0.7, 0.1], [0.3, 0.5, 0.2], [0.1, 0.1, 0.8], [0.4, 0.4, 0.2]])
+    assert M.pair_accuracy(probs, labels) == pytest.approx(2.5 / 4)
+    assert M.pair_accuracy(probs, [0, 1, 0, 2, 1]) == pytest.approx(2.5 / 4)  # int labels
+    assert math.isnan(M.pair_accuracy([0.7, 0.1], ["similar", "similar"]))
+    with pytest.raises(ValueError):
+        M.pair_accuracy([0.7], ["a_is_better"])
+
+
+def test_three_way_accuracy_hand_made():
+    probs = np.array([[0.6, 0.1, 0.3], [0.2, 0.7, 0.1], [0.3, 0.5, 0.2], [0.1, 0.1, 0.8], [0.5, 0.1, 0.4]])
+    labels = ["a_better", "b_better", "a_better", "similar", "similar"]
+    assert M.three_way_accuracy(probs, labels) == pytest.approx(3 / 5)
+
+
+def test_symmetrised_preference():
+    p_ab = np.array([[0.7, 0.1, 0.2], [0.2, 0.2, 0.6]])
+    p_ba = np.array([[0.3, 0.5, 0.2], [0.1, 0.5, 0.4]])
+    pref, three = M.symmetrised_pair_probs(p_ab, p_ba)
+    # P(a≻b) = 0.7 + 0.1 = 0.8, P(b≻a) = 0.3 + 0.1 = 0.4 → ½(0.8 + 0.6) = 0.7
+    assert pref[0] == pytest.approx(0.7)
+    assert pref[1] == pytest.approx(0.5 * ((0.2 + 0.3) + 1 - (0.1 + 0.2)))
+    assert three[0] == pytest.approx([0.5 * (0.7 + 0.5), 0.5 * (0.1 + 0.3), 0.2])
+    assert three.sum(axis=1) == pytest.approx([1.0, 1.0])
+    # swapping the roles of a and b mirrors the preference exactly
+    pref_rev, _ = M.symmetrised_pair_probs(p_ba, p_ab)
+    assert pref + pref_rev == pytest.approx([1.0, 1.0])
+
+
+# -- Table 2 ranges --------------------------------------------------------------------------------------------
+def test_range_srcc_buckets_hand_made():
+    # scene A: MOS 0..10 → normalised i/10; scene B: MOS 50..90 → (m−50)/40. Buckets pool both scenes.
+    mos_a = np.arange(11.0)
+    mos_b = np.array([50.0, 54.0, 58.0, 70.0, 82.0, 90.0])
+    mos = np.concatenate([mos_a, mos_b])
+    groups = ["A"] * 11 + ["B"] * 6
+    norm = M.normalise_per_group(mos, groups)
+    assert norm[:11] == pytest.approx(mos_a / 10)
+    assert norm[11:] == pytest.approx((mos_b - 50) / 40)
+    # predictions: correct order inside [0,0.2) and [0.8,1.0], reversed inside [0.4,0.6)
+    pred = norm.copy()
+    mid = (norm >= 0.4) & (norm < 0.6)
+    pred[mid] = 1.0 - norm[mid]
+    r = M.range_srcc(pred, mos, groups)
+    assert r.labels == ["[0.0,0.2)", "[0.2,0.4)", "[0.4,0.6)", "[0.6,0.8)", "[0.8,1.0]"]
+    # counts: [0,.2): A 0,.1 B 0,.1 → 4; [.2,.4): A .2,.3 B .2 → 3; [.4,.6): A .4,.5 B .5 → 3;
+    #         [.6,.8): A .6,.7 → 2; [.8,1]: A .8,.9,1.0 B .8,1.0 → 5
+    assert r.n == [4, 3, 3, 2, 5] and r.n_overall == 17
+    assert r.srcc[0] == pytest.approx(stats.spearmanr(pred[norm < 0.2], norm[norm < 0.2])[0])
+    assert r.srcc[1] == pytest.approx(1.0)
+    assert r.srcc[2] == pytest.approx(-1.0)
+    assert math.isnan(r.srcc[3])  # fewer than 3 items → "-"
+    top = norm >= 0.8
+    assert r.srcc[4] == pytest.approx(stats.spearmanr(pred[top], norm[top])[0])  # 1.0 closes the last range
+    assert r.overall == pytest.approx(stats.spearmanr(pred, norm)[0])
+    d = r.to_dict()
+    assert d["[0.8,1.0]"] == r.srcc[4] and d["n"]["overall"] == 17
+    # a scene without MOS spread cannot be normalised and is left out
+    r2 = M.range_srcc(np.r_[pred, 0.3, 0.4], np.r_[mos, 7.0, 7.0], groups + ["C", "C"])
+    assert r2.n_overall == 17
+
+
+def test_psnr_ssim_helpers_match_skimage():
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    ref = photo("camera")[:96, :96, 0].astype(np.float64)
+    img = np.clip(ref + RNG.normal(scale=8, size=ref.shape), 0, 255)
+    assert M.psnr(img, ref) == pytest.approx(peak_signal_noise_ratio(ref, img, data_range=255))
+    assert M.ssim(img, ref) == pytest.approx(structural_similarity(ref, img, data_range=255))
+    assert M.psnr(ref, ref) == M.PSNR_CAP_DB
+    with pytest.raises(ValueError):
+        M.psnr(img[:50], ref)
+    rgb = photo("astronaut")[:32, :32]
+    assert M.to_luma(rgb) == pytest.approx(0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2])
+
+
+# -- end to end ------------------------------------------------------------------------------------------------
+from fgresq_sdk.train.manifest import ImageRecord, Manifest, PairRecord  # noqa: E402
+
+
+BLUR = (0.6, 1.2, 2.0, 3.0, 4.5)
+NOISE = (4.0, 12.0, 25.0, 40.0, 60.0)
+
+
+def _save(arr: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8)).save(path)
+
+
+def build_tiny_manifest(root: Path):
+    """Two scenes: a blur series (deblurring) and a noise series (denoising), clean references, MOS falling
+    with degradation strength; pairs between neighbours in both orders, plus one `similar` pair."""
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    images: dict[str, ImageRecord] = {}
+    pairs: list[PairRecord] = []
+    specs = [("blur", "deblurring", "astronaut", BLUR), ("noise", "denoising", "coffee", NOISE)]
+    for scene, task, name, levels in specs:
+        clean = np.asarray(Image.fromarray(photo(name)).resize((112, 112), Image.BICUBIC)).astype(np.float64)
+        ref_rel = f"{scene}/ref.png"
+        _save(clean, root / ref_rel)
+        ids = []
+        for k, s in enumerate(levels):
+            if task == "deblurring":
+                img = ndimage.gaussian_filter(clean, sigma=(s, s, 0))
+            else:
+                img = clean + rng.normal(scale=s, size=clean.shape)
+            iid = f"{scene}_{k}"
+            _save(img, root / f"{scene}/{iid}.png")
+            # scene-specific scales: MOS 0-100 (higher better) vs a DMOS 1-5 (lower better) for noise
+            mos = 90.0 - 15.0 * k if task == "deblurring" else 1.2 + 0.8 * k
+            images[iid] = ImageRecord(image_id=iid, path=f"{scene}/{iid}.png", scene=scene, task=task,
+                                      content_id=name, mos=mos, reference=ref_rel, strength=float(s))
+            ids.append(iid)
+        for k in range(len(ids) - 1):
+            pairs.append(PairRecord(ids[k], ids[k + 1], "a_better"))
+            pairs.append(PairRecord(ids[k + 1], ids[k], "b_better"))
+        pairs.append(PairRecord(ids[0], ids[1], "similar"))
+    return Manifest(root=root, images=images, pairs=pairs, scenes={"blur": {"mos_range": [0, 100], "higher_is_better": True},
+                            "noise": {"mos_range": [1, 5], "higher_is_better": False}}, recipe={"test": True})
+
+
+@needs_torch
+def test_evaluate_end_to_end(tiny_bundle, tmp_path, capsys):
+    from fgresq_sdk.train.evaluate import METHODS, eval_main, evaluate, render_markdown, write_report
+
+    man = build_tiny_manifest(tmp_path / "data")
+    res = evaluate(tiny_bundle, man, backend="onnxruntime")
+
+    assert res["tasks_present"] == ["deblurring", "denoising"]
+    assert set(res["tasks_absent"]) == {"super_resolution", "deraining", "dehazing", "mixture"}
+    assert res["counts"]["images"] == 10 and res["counts"]["images_encoded"] == 10
+    assert res["counts"]["pairs_evaluated"] == 18 and res["errors"] == []
+    for t in ("deblurring", "denoising"):
+        d = res["tasks"][t]
+        assert (d["n_images"], d["n_with_reference"], d["n_scenes"]) == (5, 5, 1)
+        assert (d["n_pairs"], d["n_ranked_pairs"], d["n_similar_pairs"]) == (9, 8, 1)
+    assert set(res["methods"]) == set(METHODS)
+    for m in METHODS:
+        for t in res["tasks_present"]:
+            pt = res["methods"][m]["per_task"][t]
+            assert set(pt) >= {"srcc", "plcc", "acc", "n_images", "n_pairs", "plcc_methods"}
+            assert pt["n_images"] == 5
+            assert -1.0 <= pt["acc"] <= 1.0 and 0.0 <= pt["acc"] <= 1.0
+        assert set(res["methods"][m]["average"]) >= {"srcc", "plcc", "acc"}
+    # full-reference baselines are exact on monotone series against the clean reference
+    for m in ("PSNR", "SSIM"):
+        for t in res["tasks_present"]:
+            pt = res["methods"][m]["per_task"][t]
+            assert pt["acc"] == 1.0 and pt["srcc"] == pytest.approx(1.0)
+        assert res["methods"][m]["average"]["acc"] == 1.0
+    fg = res["methods"]["FGResQ"]["per_task"]["deblurring"]
+    assert 0.0 <= fg["acc3"] <= 1.0 and fg["n_pairs"] == 9 and fg["n_ranked_pairs"] == 8
+    # the symmetrised preference makes ACC exactly mirror-consistent: each neighbour pair appears in
+    # both orders with mirrored labels, so the two count the same → ACC is a multiple of 1/4 here
+    assert (fg["acc"] * 4) == pytest.approx(round(fg["acc"] * 4))
+    assert res["methods"]["FGResQ"]["average"]["srcc"] == pytest.approx(
+        np.mean([res["methods"]["FGResQ"]["per_task"][t]["srcc"] for t in res["tasks_present"]]))
+    # Table 2: 5 images per scene at normalised MOS 0, .25, .5, .75, 1 → one per range, overall over 5 / 10
+    rs = res["range_srcc"]
+    assert rs["labels"][-1] == "[0.8,1.0]"
+    assert rs["all"]["PSNR"]["n"]["overall"] == 10 and rs["per_task"]["deblurring"]["PSNR"]["n"]["overall"] == 5
+    assert rs["per_task"]["deblurring"]["PSNR"]["overall"] == pytest.approx(1.0)
+    assert rs["per_task"]["deblurring"]["FGResQ"]["[0.0,0.2)"] is None  # one item only → "-"
+
+    jp, mp = write_report(res, tmp_path / "report")
+    assert json.loads(jp.read_text())["methods"]["PSNR"]["per_task"]["denoising"]["acc"] == 1.0
+    md = mp.read_text()
+    assert md == render_markdown(res)
+    for needle in ("| FGResQ |", "| PSNR |", "| SSIM |", "Deblurring SRCC", "SuperResolution SRCC",
+                   "Average SRCC", "[0.8,1.0]", "weighted by image count"):
+        assert needle in md
+    assert "| Method | Deblurring SRCC | PLCC | ACC | Denoising SRCC" in md
+
+    # the CLI path: manifest folder on disk → report files + Markdown on stdout
+    man.save(tmp_path / "man")
+    capsys.readouterr()
+    out = eval_main(tiny_bundle, tmp_path / "man", tmp_path / "cli", "onnxruntime")
+    printed = capsys.readouterr().out
+    assert printed == (tmp_path / "cli" / "eval.md").read_text()
+    assert "| PSNR |" in printed and (tmp_path / "cli" / "eval.json").exists()
+    assert out["methods"]["PSNR"]["per_task"] == res["methods"]["PSNR"]["per_task"]

@@ -1,0 +1,76 @@
+"""torch model vs ONNX Runtime (fp32) for the compact and the paper configs."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from conftest import needs_torch
+
+pytestmark = needs_torch
+
+
+def _both(bundle):
+    from fgresq_sdk.scorer import Scorer
+
+    return Scorer(bundle, backend="torch", batch_size=4), Scorer(bundle, backend="onnxruntime", batch_size=4)
+
+
+def _check_parity(bundle, paths):
+    ts, os_ = _both(bundle)
+    qt, st = ts.encode(paths)
+    qo, so = os_.encode(paths)
+    assert float(np.std(st)) > 1e-3, "scores are degenerate; parity would prove nothing"
+    dscore = float(np.max(np.abs(st - so)))
+    assert dscore <= 1e-4, dscore
+    pairs = list(itertools.permutations(range(len(paths)), 2))
+    i, j = map(list, zip(*pairs))
+    lt = ts.backend.compare_logits(qt[i], qt[j])
+    lo = os_.backend.compare_logits(qo[i], qo[j])
+    assert np.array_equal(lt.argmax(1), lo.argmax(1)), "compare verdicts differ between torch and ORT"
+    from fgresq_sdk.heads import softmax
+
+    assert np.max(np.abs(softmax(lt) - softmax(lo))) <= 1e-4
+    # The numpy all-pairs head (used by rank) equals the exported comparison graph.
+    probs = os_.head.all_pairs_probs(qo)
+    assert np.max(np.abs(probs[i, j] - softmax(lo.astype(np.float64)))) <= 1e-5
+    return dscore
+
+
+def test_compact_config_torch_vs_onnxruntime(tiny_bundle, photo_paths):
+    _check_parity(tiny_bundle, photo_paths)
+
+
+@pytest.mark.slow
+def test_paper_config_torch_vs_onnxruntime(imported_b16, photo_paths):
+    _check_parity(imported_b16, photo_paths)
+
+
+def test_arrays_pil_and_paths_give_identical_tensors(tiny_bundle, photo_paths):
+    from PIL import Image
+
+    from fgresq_sdk.scorer import Scorer
+
+    s = Scorer(tiny_bundle)
+    p = photo_paths[0]
+    img = Image.open(p)
+    by_path, by_pil, by_array = s.score([p]), s.score([img]), s.score([np.asarray(img.convert("RGB"))])
+    assert by_path[0] == by_pil[0] == by_array[0]
+
+
+def test_preprocessing_matches_torchvision(photo_paths):
+    """Our PIL/numpy preprocessing is bit-identical to the official torchvision transform."""
+    import torch
+    from PIL import Image
+    from torchvision import transforms
+
+    from fgresq_sdk.config import CLIP_MEAN, CLIP_STD
+    from fgresq_sdk.preprocess import preprocess
+
+    tv = transforms.Compose([transforms.Resize((224, 224)), transforms.ToTensor(),
+                             transforms.Normalize(CLIP_MEAN, CLIP_STD)])
+    for p in photo_paths:
+        ref = tv(Image.open(p).convert("RGB")).numpy()
+        ours = preprocess(p)
+        assert np.max(np.abs(ref - ours)) <= 1e-6, p

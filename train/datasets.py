@@ -1,0 +1,199 @@
+"""Datasets over a Manifest: pairs of images (stage 2) and single images with their task (stage 1).
+
+Transforms
+* train: decode → resize to ``resize``×``resize`` (PIL bilinear, aspect ignored, as the release's loader
+  does) → random ``crop``×``crop`` crop (+ optional horizontal flip) → CLIP normalisation. The two images of
+  a pair always get the same crop box and flip, so the fine differences a comparison is about line up.
+* eval: decode → ``fgresq_sdk.preprocess.normalize(img, size)``, i.e. exactly what inference feeds the
+  model (plain resize to the model's input size).
+
+Crop boxes come from numpy's PCG64 seeded with [seed, epoch, index]: no global RNG, no worker state, so the
+augmentation of an epoch is reproducible and a resumed run sees the same crops. Call ``set_epoch``.
+
+Decoded images (after the deterministic resize, as uint8) are kept in memory up to ``cache_mb`` MiB, which
+holds a few thousand 256-px images and makes CPU epochs after the first one decode-free.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from fgresq_sdk.config import CLIP_MEAN, CLIP_STD
+from fgresq_sdk.preprocess import load_image, normalize
+
+from .losses import LABEL_INDEX
+
+try:  # the manifest module owns the task list; the fallback keeps this importable on its own
+    from .manifest import TASKS
+except ImportError:  # pragma: no cover - only while train/manifest.py is missing
+    TASKS = ("super_resolution", "deblurring", "denoising", "dehazing", "deraining", "mixture")
+
+__all__ = ["TASKS", "TransformSpec", "ImageCache", "PairDataset", "ImageTaskDataset", "scene_codes",
+           "task_index"]
+
+
+def task_index(task: str) -> int:
+    try:
+        return TASKS.index(task)
+    except ValueError:
+        raise ValueError(f"unknown restoration task {task!r} (known: {', '.join(TASKS)})") from None
+
+
+def scene_codes(manifest) -> dict[str, int]:
+    """Scene name → int, over the manifest's declared scenes and the scenes its images use (sorted)."""
+    names = set(getattr(manifest, "scenes", {}) or {}) | {rec.scene for rec in manifest.images.values()}
+    return {name: i for i, name in enumerate(sorted(names))}
+
+
+class TransformSpec:
+    """Sizes and normalisation shared by the datasets (built from a model config + the data section)."""
+
+    def __init__(self, size: int = 224, resize: int = 256, crop: int | None = None, hflip: bool = False,
+                 mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
+        self.size = int(size)
+        self.resize = int(resize)
+        self.crop = int(crop if crop is not None else size)
+        self.hflip = bool(hflip)
+        self.mean, self.std = tuple(mean), tuple(std)
+        if self.resize < self.crop:
+            raise ValueError(f"resize ({self.resize}) must be at least the crop size ({self.crop})")
+        if self.crop != self.size:
+            raise ValueError(f"crop ({self.crop}) must equal the model input size ({self.size})")
+
+    @classmethod
+    def from_config(cls, model_cfg: dict, data_cfg: dict | None = None) -> "TransformSpec":
+        pre = model_cfg.get("preprocess", {})
+        data = data_cfg or {}
+        size = int(pre.get("size", 224))
+        return cls(size=size, resize=int(data.get("resize", size)), crop=int(data.get("crop", size)),
+                   hflip=bool(data.get("hflip", False)), mean=pre.get("mean", CLIP_MEAN), std=pre.get("std", CLIP_STD))
+
+
+class ImageCache:
+    """Decoded, resized uint8 images keyed by (path, size), kept until ``max_mb`` MiB are used."""
+
+    def __init__(self, max_mb: float = 2048.0):
+        self.max_bytes = int(max_mb * 2**20)
+        self.used = 0
+        self._store: dict[tuple[str, int], np.ndarray] = {}
+
+    def get(self, path: Path, size: int) -> Image.Image:
+        key = (str(path), int(size))
+        arr = self._store.get(key)
+        if arr is not None:
+            return Image.fromarray(arr)
+        img = load_image(path)
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.BILINEAR)
+        arr = np.asarray(img, dtype=np.uint8)
+        if self.used + arr.nbytes <= self.max_bytes:
+            self._store[key] = arr
+            self.used += arr.nbytes
+        return img
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+
+def _to_tensor(img: Image.Image, spec: TransformSpec) -> torch.Tensor:
+    return torch.from_numpy(normalize(img, spec.size, spec.mean, spec.std))
+
+
+def _aug_params(seed: int, epoch: int, index: int, spec: TransformSpec) -> tuple[int, int, bool]:
+    rng = np.random.default_rng([seed, epoch, index, 7])
+    span = spec.resize - spec.crop
+    x, y = (int(v) for v in rng.integers(0, span + 1, size=2))
+    flip = bool(spec.hflip and rng.random() < 0.5)
+    return x, y, flip
+
+
+def _augment(img: Image.Image, params: tuple[int, int, bool], spec: TransformSpec) -> Image.Image:
+    x, y, flip = params
+    img = img.crop((x, y, x + spec.crop, y + spec.crop))
+    return img.transpose(Image.FLIP_LEFT_RIGHT) if flip else img
+
+
+class _Base(Dataset):
+    def __init__(self, manifest, spec: TransformSpec, train: bool, seed: int, cache: ImageCache | None):
+        self.manifest = manifest
+        self.spec = spec
+        self.train = bool(train)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.cache = cache if cache is not None else ImageCache(0)
+        self.image_ids = sorted(manifest.images)
+        self.image_index = {k: i for i, k in enumerate(self.image_ids)}
+        self.scene_index = scene_codes(manifest)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _image(self, image_id: str) -> Image.Image:
+        size = self.spec.resize if self.train else self.spec.size
+        return self.cache.get(self.manifest.image_path(image_id), size)
+
+
+class PairDataset(_Base):
+    """Item k is manifest.pairs[k]: both images (same crop/flip in training), MOS, scene, label."""
+
+    def __init__(self, manifest, spec: TransformSpec, train: bool = True, seed: int = 0,
+                 cache: ImageCache | None = None):
+        super().__init__(manifest, spec, train, seed, cache)
+        self.pairs = list(manifest.pairs)
+        for p in self.pairs:
+            if p.label not in LABEL_INDEX:
+                raise ValueError(f"pair {p.a} / {p.b}: unknown label {p.label!r}")
+            for k in (p.a, p.b):
+                if k not in manifest.images:
+                    raise ValueError(f"pair {p.a} / {p.b}: image {k!r} not in the manifest")
+
+    @property
+    def pair_scenes(self) -> list[str]:
+        """The scene of every pair (the scene of its first image), for SceneBatchSampler."""
+        return [self.manifest.images[p.a].scene for p in self.pairs]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        p = self.pairs[k]
+        ra, rb = self.manifest.images[p.a], self.manifest.images[p.b]
+        ia, ib = self._image(p.a), self._image(p.b)
+        if self.train:
+            params = _aug_params(self.seed, self.epoch, k, self.spec)
+            ia, ib = _augment(ia, params, self.spec), _augment(ib, params, self.spec)
+        return {
+            "a": _to_tensor(ia, self.spec), "b": _to_tensor(ib, self.spec),
+            "mos_a": torch.tensor(float(ra.mos), dtype=torch.float32),
+            "mos_b": torch.tensor(float(rb.mos), dtype=torch.float32),
+            "scene": self.scene_index[ra.scene],
+            "label": LABEL_INDEX[p.label],
+            "id_a": self.image_index[p.a], "id_b": self.image_index[p.b],
+            "index": k,
+        }
+
+
+class ImageTaskDataset(_Base):
+    """Single images with their restoration-task index (stage 1, degradation-aware feature learning)."""
+
+    def __init__(self, manifest, spec: TransformSpec, train: bool = True, seed: int = 0,
+                 cache: ImageCache | None = None, image_ids: Sequence[str] | None = None):
+        super().__init__(manifest, spec, train, seed, cache)
+        self.items = list(image_ids) if image_ids is not None else list(self.image_ids)
+        self.tasks = [task_index(manifest.images[k].task) for k in self.items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        image_id = self.items[k]
+        img = self._image(image_id)
+        if self.train:
+            img = _augment(img, _aug_params(self.seed, self.epoch, k, self.spec), self.spec)
+        return {"image": _to_tensor(img, self.spec), "task": self.tasks[k],
+                "scene": self.scene_index[self.manifest.images[image_id].scene], "index": k}

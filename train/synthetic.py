@@ -1,0 +1,535 @@
+"""Synthetic FGRestore-style data: "restored" images with controlled residual artefacts, MOS and pairs.
+
+From clean photos this builds a manifest (see ``fgresq_sdk.train.manifest``) that mimics how the
+paper assembled FGRestore:
+
+* every photo is resized (short side = ``size``) and centre-cropped to ``size`` x ``size``; the crop is
+  saved once as the clean ``reference`` of its content;
+* for each of the six tasks it makes ``levels`` "restored" outputs whose residual artefact grows with
+  a strength in (0, 1): super-resolution (down/up-scaling with varied kernels and factors, plus mild
+  sharpening/ringing), deblurring (residual gaussian or motion blur, plus ringing), denoising
+  (residual, partly correlated noise plus over-smoothing), dehazing (residual, depth-graded haze
+  veil plus colour cast), deraining (residual rain streaks, denser and brighter with strength) and
+  mixture (two or three of the above). The artefact *flavour* (kernels, angles, casts, noise field,
+  streak pattern) is drawn once per (content, task), so within one content and task only the
+  strength changes;
+* MOS falls strictly with strength within each (content, task), on the scale of the task's scene,
+  a fake source dataset (several tasks have two scenes with different scales: 0-100, 1-5, 0-10,
+  0-1), with a seeded per-content curve, offset and small noise;
+* pairs: all level pairs of one content and task (as in the paper: same content, same task), then
+  the paper's two filters. (1) coarse pairs with ``|MOS_a - MOS_b| > coarse_threshold`` of the scene
+  are dropped (Eq. 1). (2) a JND threshold: for a sample of the clean crops, add JND noise
+  ``I' = I + jnd_scale * S * JND(I)`` (S random +-1 per pixel, JND from a simple luminance-adaptation
+  + texture-masking model with the NAMM combination), take the median SSIM(I, I') (Eq. 2); pairs
+  whose SSIM(restored_a, restored_b) is >= that threshold are unnoticeable (Eq. 3) and are kept with
+  the label ``similar``; the rest get ``a_better`` / ``b_better`` (lower strength is better), with
+  a/b order randomised.
+
+Everything is seeded: the same photos, seed and options give byte-identical images and CSVs.
+
+CLI: ``python -m fgresq_sdk.train.synthetic --out DIR --seed 0 [--photos DIR] [--size 256]
+[--source skimage|gnome|all] [--levels 6] [--photo-split all|train|held_out]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+import warnings
+import zlib
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from .manifest import TASKS, ImageRecord, Manifest, PairRecord
+
+GENERATOR_VERSION = 1
+DEFAULT_LEVELS = 6
+STRENGTH_RANGE = (0.1, 0.85)
+DEFAULT_JND_SCALE = 1.0
+JND_SAMPLE = 64
+
+# Fake source datasets ("scenes"): task, MOS range, coarse threshold (in that scene's units).
+SCENES: dict[str, dict] = {
+    "synth-sr-a": {"task": "super_resolution", "mos_range": [0.0, 100.0], "coarse_threshold": 30.0},
+    "synth-sr-b": {"task": "super_resolution", "mos_range": [1.0, 5.0], "coarse_threshold": 1.2},
+    "synth-deblur": {"task": "deblurring", "mos_range": [0.0, 10.0], "coarse_threshold": 3.0},
+    "synth-denoise-a": {"task": "denoising", "mos_range": [0.0, 100.0], "coarse_threshold": 28.0},
+    "synth-denoise-b": {"task": "denoising", "mos_range": [0.0, 1.0], "coarse_threshold": 0.3},
+    "synth-dehaze-a": {"task": "dehazing", "mos_range": [1.0, 5.0], "coarse_threshold": 1.25},
+    "synth-dehaze-b": {"task": "dehazing", "mos_range": [0.0, 10.0], "coarse_threshold": 3.2},
+    "synth-derain": {"task": "deraining", "mos_range": [0.0, 1.0], "coarse_threshold": 0.3},
+    "synth-mixture": {"task": "mixture", "mos_range": [0.0, 100.0], "coarse_threshold": 30.0},
+}
+
+
+def strength_levels(levels: int | Sequence[float] = DEFAULT_LEVELS) -> list[float]:
+    """``levels`` evenly spaced strengths in STRENGTH_RANGE, or an explicit increasing sequence."""
+    if isinstance(levels, (int, np.integer)):
+        if levels < 2:
+            raise ValueError("need at least 2 levels to make pairs")
+        vals = np.linspace(STRENGTH_RANGE[0], STRENGTH_RANGE[1], int(levels))
+    else:
+        vals = np.asarray(list(levels), dtype=np.float64)
+    out = [round(float(v), 4) for v in vals]
+    if any(not 0.0 <= v <= 1.0 for v in out) or any(b <= a for a, b in zip(out, out[1:])):
+        raise ValueError(f"strength levels must be strictly increasing in [0, 1], got {out}")
+    return out
+
+
+def _crc(s: str) -> int:
+    return zlib.crc32(s.encode("utf-8"))
+
+
+def content_id_for(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "photo"
+
+
+# ---------------------------------------------------------------------------- image helpers
+
+def working_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize so the short side is ``size`` (Lanczos) and centre-crop to size x size; uint8 RGB."""
+    a = np.asarray(img)
+    if a.ndim == 2:
+        a = np.stack([a] * 3, axis=-1)
+    a = np.ascontiguousarray(a[..., :3]).astype(np.uint8, copy=False)
+    h, w = a.shape[:2]
+    s = size / min(h, w)
+    nw, nh = max(size, int(round(w * s))), max(size, int(round(h * s)))
+    im = Image.fromarray(a)
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), Image.LANCZOS, reducing_gap=3.0 if s < 0.5 else None)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return np.ascontiguousarray(np.asarray(im.crop((left, top, left + size, top + size))))
+
+
+def _q(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def _gauss(x: np.ndarray, sigma: float) -> np.ndarray:
+    if sigma <= 1e-3:
+        return x
+    sig = (sigma, sigma, 0.0) if x.ndim == 3 else sigma
+    return ndimage.gaussian_filter(x, sigma=sig, mode="reflect", truncate=3.0)
+
+
+def _resize_f(x: np.ndarray, w: int, h: int, resample: int) -> np.ndarray:
+    chans = [np.asarray(Image.fromarray(np.ascontiguousarray(x[..., c]), mode="F").resize((w, h), resample))
+             for c in range(x.shape[-1])]
+    return np.stack(chans, axis=-1)
+
+
+def _unsharp(x: np.ndarray, amount: float, sigma: float) -> np.ndarray:
+    if amount <= 0:
+        return x
+    return x + amount * (x - _gauss(x, sigma))
+
+
+def motion_kernel(length: float, angle_deg: float, normalize: str = "sum") -> np.ndarray:
+    """Anti-aliased line kernel of the given length (px) and angle; sums to 1 (or peaks at 1)."""
+    length = max(float(length), 1.0)
+    half = int(np.ceil(length / 2)) + 1
+    k = np.zeros((2 * half + 1, 2 * half + 1), np.float64)
+    t = np.linspace(-(length - 1) / 2, (length - 1) / 2, max(2, int(np.ceil(length * 4))))
+    th = np.deg2rad(angle_deg)
+    xs, ys = half + t * np.cos(th), half - t * np.sin(th)
+    x0, y0 = np.floor(xs).astype(int), np.floor(ys).astype(int)
+    fx, fy = xs - x0, ys - y0
+    for dx, dy, wgt in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+        np.add.at(k, (y0 + dy, x0 + dx), wgt)
+    return (k / k.sum() if normalize == "sum" else k / k.max()).astype(np.float32)
+
+
+def _conv(x: np.ndarray, k: np.ndarray) -> np.ndarray:
+    if x.ndim == 2:
+        return ndimage.convolve(x, k, mode="reflect")
+    return np.stack([ndimage.convolve(x[..., c], k, mode="reflect") for c in range(x.shape[-1])], axis=-1)
+
+
+# ---------------------------------------------------------------------------- JND model
+
+_CL_OPERATORS = [np.array(g, np.float32) for g in (
+    [[0, 0, 0, 0, 0], [1, 3, 8, 3, 1], [0, 0, 0, 0, 0], [-1, -3, -8, -3, -1], [0, 0, 0, 0, 0]],
+    [[0, 0, 1, 0, 0], [0, 8, 3, 0, 0], [1, 3, 0, -3, -1], [0, 0, -3, -8, 0], [0, 0, -1, 0, 0]],
+    [[0, 0, 1, 0, 0], [0, 0, 3, 8, 0], [-1, -3, 0, 3, 1], [0, -8, -3, 0, 0], [0, 0, -1, 0, 0]],
+    [[0, 1, 0, -1, 0], [0, 3, 0, -3, 0], [0, 8, 0, -8, 0], [0, 3, 0, -3, 0], [0, 1, 0, -1, 0]],
+)]
+
+
+def jnd_map(rgb: np.ndarray) -> np.ndarray:
+    """Pixel-domain JND (gray levels) of an RGB uint8 image.
+
+    Luminance adaptation (Chou & Li): LA = 17 (1 - sqrt(bg/127)) + 3 for bg <= 127, else
+    3/128 (bg - 127) + 3, with bg the 5x5 mean luminance; texture masking (Yang et al.):
+    TM = 0.117 * mg, mg the largest of four 5x5 directional gradients (/16); combined with the
+    nonlinear additivity model JND = LA + TM - 0.3 min(LA, TM).
+    """
+    y = rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    bg = ndimage.uniform_filter(y, size=5, mode="reflect")
+    la = np.where(bg <= 127.0, 17.0 * (1.0 - np.sqrt(bg / 127.0)) + 3.0, 3.0 / 128.0 * (bg - 127.0) + 3.0)
+    mg = np.max([np.abs(ndimage.correlate(y, g, mode="reflect")) for g in _CL_OPERATORS], axis=0) / 16.0
+    tm = 0.117 * mg
+    return (la + tm - 0.3 * np.minimum(la, tm)).astype(np.float32)
+
+
+def jnd_noise_image(rgb: np.ndarray, rng: np.random.Generator, scale: float = DEFAULT_JND_SCALE) -> np.ndarray:
+    """Eq. 2: I + scale * S * JND(I), S = random +-1 per pixel, added to all three channels."""
+    j = jnd_map(rgb)
+    sign = rng.integers(0, 2, size=j.shape).astype(np.float32) * 2.0 - 1.0
+    return _q(rgb.astype(np.float32) + (scale * sign * j)[..., None])
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(a, b, channel_axis=-1, data_range=255))
+
+
+def jnd_ssim_threshold(clean: Sequence[np.ndarray], seed: int = 0, scale: float = DEFAULT_JND_SCALE,
+                       sample: int = JND_SAMPLE) -> tuple[float, list[float]]:
+    """Median SSIM between clean images and their JND-noise versions (the paper's threshold T)."""
+    if not clean:
+        raise ValueError("need at least one clean image for the JND threshold")
+    rng = np.random.default_rng([seed, 0x4A4E44])
+    idx = np.arange(len(clean))
+    if len(idx) > sample:
+        idx = np.sort(rng.choice(idx, size=sample, replace=False))
+    vals = [ssim(clean[i], jnd_noise_image(clean[i], rng, scale)) for i in idx]
+    return float(np.median(vals)), vals
+
+
+# ---------------------------------------------------------------------------- degradations
+# Each maker draws the (content, task) flavour from rng once and returns f(x_float, strength) -> float.
+
+Degrade = Callable[[np.ndarray, float], np.ndarray]
+_DOWN = (Image.BOX, Image.BILINEAR, Image.BICUBIC)
+_UP = (Image.BILINEAR, Image.BICUBIC, Image.LANCZOS)
+
+
+def _make_sr(rng: np.random.Generator, size: int) -> Degrade:
+    down, up = _DOWN[rng.integers(3)], _UP[rng.integers(3)]
+    max_factor = rng.uniform(3.0, 4.5)
+    sharp = rng.uniform(0.0, 0.8)
+    sc = size / 256.0
+
+    def f(x: np.ndarray, s: float) -> np.ndarray:
+        h, w = x.shape[:2]
+        fac = 1.0 + (max_factor - 1.0) * s
+        lw, lh = max(4, int(round(w / fac))), max(4, int(round(h / fac)))
+        y = _resize_f(_resize_f(x, lw, lh, down), w, h, up)
+        return _unsharp(y, sharp * s, 1.0 * sc)
+    return f
+
+
+def _make_deblur(rng: np.random.Generator, size: int) -> Degrade:
+    motion = bool(rng.integers(2))
+    angle = rng.uniform(0.0, 180.0)
+    max_sigma = rng.uniform(2.0, 3.0)
+    max_len = rng.uniform(10.0, 16.0)
+    ring = rng.uniform(0.0, 0.5)
+    sc = size / 256.0
+
+    def f(x: np.ndarray, s: float) -> np.ndarray:
+        if motion:
+            y = _conv(x, motion_kernel(1.0 + max_len * s * sc, angle))
+        else:
+            y = _gauss(x, (0.2 + max_sigma * s) * sc)
+        return _unsharp(y, ring * s, 1.5 * sc)
+    return f
+
+
+def _make_denoise(rng: np.random.Generator, size: int) -> Degrade:
+    sc = size / 256.0
+    luma_w = rng.uniform(0.5, 1.0)
+    corr = rng.uniform(0.0, 1.0) * sc
+    max_sigma = rng.uniform(10.0, 18.0)
+    smooth = rng.uniform(0.2, 1.0)
+    n_l = rng.standard_normal((size, size, 1)).astype(np.float32)
+    n_c = rng.standard_normal((size, size, 3)).astype(np.float32)
+    n = luma_w * n_l + (1.0 - luma_w) * n_c
+    if corr > 0.05:
+        n = _gauss(n, corr)
+    n = (n / max(float(n.std()), 1e-6)).astype(np.float32)
+
+    def f(x: np.ndarray, s: float) -> np.ndarray:
+        return _gauss(x, smooth * 2.0 * s * sc) + (1.0 + max_sigma * s) * n[: x.shape[0], : x.shape[1]]
+    return f
+
+
+def _make_dehaze(rng: np.random.Generator, size: int) -> Degrade:
+    air = 255.0 * (rng.uniform(0.8, 0.95) + rng.uniform(-0.04, 0.04, 3))
+    grad = rng.uniform(0.0, 0.6)
+    max_h = rng.uniform(0.5, 0.7)
+    cast = rng.uniform(-0.08, 0.08, 3)
+    veil = _gauss(rng.standard_normal((size, size)).astype(np.float32), size / 8.0)
+    veil = 0.3 * veil / max(float(np.abs(veil).max()), 1e-6)
+    ramp = np.linspace(1.0, 0.0, size, dtype=np.float32)[:, None]  # far (top) = hazier
+    depth = np.clip(((1.0 - grad) + grad * ramp) * (1.0 + veil), 0.0, 1.2).astype(np.float32)
+
+    def f(x: np.ndarray, s: float) -> np.ndarray:
+        h = (max_h * s * depth[: x.shape[0], : x.shape[1]])[..., None]
+        y = x * (1.0 - h) + air.astype(np.float32) * h
+        return y * (1.0 + s * cast).astype(np.float32)
+    return f
+
+
+def _make_derain(rng: np.random.Generator, size: int) -> Degrade:
+    sc = size / 256.0
+    u = rng.random((size, size)).astype(np.float32)
+    r = rng.uniform(0.5, 1.0, (size, size)).astype(np.float32)
+    angle = 90.0 + rng.uniform(-20.0, 20.0)
+    length = rng.uniform(8.0, 18.0) * sc
+    max_density = rng.uniform(0.004, 0.012)
+    max_alpha = rng.uniform(0.5, 0.8)
+    kern = motion_kernel(max(length, 2.0), angle, normalize="max")
+
+    def f(x: np.ndarray, s: float) -> np.ndarray:
+        seeds = np.where(u < max_density * s, r, 0.0).astype(np.float32)[: x.shape[0], : x.shape[1]]
+        streak = np.clip(_gauss(_conv(seeds, kern), 0.5 * sc), 0.0, 1.0)
+        alpha = max_alpha * (0.4 + 0.6 * s)
+        return x + (255.0 - x) * (alpha * streak)[..., None]
+    return f
+
+
+_MAKERS: dict[str, Callable[[np.random.Generator, int], Degrade]] = {
+    "super_resolution": _make_sr,
+    "deblurring": _make_deblur,
+    "denoising": _make_denoise,
+    "dehazing": _make_dehaze,
+    "deraining": _make_derain,
+}
+_MIXES = (
+    ("super_resolution", "denoising"),
+    ("deblurring", "denoising"),
+    ("super_resolution", "dehazing"),
+    ("deblurring", "deraining"),
+    ("dehazing", "denoising"),
+    ("super_resolution", "deblurring", "denoising"),
+)
+
+
+def _make_mixture(rng: np.random.Generator, size: int) -> Degrade:
+    combo = _MIXES[rng.integers(len(_MIXES))]
+    parts = [(_MAKERS[t](rng, size), rng.uniform(0.6, 0.9)) for t in combo]
+
+    def f(x: np.ndarray, s: float) -> np.ndarray:
+        for g, wgt in parts:
+            x = g(x, s * wgt)
+        return x
+    return f
+
+
+_MAKERS["mixture"] = _make_mixture
+
+
+def degrader(task: str, content_id: str, seed: int, size: int) -> Degrade:
+    """The degradation of one (content, task): its flavour is fixed by (seed, content_id, task)."""
+    rng = np.random.default_rng([seed, _crc(content_id), TASKS.index(task), 1])
+    return _MAKERS[task](rng, size)
+
+
+def mos_curve(strengths: Sequence[float], mos_range: Sequence[float], rng: np.random.Generator) -> list[float]:
+    """Strictly decreasing MOS for increasing strengths on [lo, hi]: seeded curve, offset and noise."""
+    lo, hi = float(mos_range[0]), float(mos_range[1])
+    s = np.asarray(strengths, np.float64)
+    gamma = rng.uniform(0.75, 1.35)
+    offset = rng.uniform(-0.04, 0.04)
+    v = 0.05 + 0.9 * (1.0 - s ** gamma) + offset + rng.normal(0.0, 0.01, len(s))
+    v = np.clip(np.sort(v)[::-1], 0.0, 1.0)  # keep the order monotone per content
+    mos = [round(lo + (hi - lo) * float(x), 4) for x in v]
+    step = 1e-4 * (hi - lo)
+    for k in range(1, len(mos)):
+        if mos[k] >= mos[k - 1]:
+            mos[k] = round(mos[k - 1] - step, 6)
+    return mos
+
+
+# ---------------------------------------------------------------------------- generator
+
+def _save_png(arr: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, format="PNG", compress_level=6)
+
+
+def generate(photos: Sequence[tuple[str, np.ndarray]], out_dir, seed: int = 0, size: int = 256,
+             levels: int | Sequence[float] = DEFAULT_LEVELS, tasks: Sequence[str] = TASKS,
+             jnd_scale: float = DEFAULT_JND_SCALE, scenes: dict[str, dict] | None = None,
+             recipe_extra: dict | None = None) -> Manifest:
+    """Generate a synthetic FGRestore-style dataset from clean photos into ``out_dir``; returns the saved Manifest.
+
+    ``photos``: (name, uint8 image) pairs; names become content ids. Identical crops are dropped
+    (with a warning). Files: ``references/<content>.png``, ``images/<content>/<task>/L<k>.png``,
+    plus manifest.json / images.csv / pairs.csv.
+    """
+    tasks = tuple(tasks)
+    for t in tasks:
+        if t not in TASKS:
+            raise ValueError(f"unknown task {t!r} (expected some of {TASKS})")
+    if not tasks:
+        raise ValueError("no tasks")
+    scenes = dict(SCENES if scenes is None else scenes)
+    task_scenes = {t: sorted(n for n, sc in scenes.items() if sc["task"] == t) for t in tasks}
+    for t, names in task_scenes.items():
+        if not names:
+            raise ValueError(f"no scene for task {t!r}")
+    strengths = strength_levels(levels)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # Clean working crops, one per content.
+    clean: dict[str, np.ndarray] = {}
+    names: dict[str, str] = {}
+    skipped: list[str] = []
+    seen_bytes: dict[bytes, str] = {}
+    for name, img in photos:
+        cid = content_id_for(name)
+        if cid in clean:
+            raise ValueError(f"two photos map to content id {cid!r} ({names[cid]!r}, {name!r})")
+        crop = working_crop(img, size)
+        key = crop.tobytes()
+        if key in seen_bytes:
+            warnings.warn(f"photo {name!r} is identical to {seen_bytes[key]!r}; skipped", stacklevel=2)
+            skipped.append(name)
+            continue
+        seen_bytes[key] = name
+        clean[cid], names[cid] = crop, name
+    if not clean:
+        raise ValueError("no photos")
+    content_ids = sorted(clean)
+
+    thr, jnd_vals = jnd_ssim_threshold([clean[c] for c in content_ids], seed=seed, scale=jnd_scale)
+
+    images: dict[str, ImageRecord] = {}
+    pairs: list[PairRecord] = []
+    n_candidates = n_coarse = 0
+    used_scenes: set[str] = set()
+    for cid in content_ids:
+        ref_rel = f"references/{cid}.png"
+        _save_png(clean[cid], out_dir / ref_rel)
+        x = clean[cid].astype(np.float32)
+        for t in tasks:
+            ti = TASKS.index(t)
+            opts = task_scenes[t]
+            scene = opts[_crc(f"{cid}:{t}") % len(opts)]
+            used_scenes.add(scene)
+            sc = scenes[scene]
+            rng = np.random.default_rng([seed, _crc(cid), ti, 2])
+            mos = mos_curve(strengths, sc["mos_range"], rng)
+            f = degrader(t, cid, seed, size)
+            outs, ids = [], []
+            for k, s in enumerate(strengths):
+                y = _q(f(x, s))
+                iid = f"{cid}/{t}/L{k}"
+                rel = f"images/{cid}/{t}/L{k}.png"
+                _save_png(y, out_dir / rel)
+                images[iid] = ImageRecord(image_id=iid, path=rel, scene=scene, task=t, content_id=cid,
+                                          mos=mos[k], reference=ref_rel, strength=s)
+                outs.append(y)
+                ids.append(iid)
+            thr_coarse = float(sc["coarse_threshold"])
+            for i in range(len(strengths)):
+                for j in range(i + 1, len(strengths)):
+                    n_candidates += 1
+                    if abs(mos[i] - mos[j]) > thr_coarse:  # Eq. 1: coarse pair, dropped
+                        n_coarse += 1
+                        continue
+                    similar = ssim(outs[i], outs[j]) >= thr  # Eq. 3: unnoticeable -> "similar"
+                    if rng.random() < 0.5:  # i (lower strength) is the better one
+                        a, b, lab = ids[i], ids[j], "a_better"
+                    else:
+                        a, b, lab = ids[j], ids[i], "b_better"
+                    pairs.append(PairRecord(a=a, b=b, label="similar" if similar else lab))
+
+    scene_meta = {n: {"mos_range": [float(v) for v in scenes[n]["mos_range"]],
+                      "coarse_threshold": float(scenes[n]["coarse_threshold"]),
+                      "higher_is_better": bool(scenes[n].get("higher_is_better", True)),
+                      "task": scenes[n]["task"]}
+                  for n in sorted(used_scenes)}
+    n_sim = sum(p.label == "similar" for p in pairs)
+    recipe = {
+        "generator": "fgresq_sdk.train.synthetic",
+        "generator_version": GENERATOR_VERSION,
+        "seed": int(seed),
+        "size": int(size),
+        "strengths": strengths,
+        "tasks": list(tasks),
+        "photos": [names[c] for c in content_ids],
+        "skipped_duplicate_photos": skipped,
+        "jnd": {
+            "model": "LA (Chou-Li luminance adaptation) + TM (0.117 x max directional gradient), NAMM C=0.3",
+            "scale": float(jnd_scale),
+            "sample": len(jnd_vals),
+            "ssim_threshold": round(thr, 6),
+            "rule": "pair SSIM >= ssim_threshold -> label 'similar'",
+        },
+        "coarse_rule": "pairs with |MOS_a - MOS_b| > scene coarse_threshold dropped",
+        "counts": {"candidate_pairs": n_candidates, "coarse_dropped": n_coarse, "pairs": len(pairs),
+                   "similar": n_sim, "images": len(images)},
+    }
+    if recipe_extra:
+        recipe.update(recipe_extra)
+    m = Manifest(root=out_dir.resolve(), images=images, pairs=pairs, scenes=scene_meta, recipe=recipe)
+    m.validate()
+    m.save(out_dir)
+    return m
+
+
+# ---------------------------------------------------------------------------- CLI
+
+def main(argv: list[str] | None = None) -> int:
+    from . import photos as ph
+
+    ap = argparse.ArgumentParser(prog="python -m fgresq_sdk.train.synthetic",
+                                 description="Generate a synthetic FGRestore-style manifest from clean photos.")
+    ap.add_argument("--out", required=True, help="output folder (manifest + images)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", type=int, default=256, help="square working size in px (default 256)")
+    ap.add_argument("--levels", type=int, default=DEFAULT_LEVELS, help="strength levels per task")
+    ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of tasks")
+    ap.add_argument("--source", default=None, choices=("skimage", "gnome", "all", "none"),
+                    help="built-in photo source (default: skimage, or none when --photos is given)")
+    ap.add_argument("--photos", default=None, help="a folder of clean photos (recursive)")
+    ap.add_argument("--photo-split", default="all", choices=("all", "train", "held_out"),
+                    help="use all photos, or one side of photos.split_photos")
+    ap.add_argument("--held-out-fraction", type=float, default=0.2)
+    ap.add_argument("--max-photos", type=int, default=None, help="use at most N photos (first by name)")
+    ap.add_argument("--jnd-scale", type=float, default=DEFAULT_JND_SCALE)
+    args = ap.parse_args(argv)
+
+    source = args.source or ("none" if args.photos else "skimage")
+    sources = ph.list_photo_sources(source, args.photos)
+    if source in ("gnome", "all") and not ph.gnome_files():
+        print("note: gnome-backgrounds not installed (apt-get install -y gnome-backgrounds)", file=sys.stderr)
+    split = ph.split_photos([n for n, _ in sources], args.held_out_fraction)
+    if args.photo_split != "all":
+        keep = set(split[args.photo_split])
+        sources = [(n, l) for n, l in sources if n in keep]
+    sources = sorted(sources, key=lambda nl: nl[0])
+    if args.max_photos:
+        sources = sources[: args.max_photos]
+    if not sources:
+        ap.error("no photos found")
+    t0 = time.perf_counter()
+    photos = ph.load_photos(sources, max_side=4 * args.size)
+    t1 = time.perf_counter()
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    m = generate(photos, args.out, seed=args.seed, size=args.size, levels=args.levels, tasks=tasks,
+                 jnd_scale=args.jnd_scale,
+                 recipe_extra={"photo_source": source, "photo_folder": args.photos, "photo_split": args.photo_split,
+                               "photo_split_names": split})
+    t2 = time.perf_counter()
+    info = m.summary()
+    info.update({"out": str(Path(args.out).resolve()), "jnd_ssim_threshold": m.recipe["jnd"]["ssim_threshold"],
+                 "load_s": round(t1 - t0, 3), "generate_s": round(t2 - t1, 3)})
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
