@@ -151,8 +151,24 @@ def convert_official(sd: dict[str, Any], degradation_sd: dict[str, Any] | None =
     return ours, unexpected
 
 
+# The authors' latest inference code (sxfly99/FGResQ) reads the comparison logits as (second better,
+# first better, similar): their training data encoded "A better" as class 1. Our order is (first better,
+# second better, similar), so "released" swaps rows 0 and 1 of compare_head; "stored" keeps them as saved
+# (the reading of the earlier sxfly99/FGRestore inference code).
+COMPARE_ORDERS = ("released", "stored")
+
+
+def _reorder_compare_head(ours: dict[str, Any], order: str) -> None:
+    if order not in COMPARE_ORDERS:
+        raise BundleError(f"unknown compare order '{order}' (choose from: {', '.join(COMPARE_ORDERS)})")
+    if order == "released":
+        for key in ("compare_head.weight", "compare_head.bias"):
+            if key in ours and ours[key].shape[0] == 3:
+                ours[key] = ours[key][[1, 0, 2]].clone()
+
+
 def load_official(path: str | Path, config: str | dict = "fgresq-vit-b16",
-                  degradation: str | Path | None = None):
+                  degradation: str | Path | None = None, compare_order: str = "released"):
     """Build our FGResQ from the released checkpoint, refusing anything that does not fit exactly."""
     import torch
 
@@ -161,6 +177,7 @@ def load_official(path: str | Path, config: str | dict = "fgresq-vit-b16",
     sd = read_state_dict(path)
     dsd = read_state_dict(degradation) if degradation else None
     ours, unexpected = convert_official(sd, dsd)
+    _reorder_compare_head(ours, compare_order)
     torch.manual_seed(0)  # only degradation_proj (stage-1 only, absent from the release) keeps its init
     model = FGResQ(config)
     target = model.state_dict()
@@ -184,11 +201,15 @@ def load_official(path: str | Path, config: str | dict = "fgresq-vit-b16",
 
 
 def import_official(path: str | Path, out: str | Path, *, config: str | dict = "fgresq-vit-b16",
-                    degradation: str | Path | None = None, force: bool = False) -> Path:
+                    degradation: str | Path | None = None, compare_order: str = "released",
+                    force: bool = False) -> Path:
     """FGResQ.pth → complete bundle (safetensors checkpoint + ONNX graphs + manifest)."""
     from .onnx_export import export_bundle, prepare_out_dir
 
     prepare_out_dir(out, force)  # refuse before the slow part
-    model = load_official(path, config, degradation)
+    model = load_official(path, config, degradation, compare_order)
     source = f"official FGResQ checkpoint {Path(path).name}" + (f" + {Path(degradation).name}" if degradation else "")
-    return export_bundle(model, out, source=source, force=force)
+    return export_bundle(model, out, source=source, force=force,
+                         extra={"import": {"compare_order": compare_order, "logit_order_in_checkpoint":
+                                           ["second_better", "first_better", "similar"] if compare_order == "released"
+                                           else ["first_better", "second_better", "similar"]}})

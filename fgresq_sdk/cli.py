@@ -46,6 +46,8 @@ BackendOpt = typer.Option(BackendName.auto, "--backend", help="Inference backend
 DeviceOpt = typer.Option("cpu", "--device", help="cpu or cuda[:N].")
 BatchOpt = typer.Option(16, "--batch-size", "-b", min=1, help="Images per encoder batch.")
 FmtOpt = typer.Option(Fmt.table, "--format", "-f", help="Output format.")
+# Image paths are not click-checked (readable=False): click would turn one unreadable image into a usage
+# error that aborts the whole run; the decoder reports it as that input's own one-line error instead.
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -78,7 +80,7 @@ def _run_encode(scorer, paths: list, label: str):
 
 @app.command()
 def score(
-    images: List[Path] = typer.Argument(..., help="Image files.", show_default=False),
+    images: List[Path] = typer.Argument(..., help="Image files.", show_default=False, readable=False),
     model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt, device: str = DeviceOpt,
     batch_size: int = BatchOpt, fmt: Fmt = FmtOpt,
 ):
@@ -101,7 +103,8 @@ def score(
 
 @app.command()
 def compare(
-    a: Path = typer.Argument(..., help="First image."), b: Path = typer.Argument(..., help="Second image."),
+    a: Path = typer.Argument(..., help="First image.", readable=False),
+    b: Path = typer.Argument(..., help="Second image.", readable=False),
     model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt, device: str = DeviceOpt,
     fmt: Fmt = FmtOpt,
 ):
@@ -129,7 +132,7 @@ def compare(
 
 @app.command()
 def rank(
-    directory: Path = typer.Argument(..., help="Folder of restored images."),
+    directory: Path = typer.Argument(..., help="Folder of restored images.", readable=False),
     model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt, device: str = DeviceOpt,
     batch_size: int = BatchOpt,
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Include sub-folders."),

@@ -63,10 +63,13 @@ def reference_forward(sd, img, deg, x):
     return q, score
 
 
-def reference_compare(sd, q0, q1):
+def reference_compare(sd, q0, q1, order="released"):
+    """Probabilities in (first better, second better, similar) order. The authors' latest inference code
+    reads the stored logits as (second better, first better, similar): 'released' maps them."""
     import torch
 
     logits = torch.cat([q0, q1], dim=1) @ sd["compare_head.weight"].T + sd["compare_head.bias"]
-    return torch.softmax(logits, dim=1)
+    p = torch.softmax(logits, dim=1)
+    return p[:, [1, 0, 2]] if order == "released" else p
 
 

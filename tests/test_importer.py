@@ -143,3 +143,17 @@ def test_refuses_pickled_objects_and_cli_reports_one_line(tmp_path):
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "weights-only" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_compare_order_stored_keeps_rows_and_released_swaps_them(tmp_path):
+    import torch
+
+    from fgresq_sdk.export.official_import import load_official
+
+    sd, _, _ = official_state(TINY, seed=11)
+    torch.save(sd, tmp_path / "FGResQ.pth")
+    stored = load_official(tmp_path / "FGResQ.pth", "fgresq-vit-tiny", compare_order="stored")
+    released = load_official(tmp_path / "FGResQ.pth", "fgresq-vit-tiny")
+    w = sd["compare_head.weight"]
+    assert torch.equal(stored.compare_head.weight, w)
+    assert torch.equal(released.compare_head.weight, w[[1, 0, 2]])

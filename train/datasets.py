@@ -11,7 +11,9 @@ Crop boxes come from numpy's PCG64 seeded with [seed, epoch, index]: no global R
 augmentation of an epoch is reproducible and a resumed run sees the same crops. Call ``set_epoch``.
 
 Decoded images (after the deterministic resize, as uint8) are kept in memory up to ``cache_mb`` MiB, which
-holds a few thousand 256-px images and makes CPU epochs after the first one decode-free.
+holds a few thousand 256-px images and makes CPU epochs after the first one decode-free. With DataLoader
+workers, ``prefill()`` fills the cache in the main process first so that the forked workers share it (a
+worker's own additions die with it at the end of each epoch).
 """
 from __future__ import annotations
 
@@ -133,6 +135,16 @@ class _Base(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def prefill(self) -> int:
+        """Decode every image this dataset reads into the cache now (before DataLoader workers fork, so
+        they share it); returns how many are cached."""
+        for image_id in self._ids_used():
+            self._image(image_id)
+        return len(self.cache)
+
+    def _ids_used(self) -> list[str]:
+        return self.image_ids
+
     def _image(self, image_id: str) -> Image.Image:
         size = self.spec.resize if self.train else self.spec.size
         return self.cache.get(self.manifest.image_path(image_id), size)
@@ -151,6 +163,9 @@ class PairDataset(_Base):
             for k in (p.a, p.b):
                 if k not in manifest.images:
                     raise ValueError(f"pair {p.a} / {p.b}: image {k!r} not in the manifest")
+
+    def _ids_used(self) -> list[str]:
+        return sorted({k for p in self.pairs for k in (p.a, p.b)})
 
     @property
     def pair_scenes(self) -> list[str]:
@@ -186,6 +201,9 @@ class ImageTaskDataset(_Base):
         super().__init__(manifest, spec, train, seed, cache)
         self.items = list(image_ids) if image_ids is not None else list(self.image_ids)
         self.tasks = [task_index(manifest.images[k].task) for k in self.items]
+
+    def _ids_used(self) -> list[str]:
+        return list(self.items)
 
     def __len__(self) -> int:
         return len(self.items)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 LABEL_INDEX = {"a_better": 0, "b_better": 1, "similar": 2}
-FIDELITY_EPS = 1e-8
+FIDELITY_EPS = 1e-12  # inside the square roots: finite gradients, a 1e-6 bias at p in {0, 1}
 
 __all__ = ["LABEL_INDEX", "FIDELITY_EPS", "normal_cdf", "fidelity", "pairwise_fidelity",
            "scene_fidelity_loss", "rank_loss", "label_tensor", "dfl_loss", "soft_cross_entropy",

@@ -22,7 +22,8 @@ them as ``content_id``.
 deterministically by name: names are ranked by a salted SHA-256 of the name and the first
 ``round(n * fraction)`` (at least 1 when n >= 2) are held out. The result depends only on the set of
 names, not their order. For the default skimage set it holds out
-``HELD_OUT_SKIMAGE`` (see ``python -m fgresq_sdk.train.photos``).
+``skimage-brick`` and ``skimage-rocket`` (``python -m fgresq_sdk.train.photos --source skimage``
+prints the split).
 """
 from __future__ import annotations
 

@@ -1,0 +1,49 @@
+"""Derived bundles (int8, fp16): a new encoder graph made from an fp32 bundle's, the rest copied.
+
+One place for the bookkeeping every derived precision shares: refuse non-fp32 sources, build in a
+temporary sibling folder, copy the comparison head and numpy heads, write the manifest with the
+source encoder's sha256, and move the result into place only when complete.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from fgresq_sdk.bundle import load_bundle, write_manifest
+from fgresq_sdk.errors import BundleError
+
+from .onnx_export import COMPARE_FILE, HEADS_FILE, _relax_permissions, prepare_out_dir
+
+
+def derive_bundle(src: str | Path, out: str | Path, *, precision: str, encoder_file: str,
+                  make_encoder: Callable[[Path, Path], None], details_key: str, details: dict,
+                  force: bool = False) -> Path:
+    """Write a `precision` copy of fp32 bundle `src` whose encoder is `make_encoder(src_onnx, dst_onnx)`."""
+    bundle = load_bundle(src)
+    if bundle.precision != "fp32":
+        raise BundleError(f"{bundle.root}: can only derive {precision} from an fp32 bundle "
+                          f"(this one is {bundle.precision})")
+    out = prepare_out_dir(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        make_encoder(bundle.path("encoder"), tmp / encoder_file)
+        shutil.copy2(bundle.path("compare_head"), tmp / COMPARE_FILE)
+        shutil.copy2(bundle.path("heads"), tmp / HEADS_FILE)
+        m = bundle.manifest
+        extra = {k: m[k] for k in ("opset", "feature_dim", "inputs", "outputs") if k in m}
+        extra[details_key] = {**details, "fp32_encoder_sha256": m["files"]["encoder"]["sha256"]}
+        write_manifest(tmp, name=bundle.name, config=bundle.config,
+                       files={"encoder": encoder_file, "compare_head": COMPARE_FILE, "heads": HEADS_FILE},
+                       precision=precision, source=f"{m.get('source')}; {precision} from {bundle.root.name}",
+                       extra=extra)
+        _relax_permissions(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

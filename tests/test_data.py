@@ -1,0 +1,309 @@
+"""Training data: manifest format, offline photo sources, synthetic FGRestore-style generator, split."""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fgresq_sdk.train import photos as ph
+from fgresq_sdk.train import synthetic as syn
+from fgresq_sdk.train.manifest import (
+    LABELS, TASKS, ImageRecord, Manifest, PairRecord, split_manifest,
+)
+
+SIZE = 64
+NAMES = ("skimage-astronaut", "skimage-coffee", "skimage-camera")
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def clean_photos():
+    srcs = [s for s in ph.skimage_sources() if s[0] in NAMES]
+    assert len(srcs) == 3
+    return ph.load_photos(srcs, max_side=4 * SIZE)
+
+
+@pytest.fixture(scope="module")
+def runs(clean_photos, tmp_path_factory):
+    base = tmp_path_factory.mktemp("synthetic")
+    out = {}
+    for key, seed in (("a", 0), ("b", 0), ("c", 1)):
+        syn.generate(clean_photos, base / key, seed=seed, size=SIZE)
+        out[key] = base / key
+    return out
+
+
+@pytest.fixture(scope="module")
+def man(runs) -> Manifest:
+    return Manifest.load(runs["a"])
+
+
+def _img(m: Manifest, iid: str) -> np.ndarray:
+    return np.asarray(Image.open(m.image_path(iid)))
+
+
+# ---------------------------------------------------------------------------- generator
+
+def test_same_seed_is_byte_identical(runs):
+    a, b = _files(runs["a"]), _files(runs["b"])
+    assert a.keys() == b.keys()
+    assert any(k.endswith(".png") for k in a)
+    for k in a:
+        assert a[k] == b[k], k
+
+
+def test_different_seed_differs(runs):
+    a, c = _files(runs["a"]), _files(runs["c"])
+    assert a["images.csv"] != c["images.csv"]
+    pngs = [k for k in a if k.startswith("images/")]
+    assert sum(a[k] != c.get(k) for k in pngs) > len(pngs) // 2
+    # the clean references do not depend on the seed
+    assert all(a[k] == c[k] for k in a if k.startswith("references/"))
+
+
+def test_layout_and_counts(man):
+    levels = len(man.recipe["strengths"])
+    assert len(man.images) == 3 * len(TASKS) * levels
+    assert {r.task for r in man.images.values()} == set(TASKS)
+    for iid, r in man.images.items():
+        assert man.image_path(iid).is_file()
+        ref = man.reference_path(iid)
+        assert ref is not None and ref.is_file()
+        assert _img(man, iid).shape == (SIZE, SIZE, 3)
+        assert r.strength is not None and 0 < r.strength < 1
+        lo, hi = man.scenes[r.scene]["mos_range"]
+        assert lo <= r.mos <= hi
+        assert man.scenes[r.scene]["higher_is_better"] is True
+    # several MOS scales are in use, so a scene-aware loss matters
+    assert len({tuple(sc["mos_range"]) for sc in man.scenes.values()}) >= 3
+    assert set(man.pairs[0].__dict__) == {"a", "b", "label"}
+
+
+def test_mos_falls_with_strength_per_content_and_task(man):
+    groups = defaultdict(list)
+    for r in man.images.values():
+        groups[(r.content_id, r.task)].append(r)
+    for recs in groups.values():
+        assert len({r.scene for r in recs}) == 1
+        recs.sort(key=lambda r: r.strength)
+        mos = [r.mos for r in recs]
+        assert all(b < a for a, b in zip(mos, mos[1:])), mos
+
+
+def test_pairs_join_same_content_and_task(man):
+    assert man.pairs
+    for p in man.pairs:
+        a, b = man.images[p.a], man.images[p.b]
+        assert a.content_id == b.content_id and a.task == b.task and a.scene == b.scene
+        assert p.label in LABELS
+
+
+def test_no_coarse_pairs(man):
+    assert man.recipe["counts"]["coarse_dropped"] > 0  # the filter did something
+    for p in man.pairs:
+        a, b = man.images[p.a], man.images[p.b]
+        assert abs(a.mos - b.mos) <= man.scenes[a.scene]["coarse_threshold"]
+
+
+def test_labels_follow_strength_and_jnd_threshold(man):
+    thr = man.recipe["jnd"]["ssim_threshold"]
+    assert 0.5 < thr < 1.0
+    labels = defaultdict(int)
+    for p in man.pairs:
+        a, b = man.images[p.a], man.images[p.b]
+        s = syn.ssim(_img(man, p.a), _img(man, p.b))
+        labels[p.label] += 1
+        if p.label == "similar":
+            assert s >= thr
+        else:
+            assert s < thr
+            better, worse = (a, b) if p.label == "a_better" else (b, a)
+            assert better.strength < worse.strength
+            assert better.mos > worse.mos
+    assert labels["similar"] > 0 and labels["a_better"] > 0 and labels["b_better"] > 0
+    assert man.recipe["counts"]["similar"] == labels["similar"]
+
+
+def test_fast_ssim_matches_skimage(man):
+    ids = list(man.images)[:8]
+    for x, y in zip(ids, ids[1:]):
+        a, b = _img(man, x), _img(man, y)
+        assert syn._SSIMStats(a).ssim(syn._SSIMStats(b)) == syn.ssim(a, b)
+
+
+def test_jnd_threshold_from_jnd_noise(clean_photos):
+    crops = [syn.working_crop(img, SIZE) for _, img in clean_photos]
+    j = syn.jnd_map(crops[0])
+    assert j.shape == (SIZE, SIZE) and float(j.min()) >= 2.0
+    dark, mid = np.zeros((16, 16, 3), np.uint8), np.full((16, 16, 3), 127, np.uint8)
+    assert syn.jnd_map(dark).mean() > syn.jnd_map(mid).mean()  # luminance adaptation
+    t1, vals = syn.jnd_ssim_threshold(crops, seed=0, scale=1.0)
+    t_small, _ = syn.jnd_ssim_threshold(crops, seed=0, scale=0.3)
+    assert t1 == pytest.approx(float(np.median(vals))) and len(vals) == 3
+    assert t1 < t_small < 1.0
+    assert syn.jnd_ssim_threshold(crops, seed=0, scale=0.3)[0] == t_small
+
+
+def test_identical_photos_are_dropped(clean_photos, tmp_path):
+    img = clean_photos[0][1]
+    with pytest.warns(UserWarning, match="identical"):
+        m = syn.generate([("x", img), ("y", img)], tmp_path, size=32, levels=3, tasks=("denoising",))
+    assert {r.content_id for r in m.images.values()} == {"x"}
+    assert m.recipe["skipped_duplicate_photos"] == ["y"]
+
+
+def test_cli(tmp_path):
+    out = tmp_path / "cli"
+    rc = syn.main(["--out", str(out), "--seed", "3", "--size", "32", "--levels", "3", "--max-photos", "2",
+                   "--tasks", "deblurring,deraining"])
+    assert rc == 0
+    m = Manifest.load(out)
+    assert len(m.images) == 2 * 2 * 3
+    assert m.recipe["seed"] == 3 and m.recipe["photo_source"] == "skimage"
+
+
+# ---------------------------------------------------------------------------- manifest
+
+def test_save_load_round_trip(man, tmp_path):
+    again = Manifest.load(man.root / "manifest.json")
+    assert again.images == man.images and again.pairs == man.pairs
+    assert again.scenes == man.scenes and again.recipe == man.recipe
+    # saving elsewhere keeps pointing at the images (absolute root)
+    path = man.save(tmp_path / "copy")
+    meta = json.loads(path.read_text())
+    assert meta["format"] == "fgresq-manifest" and meta["version"] == 1
+    assert Path(meta["root"]).is_absolute()
+    moved = Manifest.load(tmp_path / "copy")
+    assert moved.images == man.images and moved.image_path(next(iter(moved.images))).is_file()
+    # images inside the folder -> relative root
+    assert json.loads((man.root / "manifest.json").read_text())["root"] == "."
+
+
+def _toy(n_contents: int = 40, seed: int = 0) -> Manifest:
+    rng = np.random.default_rng(seed)
+    images, pairs = {}, []
+    for c in range(n_contents):
+        k = int(rng.integers(2, 9))
+        for i in range(k):
+            iid = f"c{c}/i{i}"
+            images[iid] = ImageRecord(iid, f"{iid}.png", "s", "denoising", f"c{c}", float(10 - i))
+        for i in range(k - 1):
+            pairs.append(PairRecord(f"c{c}/i{i}", f"c{c}/i{i + 1}", "a_better"))
+    images["lonely/0"] = ImageRecord("lonely/0", "l.png", "s", "dehazing", "lonely", 1.0)
+    return Manifest(root=Path("/nowhere"), images=images, pairs=pairs,
+                    scenes={"s": {"mos_range": [0, 10], "coarse_threshold": 3.0, "higher_is_better": True}})
+
+
+def test_split_no_leak_80_20_reproducible():
+    m = _toy()
+    m.validate()
+    tr, te = split_manifest(m, 0.8, seed=0)
+    ctr = {r.content_id for r in tr.images.values()}
+    cte = {r.content_id for r in te.images.values()}
+    assert not ctr & cte
+    assert len(tr.pairs) + len(te.pairs) == len(m.pairs)
+    assert len(tr.images) + len(te.images) == len(m.images)
+    assert 0.75 <= len(tr.pairs) / len(m.pairs) <= 0.85
+    for side in (tr, te):
+        side.validate()
+        for p in side.pairs:
+            assert p.a in side.images and p.b in side.images
+    tr2, te2 = split_manifest(m, 0.8, seed=0)
+    assert tr2.pairs == tr.pairs and te2.images == te.images
+    tr3, _ = split_manifest(m, 0.8, seed=1)
+    assert {r.content_id for r in tr3.images.values()} != ctr
+    assert tr.recipe["split"]["side"] == "train" and te.recipe["split"]["side"] == "test"
+
+
+def test_split_generated_manifest(man):
+    tr, te = split_manifest(man, 0.8, seed=0)
+    assert tr.pairs and te.pairs  # 3 contents: both sides still get some
+    assert not {r.content_id for r in tr.images.values()} & {r.content_id for r in te.images.values()}
+
+
+def test_subset_keeps_only_used_images(man):
+    sub = man.subset([0, 1])
+    assert sub.pairs == man.pairs[:2]
+    assert set(sub.images) == {man.pairs[0].a, man.pairs[0].b, man.pairs[1].a, man.pairs[1].b}
+    sub.validate()
+
+
+@pytest.mark.parametrize("breakage, match", [
+    (lambda m: setattr(next(iter(m.images.values())), "task", "inpainting"), r"images.csv row 1 .*unknown task"),
+    (lambda m: setattr(m.pairs[2], "label", "tie"), r"pairs.csv row 3 .*unknown label"),
+    (lambda m: setattr(m.pairs[0], "b", "nope"), r"pairs.csv row 1 .*unknown image id 'nope'"),
+    (lambda m: setattr(m.pairs[1], "b", "lonely/0"), r"pairs.csv row 2 .*different content"),
+    (lambda m: setattr(m.images["c0/i1"], "task", "dehazing"), r"pairs.csv row 1 .*different tasks"),
+    (lambda m: setattr(m.images["c0/i1"], "scene", "other"), r"unknown scene"),
+])
+def test_validate_names_bad_row(breakage, match):
+    m = _toy()
+    breakage(m)
+    with pytest.raises(ValueError, match=match):
+        m.validate()
+
+
+def test_load_rejects_duplicate_ids_and_bad_labels(tmp_path):
+    m = _toy(3)
+    m.save(tmp_path / "m")
+    csv_path = tmp_path / "m" / "images.csv"
+    lines = csv_path.read_text().splitlines()
+    csv_path.write_text("\n".join(lines + [lines[2]]) + "\n")
+    with pytest.raises(ValueError, match=r"images.csv row \d+: duplicate image_id 'c0/i1'"):
+        Manifest.load(tmp_path / "m")
+    csv_path.write_text("\n".join(lines) + "\n")
+    pairs_path = tmp_path / "m" / "pairs.csv"
+    pairs_path.write_text(pairs_path.read_text().replace("a_better", "A>B", 1))
+    with pytest.raises(ValueError, match=r"pairs.csv row 1 .*unknown label 'A>B'"):
+        Manifest.load(tmp_path / "m")
+    assert len(Manifest.load(tmp_path / "m", validate=False).pairs) == len(m.pairs)
+
+
+# ---------------------------------------------------------------------------- photos
+
+def test_skimage_sources_and_load_photo():
+    names = [n for n, _ in ph.list_photo_sources("skimage")]
+    assert len(names) >= 10 and len(set(names)) == len(names)
+    assert "skimage-cat" not in names  # same pixels as chelsea
+    img = ph.load_photo("skimage-camera", max_side=100)  # a gray photo
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 and max(img.shape[:2]) == 100
+    with pytest.raises(KeyError):
+        ph.load_photo("no-such-photo")
+
+
+def test_split_photos_deterministic():
+    names = [n for n, _ in ph.list_photo_sources("skimage")]
+    s = ph.split_photos(names)
+    assert s == ph.split_photos(list(reversed(names)))
+    assert set(s["train"]) | set(s["held_out"]) == set(names) and not set(s["train"]) & set(s["held_out"])
+    assert len(s["held_out"]) == round(0.2 * len(names))
+    assert ph.split_photos(["only"]) == {"train": ["only"], "held_out": []}
+    assert len(ph.split_photos(["a", "b"])["held_out"]) == 1
+
+
+def test_folder_source(photo_dir):
+    src = ph.photos_from_folder(photo_dir)
+    names = [n for n, _ in src]
+    assert len(names) == len(set(names)) == len(list(p for p in photo_dir.rglob("*") if p.is_file()))
+    assert all(n.startswith("scene_") for n in names)
+    arr = src[0][1]()
+    assert arr.dtype == np.uint8 and arr.shape[2] == 3
+    path_img = ph.load_photo(str(next(p for p in photo_dir.rglob("*.jpg"))), max_side=64)
+    assert max(path_img.shape[:2]) <= 64
+
+
+def test_gnome_source_optional():
+    files = ph.gnome_files()
+    names = [n for n, _ in ph.gnome_sources()]
+    assert len(files) == len(names)
+    if not ph.GNOME_DIR.is_dir():
+        assert names == []
+    else:
+        assert all(n.startswith("gnome-") for n in names)

@@ -1,0 +1,432 @@
+"""Training stack: losses on hand-computed cases, the scene-aware sampler, datasets, stage 1/2 and resume."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import needs_torch
+
+pytestmark = needs_torch
+
+torch = pytest.importorskip("torch")
+
+
+def phi(x: float) -> float:
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def fid(p: float, p_hat: float) -> float:
+    return 1.0 - math.sqrt(p * p_hat) - math.sqrt((1.0 - p) * (1.0 - p_hat))
+
+
+def hand_scene_loss(scores, mos) -> float:
+    ells = []
+    for i in range(len(scores)):
+        for j in range(i + 1, len(scores)):
+            p = 1.0 if mos[i] > mos[j] else 0.5 if mos[i] == mos[j] else 0.0
+            ells.append(fid(p, phi((scores[i] - scores[j]) / math.sqrt(2.0))))
+    return sum(ells) / len(ells)
+
+
+# -- losses -----------------------------------------------------------------------------------------------
+def test_fidelity_loss_one_scene_by_hand():
+    from fgresq_sdk.train.losses import scene_fidelity_loss
+
+    scores, mos = [0.8, 0.3, 0.5], [3.0, 1.0, 2.0]
+    # pairs (0,1) p=1, (0,2) p=1, (1,2) p=0
+    want = ((1 - math.sqrt(phi(0.5 / math.sqrt(2)))) + (1 - math.sqrt(phi(0.3 / math.sqrt(2))))
+            + (1 - math.sqrt(1 - phi(-0.2 / math.sqrt(2))))) / 3
+    assert want == pytest.approx(hand_scene_loss(scores, mos), abs=1e-12)
+    got = scene_fidelity_loss(torch.tensor(scores), torch.tensor(mos), ["x", "x", "x"])
+    assert float(got) == pytest.approx(want, abs=1e-4)
+
+
+def test_fidelity_loss_equal_mos_is_half_target():
+    from fgresq_sdk.train.losses import scene_fidelity_loss
+
+    ph = phi((0.7 - 0.2) / math.sqrt(2))
+    want = 1 - math.sqrt(0.5 * ph) - math.sqrt(0.5 * (1 - ph))
+    got = scene_fidelity_loss(torch.tensor([0.7, 0.2]), torch.tensor([4.0, 4.0]), [0, 0])
+    assert float(got) == pytest.approx(want, abs=1e-4)
+    # equal scores with equal MOS: p = p̂ = 0.5, the fidelity loss is 0
+    zero = scene_fidelity_loss(torch.tensor([0.4, 0.4]), torch.tensor([1.0, 1.0]), [0, 0])
+    assert float(zero) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_fidelity_loss_scene_weights_inverse_count():
+    from fgresq_sdk.train.losses import scene_fidelity_loss
+
+    scores = [0.9, 0.1, 0.5, 0.2, 0.6, 0.3]
+    mos = [5.0, 1.0, 3.0, 70.0, 20.0, 0.0]
+    scenes = ["A", "A", "A", "B", "B", "C"]  # C has a single item: no pair, no weight
+    la = hand_scene_loss(scores[:3], mos[:3])
+    lb = hand_scene_loss(scores[3:5], mos[3:5])
+    wa, wb = 1 / 3, 1 / 2
+    want = (wa * la + wb * lb) / (wa + wb)  # = 0.4·L_A + 0.6·L_B
+    got = scene_fidelity_loss(torch.tensor(scores), torch.tensor(mos), scenes)
+    assert float(got) == pytest.approx(want, abs=1e-4)
+    assert float(got) == pytest.approx(0.4 * la + 0.6 * lb, abs=1e-4)
+    # MOS scales never meet across scenes: rescaling one scene changes nothing
+    mos2 = [m * 100 if s == "A" else m for m, s in zip(mos, scenes)]
+    assert float(scene_fidelity_loss(torch.tensor(scores), torch.tensor(mos2), scenes)) == pytest.approx(float(got))
+
+
+def test_fidelity_loss_gradients_and_ids():
+    from fgresq_sdk.train.losses import scene_fidelity_loss
+
+    s = torch.tensor([5.0, -5.0, 0.0], requires_grad=True)  # p̂ saturates towards 0/1
+    loss = scene_fidelity_loss(s, torch.tensor([2.0, 1.0, 1.5]), [0, 0, 0])
+    loss.backward()
+    assert torch.isfinite(s.grad).all()
+    # the same image twice (ids) is not a pair: only (0,2) and (1,2) count
+    scores, mos = [0.8, 0.3, 0.5], [3.0, 3.0, 2.0]
+    got = scene_fidelity_loss(torch.tensor(scores), torch.tensor(mos), [0, 0, 0], ids=[7, 7, 9])
+    want = ((1 - math.sqrt(phi(0.3 / math.sqrt(2)))) + (1 - math.sqrt(phi(-0.2 / math.sqrt(2))))) / 2
+    assert float(got) == pytest.approx(want, abs=1e-4)
+    # nothing to compare: a zero that still backpropagates
+    z = torch.tensor([0.3], requires_grad=True)
+    out = scene_fidelity_loss(z, torch.tensor([1.0]), [0])
+    out.backward()
+    assert float(out.detach()) == 0.0
+
+
+def test_rank_loss_by_hand():
+    from fgresq_sdk.train.losses import rank_loss
+
+    logits = [[2.0, 0.5, -1.0], [0.1, 0.3, 0.2], [-0.5, 1.0, 3.0]]
+    labels = ["a_better", "b_better", "similar"]
+    want = 0.0
+    for row, k in zip(logits, (0, 1, 2)):
+        want += -(row[k] - math.log(sum(math.exp(v) for v in row)))
+    want /= 3
+    assert float(rank_loss(torch.tensor(logits), labels)) == pytest.approx(want, abs=1e-5)
+    assert float(rank_loss(torch.tensor(logits), torch.tensor([0, 1, 2]))) == pytest.approx(want, abs=1e-5)
+
+
+def _log_softmax(v: np.ndarray) -> np.ndarray:
+    v = v - v.max(axis=1, keepdims=True)
+    return v - np.log(np.exp(v).sum(axis=1, keepdims=True))
+
+
+def test_dfl_loss_multi_positive_by_hand():
+    from fgresq_sdk.train.losses import dfl_loss
+
+    rng = np.random.default_rng(3)
+    img = rng.normal(size=(3, 4))
+    txt = rng.normal(size=(3, 4))  # tasks 0, 1, 2
+    tasks = [0, 0, 2]  # two images share task 0; task 1 absent
+    s = 10.0
+    i_n = img / np.linalg.norm(img, axis=1, keepdims=True)
+    t_n = txt / np.linalg.norm(txt, axis=1, keepdims=True)
+
+    # present tasks only: columns (task 0, task 2)
+    logits = s * i_n @ t_n[[0, 2]].T  # [3 images, 2 prompts]
+    y = np.array([[1, 0], [1, 0], [0, 1]], dtype=float)
+    i2t = -(y * _log_softmax(logits)).sum(1).mean()
+    yt = y.T / y.T.sum(1, keepdims=True)  # task-0 row: 1/2, 1/2, 0
+    t2i = -(yt * _log_softmax(logits.T)).sum(1).mean()
+    want = 0.5 * (i2t + t2i)
+    got = dfl_loss(torch.tensor(img), torch.tensor(txt), torch.tensor(tasks), s)
+    assert float(got) == pytest.approx(want, abs=1e-6)
+
+    # every prompt as a negative image→text; the absent task's row has no target and is dropped
+    logits_all = s * i_n @ t_n.T
+    y_all = np.eye(3)[tasks]
+    i2t_all = -(y_all * _log_softmax(logits_all)).sum(1).mean()
+    want_all = 0.5 * (i2t_all + t2i)
+    got_all = dfl_loss(torch.tensor(img), torch.tensor(txt), torch.tensor(tasks), s, present_only=False)
+    assert float(got_all) == pytest.approx(want_all, abs=1e-6)
+
+
+def test_stage2_loss_combines_with_lambdas():
+    from fgresq_sdk.train.losses import rank_loss, scene_fidelity_loss, stage2_loss
+
+    s, m = torch.tensor([0.2, 0.9, 0.4, 0.5]), torch.tensor([1.0, 2.0, 3.0, 3.0])
+    lg, lab = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 1.0]]), ["a_better", "similar"]
+    out = stage2_loss(s, m, [0, 0, 0, 0], lg, lab, 5.0, 1.0)
+    want = 5 * scene_fidelity_loss(s, m, [0, 0, 0, 0]) + rank_loss(lg, lab)
+    assert float(out["loss"]) == pytest.approx(float(want), abs=1e-6)
+
+
+# -- sampler ----------------------------------------------------------------------------------------------
+def test_scene_sampler_one_scene_per_batch_covers_all():
+    from fgresq_sdk.train.sampler import SceneBatchSampler
+
+    scenes = ["a"] * 7 + ["b"] * 5 + ["c"] * 2
+    rng = np.random.default_rng(0)
+    scenes = [scenes[i] for i in rng.permutation(len(scenes))]
+    smp = SceneBatchSampler(scenes, batch_size=3, seed=5)
+    e0 = list(smp.iter_epoch(0))
+    assert len(e0) == len(smp) == 3 + 2 + 1
+    for b in e0:
+        assert len({scenes[i] for i in b}) == 1 and 1 <= len(b) <= 3
+    assert sorted(i for b in e0 for i in b) == list(range(len(scenes)))
+    assert SceneBatchSampler(scenes, 3, seed=5).batches(0) == e0  # deterministic per seed and epoch
+    assert smp.batches(1) != e0  # reshuffled every epoch
+    assert sorted(i for b in smp.batches(1) for i in b) == list(range(len(scenes)))
+    assert SceneBatchSampler(scenes, 3, seed=6).batches(0) != e0
+
+
+# -- data and text ------------------------------------------------------------------------------------------
+def make_manifest(root: Path, scenes=("s1", "s2"), contents=2, levels=(0, 1, 2, 3)):
+    from PIL import Image, ImageFilter
+
+    from fgresq_sdk.train.manifest import ImageRecord, Manifest, PairRecord
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    tasks = ("deblurring", "denoising", "dehazing", "mixture")
+    images, pairs = {}, []
+    for si, scene in enumerate(scenes):
+        for c in range(contents):
+            clean = Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).resize((256, 256), Image.BICUBIC)
+            task = tasks[(si * contents + c) % len(tasks)]
+            ids = []
+            for lv in levels:
+                iid = f"{scene}-c{c}-l{lv}"
+                clean.filter(ImageFilter.GaussianBlur(lv * 1.5)).save(root / f"{iid}.png")
+                images[iid] = ImageRecord(iid, f"{iid}.png", scene, task, f"{scene}-c{c}", (10.0 - 2 * lv) * (si + 1))
+                ids.append(iid)
+            for a in range(len(ids)):
+                for b in range(a + 1, len(ids)):
+                    pairs.append(PairRecord(ids[a], ids[b], "a_better" if b - a > 1 else "similar"))
+    m = Manifest(root=root, images=images, pairs=pairs, scenes={s: {"mos_range": [0, 100]} for s in scenes})
+    m.save(root)
+    return Manifest.load(root)
+
+
+@pytest.fixture(scope="module")
+def manifest_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train_data")
+    make_manifest(root)
+    return root
+
+
+def test_pair_dataset_same_crop_and_eval_matches_inference(manifest_dir):
+    from fgresq_sdk.preprocess import preprocess
+    from fgresq_sdk.train.datasets import ImageCache, ImageTaskDataset, PairDataset, TransformSpec
+    from fgresq_sdk.train.manifest import Manifest, PairRecord
+
+    m = Manifest.load(manifest_dir)
+    some = next(iter(m.images))
+    m.pairs = [PairRecord(some, some, "similar")] + m.pairs[:3]  # the same image twice
+    spec = TransformSpec(size=224, resize=256, crop=224, hflip=True)
+    ds = PairDataset(m, spec, train=True, seed=1, cache=ImageCache(64))
+    it = ds[0]
+    assert it["a"].shape == (3, 224, 224) and torch.equal(it["a"], it["b"])  # one crop + flip for both
+    ds.set_epoch(0)
+    again = ds[1]
+    ds.set_epoch(0)
+    assert torch.equal(again["a"], ds[1]["a"])  # deterministic per (seed, epoch, index)
+    crops = set()
+    for e in range(4):
+        ds.set_epoch(e)
+        crops.add(ds[1]["a"].sum().item())
+    assert len(crops) > 1  # and it changes with the epoch
+    assert len(ds.cache) > 0
+    ev = PairDataset(m, spec, train=False)
+    ref = preprocess(m.image_path(m.pairs[1].a), {"size": 224})
+    assert np.array_equal(ev[1]["a"].numpy(), ref)  # eval transform == inference preprocessing
+    img_ds = ImageTaskDataset(m, spec, train=True)
+    assert img_ds[0]["image"].shape == (3, 224, 224) and 0 <= img_ds[0]["task"] < 6
+
+
+def test_tokenizer_truncates_to_context_length():
+    from fgresq_sdk.config import load_config
+    from fgresq_sdk.train.dfl import build_frozen_text_tower, text_embeddings, tokenize
+
+    cfg = load_config("fgresq-vit-tiny")
+    ctx = cfg["text_cfg"]["context_length"]
+    toks = tokenize(["a photo restored by deblurring", " ".join(["very"] * 100)], ctx)
+    assert toks.shape == (2, ctx)
+    assert int(toks[1, -1]) == 49407  # truncated, still ends with the end-of-text token
+    tower = build_frozen_text_tower(cfg, seed=3)
+    assert not any(p.requires_grad for p in tower.parameters())
+    e1 = text_embeddings(tower, ["a", "b"], ctx)
+    e2 = text_embeddings(build_frozen_text_tower(cfg, seed=3), ["a", "b"], ctx)
+    assert e1.shape == (2, cfg["embed_dim"]) and torch.equal(e1, e2)  # seeded: a resumed run rebuilds it
+
+
+def test_pretrained_open_clip_mapping(tmp_path):
+    from open_clip.model import CLIP
+
+    from fgresq_sdk.config import load_config
+    from fgresq_sdk.model import FGResQ
+    from fgresq_sdk.train.dfl import build_frozen_text_tower, load_pretrained
+
+    cfg = load_config("fgresq-vit-tiny")
+    torch.manual_seed(11)
+    clip = CLIP(cfg["embed_dim"], cfg["vision_cfg"], cfg["text_cfg"], quick_gelu=cfg["quick_gelu"])
+    sd = clip.state_dict()
+    path = tmp_path / "clip.bin"
+    torch.save(sd, path)
+    model = FGResQ(cfg)
+    rep = load_pretrained(model, path)
+    assert rep["kind"] == "open_clip"
+    assert torch.equal(model.degradation_proj, sd["visual.proj"])
+    assert torch.equal(model.image_tower.conv1.weight, sd["visual.conv1.weight"])
+    assert torch.equal(model.degradation_tower.transformer.resblocks[1].mlp.c_fc.weight,
+                       sd["visual.transformer.resblocks.1.mlp.c_fc.weight"])
+    assert rep["logit_scale"] == pytest.approx(float(sd["logit_scale"].exp()))
+    tower = build_frozen_text_tower(cfg, seed=0, state=rep["text_state"])
+    assert torch.equal(tower.token_embedding.weight, sd["token_embedding.weight"])
+    assert torch.equal(tower.text_projection, sd["text_projection"])
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():  # the degradation tower + proj reproduce CLIP's image embedding
+        from fgresq_sdk.train.dfl import degradation_embed
+
+        assert torch.allclose(degradation_embed(model.eval(), x), clip.eval().encode_image(x), atol=1e-5)
+
+
+# -- training -----------------------------------------------------------------------------------------------
+def test_stage2_steps_lower_the_loss_on_a_fixed_batch(manifest_dir):
+    from torch.utils.data import default_collate
+
+    from fgresq_sdk.model import FGResQ
+    from fgresq_sdk.train.datasets import PairDataset, TransformSpec
+    from fgresq_sdk.train.manifest import Manifest
+    from fgresq_sdk.train.trainer import freeze_for_stage2, make_optimizer, set_seed, stage2_step
+
+    set_seed(0)
+    m = Manifest.load(manifest_dir)
+    model = FGResQ("fgresq-vit-tiny")
+    ds = PairDataset(m, TransformSpec(224, 256, 224), train=True)
+    scene0 = [k for k, p in enumerate(ds.pairs) if m.images[p.a].scene == "s1"][:4]
+    batch = default_collate([ds[k] for k in scene0])
+    deg = {k: v.clone() for k, v in model.degradation_tower.state_dict().items()}
+    train_mode = freeze_for_stage2(model)
+    opt = make_optimizer(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(3):
+        train_mode()
+        opt.zero_grad()
+        out = stage2_step(model, batch)
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["loss"].detach()))
+    assert losses[-1] < losses[0]
+    assert not model.degradation_tower.training
+    for k, v in model.degradation_tower.state_dict().items():  # frozen in stage 2
+        assert torch.equal(v, deg[k])
+
+
+def _steps(log: Path) -> dict[tuple[str, int], float]:
+    out = {}
+    for line in log.read_text().splitlines():
+        rec = json.loads(line)
+        if rec["event"] == "step":
+            out[(rec["stage"], rec["step"])] = rec["loss"]
+    return out
+
+
+def test_two_stage_run_logs_checkpoints_and_exact_resume(manifest_dir, tmp_path):
+    from fgresq_sdk.model import load_checkpoint
+    from fgresq_sdk.train.trainer import TrainError, run_training
+
+    cfg = {"name": "t", "model": "fgresq-vit-tiny", "log_every": 1, "keep_checkpoints": None, "threads": 1,
+           "data": {"resize": 256, "crop": 224, "hflip": True},
+           "dfl": {"epochs": 2, "batch_size": 8, "lr": 1e-3},
+           "fgresq": {"epochs": 2, "batch_size": 4, "lr": 1e-3, "warmup_steps": 2}}
+    a = tmp_path / "a"
+    res = run_training(cfg, a, manifest=manifest_dir, val_manifest=manifest_dir, progress=False, export=True)
+    assert Path(res["model"]).is_file() and (a / "bundle" / "model.json").is_file()
+    for stage in ("dfl", "fgresq"):
+        for e in (1, 2):
+            assert (a / stage / f"epoch-{e:03d}.safetensors").is_file()
+            assert (a / stage / f"epoch-{e:03d}.state.safetensors").is_file()
+    recs = [json.loads(line) for line in (a / "logs.jsonl").read_text().splitlines()]
+    events = [r["event"] for r in recs]
+    assert events[0] == "run_start" and events[-1] == "run_end"
+    assert events.count("stage_start") == 2 and events.count("epoch") == 4
+    for r in recs:
+        assert {"event", "time", "elapsed_s"} <= set(r)
+    fg_steps = [r for r in recs if r["event"] == "step" and r["stage"] == "fgresq"]
+    assert {"epoch", "step", "lr", "loss", "loss_scene", "loss_rank", "scene", "pairs"} <= set(fg_steps[0])
+    assert fg_steps[0]["scene"] in ("s1", "s2")
+    ep = [r for r in recs if r["event"] == "epoch" and r["stage"] == "fgresq"]
+    assert {"srcc", "plcc", "acc", "acc3"} <= set(ep[-1]["val"])
+    dfl_ep = [r for r in recs if r["event"] == "epoch" and r["stage"] == "dfl"]
+    assert "task_acc" in dfl_ep[-1]["val"]
+
+    # the degradation tower changed in stage 1 and stayed put in stage 2
+    d1 = load_checkpoint(a / "dfl" / "model.safetensors")
+    fin = load_checkpoint(a / "model.safetensors")
+    init = load_checkpoint(a / "dfl" / "epoch-001.safetensors")
+    w = "degradation_tower.conv1.weight"
+    assert torch.equal(d1.state_dict()[w], fin.state_dict()[w])
+    assert not torch.equal(init.state_dict()[w], d1.state_dict()[w])
+    assert not torch.equal(d1.state_dict()["head.weight"], fin.state_dict()["head.weight"])
+
+    with pytest.raises(TrainError):
+        run_training(cfg, a, manifest=manifest_dir, progress=False)  # refuses to overwrite a run
+
+    # interrupted after epoch 1 of stage 1: resume must reproduce every later step exactly
+    b = tmp_path / "b"
+    b.mkdir()
+    shutil.copytree(a / "dfl", b / "dfl")
+    for name in ("epoch-002.safetensors", "epoch-002.state.safetensors", "model.safetensors"):
+        (b / "dfl" / name).unlink()
+    run_training(cfg, b, manifest=manifest_dir, val_manifest=manifest_dir, resume=True, progress=False)
+    sa, sb = _steps(a / "logs.jsonl"), _steps(b / "logs.jsonl")
+    assert min(k[1] for k in sb if k[0] == "dfl") == 3  # continued at the first step of epoch 2
+    assert len([k for k in sb if k[0] == "fgresq"]) == 12
+    for k, v in sb.items():
+        assert v == pytest.approx(sa[k], rel=1e-6, abs=1e-7), k
+
+
+def test_train_configs_load_and_cli_signature():
+    import inspect
+
+    from fgresq_sdk.train.cli import train_cmd
+    from fgresq_sdk.train.trainer import TrainError, list_train_configs, load_train_config
+
+    assert {"compact-synthetic", "paper"} <= set(list_train_configs())
+    paper = load_train_config("paper")
+    assert paper["model"] == "fgresq-vit-b16" and paper["requires_pretrained"]
+    assert paper["fgresq"]["batch_size"] == 64 and paper["fgresq"]["epochs"] == 6
+    assert (paper["fgresq"]["lambda_scene"], paper["fgresq"]["lambda_rank"]) == (5.0, 1.0)
+    compact = load_train_config(Path(__file__).parents[1] / "train" / "configs" / "compact-synthetic.json")
+    assert compact["model"] == "fgresq-vit-tiny"
+    with pytest.raises(TrainError):
+        load_train_config({"fgresq": {"learning_rate": 1}})
+    params = inspect.signature(train_cmd).parameters
+    assert list(params)[:9] == ["config", "manifest", "out", "stage", "resume", "pretrained", "epochs",
+                                "threads", "export"]
+
+
+def test_train_cmd_through_typer(manifest_dir, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from fgresq_sdk.train.cli import train_cmd
+
+    app = typer.Typer()
+    app.command("train")(train_cmd)
+    app.command("noop")(lambda: None)  # two commands: `train` stays a subcommand
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"name": "cli", "model": "fgresq-vit-tiny", "threads": 1,
+                               "dfl": {"epochs": 1, "batch_size": 16, "lr": 1e-4}}))
+    from open_clip.model import CLIP
+
+    from fgresq_sdk.config import load_config
+
+    mc = load_config("fgresq-vit-tiny")
+    clip_path = tmp_path / "clip.bin"
+    torch.save(CLIP(mc["embed_dim"], mc["vision_cfg"], mc["text_cfg"], quick_gelu=True).state_dict(), clip_path)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["train", "--config", str(cfg), "--manifest", str(manifest_dir), "--out", str(out),
+                                 "--stage", "dfl", "--pretrained", str(clip_path), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["stages"] == ["dfl"] and Path(res["model"]).is_file()
+    assert res["pretrained"]["kind"] == "open_clip"
+    starts = [json.loads(x) for x in (out / "logs.jsonl").read_text().splitlines() if '"stage_start"' in x]
+    assert starts[0]["text_tower"] == "pretrained" and starts[0]["init"].startswith("pretrained")
+    assert (out / "dfl" / "model.safetensors").is_file() and not (out / "fgresq").exists()
+    bad = CliRunner().invoke(app, ["train", "--config", str(cfg), "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2  # no manifest anywhere

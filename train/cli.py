@@ -1,0 +1,65 @@
+"""Typer command functions for training (registered into the main `fgresq-sdk` CLI by its owner).
+
+    from fgresq_sdk.train.cli import train_cmd
+    app.command("train")(train_cmd)
+
+Conventions of the main CLI: machine-readable output (the run summary, JSON) on stdout, progress and
+one-line errors on stderr, exit code 2 for usage errors (bad config, missing manifest, nothing to resume).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+__all__ = ["Stage", "train_cmd", "list_train_configs_cmd"]
+
+
+class Stage(str, Enum):
+    all = "all"
+    dfl = "dfl"
+    fgresq = "fgresq"
+
+
+def train_cmd(
+    config: Path = typer.Option(..., "--config", "-c",
+                                help="Training config JSON (e.g. train/configs/compact-synthetic.json) or a shipped name."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest",
+                                            help="Training manifest folder (overrides the config's \"manifest\")."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, logs.jsonl, model.safetensors, bundle/."),
+    stage: Stage = typer.Option(Stage.all, "--stage",
+                                help="all: stage 1 (degradation-aware feature learning) then stage 2; or one stage."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its newest epoch checkpoint."),
+    pretrained: Optional[Path] = typer.Option(None, "--pretrained",
+                                              help="Local open_clip CLIP checkpoint for both towers and the text tower."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Override the epochs of every stage that runs."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: all cores)."),
+    export: bool = typer.Option(False, "--export", help="Export an ONNX bundle to OUT/bundle at the end."),
+    val_manifest: Optional[Path] = typer.Option(None, "--val-manifest",
+                                                help="Validation manifest, evaluated after every epoch."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+) -> None:
+    """Train FGResQ: stage 1 (degradation-aware feature learning), then stage 2 (score + compare heads)."""
+    from .trainer import TrainError, _jsonable, run_training
+
+    try:
+        res = run_training(config, out, manifest=manifest, stage=stage.value if isinstance(stage, Enum) else stage,
+                           resume=resume, pretrained=pretrained, epochs=epochs, threads=threads,
+                           export=True if export else None, val_manifest=val_manifest, progress=progress)
+    except (TrainError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(2)
+    typer.echo(json.dumps(_jsonable(res), indent=2))
+
+
+def list_train_configs_cmd() -> None:
+    """List the training configs shipped with the SDK (train/configs/*.json)."""
+    from .trainer import list_train_configs, load_train_config
+
+    for name in list_train_configs():
+        cfg = load_train_config(name)
+        typer.echo(f"{name}\t{cfg['model']}\t{cfg['description'].split('.')[0]}")
