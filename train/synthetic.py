@@ -526,6 +526,26 @@ def generate(photos: Sequence[tuple[str, np.ndarray]], out_dir, seed: int = 0, s
 
 # ---------------------------------------------------------------------------- CLI
 
+def expand_crops(photos: Sequence[tuple[str, np.ndarray]], per_photo: int, seed: int = 0,
+                 min_fraction: float = 0.45) -> list[tuple[str, np.ndarray]]:
+    """More contents from few photos: `per_photo` seeded square crops (side 45–100 % of the short side,
+    anywhere in the frame) per photo, named `<photo>~c<k>`. Crop 0 is the whole centre square, so
+    per_photo=1 is the plain photo. All crops of a photo must stay on one side of any split."""
+    if per_photo <= 1:
+        return list(photos)
+    out = []
+    for name, img in photos:
+        rng = np.random.default_rng(_crc(f"{seed}:{name}"))
+        h, w = img.shape[:2]
+        short = min(h, w)
+        for k in range(per_photo):
+            side = short if k == 0 else int(short * rng.uniform(min_fraction, 1.0))
+            top = (h - side) // 2 if k == 0 else int(rng.integers(0, h - side + 1))
+            left = (w - side) // 2 if k == 0 else int(rng.integers(0, w - side + 1))
+            out.append((f"{name}~c{k}", np.ascontiguousarray(img[top:top + side, left:left + side])))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import photos as ph
 
@@ -544,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--held-out-fraction", type=float, default=0.2)
     ap.add_argument("--max-photos", type=int, default=None, help="use at most N photos (first by name)")
     ap.add_argument("--jnd-scale", type=float, default=DEFAULT_JND_SCALE)
+    ap.add_argument("--crops-per-photo", type=int, default=1,
+                    help="contents per photo: seeded crops at several positions and scales (default 1)")
     args = ap.parse_args(argv)
 
     source = args.source or ("none" if args.photos else "skimage")
@@ -560,12 +582,13 @@ def main(argv: list[str] | None = None) -> int:
     if not sources:
         ap.error("no photos found")
     t0 = time.perf_counter()
-    photos = ph.load_photos(sources, max_side=4 * args.size)
+    photos = expand_crops(ph.load_photos(sources, max_side=4 * args.size), args.crops_per_photo, args.seed)
     t1 = time.perf_counter()
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     m = generate(photos, args.out, seed=args.seed, size=args.size, levels=args.levels, tasks=tasks,
                  jnd_scale=args.jnd_scale,
                  recipe_extra={"photo_source": source, "photo_folder": args.photos, "photo_split": args.photo_split,
+                               "crops_per_photo": args.crops_per_photo,
                                "photo_split_names": split})
     t2 = time.perf_counter()
     info = m.summary()
