@@ -109,17 +109,15 @@ def compare(
     fmt: Fmt = FmtOpt,
 ):
     """Compare two restored versions: P(first better), P(second better), P(similar quality)."""
-    from .errors import InputError
-
     try:
         scorer = _scorer(model, backend, device, 2)
-        res = scorer.compare(a, b).to_dict()
-    except InputError as exc:
-        report_errors([{"path": exc.path, "error": exc.reason}])
-        raise typer.Exit(1)
+        ok, errors = _run_encode(scorer, [a, b], "comparing")
     except FGResQError as exc:
         _fail(str(exc))
-    res["a"], res["b"] = display_path(a), display_path(b)
+    if errors:  # both inputs are reported when both are bad, not just the first
+        report_errors(errors)
+        raise typer.Exit(1)
+    res = scorer.compare_features(display_path(a), display_path(b), ok[0].features, ok[1].features).to_dict()
     if fmt is Fmt.json:
         emit_json(res)
     elif fmt is Fmt.csv:

@@ -70,18 +70,22 @@ def load_image(src: ImageInput, name: str | None = None) -> Image.Image:
     if isinstance(src, Image.Image):
         if src.width == 0 or src.height == 0:
             raise InputError(label, "image has zero width or height")
-        return _to_rgb(ImageOps.exif_transpose(src) or src)
+        return _upright_rgb(src, label)
     fp = io.BytesIO(src) if isinstance(src, bytes) else _open_file(src, label)
     with fp:
-        img = _decode(fp, label)
-        try:
-            img = ImageOps.exif_transpose(img) or img
-        except Exception:  # a malformed EXIF block must not cost the image itself
-            pass
-        try:
-            return _to_rgb(img)
-        except (OSError, ValueError) as exc:
-            raise InputError(label, f"cannot convert image mode {img.mode} to RGB ({exc})") from None
+        return _upright_rgb(_decode(fp, label), label)
+
+
+def _upright_rgb(img: Image.Image, label: object) -> Image.Image:
+    """EXIF orientation applied, then 8-bit RGB; a mode PIL cannot convert is that input's error."""
+    try:
+        img = ImageOps.exif_transpose(img) or img
+    except Exception:  # a malformed EXIF block must not cost the image itself
+        pass
+    try:
+        return _to_rgb(img)
+    except (OSError, ValueError) as exc:
+        raise InputError(label, f"cannot convert image mode {img.mode} to RGB ({exc})") from None
 
 
 def _open_file(path: str | os.PathLike, label: object):

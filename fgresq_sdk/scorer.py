@@ -165,9 +165,13 @@ class Scorer:
     def compare(self, a: ImageInput, b: ImageInput) -> Comparison:
         """Probabilities that a is better, b is better, or both are of similar quality."""
         q, _ = self.encode([a, b])
-        logits = self.backend.compare_logits(q[0:1], q[1:2])[0]
+        return self.compare_features(_name_of(a, 0), _name_of(b, 1), q[0], q[1])
+
+    def compare_features(self, a: str, b: str, fa: np.ndarray, fb: np.ndarray) -> Comparison:
+        """`compare` on already encoded images (the CLI encodes first to report every bad input)."""
+        logits = self.backend.compare_logits(fa[None], fb[None])[0]
         p = softmax(logits.astype(np.float64))
-        return Comparison(_name_of(a, 0), _name_of(b, 1), float(p[0]), float(p[1]), float(p[2]))
+        return Comparison(a, b, float(p[0]), float(p[1]), float(p[2]))
 
     def rank_features(self, names: list[str], feats: np.ndarray, scores: np.ndarray) -> RankResult:
         probs = self.head.all_pairs_probs(feats)

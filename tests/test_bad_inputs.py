@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import stat
 import struct
 import subprocess
 import sys
@@ -553,6 +552,12 @@ def test_library_bomb_refused_before_decoding(fx, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
     with pytest.raises(InputError, match=r"30000×30000 pixels .*decompression bomb"):
         load_image(fx.inputs / "bomb_header.png")
+
+
+def test_library_unconvertible_mode_is_an_input_error():
+    img = Image.new("LA", (4, 4)).convert("La")  # PIL has no La → RGB conversion
+    with pytest.raises(InputError, match="cannot convert image mode La"):
+        load_image(img, name="la.png")
 
 
 def test_library_pixel_limit_is_the_sdks_not_pils_warning(monkeypatch):

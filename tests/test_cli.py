@@ -1,0 +1,265 @@
+"""The `fgresq-sdk` command-line contract, through the real executable.
+
+Other tools parse this output, so the JSON keys, the CSV headers, the exit codes (0 all fine, 1 some
+inputs failed, 2 usage error) and the "errors on stderr, data on stdout" split are checked exactly, and
+the numbers are checked against the library on the same bundle.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fgresq_sdk.bundle import default_bundle_path
+from fgresq_sdk.scorer import Scorer
+
+CLI = Path(sys.executable).parent / "fgresq-sdk"
+VERDICTS = ("first", "second", "similar")
+COMPARE_KEYS = {"a", "b", "p_first_better", "p_second_better", "p_similar", "verdict"}
+RANK_ENTRY_KEYS = {"rank", "path", "score", "win_rate"}  # documented; more may follow
+
+
+@dataclass
+class Run:
+    rc: int
+    out: str
+    err: str
+
+    @property
+    def lines(self) -> list[str]:
+        return self.err.splitlines()
+
+    def json(self) -> dict:
+        return json.loads(self.out)
+
+
+def run_cli(*args, cwd: Path) -> Run:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    p = subprocess.run([str(CLI), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=60, env=env)
+    run = Run(p.returncode, p.stdout, p.stderr)
+    assert "Traceback" not in run.out + run.err, run.err
+    return run
+
+
+@pytest.fixture(scope="module")
+def names(photo_paths, photo_dir) -> list[str]:
+    """The photos relative to photo_dir (the CLI runs there, so names stay short in tables)."""
+    return [str(p.relative_to(photo_dir)) for p in photo_paths]
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_bundle) -> Scorer:
+    return Scorer(tiny_bundle)
+
+
+@pytest.fixture(scope="module")
+def ranked(tiny_bundle, photo_dir) -> Run:
+    """`rank . -r -f json` over all six photos, shared by the tests that only read it."""
+    return run_cli("rank", ".", "--recursive", "--model", tiny_bundle, "-f", "json", cwd=photo_dir)
+
+
+# -- score -----------------------------------------------------------------------------------------------
+def test_score_json(tiny_bundle, photo_dir, names, scorer):
+    run = run_cli("score", *names, "--model", tiny_bundle, "-f", "json", cwd=photo_dir)
+    assert run.rc == 0, run.err
+    assert run.err == ""
+    payload = run.json()
+    assert set(payload) == {"results", "errors"}
+    assert payload["errors"] == []
+    assert all(set(r) == {"path", "score"} for r in payload["results"])
+    assert [r["path"] for r in payload["results"]] == names
+    want = scorer.score([photo_dir / n for n in names])
+    assert [r["score"] for r in payload["results"]] == pytest.approx(want.tolist(), rel=1e-4, abs=1e-6)
+    assert all(0.0 < r["score"] < 1.0 for r in payload["results"])
+
+
+def test_score_json_stays_parseable_with_errors(tiny_bundle, photo_dir, names):
+    run = run_cli("score", names[0], "missing.png", names[1], "--model", tiny_bundle, "-f", "json", cwd=photo_dir)
+    assert run.rc == 1
+    payload = run.json()
+    assert [r["path"] for r in payload["results"]] == [names[0], names[1]]
+    assert payload["errors"] == [{"path": "missing.png", "error": "no such file"}]
+    assert run.lines == ["error: missing.png: no such file"]
+
+
+def test_score_csv_and_table(tiny_bundle, photo_dir, names):
+    js = run_cli("score", *names, "--model", tiny_bundle, "-f", "json", cwd=photo_dir).json()["results"]
+    run = run_cli("score", *names, "--model", tiny_bundle, "-f", "csv", cwd=photo_dir)
+    assert run.rc == 0
+    reader = csv.DictReader(io.StringIO(run.out))
+    rows = list(reader)
+    assert reader.fieldnames == ["path", "score"]
+    assert [r["path"] for r in rows] == names
+    assert [float(r["score"]) for r in rows] == pytest.approx([r["score"] for r in js], abs=1e-6)
+    run = run_cli("score", *names, "--model", tiny_bundle, cwd=photo_dir)
+    assert run.rc == 0
+    for n, r in zip(names, js):
+        assert n in run.out
+        assert f"{r['score']:.4f}" in run.out
+
+
+# -- compare ---------------------------------------------------------------------------------------------
+def test_compare_json(tiny_bundle, photo_dir, names, scorer):
+    a, b = names[0], names[3]
+    run = run_cli("compare", a, b, "--model", tiny_bundle, "-f", "json", cwd=photo_dir)
+    assert run.rc == 0, run.err
+    res = run.json()
+    assert set(res) == COMPARE_KEYS
+    assert (res["a"], res["b"]) == (a, b)
+    p = [res["p_first_better"], res["p_second_better"], res["p_similar"]]
+    assert all(0.0 <= x <= 1.0 for x in p)
+    assert sum(p) == pytest.approx(1.0, abs=1e-6)
+    assert res["verdict"] == VERDICTS[int(np.argmax(p))]
+    want = scorer.compare(photo_dir / a, photo_dir / b)
+    assert p == pytest.approx([want.p_first_better, want.p_second_better, want.p_similar], rel=1e-4, abs=1e-6)
+
+
+def test_compare_csv_and_table(tiny_bundle, photo_dir, names):
+    a, b = names[1], names[2]
+    js = run_cli("compare", a, b, "--model", tiny_bundle, "-f", "json", cwd=photo_dir).json()
+    run = run_cli("compare", a, b, "--model", tiny_bundle, "-f", "csv", cwd=photo_dir)
+    assert run.rc == 0
+    reader = csv.DictReader(io.StringIO(run.out))
+    [row] = list(reader)
+    assert set(reader.fieldnames) == COMPARE_KEYS
+    assert (row["a"], row["b"], row["verdict"]) == (a, b, js["verdict"])
+    assert float(row["p_similar"]) == pytest.approx(js["p_similar"], abs=1e-6)
+    run = run_cli("compare", a, b, "--model", tiny_bundle, cwd=photo_dir)
+    assert run.rc == 0
+    assert a in run.out and b in run.out and js["verdict"] in run.out
+
+
+def test_compare_bad_inputs_one_line_each_and_exit_1(tiny_bundle, photo_dir, names, tmp_path):
+    (tmp_path / "fake.jpg").write_text("not an image")
+    run = run_cli("compare", photo_dir / names[0], "fake.jpg", "--model", tiny_bundle, "-f", "json", cwd=tmp_path)
+    assert run.rc == 1
+    assert run.lines == ["error: fake.jpg: not a recognised image format"]
+    run = run_cli("compare", "missing.png", "fake.jpg", "--model", tiny_bundle, "-f", "json", cwd=tmp_path)
+    assert run.rc == 1
+    assert run.lines == ["error: missing.png: no such file", "error: fake.jpg: not a recognised image format"]
+
+
+# -- rank ------------------------------------------------------------------------------------------------
+def test_rank_json(ranked, names, photo_dir, scorer):
+    assert ranked.rc == 0, ranked.err
+    assert ranked.err == ""
+    payload = ranked.json()
+    assert set(payload) == {"groups", "errors"}
+    assert payload["errors"] == []
+    [group] = payload["groups"]
+    assert set(group) == {"name", "ranking"}
+    entries = group["ranking"]
+    assert all(RANK_ENTRY_KEYS <= set(e) for e in entries)
+    assert [e["rank"] for e in entries] == list(range(1, len(names) + 1))
+    assert sorted(e["path"] for e in entries) == sorted(names)
+    assert all(0.0 <= e["win_rate"] <= 1.0 and 0.0 < e["score"] < 1.0 for e in entries)
+    # Best first, in the library's order for the same images.
+    want = scorer.rank([photo_dir / n for n in names], names=names).entries()
+    assert [e["path"] for e in entries] == [w["path"] for w in want]
+    assert [e["win_rate"] for e in entries] == pytest.approx([w["win_rate"] for w in want], abs=1e-5)
+    strengths = [e["strength"] for e in entries]
+    assert strengths == sorted(strengths, reverse=True)
+
+
+def test_rank_top_truncates(tiny_bundle, photo_dir, ranked):
+    run = run_cli("rank", ".", "-r", "--top", "2", "--model", tiny_bundle, "-f", "json", cwd=photo_dir)
+    assert run.rc == 0
+    full = ranked.json()["groups"][0]["ranking"]
+    assert run.json()["groups"][0]["ranking"] == full[:2]
+
+
+def test_rank_group_by_parent_implies_recursion(tiny_bundle, photo_dir, names):
+    run = run_cli("rank", ".", "--group-by", "parent", "--model", tiny_bundle, "-f", "json", cwd=photo_dir)
+    assert run.rc == 0, run.err
+    groups = {g["name"]: g["ranking"] for g in run.json()["groups"]}
+    assert set(groups) == {"scene_a", "scene_b"}
+    for name, entries in groups.items():
+        assert [e["rank"] for e in entries] == [1, 2, 3]
+        assert sorted(e["path"] for e in entries) == sorted(n for n in names if n.startswith(name + "/"))
+    top = run_cli("rank", ".", "--group-by", "parent", "--top", "1", "--model", tiny_bundle, "-f", "json",
+                  cwd=photo_dir)
+    assert {g["name"]: g["ranking"] for g in top.json()["groups"]} == {k: v[:1] for k, v in groups.items()}
+
+
+def test_rank_without_recursion_finds_nothing_in_a_folder_of_folders(tiny_bundle, photo_dir):
+    run = run_cli("rank", ".", "--model", tiny_bundle, "-f", "json", cwd=photo_dir)
+    assert run.rc == 1
+    assert run.json() == {"groups": [], "errors": [{"path": ".", "error": "no images found (try --recursive)"}]}
+    assert run.lines == ["error: .: no images found (try --recursive)"]
+
+
+def test_rank_csv_and_table(tiny_bundle, photo_dir, ranked):
+    full = ranked.json()["groups"][0]["ranking"]
+    run = run_cli("rank", ".", "-r", "--model", tiny_bundle, "-f", "csv", cwd=photo_dir)
+    assert run.rc == 0
+    reader = csv.DictReader(io.StringIO(run.out))
+    rows = list(reader)
+    assert reader.fieldnames == ["group", "rank", "path", "score", "win_rate", "tier"]
+    assert [(r["group"], int(r["rank"]), r["path"]) for r in rows] == [(".", e["rank"], e["path"]) for e in full]
+    assert [float(r["win_rate"]) for r in rows] == pytest.approx([e["win_rate"] for e in full], abs=1e-6)
+    run = run_cli("rank", ".", "-r", "--model", tiny_bundle, cwd=photo_dir)
+    assert run.rc == 0
+    assert f". ({len(full)} images)" in run.out
+    for e in full:
+        assert e["path"] in run.out
+
+
+def test_rank_without_model(photo_dir, names):
+    """No --model: the embedded default model if this build has one, else a clear usage error."""
+    run = run_cli("rank", ".", "-r", "-f", "json", cwd=photo_dir)
+    if default_bundle_path() is None:
+        assert run.rc == 2
+        assert run.out == ""
+        assert len(run.lines) == 1 and run.lines[0].startswith("error: ") and "--model" in run.lines[0]
+    else:
+        assert run.rc == 0, run.err
+        assert sorted(e["path"] for e in run.json()["groups"][0]["ranking"]) == sorted(names)
+
+
+# -- usage errors and info -------------------------------------------------------------------------------
+@pytest.mark.parametrize("args,needle", [
+    (["score", "x.png", "--bogus"], "No such option"),
+    (["score", "x.png", "--backend", "bogus"], "--backend"),
+    (["rank", ".", "--top", "0"], "--top"),
+    (["rank", ".", "--group-by", "grandparent"], "--group-by"),
+    (["score"], "Missing argument"),
+    (["compare", "x.png"], "Missing argument"),
+])
+def test_usage_errors_exit_2(tiny_bundle, tmp_path, args, needle):
+    run = run_cli(*args, "--model", tiny_bundle, cwd=tmp_path)
+    assert run.rc == 2
+    assert run.out == ""
+    assert needle in run.err
+
+
+def test_missing_model_folder_is_one_line_exit_2(tmp_path):
+    run = run_cli("score", "x.png", "--model", "no_such_bundle", "-f", "json", cwd=tmp_path)
+    assert run.rc == 2
+    assert run.out == ""
+    assert run.lines == ["error: no_such_bundle: model bundle not found"]
+
+
+@pytest.mark.parametrize("target,why", [("nowhere", "no such directory"), ("file.png", "not a directory")])
+def test_rank_bad_directory_is_one_line_exit_2(tiny_bundle, tmp_path, target, why):
+    (tmp_path / "file.png").write_bytes(b"")
+    run = run_cli("rank", target, "--model", tiny_bundle, "-f", "json", cwd=tmp_path)
+    assert run.rc == 2
+    assert run.lines == [f"error: {target}: {why}"]
+
+
+def test_info_json(tiny_bundle, tmp_path):
+    run = run_cli("info", "--model", tiny_bundle, "-f", "json", cwd=tmp_path)
+    assert run.rc == 0, run.err
+    info = run.json()
+    assert {"fgresq_sdk", "python", "onnxruntime", "numpy", "pillow"} <= set(info)
+    assert info["model"]["path"] == str(tiny_bundle)
+    assert info["backend"] == "onnxruntime"
+    assert "model_error" not in info
