@@ -20,6 +20,15 @@ def quantize_bundle(src: str | Path, out: str | Path, *, per_channel: bool = Tru
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     def make(src_onnx: Path, dst_onnx: Path) -> None:
+        import logging
+
+        logging.disable(logging.WARNING)  # the quantizer's advice on the root logger is not for our users
+        try:
+            _quantize(src_onnx, dst_onnx)
+        finally:
+            logging.disable(logging.NOTSET)
+
+    def _quantize(src_onnx: Path, dst_onnx: Path) -> None:
         quantize_dynamic(str(src_onnx), str(dst_onnx), weight_type=QuantType.QInt8, per_channel=per_channel,
                          op_types_to_quantize=QUANTIZED_OPS, extra_options={"MatMulConstBOnly": True})
 

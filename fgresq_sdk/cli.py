@@ -46,6 +46,8 @@ BackendOpt = typer.Option(BackendName.auto, "--backend", help="Inference backend
 DeviceOpt = typer.Option("cpu", "--device", help="cpu or cuda[:N].")
 BatchOpt = typer.Option(16, "--batch-size", "-b", min=1, help="Images per encoder batch.")
 FmtOpt = typer.Option(Fmt.table, "--format", "-f", help="Output format.")
+CropsOpt = typer.Option(1, "--crops", min=1, help="1: the whole image squashed to 224² (as trained). K>1: K aligned "
+                        "224² crops at native resolution, same positions for every image; outputs averaged.")
 # Image paths are not click-checked (readable=False): click would turn one unreadable image into a usage
 # error that aborts the whole run; the decoder reports it as that input's own one-line error instead.
 
@@ -55,11 +57,11 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _scorer(model, backend, device, batch_size):
+def _scorer(model, backend, device, batch_size, crops: int = 1):
     from .scorer import Scorer
 
     return Scorer(model, backend=backend.value if isinstance(backend, Enum) else backend,
-                  device=device, batch_size=batch_size)
+                  device=device, batch_size=batch_size, crops=crops)
 
 
 def _run_encode(scorer, paths: list, label: str):
@@ -82,11 +84,11 @@ def _run_encode(scorer, paths: list, label: str):
 def score(
     images: List[Path] = typer.Argument(..., help="Image files.", show_default=False, readable=False),
     model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt, device: str = DeviceOpt,
-    batch_size: int = BatchOpt, fmt: Fmt = FmtOpt,
+    batch_size: int = BatchOpt, fmt: Fmt = FmtOpt, crops: int = CropsOpt,
 ):
     """Score each image: quality in (0, 1), higher is better."""
     try:
-        scorer = _scorer(model, backend, device, batch_size)
+        scorer = _scorer(model, backend, device, batch_size, crops)
         ok, errors = _run_encode(scorer, images, "scoring")
     except FGResQError as exc:
         _fail(str(exc))
@@ -106,11 +108,11 @@ def compare(
     a: Path = typer.Argument(..., help="First image.", readable=False),
     b: Path = typer.Argument(..., help="Second image.", readable=False),
     model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt, device: str = DeviceOpt,
-    fmt: Fmt = FmtOpt,
+    fmt: Fmt = FmtOpt, crops: int = CropsOpt,
 ):
     """Compare two restored versions: P(first better), P(second better), P(similar quality)."""
     try:
-        scorer = _scorer(model, backend, device, 2)
+        scorer = _scorer(model, backend, device, 2, crops)
         ok, errors = _run_encode(scorer, [a, b], "comparing")
     except FGResQError as exc:
         _fail(str(exc))
@@ -137,7 +139,7 @@ def rank(
     group_by: GroupBy = typer.Option(GroupBy.none, "--group-by",
                                      help="parent: rank each sub-folder separately (implies --recursive)."),
     top: Optional[int] = typer.Option(None, "--top", min=1, help="Show only the best K of each group."),
-    fmt: Fmt = FmtOpt,
+    fmt: Fmt = FmtOpt, crops: int = CropsOpt,
 ):
     """Rank the images of a folder best-first (each sub-folder separately with --group-by parent)."""
     from .scorer import collect_images
@@ -161,7 +163,7 @@ def rank(
         _fail(f"group {big[0]} has {len(groups[big[0]])} images; all-pairs ranking is limited to "
               f"{MAX_RANK_GROUP} per group (use --group-by parent, or `score` for plain scores)")
     try:
-        scorer = _scorer(model, backend, device, batch_size)
+        scorer = _scorer(model, backend, device, batch_size, crops)
         ok, enc_errors = _run_encode(scorer, files, "ranking")
     except FGResQError as exc:
         _fail(str(exc))
@@ -208,30 +210,59 @@ def _emit_rank(fmt: Fmt, out_groups: list[dict], groups: dict[str, list[int]], e
 
 class ExportFormat(str, Enum):
     onnx = "onnx"
+    onnx_int8 = "onnx-int8"
+    onnx_fp16 = "onnx-fp16"
+
+
+def _derive_from_fp32(checkpoint: Path, out: Path, fmt: ExportFormat, opset: int, force: bool) -> Path:
+    """int8/fp16 bundles come from an fp32 bundle; a checkpoint is exported to fp32 first (temporarily)."""
+    import tempfile
+
+    from .bundle import MANIFEST
+
+    derive = {ExportFormat.onnx_int8: "quantize", ExportFormat.onnx_fp16: "half"}[fmt]
+    if derive == "quantize":
+        from .export.quantize import quantize_bundle as make
+    else:
+        from .export.half import half_bundle as make
+    if checkpoint.is_dir() and (checkpoint / MANIFEST).is_file():
+        return make(checkpoint, out, force=force)
+    with tempfile.TemporaryDirectory(prefix="fgresq-export-") as td:
+        fp32 = _export_fp32(checkpoint, Path(td) / "fp32", opset, force=False)
+        return make(fp32, out, force=force)
+
+
+def _export_fp32(checkpoint: Path, out: Path, opset: int, force: bool) -> Path:
+    from .export.onnx_export import export_bundle
+    from .model import load_checkpoint
+
+    ckpt = checkpoint
+    if checkpoint.is_dir():
+        from .bundle import load_bundle
+
+        ckpt = load_bundle(checkpoint).path("checkpoint")
+    model = load_checkpoint(ckpt)
+    return export_bundle(model, out, source=f"exported from {ckpt.name}", opset=opset, force=force)
 
 
 @app.command("export")
 def export_cmd(
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Our .safetensors checkpoint or a bundle with one."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c",
+                                    help="Our .safetensors checkpoint, or a bundle (with a checkpoint for onnx)."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write."),
-    fmt: ExportFormat = typer.Option(ExportFormat.onnx, "--format", help="Export format."),
+    fmt: ExportFormat = typer.Option(ExportFormat.onnx, "--format",
+                                     help="onnx (fp32), onnx-int8 (dynamic int8, CPU), onnx-fp16 (GPU)."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty output folder."),
 ):
     """Export a checkpoint to a model bundle (ONNX encoder + comparison head + manifest)."""
     try:
-        from .export.onnx_export import export_bundle
-        from .model import load_checkpoint
+        if fmt is ExportFormat.onnx:
+            path = _export_fp32(checkpoint, out, opset, force)
+        else:
+            path = _derive_from_fp32(checkpoint, out, fmt, opset, force)
     except ImportError as exc:
         _fail(f"export needs the [export] extra: pip install 'fgresq-sdk[export]' ({exc})")
-    try:
-        ckpt = checkpoint
-        if checkpoint.is_dir():
-            from .bundle import load_bundle
-
-            ckpt = load_bundle(checkpoint).path("checkpoint")
-        model = load_checkpoint(ckpt)
-        path = export_bundle(model, out, source=f"exported from {ckpt.name}", opset=opset, force=force)
     except FGResQError as exc:
         _fail(str(exc))
     err_console.print(f"wrote bundle {display_path(path)}", markup=False)
@@ -243,6 +274,10 @@ def import_official_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write."),
     degradation: Optional[Path] = typer.Option(None, "--degradation", help="Optional Degradation.pth."),
     config: str = typer.Option("fgresq-vit-b16", "--config", help="Model config name or JSON path."),
+    compare_order: str = typer.Option("released", "--compare-order",
+                                      help="released: read the stored comparison logits as the authors' latest "
+                                           "inference code does (second better, first better, similar); "
+                                           "stored: take them as (first, second, similar)."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty output folder."),
 ):
     """Convert the released FGResQ.pth into a complete model bundle usable by every backend."""
@@ -251,10 +286,96 @@ def import_official_cmd(
     except ImportError as exc:
         _fail(f"import-official needs the [export] extra: pip install 'fgresq-sdk[export]' ({exc})")
     try:
-        path = import_official(checkpoint, out, config=config, degradation=degradation, force=force)
+        path = import_official(checkpoint, out, config=config, degradation=degradation,
+                               compare_order=compare_order, force=force)
     except FGResQError as exc:
         _fail(str(exc))
     err_console.print(f"wrote bundle {display_path(path)}", markup=False)
+
+
+@app.command("eval")
+def eval_cmd(
+    manifest: Path = typer.Option(..., "--manifest", help="FGRestore-style manifest folder (see README)."),
+    model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for eval.json and eval.md."),
+):
+    """Paper-style evaluation (Table 3 per task SRCC/PLCC/ACC, Table 2 ranges) with PSNR/SSIM baselines."""
+    try:
+        from .train.evaluate import eval_main
+    except ImportError as exc:
+        _fail(f"eval needs the [train] extra: pip install 'fgresq-sdk[train]' ({exc})")
+    try:
+        eval_main(model, manifest, out, backend.value)
+    except FGResQError as exc:
+        _fail(str(exc))
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(f"{display_path(manifest)}: {exc}")
+
+
+def _register_train() -> None:
+    """`train` lives in fgresq_sdk.train (torch needed only when it runs, not to list it)."""
+    try:
+        from .train.cli import train_cmd
+    except ImportError:  # pragma: no cover - the train package ships with the SDK
+        return
+    app.command("train", help="Train FGResQ (stage 1 DFL, stage 2 quality heads) from a JSON config.")(train_cmd)
+
+
+_register_train()
+
+
+@app.command()
+def bench(
+    model: Optional[Path] = ModelOpt,
+    backend: str = typer.Option("onnxruntime,torch", "--backend", help="Comma-separated backends."),
+    precision: str = typer.Option("fp32,int8", "--precision", help="Comma-separated: fp32, fp16, int8."),
+    device: str = DeviceOpt,
+    batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Comma-separated batch sizes."),
+    images: int = typer.Option(64, "--images", min=1, help="Images for the end-to-end pass."),
+    repeats: int = typer.Option(5, "--repeats", min=1, help="Timed runs per batch size."),
+    rank_sizes: str = typer.Option("", "--rank-sizes", help="Also time rank vs the per-pair baseline at these N "
+                                                            "(e.g. 8,32,128; needs torch)."),
+    fmt: Fmt = typer.Option(Fmt.table, "--format", "-f"),
+):
+    """Latency/throughput per backend × precision × batch size, with accuracy vs the fp32 torch model."""
+    from .bench import TABLE_HEADER, Variant, run_bench, table_rows
+
+    def ints(text: str) -> list[int]:
+        try:
+            return [int(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            _fail(f"expected comma-separated integers, got '{text}'")
+
+    variants = []
+    for b in [t.strip() for t in backend.split(",") if t.strip()]:
+        for p in [t.strip() for t in precision.split(",") if t.strip()]:
+            if b == "torch" and p != "fp32" and not device.startswith("cuda"):
+                continue  # the torch backend's reduced precisions are for GPUs
+            variants.append(Variant(b, p, device))
+    try:
+        result = run_bench(model, variants, ints(batch_sizes), n_images=images, repeats=repeats,
+                           log=lambda m: err_console.print(m, markup=False))
+        if rank_sizes:
+            from .bench import rank_vs_per_pair, synthetic_photos
+            from .bundle import default_bundle_path, load_bundle
+            import tempfile
+
+            sizes = ints(rank_sizes)
+            with tempfile.TemporaryDirectory() as td:
+                paths = synthetic_photos(max(sizes), Path(td))
+                result["rank_vs_per_pair"] = rank_vs_per_pair(load_bundle(model or default_bundle_path()),
+                                                              paths, sizes)
+    except FGResQError as exc:
+        _fail(str(exc))
+    if fmt is Fmt.json:
+        emit_json(result)
+        return
+    emit_table(f"fgresq-sdk bench — {result['model']['name']} (accuracy vs {result['reference']})",
+               TABLE_HEADER, table_rows(result))
+    for row in result.get("rank_vs_per_pair", []):
+        err_console.print(f"rank N={row['n_images']}: {row['rank_s']:.3f} s vs per-pair baseline "
+                          f"{row['per_pair_baseline_s']:.2f} s ({row['speedup']:.0f}×"
+                          f"{', baseline extrapolated' if row['extrapolated'] else ''})", markup=False)
 
 
 @app.command()

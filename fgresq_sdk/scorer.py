@@ -17,7 +17,9 @@ from .backends import create_backend
 from .bundle import Bundle, default_bundle_path, load_bundle
 from .errors import BundleError, InputError, display_path
 from .heads import CompareHeadNP, softmax
-from .preprocess import ImageInput, preprocess
+from .config import CLIP_MEAN, CLIP_STD
+from .crops import crop_views
+from .preprocess import ImageInput, load_image, preprocess
 from .ranking import Ranking, rank_from_probs
 
 VERDICTS = ("first", "second", "similar")
@@ -83,7 +85,7 @@ class Scorer:
 
     def __init__(self, model: str | os.PathLike | Bundle | None = None, backend: str = "auto",
                  device: str = "cpu", batch_size: int = 16, threads: int | None = None,
-                 decode_workers: int | None = None, verify: bool = True):
+                 decode_workers: int | None = None, verify: bool = True, crops: int = 1):
         if isinstance(model, Bundle):
             self.bundle = model
         else:
@@ -96,7 +98,10 @@ class Scorer:
         self.head = CompareHeadNP.from_npz(self.bundle.path("heads"))
         self.batch_size = max(1, int(batch_size))
         self.decode_workers = decode_workers or min(4, (os.cpu_count() or 1))
-        self.encoded_images = 0  # encoder passes made so far (one per image)
+        self.encoded_images = 0  # encoder passes made so far (one per image, or per crop with crops > 1)
+        if int(crops) < 1:
+            raise ValueError("crops must be ≥ 1")
+        self.crops = int(crops)
 
     # -- low level -------------------------------------------------------------------------------------
     def _encode_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -107,10 +112,17 @@ class Scorer:
         """Encode inputs in order; a bad input yields an Encoded with `error` set, the rest go on."""
         pre = self.bundle.preprocess
 
+        def views(item, name) -> np.ndarray:
+            """[V, 3, S, S]: the squashed whole image (V = 1), or K aligned native-resolution crops."""
+            if self.crops == 1:
+                return preprocess(item, pre, name=name)[None]
+            return crop_views(load_image(item, name), self.crops, int(pre.get("size", 224)),
+                              pre.get("mean", CLIP_MEAN), pre.get("std", CLIP_STD))
+
         def work(job):
             idx, item, name = job
             try:
-                return idx, name, preprocess(item, pre, name=name), None
+                return idx, name, views(item, name), None
             except InputError as exc:
                 return idx, name, None, exc.reason
             except MemoryError:
@@ -129,7 +141,12 @@ class Scorer:
                 good = [d for d in decoded if d[3] is None]
                 feats = scores = None
                 if good:
-                    feats, scores = self._encode_batch(np.stack([d[2] for d in good]))
+                    # Crops of one image are averaged: features exactly (the comparison head is linear in
+                    # them, so this averages the comparison logits), scores as the mean per-crop score.
+                    v = good[0][2].shape[0]
+                    q, sc = self._encode_batch(np.concatenate([d[2] for d in good]))
+                    feats = q.reshape(len(good), v, -1).mean(axis=1)
+                    scores = sc.reshape(len(good), v).mean(axis=1)
                 k = 0
                 for idx, name, _, err in decoded:
                     if err is None:
