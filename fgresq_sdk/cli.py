@@ -34,6 +34,13 @@ class BackendName(str, Enum):
     auto = "auto"
     onnxruntime = "onnxruntime"
     torch = "torch"
+    tensorrt = "tensorrt"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
 
 
 class GroupBy(str, Enum):
@@ -43,7 +50,10 @@ class GroupBy(str, Enum):
 
 ModelOpt = typer.Option(None, "--model", "-m", help="Model bundle folder (default: the embedded model).")
 BackendOpt = typer.Option(BackendName.auto, "--backend", help="Inference backend.")
-DeviceOpt = typer.Option("cpu", "--device", help="cpu or cuda[:N].")
+DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda[:N], or auto (a GPU when there is one).")
+PrecisionOpt = typer.Option(None, "--precision", help="torch backend on CUDA: fp16/bf16 weights for the towers "
+                            "(default: the bundle's own precision).")
+GraphsOpt = typer.Option(False, "--cuda-graphs", help="torch backend on CUDA: replay CUDA graphs per batch size.")
 BatchOpt = typer.Option(16, "--batch-size", "-b", min=1, help="Images per encoder batch.")
 FmtOpt = typer.Option(Fmt.table, "--format", "-f", help="Output format.")
 CropsOpt = typer.Option(1, "--crops", min=1, help="1: the whole image squashed to 224² (as trained). K>1: K aligned "
@@ -57,11 +67,12 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _scorer(model, backend, device, batch_size, crops: int = 1):
+def _scorer(model, backend, device, batch_size, crops: int = 1, precision=None, cuda_graphs: bool = False):
     from .scorer import Scorer
 
     return Scorer(model, backend=backend.value if isinstance(backend, Enum) else backend,
-                  device=device, batch_size=batch_size, crops=crops)
+                  device=device, batch_size=batch_size, crops=crops,
+                  precision=precision.value if isinstance(precision, Enum) else precision, cuda_graphs=cuda_graphs)
 
 
 def _run_encode(scorer, paths: list, label: str):
@@ -85,10 +96,11 @@ def score(
     images: List[Path] = typer.Argument(..., help="Image files.", show_default=False, readable=False),
     model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt, device: str = DeviceOpt,
     batch_size: int = BatchOpt, fmt: Fmt = FmtOpt, crops: int = CropsOpt,
+    precision: Optional[Precision] = PrecisionOpt, cuda_graphs: bool = GraphsOpt,
 ):
     """Score each image: quality in (0, 1), higher is better."""
     try:
-        scorer = _scorer(model, backend, device, batch_size, crops)
+        scorer = _scorer(model, backend, device, batch_size, crops, precision, cuda_graphs)
         ok, errors = _run_encode(scorer, images, "scoring")
     except FGResQError as exc:
         _fail(str(exc))
@@ -108,11 +120,11 @@ def compare(
     a: Path = typer.Argument(..., help="First image.", readable=False),
     b: Path = typer.Argument(..., help="Second image.", readable=False),
     model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt, device: str = DeviceOpt,
-    fmt: Fmt = FmtOpt, crops: int = CropsOpt,
+    fmt: Fmt = FmtOpt, crops: int = CropsOpt, precision: Optional[Precision] = PrecisionOpt,
 ):
     """Compare two restored versions: P(first better), P(second better), P(similar quality)."""
     try:
-        scorer = _scorer(model, backend, device, 2, crops)
+        scorer = _scorer(model, backend, device, 2, crops, precision)
         ok, errors = _run_encode(scorer, [a, b], "comparing")
     except FGResQError as exc:
         _fail(str(exc))
@@ -140,6 +152,7 @@ def rank(
                                      help="parent: rank each sub-folder separately (implies --recursive)."),
     top: Optional[int] = typer.Option(None, "--top", min=1, help="Show only the best K of each group."),
     fmt: Fmt = FmtOpt, crops: int = CropsOpt,
+    precision: Optional[Precision] = PrecisionOpt, cuda_graphs: bool = GraphsOpt,
 ):
     """Rank the images of a folder best-first (each sub-folder separately with --group-by parent)."""
     from .scorer import collect_images
@@ -163,7 +176,7 @@ def rank(
         _fail(f"group {big[0]} has {len(groups[big[0]])} images; all-pairs ranking is limited to "
               f"{MAX_RANK_GROUP} per group (use --group-by parent, or `score` for plain scores)")
     try:
-        scorer = _scorer(model, backend, device, batch_size, crops)
+        scorer = _scorer(model, backend, device, batch_size, crops, precision, cuda_graphs)
         ok, enc_errors = _run_encode(scorer, files, "ranking")
     except FGResQError as exc:
         _fail(str(exc))
@@ -212,6 +225,7 @@ class ExportFormat(str, Enum):
     onnx = "onnx"
     onnx_int8 = "onnx-int8"
     onnx_fp16 = "onnx-fp16"
+    tensorrt = "tensorrt"
 
 
 def _derive_from_fp32(checkpoint: Path, out: Path, fmt: ExportFormat, opset: int, force: bool) -> Path:
@@ -253,11 +267,24 @@ def export_cmd(
     fmt: ExportFormat = typer.Option(ExportFormat.onnx, "--format",
                                      help="onnx (fp32), onnx-int8 (dynamic int8, CPU), onnx-fp16 (GPU)."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset."),
+    fp16: bool = typer.Option(True, "--fp16/--fp32", help="tensorrt: build an FP16 engine (default) or FP32."),
+    batch: str = typer.Option("1,8,32", "--batch", help="tensorrt: optimisation profile MIN,OPT,MAX batch."),
+    workspace_gb: float = typer.Option(4.0, "--workspace-gb", help="tensorrt: builder workspace limit (GiB)."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="tensorrt: timing cache file, "
+                                                "reused and updated across builds."),
+    device: str = typer.Option("cuda", "--device", help="tensorrt: GPU to build on."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty output folder."),
 ):
-    """Export a checkpoint to a model bundle (ONNX encoder + comparison head + manifest)."""
+    """Export a checkpoint to a model bundle (ONNX encoder + comparison head + manifest), or derive an
+    int8 / fp16 / TensorRT bundle from an fp32 one."""
     try:
-        if fmt is ExportFormat.onnx:
+        if fmt is ExportFormat.tensorrt:
+            from .export.tensorrt_build import build_engine, parse_batch
+
+            path = build_engine(checkpoint, out, fp16=fp16, batch=parse_batch(batch), workspace_gb=workspace_gb,
+                                timing_cache=timing_cache, device=device, force=force,
+                                log=lambda m: err_console.print(m, markup=False))
+        elif fmt is ExportFormat.onnx:
             path = _export_fp32(checkpoint, out, opset, force)
         else:
             path = _derive_from_fp32(checkpoint, out, fmt, opset, force)
@@ -407,7 +434,8 @@ def info(
     payload = {"fgresq_sdk": __version__, "python": platform.python_version(),
                "onnxruntime": ort.__version__, "onnxruntime_providers": ort.get_available_providers(),
                "torch": ver("torch") if importable("torch") else None,
-               "open_clip": ver("open_clip_torch"), "numpy": ver("numpy"), "pillow": ver("pillow")}
+               "open_clip": ver("open_clip_torch"), "tensorrt": ver("tensorrt"),
+               "numpy": ver("numpy"), "pillow": ver("pillow")}
     try:
         scorer = _scorer(model, backend, device, 1)
         payload.update(scorer.describe())

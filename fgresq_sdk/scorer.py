@@ -85,7 +85,8 @@ class Scorer:
 
     def __init__(self, model: str | os.PathLike | Bundle | None = None, backend: str = "auto",
                  device: str = "cpu", batch_size: int = 16, threads: int | None = None,
-                 decode_workers: int | None = None, verify: bool = True, crops: int = 1):
+                 decode_workers: int | None = None, verify: bool = True, crops: int = 1,
+                 precision: str | None = None, cuda_graphs: bool = False):
         if isinstance(model, Bundle):
             self.bundle = model
         else:
@@ -94,7 +95,8 @@ class Scorer:
                 if model is None:
                     raise BundleError("no model given and this build has no embedded default model (pass --model DIR)")
             self.bundle = load_bundle(model, verify=verify)
-        self.backend = create_backend(backend, self.bundle, device=device, threads=threads)
+        self.backend = create_backend(backend, self.bundle, device=device, threads=threads,
+                                      precision=precision, cuda_graphs=cuda_graphs)
         self.head = CompareHeadNP.from_npz(self.bundle.path("heads"))
         self.batch_size = max(1, int(batch_size))
         self.decode_workers = decode_workers or min(4, (os.cpu_count() or 1))

@@ -11,6 +11,9 @@ class Backend(ABC):
 
     name: str = "?"
     device: str = "cpu"
+    # Set by `create_backend("auto", …)`: why this backend was picked and why the others were skipped.
+    auto_reason: str | None = None
+    auto_skipped: dict[str, str] | None = None
 
     @abstractmethod
     def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -20,5 +23,13 @@ class Backend(ABC):
     def compare_logits(self, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
         """[B,3D], [B,3D] → logits [B,3] of (first better, second better, similar)."""
 
+    def details(self) -> dict:
+        """Backend-specific facts for `describe()` (providers, precision, engine…)."""
+        return {}
+
     def describe(self) -> dict:
-        return {"backend": self.name, "device": self.device}
+        out = {"backend": self.name, "device": self.device, **self.details()}
+        if self.auto_reason is not None:
+            out["auto_reason"] = self.auto_reason
+            out["auto_skipped"] = dict(self.auto_skipped or {})
+        return out

@@ -29,21 +29,41 @@ def session_options(threads: int | None = None):
     return so
 
 
-def providers_for(device: str) -> list[str]:
+def cuda_index(device: str) -> int:
+    """`cuda` → 0, `cuda:N` → N; anything else is a BackendError."""
+    if device == "cuda":
+        return 0
+    head, _, idx = device.partition(":")
+    if head != "cuda" or not idx.isdigit():
+        raise BackendError(f"unknown device '{device}' (use cpu, cuda or cuda:N)")
+    return int(idx)
+
+
+def providers_for(device: str) -> list:
+    """ORT providers for a device: plain names for the CPU, (name, options) for CUDA on GPU N."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device.startswith("cuda"):
+        index = cuda_index(device)
         if "CUDAExecutionProvider" not in available:
             raise BackendError("onnxruntime has no CUDA execution provider here "
                                "(install the [gpu] extra: onnxruntime-gpu, and a CUDA driver)")
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        # use_tf32=0: fp32 bundles mean fp32 (the CUDA provider would otherwise round fp32 matmul and
+        # convolution inputs to TF32's 10-bit mantissa on Ampere and later); fp16 bundles are the fast path.
+        return [("CUDAExecutionProvider", {"device_id": index, "use_tf32": 0}), "CPUExecutionProvider"]
     raise BackendError(f"unknown device '{device}' for onnxruntime (use cpu or cuda)")
 
 
 class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime on the CPU (default) or on a GPU through the CUDA execution provider.
+
+    fp16 bundles (export/half.py) keep fp32 inputs and outputs, so the same numpy tensors feed every
+    precision; on CUDA the fp16 encoder is where the speed comes from, on the CPU it is only smaller.
+    """
+
     name = "onnxruntime"
 
     def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None):
@@ -52,6 +72,7 @@ class OnnxRuntimeBackend(Backend):
         except ImportError as exc:  # pragma: no cover - a runtime dependency
             raise BackendError(f"onnxruntime is not installed ({exc})") from None
         self.device = device
+        self.precision = bundle.precision
         providers = providers_for(device)
         so = session_options(threads)
         try:
@@ -61,6 +82,12 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:  # noqa: BLE001 - ORT raises several types for a bad graph
             raise BackendError(f"{bundle.root}: onnxruntime cannot load the bundle's graphs ({exc})") from None
         self.providers = self.encoder.get_providers()
+        if device.startswith("cuda") and "CUDAExecutionProvider" not in self.providers:
+            # ORT falls back to the CPU when the CUDA provider fails to load (driver, CUDA or cuDNN
+            # libraries missing): asked for a GPU, that is an error, not a silent slowdown.
+            raise BackendError("onnxruntime could not start its CUDA execution provider (the session fell back "
+                               f"to {', '.join(self.providers)}; check the CUDA and cuDNN libraries onnxruntime-gpu "
+                               "needs)")
         self.input_name = self.encoder.get_inputs()[0].name
         self.input_type = self.encoder.get_inputs()[0].type  # tensor(float) or tensor(float16)
 
@@ -76,5 +103,5 @@ class OnnxRuntimeBackend(Backend):
         (logits,) = self.compare.run(None, {"q0": q0.astype(dtype), "q1": q1.astype(dtype)})
         return logits.astype(np.float32, copy=False)
 
-    def describe(self) -> dict:
-        return {"backend": self.name, "device": self.device, "providers": self.providers}
+    def details(self) -> dict:
+        return {"providers": self.providers, "precision": self.precision}

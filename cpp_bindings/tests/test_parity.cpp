@@ -1,0 +1,145 @@
+// C API vs the Python SDK on the same pixels: preprocessing, scores, comparison and ranking.
+#include <algorithm>
+#include <cmath>
+
+#include "fgresq.hpp"
+#include "test_common.hpp"
+
+static const float kStd[3] = {0.26862954f, 0.26130258f, 0.27577711f};
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: test_parity TESTDATA_DIR\n");
+    return 2;
+  }
+  const std::string dir = argv[1];
+  const auto cases = load_cases(dir);
+  const auto images = images_of(cases);
+  fgresq_model* m = open_or_die(dir + "/bundle");
+  const int S = fgresq_input_size(m);
+  CHECK(S == 224);
+  CHECK(fgresq_feature_size(m) == 3 * 64);
+  CHECK(std::string(fgresq_model_name(m)) == "fgresq-vit-tiny");
+
+  // (b) preprocessing: the C tensor against Python's, per pixel before normalisation (×std undoes it).
+  double max_pre = 0.0, max_norm = 0.0;
+  size_t exact = 0, total = 0;
+  const size_t plane = size_t(S) * S;
+  std::vector<float> t(3 * plane);
+  for (const auto& c : cases) {
+    fgresq_image img = c.image();
+    CHECK(fgresq_preprocess(m, &img, t.data(), t.size()) == FGRESQ_OK);
+    const auto ref = testing::read_f32(dir + "/pre/" + c.name + ".f32");
+    CHECK(ref.size() == t.size());
+    double case_max = 0.0;
+    for (size_t i = 0; i < t.size() && i < ref.size(); ++i) {
+      const int ch = int(i / plane);
+      const double d = std::fabs(double(t[i]) - double(ref[i]));
+      max_norm = std::max(max_norm, d);
+      case_max = std::max(case_max, d * kStd[ch]);
+      exact += t[i] == ref[i];
+      ++total;
+    }
+    max_pre = std::max(max_pre, case_max);
+    CHECK_MSG(case_max <= 1.0 / 255.0 + 1e-6, "%s: preprocessing differs by %.6g (> 1/255)", c.name.c_str(), case_max);
+
+    // The same pixels behind a padded stride give the same tensor.
+    const size_t row = size_t(c.width) * c.channels, stride = row + 13;
+    std::vector<uint8_t> padded(stride * c.height, 0xAB);
+    for (int y = 0; y < c.height; ++y) std::memcpy(&padded[y * stride], &c.pixels[y * row], row);
+    fgresq_image strided{padded.data(), c.width, c.height, int(stride), c.channels};
+    std::vector<float> t2(t.size());
+    CHECK(fgresq_preprocess(m, &strided, t2.data(), t2.size()) == FGRESQ_OK);
+    CHECK_MSG(t2 == t, "%s: stride changes the tensor", c.name.c_str());
+  }
+
+  // (a) scores.
+  std::vector<float> scores(cases.size());
+  CHECK(fgresq_score(m, images.data(), images.size(), scores.data()) == FGRESQ_OK);
+  double max_score = 0.0;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const double d = std::fabs(double(scores[i]) - cases[i].expected_score);
+    max_score = std::max(max_score, d);
+    CHECK_MSG(d <= 1e-4, "%s: score %.8f, Python %.8f", cases[i].name.c_str(), scores[i], cases[i].expected_score);
+  }
+  // One at a time and in batches of 3: same scores (batching must not matter beyond float noise).
+  for (size_t i = 0; i < cases.size(); ++i) {
+    float s1 = -1;
+    CHECK(fgresq_score(m, &images[i], 1, &s1) == FGRESQ_OK);
+    CHECK_MSG(std::fabs(s1 - scores[i]) <= 1e-5, "%s: single %.8f vs batched %.8f", cases[i].name.c_str(), s1, scores[i]);
+  }
+  {
+    fgresq_options o;
+    fgresq_options_init(&o);
+    o.batch_size = 3;
+    o.threads = 1;
+    fgresq_model* m3 = nullptr;
+    CHECK(fgresq_open((dir + "/bundle").c_str(), &o, &m3) == FGRESQ_OK);
+    std::vector<float> s3(cases.size());
+    CHECK(fgresq_score(m3, images.data(), images.size(), s3.data()) == FGRESQ_OK);
+    for (size_t i = 0; i < cases.size(); ++i) CHECK(std::fabs(s3[i] - scores[i]) <= 1e-5);
+    fgresq_close(m3);
+  }
+
+  // Ranking: same order and tiers; scores, win rates and strengths within 1e-4.
+  const size_t n = cases.size();
+  std::vector<int32_t> order(n), tier(n);
+  std::vector<float> rscores(n);
+  std::vector<double> win(n);
+  CHECK(fgresq_rank(m, images.data(), n, order.data(), rscores.data(), win.data(), tier.data()) == FGRESQ_OK);
+  std::vector<float> feats(n * size_t(fgresq_feature_size(m))), fscores(n);
+  CHECK(fgresq_encode(m, images.data(), n, feats.data(), fscores.data()) == FGRESQ_OK);
+  std::vector<int32_t> order2(n), tier2(n);
+  std::vector<double> win2(n), strength(n);
+  CHECK(fgresq_rank_features(m, feats.data(), fscores.data(), n, order2.data(), win2.data(), tier2.data(),
+                             strength.data()) == FGRESQ_OK);
+  CHECK(order2 == order);
+  CHECK(tier2 == tier);
+  const auto expected = testing::read_tsv(dir + "/rank.tsv");
+  CHECK(expected.size() == n);
+  double max_win = 0.0, max_strength = 0.0;
+  for (size_t k = 0; k < n && k < expected.size(); ++k) {
+    const int idx = std::stoi(expected[k][1]);
+    CHECK_MSG(order[k] == idx, "rank %zu: C++ has input %d, Python %d", k + 1, order[k], idx);
+    const double w = std::stod(expected[k][3]), s = std::stod(expected[k][5]);
+    const int ti = std::stoi(expected[k][4]);
+    max_win = std::max(max_win, std::fabs(win[idx] - w));
+    max_strength = std::max(max_strength, std::fabs(strength[idx] - s));
+    CHECK(std::fabs(win[idx] - w) <= 1e-4);
+    CHECK(std::fabs(strength[idx] - s) <= 1e-4);
+    CHECK_MSG(tier[idx] == ti, "input %d: tier %d, Python %d", idx, tier[idx], ti);
+    CHECK(std::fabs(double(rscores[idx]) - std::stod(expected[k][2])) <= 1e-4);
+  }
+
+  // Comparison.
+  double max_cmp = 0.0;
+  for (const auto& row : testing::read_tsv(dir + "/compare.tsv")) {
+    const int a = std::stoi(row[0]), b = std::stoi(row[1]);
+    double p[3];
+    CHECK(fgresq_compare(m, &images[a], &images[b], p) == FGRESQ_OK);
+    for (int r = 0; r < 3; ++r) {
+      const double d = std::fabs(p[r] - std::stod(row[2 + r]));
+      max_cmp = std::max(max_cmp, d);
+      CHECK_MSG(d <= 1e-4, "compare(%d, %d)[%d] = %.8f, Python %s", a, b, r, p[r], row[2 + r].c_str());
+    }
+    CHECK(std::fabs(p[0] + p[1] + p[2] - 1.0) < 1e-12);
+  }
+
+  // The C++ wrapper gives the same answers.
+  try {
+    fgresq::Model model(dir + "/bundle");
+    auto ranked = model.rank(images);
+    for (size_t k = 0; k < n; ++k) CHECK(ranked[k].index == order[k]);
+    CHECK(std::fabs(model.score(images[0]) - scores[0]) <= 1e-5);
+  } catch (const fgresq::Error& e) {
+    std::fprintf(stderr, "fgresq::Error: %s\n", e.what());
+    CHECK(false);
+  }
+
+  std::printf("parity: %zu images, max |dscore| = %.3g, max preprocessing d (0-1 pixel scale) = %.3g "
+              "(normalised: %.3g, %zu/%zu values bit-identical), max |dwin_rate| = %.3g, max |dstrength| = %.3g, "
+              "max |dprob| = %.3g\n",
+              n, max_score, max_pre, max_norm, exact, total, max_win, max_strength, max_cmp);
+  fgresq_close(m);
+  return testing::finish("test_parity");
+}

@@ -1,0 +1,210 @@
+// Unit tests of the internals that need no model: SHA-256, JSON, .npz/.npy reader, resampling, ranking.
+#include <cstring>
+
+#include "error.hpp"
+#include "json.hpp"
+#include "npz.hpp"
+#include "preprocess.hpp"
+#include "ranking.hpp"
+#include "sha256.hpp"
+#include "testing.hpp"
+
+using namespace fgresq::detail;
+
+template <class F>
+static fgresq_status status_of(F&& f, std::string* msg = nullptr) {
+  try {
+    f();
+  } catch (const Error& e) {
+    if (msg) *msg = e.what();
+    return e.status();
+  }
+  return FGRESQ_OK;
+}
+
+static void test_sha256() {
+  CHECK(sha256_hex("", 0) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  CHECK(sha256_hex("abc", 3) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  const char* two = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+  CHECK(sha256_hex(two, std::strlen(two)) == "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+  // One million 'a', fed in uneven pieces (exercises the block buffer).
+  Sha256 h;
+  std::string chunk(777, 'a');
+  size_t left = 1000000;
+  while (left) {
+    size_t k = std::min(left, chunk.size());
+    h.update(chunk.data(), k);
+    left -= k;
+  }
+  CHECK(h.hexdigest() == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+  // Lengths around the padding boundary.
+  std::string s55(55, 'x'), s56(56, 'x'), s64(64, 'x');
+  CHECK(sha256_hex(s55.data(), 55) == "d5e285683cd4efc02d021a5c62014694958901005d6f71e89e0989fac77e4072");
+  CHECK(sha256_hex(s56.data(), 56) != sha256_hex(s55.data(), 55));
+  CHECK(sha256_hex(s64.data(), 64) == "7ce100971f64e7001e8fe5a51973ecdfe1ced42befe7ee8d5fd6219506b5393c");
+  CHECK(status_of([] { sha256_file("/nonexistent/file"); }) == FGRESQ_NOT_FOUND);
+}
+
+static void test_json() {
+  Json j = parse_json(R"({"a": [1, -2.5e3, true, false, null], "s": "x\"\\\/\n\u00e9\ud83d\ude00", "o": {}})");
+  CHECK(j.is_object());
+  CHECK(j.get("a")->array.size() == 5);
+  CHECK(j.get("a")->array[1].number == -2500.0);
+  CHECK(j.get("a")->array[2].boolean);
+  CHECK(j.get("s")->string == "x\"\\/\n\xC3\xA9\xF0\x9F\x98\x80");
+  CHECK(j.get("o")->is_object() && j.get("o")->object.empty());
+  CHECK(j.get("missing") == nullptr);
+  CHECK(parse_json("0.48145466").number == 0.48145466);
+  for (const char* bad : {"", "{", "[1,]", "{\"a\" 1}", "01", "1.", "\"abc", "tru", "{} x", "\"\\q\""}) {
+    bool threw = false;
+    try {
+      parse_json(bad);
+    } catch (const JsonError&) {
+      threw = true;
+    }
+    CHECK_MSG(threw, "accepted invalid JSON: %s", bad);
+  }
+}
+
+static std::vector<uint8_t> npy(const std::string& descr, const std::string& shape, const std::vector<float>& v,
+                                int major = 1) {
+  std::string h = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
+  size_t pre = major == 1 ? 10 : 12;
+  while ((pre + h.size() + 1) % 64) h += ' ';
+  h += '\n';
+  std::vector<uint8_t> b = {0x93, 'N', 'U', 'M', 'P', 'Y', uint8_t(major), 0};
+  if (major == 1) {
+    b.push_back(uint8_t(h.size() & 0xFF));
+    b.push_back(uint8_t(h.size() >> 8));
+  } else {
+    for (int k = 0; k < 4; ++k) b.push_back(uint8_t(h.size() >> (8 * k)));
+  }
+  b.insert(b.end(), h.begin(), h.end());
+  const uint8_t* p = reinterpret_cast<const uint8_t*>(v.data());
+  b.insert(b.end(), p, p + v.size() * 4);
+  return b;
+}
+
+static void put16(std::vector<uint8_t>& b, uint16_t v) { b.push_back(uint8_t(v)); b.push_back(uint8_t(v >> 8)); }
+static void put32(std::vector<uint8_t>& b, uint32_t v) { for (int k = 0; k < 4; ++k) b.push_back(uint8_t(v >> (8 * k))); }
+
+// A stored zip with one member, as Python's zipfile writes it.
+static std::vector<uint8_t> zip1(const std::string& name, const std::vector<uint8_t>& data, uint16_t method = 0) {
+  std::vector<uint8_t> z;
+  uint32_t crc = crc32(data.data(), data.size());
+  put32(z, 0x04034b50); put16(z, 20); put16(z, 0); put16(z, method); put16(z, 0); put16(z, 0x21);
+  put32(z, crc); put32(z, uint32_t(data.size())); put32(z, uint32_t(data.size()));
+  put16(z, uint16_t(name.size())); put16(z, 0);
+  z.insert(z.end(), name.begin(), name.end());
+  z.insert(z.end(), data.begin(), data.end());
+  uint32_t cd = uint32_t(z.size());
+  put32(z, 0x02014b50); put16(z, 20); put16(z, 20); put16(z, 0); put16(z, method); put16(z, 0); put16(z, 0x21);
+  put32(z, crc); put32(z, uint32_t(data.size())); put32(z, uint32_t(data.size()));
+  put16(z, uint16_t(name.size())); put16(z, 0); put16(z, 0); put16(z, 0); put16(z, 0); put32(z, 0); put32(z, 0);
+  z.insert(z.end(), name.begin(), name.end());
+  uint32_t cd_size = uint32_t(z.size()) - cd;
+  put32(z, 0x06054b50); put16(z, 0); put16(z, 0); put16(z, 1); put16(z, 1); put32(z, cd_size); put32(z, cd); put16(z, 0);
+  return z;
+}
+
+static void test_npz() {
+  std::vector<float> v = {1.5f, -2.0f, 3.25f, 0.0f, 7.0f, 8.0f};
+  for (int major : {1, 2}) {
+    auto b = npy("<f4", "(2, 3)", v, major);
+    NpyArray a = parse_npy(b.data(), b.size(), "t");
+    CHECK(a.shape == (std::vector<int64_t>{2, 3}));
+    CHECK(a.data == v);
+  }
+  auto scalar_like = npy("<f4", "(3,)", {1, 2, 3});
+  CHECK(parse_npy(scalar_like.data(), scalar_like.size(), "t").shape == std::vector<int64_t>{3});
+  auto f64 = npy("<f8", "(3,)", {1, 2, 3, 4, 5, 6});
+  std::string msg;
+  CHECK(status_of([&] { parse_npy(f64.data(), f64.size(), "heads.npz (x.npy)"); }, &msg) == FGRESQ_UNSUPPORTED);
+  CHECK(msg.find("'<f8'") != std::string::npos);
+  auto big_endian = npy(">f4", "(6,)", v);
+  CHECK(status_of([&] { parse_npy(big_endian.data(), big_endian.size(), "t"); }) == FGRESQ_UNSUPPORTED);
+  auto short_data = npy("<f4", "(7,)", v);
+  CHECK(status_of([&] { parse_npy(short_data.data(), short_data.size(), "t"); }) == FGRESQ_CORRUPTED);
+
+  auto z = zip1("w.npy", npy("<f4", "(2, 3)", v));
+  auto arrays = parse_npz(z, "heads.npz");
+  CHECK(arrays.size() == 1 && arrays.count("w") == 1 && arrays["w"].data == v);
+  auto deflated = zip1("w.npy", npy("<f4", "(2, 3)", v), 8);
+  CHECK(status_of([&] { parse_npz(deflated, "heads.npz"); }, &msg) == FGRESQ_UNSUPPORTED);
+  CHECK(msg.find("heads.npz: member 'w.npy' is compressed") == 0);
+  auto flipped = z;
+  flipped[40] ^= 1;  // inside the member's data
+  CHECK(status_of([&] { parse_npz(flipped, "heads.npz"); }, &msg) == FGRESQ_CORRUPTED);
+  std::vector<uint8_t> junk(100, 7);
+  CHECK(status_of([&] { parse_npz(junk, "heads.npz"); }, &msg) == FGRESQ_CORRUPTED);
+  CHECK(msg.find("not a zip archive") != std::string::npos);
+  CHECK(status_of([] { read_npz("/nonexistent.npz"); }) == FGRESQ_NOT_FOUND);
+}
+
+static void test_resample() {
+  // Two pixels 0 and 255 → one: Pillow's fixed-point average rounds to 128.
+  uint8_t two[6] = {0, 0, 0, 255, 255, 255};
+  uint8_t out[3];
+  resize_rgb8(ImageView{two, 2, 1, 6, 3}, 1, 1, out);
+  CHECK(out[0] == 128 && out[1] == 128 && out[2] == 128);
+  // A constant image stays constant through any resize; gray and RGBA map to RGB.
+  std::vector<uint8_t> gray(37 * 11, 77), rgba(13 * 29 * 4);
+  for (size_t i = 0; i < rgba.size(); ++i) rgba[i] = (i % 4 == 3) ? uint8_t(i * 31) : uint8_t(10 + i % 4);
+  std::vector<uint8_t> o(224 * 224 * 3);
+  resize_rgb8(ImageView{gray.data(), 37, 11, 37, 1}, 224, 224, o.data());
+  bool constant = true;
+  for (uint8_t x : o) constant &= x == 77;
+  CHECK(constant);
+  resize_rgb8(ImageView{rgba.data(), 13, 29, 13 * 4, 4}, 224, 224, o.data());
+  bool mapped = true;
+  for (size_t i = 0; i < o.size(); ++i) mapped &= o[i] == uint8_t(10 + i % 3);
+  CHECK(mapped);
+  // Same size: a plain copy.
+  std::vector<uint8_t> src(5 * 4 * 3);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = uint8_t(i * 7);
+  std::vector<uint8_t> same(src.size());
+  resize_rgb8(ImageView{src.data(), 5, 4, 15, 3}, 5, 4, same.data());
+  CHECK(same == src);
+  // Normalisation in float32: (x/255 − mean)/std.
+  const float mean[3] = {0.5f, 0.5f, 0.5f}, stdv[3] = {0.5f, 0.25f, 1.0f};
+  uint8_t px[3] = {255, 0, 51};
+  float t[3];
+  normalize_chw(px, 1, mean, stdv, t);
+  CHECK(t[0] == 1.0f && t[1] == -2.0f && t[2] == (51.0f / 255.0f - 0.5f) / 1.0f);
+  fgresq_image bad{src.data(), 5, 0, 0, 3};
+  std::string msg;
+  CHECK(status_of([&] { check_image(&bad, "image 3"); }, &msg) == FGRESQ_INVALID_ARGUMENT);
+  CHECK(msg == "image 3: image has zero width or height (5x0)");
+}
+
+static void test_ranking() {
+  CHECK(bradley_terry({0.5}, 1) == std::vector<double>{0.0});
+  // Two items, i beats j with preference 0.8: strengths are symmetric around zero and ordered.
+  std::vector<double> pref = {0.5, 0.8, 0.2, 0.5};
+  auto th = bradley_terry(pref, 2);
+  CHECK(th[0] > 0 && std::fabs(th[0] + th[1]) < 1e-12);
+  // Identical features: equal strengths, ties broken by score, then input order; one tier.
+  CompareHead h;
+  h.feature_size = 2;
+  h.weight = {1, 0, 0, 1, /*row 2*/ 0, 1, 1, 0, /*row 3*/ 0, 0, 0, 0};
+  h.bias[2] = 5.0;  // "similar" dominates
+  std::vector<float> f = {0.1f, 0.2f, 0.1f, 0.2f, 0.1f, 0.2f};
+  std::vector<float> scores = {0.3f, 0.9f, 0.3f};
+  RankResult r = rank_features(h, f.data(), scores.data(), 3);
+  CHECK((r.order == std::vector<int32_t>{1, 0, 2}));
+  CHECK((r.tier == std::vector<int32_t>{1, 1, 1}));
+  for (double w : r.win_rate) CHECK(std::fabs(w - 0.5) < 1e-12);
+  double p[3], a[3], b[3];
+  h.terms(f.data(), a, b);
+  h.probs(a, b, p);
+  CHECK(std::fabs(p[0] + p[1] + p[2] - 1.0) < 1e-15);
+}
+
+int main() {
+  test_sha256();
+  test_json();
+  test_npz();
+  test_resample();
+  test_ranking();
+  return testing::finish("test_units");
+}
