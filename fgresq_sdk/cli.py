@@ -121,8 +121,13 @@ def compare(
     b: Path = typer.Argument(..., help="Second image.", readable=False),
     model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt, device: str = DeviceOpt,
     fmt: Fmt = FmtOpt, crops: int = CropsOpt, precision: Optional[Precision] = PrecisionOpt,
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML page: both "
+                                          "images side by side with a synchronised zoom, and the probabilities. "
+                                          "Never written over an input; an existing other file is replaced."),
 ):
     """Compare two restored versions: P(first better), P(second better), P(similar quality)."""
+    if report is not None:
+        _check_out(report, [a, b], "report")
     try:
         scorer = _scorer(model, backend, device, 2, crops, precision)
         ok, errors = _run_encode(scorer, [a, b], "comparing")
@@ -130,8 +135,11 @@ def compare(
         _fail(str(exc))
     if errors:  # both inputs are reported when both are bad, not just the first
         report_errors(errors)
+        if report is not None:
+            _write_compare_report(report, a, b, None, errors, scorer)
         raise typer.Exit(1)
-    res = scorer.compare_features(display_path(a), display_path(b), ok[0].features, ok[1].features).to_dict()
+    comparison = scorer.compare_features(display_path(a), display_path(b), ok[0].features, ok[1].features)
+    res = comparison.to_dict()
     if fmt is Fmt.json:
         emit_json(res)
     elif fmt is Fmt.csv:
@@ -140,6 +148,8 @@ def compare(
         emit_table(None, ["a", "b", "P(a better)", "P(b better)", "P(similar)", "verdict"],
                    [[res["a"], res["b"], res["p_first_better"], res["p_second_better"], res["p_similar"],
                      res["verdict"]]])
+    if report is not None:
+        _write_compare_report(report, a, b, comparison, errors, scorer)
 
 
 @app.command()
@@ -153,6 +163,12 @@ def rank(
     top: Optional[int] = typer.Option(None, "--top", min=1, help="Show only the best K of each group."),
     fmt: Fmt = FmtOpt, crops: int = CropsOpt,
     precision: Optional[Precision] = PrecisionOpt, cuda_graphs: bool = GraphsOpt,
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML report: "
+                                          "thumbnails best-first, scores, tiers and the pairwise heat map of "
+                                          "each group. Never written over an input; an existing other file "
+                                          "is replaced."),
+    contact_sheet: Optional[Path] = typer.Option(None, "--contact-sheet", help="Also write one PNG with every "
+                                                 "group's images in rank order, labelled with rank and score."),
 ):
     """Rank the images of a folder best-first (each sub-folder separately with --group-by parent)."""
     from .scorer import collect_images
@@ -164,11 +180,17 @@ def rank(
     recursive = recursive or group_by is GroupBy.parent
     files, walk_problems = collect_images(directory, recursive)
     errors = [{"path": p, "error": why} for p, why in walk_problems]
+    if report is not None and contact_sheet is not None and report.resolve() == contact_sheet.resolve():
+        _fail(f"{display_path(report)}: --report and --contact-sheet name the same file")
+    for out, what in ((report, "report"), (contact_sheet, "contact sheet")):
+        if out is not None:
+            _check_out(out, files, what)
     if not files:
         # Still the usual (empty) output, so a script reading stdout gets parseable JSON or CSV.
         errors.append({"path": display_path(directory),
                        "error": "no images found" + ("" if recursive else " (try --recursive)")})
         _emit_rank(fmt, [], {}, errors)
+        _write_rank_outputs(report, contact_sheet, [], errors, None, top, directory)
         raise typer.Exit(1)
     groups = _group_files(directory, files, group_by)
     big = [k for k, v in groups.items() if len(v) > MAX_RANK_GROUP]
@@ -184,6 +206,7 @@ def rank(
     # By input index, not by printed name: two files can print alike (non-UTF-8 bytes vs a literal "\xe9").
     by_index = {e.index: e for e in ok}
     out_groups = []
+    ranked = []  # (group name, RankResult, input paths) for --report / --contact-sheet
     import numpy as np
 
     for gname, members in groups.items():
@@ -193,8 +216,64 @@ def rank(
         res = scorer.rank_features([e.name for e in encs], np.stack([e.features for e in encs]),
                                    np.asarray([e.score for e in encs]))
         out_groups.append({"name": gname, "ranking": res.entries(top)})
+        if report is not None or contact_sheet is not None:
+            ranked.append((gname, res, [files[e.index] for e in encs]))
     _emit_rank(fmt, out_groups, groups, errors)
+    _write_rank_outputs(report, contact_sheet, ranked, errors, scorer, top, directory)
     raise typer.Exit(1 if errors else 0)
+
+
+def _check_out(out: Path, inputs: list, what: str) -> None:
+    """Usage error (exit 2) before any work when an output path is unusable (an input, a folder…)."""
+    from .report import check_output_path
+
+    try:
+        check_output_path(out, inputs, what)
+    except FGResQError as exc:
+        _fail(str(exc))
+
+
+def _write_rank_outputs(report, sheet, ranked, errors, scorer, top, directory) -> None:
+    """Write --report / --contact-sheet (also when some inputs failed: the report lists them)."""
+    if report is None and sheet is None:
+        return
+    from .report import RankGroup, model_meta, write_rank_report
+
+    groups = [RankGroup(name, res, paths) for name, res, paths in ranked]
+    try:
+        if report is not None:
+            n = sum(len(g.shown(top)) for g in groups)
+            with progress(n, "report") as p:
+                task = p.add_task("report", total=n) if p else None
+                write_rank_report(report, groups, errors, model_meta(scorer) if scorer else {}, top=top,
+                                  subtitle=f"fgresq-sdk rank {display_path(directory)}",
+                                  progress=(lambda: p.advance(task)) if p else None)
+            err_console.print(f"wrote report {display_path(report)}", markup=False)
+        if sheet is not None:
+            from .contact_sheet import plan, write_contact_sheet
+
+            n = sum(len(p) for p in plan(groups, top))
+            with progress(n, "contact sheet") as p:
+                task = p.add_task("contact sheet", total=n) if p else None
+                write_contact_sheet(sheet, groups, top=top, progress=(lambda: p.advance(task)) if p else None)
+            err_console.print(f"wrote contact sheet {display_path(sheet)}", markup=False)
+    except FGResQError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write {display_path(exc.filename or report or sheet)} ({exc.strerror or exc})")
+
+
+def _write_compare_report(report, a, b, comparison, errors, scorer) -> None:
+    from .report import model_meta, write_compare_report
+
+    try:
+        write_compare_report(report, a, b, comparison, errors, model_meta(scorer),
+                             names=(display_path(a), display_path(b)))
+    except FGResQError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write {display_path(report)} ({exc.strerror or exc})")
+    err_console.print(f"wrote report {display_path(report)}", markup=False)
 
 
 def _group_files(directory: Path, files: list[Path], group_by: GroupBy) -> dict[str, list[int]]:

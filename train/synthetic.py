@@ -559,8 +559,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--source", default=None, choices=("skimage", "gnome", "all", "none"),
                     help="built-in photo source (default: skimage, or none when --photos is given)")
     ap.add_argument("--photos", default=None, help="a folder of clean photos (recursive)")
-    ap.add_argument("--photo-split", default="all", choices=("all", "train", "held_out"),
-                    help="use all photos, or one side of photos.split_photos")
+    ap.add_argument("--photo-split", default="all", choices=("all", "train", "held_out", "fit", "val"),
+                    help="use all photos, or one side of photos.split_photos; fit/val split the train side "
+                         "again (--val-fraction) so a schedule can be chosen without touching held_out")
+    ap.add_argument("--val-fraction", type=float, default=0.2, help="share of the train photos for 'val'")
     ap.add_argument("--held-out-fraction", type=float, default=0.2)
     ap.add_argument("--max-photos", type=int, default=None, help="use at most N photos (first by name)")
     ap.add_argument("--jnd-scale", type=float, default=DEFAULT_JND_SCALE)
@@ -573,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     if source in ("gnome", "all") and not ph.gnome_files():
         print("note: gnome-backgrounds not installed (apt-get install -y gnome-backgrounds)", file=sys.stderr)
     split = ph.split_photos([n for n, _ in sources], args.held_out_fraction)
+    inner = ph.split_photos(split["train"], args.val_fraction, salt="fgresq-val")
+    split["fit"], split["val"] = inner["train"], inner["held_out"]
     if args.photo_split != "all":
         keep = set(split[args.photo_split])
         sources = [(n, l) for n, l in sources if n in keep]
