@@ -7,14 +7,13 @@ source encoder's sha256, and move the result into place only when complete.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 from fgresq_sdk.bundle import load_bundle, write_manifest
 from fgresq_sdk.errors import BundleError
 
-from .onnx_export import COMPARE_FILE, HEADS_FILE, _relax_permissions, prepare_out_dir
+from .onnx_export import COMPARE_FILE, HEADS_FILE, prepare_out_dir, staged_bundle
 
 
 def derive_bundle(src: str | Path, out: str | Path, *, precision: str, encoder_file: str,
@@ -26,9 +25,7 @@ def derive_bundle(src: str | Path, out: str | Path, *, precision: str, encoder_f
         raise BundleError(f"{bundle.root}: can only derive {precision} from an fp32 bundle "
                           f"(this one is {bundle.precision})")
     out = prepare_out_dir(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_bundle(out) as tmp:
         make_encoder(bundle.path("encoder"), tmp / encoder_file)
         shutil.copy2(bundle.path("compare_head"), tmp / COMPARE_FILE)
         shutil.copy2(bundle.path("heads"), tmp / HEADS_FILE)
@@ -39,11 +36,4 @@ def derive_bundle(src: str | Path, out: str | Path, *, precision: str, encoder_f
                        files={"encoder": encoder_file, "compare_head": COMPARE_FILE, "heads": HEADS_FILE},
                        precision=precision, source=f"{m.get('source')}; {precision} from {bundle.root.name}",
                        extra=extra)
-        _relax_permissions(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,25 @@ def prepare_out_dir(out: str | Path, force: bool) -> Path:
     return out
 
 
+@contextmanager
+def staged_bundle(out: Path):
+    """Yield a temporary sibling folder to write a bundle into; move it to `out` only on success.
+
+    A failed export never leaves a half-written bundle or clobbers an existing one.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        _relax_permissions(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _relax_permissions(folder: Path) -> None:
     """mkdtemp makes a private folder; a bundle is meant to be shared like any installed file."""
     import os
@@ -87,20 +107,12 @@ def _relax_permissions(folder: Path) -> None:
 def export_bundle(model, out: str | Path, *, source: str, opset: int = DEFAULT_OPSET,
                   include_checkpoint: bool = True, force: bool = False,
                   extra: dict[str, Any] | None = None) -> Path:
-    """Write a complete bundle for `model` (an FGResQ in eval mode) into `out`.
-
-    Everything is written into a temporary sibling folder first and moved into place at the end, so a
-    failed export never leaves a half-written bundle or clobbers an existing one.
-    """
-    import torch
-
+    """Write a complete bundle for `model` (an FGResQ in eval mode) into `out` (staged, see staged_bundle)."""
     from fgresq_sdk.model import save_checkpoint
 
     out = prepare_out_dir(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().float().cpu()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_bundle(out) as tmp:
         # Traced with autograd on: under no_grad, nn.MultiheadAttention takes its fused fast path, which
         # has no ONNX symbolic.
         _export_graphs(model, tmp, opset)
@@ -117,11 +129,4 @@ def export_bundle(model, out: str | Path, *, source: str, opset: int = DEFAULT_O
         meta.update(extra or {})
         write_manifest(tmp, name=model.cfg["name"], config=model.cfg, files=files, precision="fp32",
                        source=source, extra=meta)
-        _relax_permissions(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -24,7 +24,6 @@ import datetime as _dt
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -35,7 +34,7 @@ from fgresq_sdk.backends.tensorrt_backend import (
 from fgresq_sdk.bundle import load_bundle, sha256_file, write_manifest
 from fgresq_sdk.errors import BundleError
 
-from .onnx_export import COMPARE_FILE, ENCODER_FILE, HEADS_FILE, _relax_permissions, prepare_out_dir
+from .onnx_export import COMPARE_FILE, ENCODER_FILE, HEADS_FILE, prepare_out_dir, staged_bundle
 
 ENGINE_RECORD_FILE = "engine.json"
 TOWER_PREFIXES = ("/image_tower/", "/degradation_tower/")
@@ -191,9 +190,7 @@ def build_engine(bundle_dir: str | Path, out: str | Path, *, fp16: bool = True,
         "source_bundle": str(bundle.root),
         "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **facts,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_bundle(out) as tmp:
         engine_file = engine_file_name(precision)
         (tmp / engine_file).write_bytes(engine_bytes)
         (tmp / ENGINE_RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -212,13 +209,6 @@ def build_engine(bundle_dir: str | Path, out: str | Path, *, fp16: bool = True,
                        source=f"{m.get('source')}; TensorRT {trt.__version__} {precision} engine "
                               f"for {gpu['name']} from {bundle.root.name}",
                        extra=extra)
-        _relax_permissions(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if sha256_file(out / ENCODER_FILE) != record["source_onnx_sha256"]:  # pragma: no cover - paranoia
         raise BundleError(f"{out}: copied encoder does not match its source")
     return out

@@ -8,12 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import os
-import subprocess
-import sys
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,32 +15,12 @@ import pytest
 from fgresq_sdk.bundle import default_bundle_path
 from fgresq_sdk.scorer import Scorer
 
-CLI = Path(sys.executable).parent / "fgresq-sdk"
+from cli_runner import Run, run_cli
 VERDICTS = ("first", "second", "similar")
 COMPARE_KEYS = {"a", "b", "p_first_better", "p_second_better", "p_similar", "verdict"}
 RANK_ENTRY_KEYS = {"rank", "path", "score", "win_rate"}  # documented; more may follow
 
 
-@dataclass
-class Run:
-    rc: int
-    out: str
-    err: str
-
-    @property
-    def lines(self) -> list[str]:
-        return self.err.splitlines()
-
-    def json(self) -> dict:
-        return json.loads(self.out)
-
-
-def run_cli(*args, cwd: Path) -> Run:
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
-    p = subprocess.run([str(CLI), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=60, env=env)
-    run = Run(p.returncode, p.stdout, p.stderr)
-    assert "Traceback" not in run.out + run.err, run.err
-    return run
 
 
 @pytest.fixture(scope="module")

@@ -46,8 +46,6 @@ def test_imported_torch_model_matches_transformers_reference(official_b16, impor
 @pytest.mark.slow
 def test_imported_bundle_runs_torch_free_backend(official_b16, imported_b16, photo_paths):
     """The imported bundle's ONNX graphs reproduce the transformers reference too."""
-    import torch
-
     from fgresq_sdk.scorer import Scorer
 
     _, sd, img, deg = official_b16

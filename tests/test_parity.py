@@ -61,7 +61,6 @@ def test_arrays_pil_and_paths_give_identical_tensors(tiny_bundle, photo_paths):
 
 def test_preprocessing_matches_torchvision(photo_paths):
     """Our PIL/numpy preprocessing is bit-identical to the official torchvision transform."""
-    import torch
     from PIL import Image
     from torchvision import transforms
 
