@@ -162,12 +162,18 @@ def run_bench(model: str | Path | None, variants: list[Variant], batch_sizes: li
         acc_x = np.stack([preprocess(p, base.preprocess) for p in paths[:accuracy_images]])
         ref_name, ref_out = reference_outputs(base, acc_x)
         rng = np.random.default_rng(0)
-        results = []
+        results, skipped = [], []
         for v in variants:
             if log:
                 log(f"bench: {v.label}")
-            vb = variant_bundle(base, v.precision, work)
-            scorer = Scorer(vb, backend=v.backend, device=v.device, batch_size=max(batch_sizes))
+            try:
+                vb = variant_bundle(base, v.precision, work)
+                scorer = Scorer(vb, backend=v.backend, device=v.device, batch_size=max(batch_sizes))
+            except (BackendError, BundleError) as exc:  # e.g. torch on an ONNX-only bundle: say so, go on
+                skipped.append({"variant": v.label, "reason": str(exc)})
+                if log:
+                    log(f"bench: {v.label} skipped: {exc}")
+                continue
             rows = []
             for bs in batch_sizes:
                 x = rng.normal(size=(bs, 3, size, size)).astype(np.float32)
@@ -186,7 +192,7 @@ def run_bench(model: str | Path | None, variants: list[Variant], batch_sizes: li
             results.append({"variant": v.label, "backend": v.backend, "precision": v.precision, "device": v.device,
                             "bundle": vb.name, "rows": rows, "accuracy_vs_reference": acc})
     return {"model": base.describe(), "reference": ref_name, "machine": machine_info(),
-            "n_images": n_images, "repeats": repeats, "results": results}
+            "n_images": n_images, "repeats": repeats, "results": results, "skipped": skipped}
 
 
 def machine_info() -> dict:

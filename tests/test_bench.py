@@ -20,7 +20,7 @@ def test_bench_json_fields(tiny_bundle):
                           "--rank-sizes", "3", "-f", "json"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
-    assert out["reference"] == "torch-fp32"
+    assert out["reference"] == "torch-fp32" and out["skipped"] == []
     labels = [r["variant"] for r in out["results"]]
     assert labels == ["onnxruntime-fp32", "onnxruntime-int8", "torch-fp32"]
     for r in out["results"]:
