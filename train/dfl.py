@@ -190,8 +190,7 @@ def run_dfl(model, train_m, tcfg: dict, stage_dir: Path, logger, *, val_m=None, 
 
     from .datasets import ImageCache, ImageTaskDataset, TransformSpec
     from .sampler import ShuffledBatchSampler
-    from .trainer import (CHECKPOINT_NAME, FINAL_NAME, STATE_NAME, TrainError, fit, latest_epoch,
-                          load_train_state, load_weights_into, make_optimizer, make_scheduler)
+    from .trainer import FINAL_NAME, TrainError, fit, stage_optimization
 
     dc = tcfg["dfl"]
     seed = int(tcfg["seed"])
@@ -220,16 +219,10 @@ def run_dfl(model, train_m, tcfg: dict, stage_dir: Path, logger, *, val_m=None, 
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    optimizer = make_optimizer(params, dc["lr"], dc["weight_decay"])
     epochs = int(dc["epochs"])
     total = epochs * len(sampler)
-    scheduler = make_scheduler(optimizer, total, dc["warmup_steps"], dc["min_lr_ratio"])
-    start_epoch, step = 0, 0
-    if resume and (last := latest_epoch(stage_dir)):
-        load_weights_into(model, stage_dir / CHECKPOINT_NAME.format(last))
-        st = load_train_state(stage_dir / STATE_NAME.format(last), optimizer, scheduler)
-        start_epoch, step = int(st["epoch"]), int(st["step"])
-        init = f"resumed from {stage_dir / CHECKPOINT_NAME.format(last)}"
+    optimizer, scheduler, start_epoch, step, resumed = stage_optimization(model, params, dc, total, stage_dir, resume)
+    init = resumed or init
 
     def train_mode() -> None:
         model.eval()

@@ -16,7 +16,26 @@ import numpy as np
 __all__ = ["SceneBatchSampler", "ShuffledBatchSampler"]
 
 
-class SceneBatchSampler:
+class _EpochBatches:
+    """Epoch bookkeeping shared by the samplers: `batches(epoch)` depends only on (seed, epoch)."""
+
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def iter_epoch(self, epoch: int) -> Iterator[list[int]]:
+        self.set_epoch(epoch)
+        return iter(self)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
+
+    def batches(self, epoch: int | None = None) -> list[list[int]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class SceneBatchSampler(_EpochBatches):
     """Yields lists of pair indices; every batch holds pairs of one scene only.
 
     Each epoch the pairs of every scene are shuffled and cut into batches of ``batch_size`` (a scene's last
@@ -40,9 +59,6 @@ class SceneBatchSampler:
         # Sorted by scene name so the batches never depend on dict or manifest order accidents.
         self.groups = {s: np.asarray(groups[s], dtype=np.int64) for s in sorted(groups, key=str)}
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
     def batches(self, epoch: int | None = None) -> list[list[int]]:
         epoch = self.epoch if epoch is None else int(epoch)
         rng = np.random.default_rng([self.seed, epoch])
@@ -58,20 +74,13 @@ class SceneBatchSampler:
             out = [out[k] for k in rng.permutation(len(out))]
         return out
 
-    def iter_epoch(self, epoch: int) -> Iterator[list[int]]:
-        self.set_epoch(epoch)
-        return iter(self)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches())
-
     def __len__(self) -> int:
         if self.drop_last:
             return sum(len(g) // self.batch_size for g in self.groups.values())
         return sum(-(-len(g) // self.batch_size) for g in self.groups.values())
 
 
-class ShuffledBatchSampler:
+class ShuffledBatchSampler(_EpochBatches):
     """Seeded, epoch-dependent shuffled batches of range(n) (stage 1, image level)."""
 
     def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True, drop_last: bool = False):
@@ -81,9 +90,6 @@ class ShuffledBatchSampler:
         self.shuffle, self.drop_last = shuffle, drop_last
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
     def batches(self, epoch: int | None = None) -> list[list[int]]:
         epoch = self.epoch if epoch is None else int(epoch)
         order = np.random.default_rng([self.seed, epoch, 1]).permutation(self.n) if self.shuffle \
@@ -92,13 +98,6 @@ class ShuffledBatchSampler:
         if self.drop_last and out and len(out[-1]) < self.batch_size:
             out.pop()
         return out
-
-    def iter_epoch(self, epoch: int) -> Iterator[list[int]]:
-        self.set_epoch(epoch)
-        return iter(self)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self.batches())
 
     def __len__(self) -> int:
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)

@@ -415,6 +415,22 @@ def _prune(stage_dir: Path, keep: int | None, current: int) -> None:
             (stage_dir / name).unlink(missing_ok=True)
 
 
+def stage_optimization(model: nn.Module, params: Iterable[nn.Parameter], stage_cfg: dict[str, Any],
+                       total_steps: int, stage_dir: Path, resume: bool):
+    """Adam + warm-up/cosine schedule for one stage, restored from the stage's last epoch when resuming.
+
+    Returns (optimizer, scheduler, start_epoch, step, resumed_from or None).
+    """
+    optimizer = make_optimizer(params, stage_cfg["lr"], stage_cfg["weight_decay"])
+    scheduler = make_scheduler(optimizer, total_steps, stage_cfg["warmup_steps"], stage_cfg["min_lr_ratio"])
+    if resume and (last := latest_epoch(stage_dir)):
+        ckpt = stage_dir / CHECKPOINT_NAME.format(last)
+        load_weights_into(model, ckpt)
+        st = load_train_state(stage_dir / STATE_NAME.format(last), optimizer, scheduler)
+        return optimizer, scheduler, int(st["epoch"]), int(st["step"]), f"resumed from {ckpt}"
+    return optimizer, scheduler, 0, 0, None
+
+
 def load_weights_into(model: nn.Module, ckpt: Path) -> None:
     """Load one of our checkpoints into an existing model (same config), strictly."""
     from safetensors.torch import load_file
@@ -550,7 +566,7 @@ def validate_pairs(model, manifest, spec, cache=None, batch_size: int = 32) -> d
     symmetrised pair ACC, 3-way ACC).
     """
     from . import metrics as M
-    from .datasets import ImageCache, TransformSpec  # noqa: F401
+    from .datasets import ImageCache
     from .evaluate import scene_weighted_correlations
 
     was_training = model.training
@@ -611,16 +627,11 @@ def run_fgresq(model, train_m, tcfg: dict, stage_dir: Path, logger: JsonlLogger,
     if int(tcfg["data"]["num_workers"]) > 0:
         dataset.prefill()
     train_mode = freeze_for_stage2(model, sc["train_image_tower"], sc["degradation_trainable_blocks"])
-    optimizer = make_optimizer(model.parameters(), sc["lr"], sc["weight_decay"])
     epochs = int(sc["epochs"])
     total = epochs * len(sampler)
-    scheduler = make_scheduler(optimizer, total, sc["warmup_steps"], sc["min_lr_ratio"])
-    start_epoch, step = 0, 0
-    if resume and (last := latest_epoch(stage_dir)):
-        load_weights_into(model, stage_dir / CHECKPOINT_NAME.format(last))
-        st = load_train_state(stage_dir / STATE_NAME.format(last), optimizer, scheduler)
-        start_epoch, step = int(st["epoch"]), int(st["step"])
-        init = f"resumed from {stage_dir / CHECKPOINT_NAME.format(last)}"
+    optimizer, scheduler, start_epoch, step, resumed = stage_optimization(
+        model, model.parameters(), sc, total, stage_dir, resume)
+    init = resumed or init
     val_eval_cache = ImageCache(tcfg["data"]["cache_mb"] / 4) if val_m is not None else None
     val_fn = (lambda: validate_pairs(model, val_m, spec, val_eval_cache)) if val_m is not None else None
     logger.log("stage_start", stage="fgresq", start_epoch=start_epoch, epochs=epochs,
