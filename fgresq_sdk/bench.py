@@ -22,6 +22,7 @@ from PIL import Image
 
 from .bundle import Bundle, load_bundle
 from .errors import BackendError, BundleError
+from .ranking import preference
 
 
 @dataclass
@@ -125,8 +126,8 @@ def accuracy_against(reference: tuple[np.ndarray, np.ndarray], scorer, x: np.nda
     p_ref = scorer.head.all_pairs_probs(q_ref)
     p_var = scorer.head.all_pairs_probs(q)
     agree = float(np.mean(p_ref[i, j].argmax(-1) == p_var[i, j].argmax(-1)))
-    better_ref = (p_ref[i, j, 0] + 0.5 * p_ref[i, j, 2]) > 0.5
-    better_var = (p_var[i, j, 0] + 0.5 * p_var[i, j, 2]) > 0.5
+    better_ref = preference(p_ref[i, j]) > 0.5
+    better_var = preference(p_var[i, j]) > 0.5
     return {"max_abs_dscore": float(np.max(np.abs(s - s_ref))), "mean_abs_dscore": float(np.mean(np.abs(s - s_ref))),
             "verdict_agreement": agree, "pair_order_agreement": float(np.mean(better_ref == better_var)),
             "pairs": len(pairs)}
@@ -146,7 +147,10 @@ def reference_outputs(bundle: Bundle, x: np.ndarray) -> tuple[str, tuple[np.ndar
 
 
 def run_bench(model: str | Path | None, variants: list[Variant], batch_sizes: list[int], n_images: int = 64,
-              repeats: int = 5, warmup: int = 1, accuracy_images: int = 16, log=None) -> dict:
+              repeats: int = 5, warmup: int = 1, accuracy_images: int = 16, rank_sizes: list[int] | None = None,
+              log=None) -> dict:
+    """Time every variant, measure its accuracy against the reference; with `rank_sizes`, also time `rank`
+    against the per-pair baseline on the same images and the same verified bundle."""
     from .bundle import default_bundle_path
     from .preprocess import preprocess
     from .scorer import Scorer
@@ -158,7 +162,8 @@ def run_bench(model: str | Path | None, variants: list[Variant], batch_sizes: li
     size = int(base.preprocess["size"])
     with tempfile.TemporaryDirectory(prefix="fgresq-bench-") as td:
         work = Path(td)
-        paths = synthetic_photos(max(n_images, accuracy_images, max(batch_sizes)), work / "images")
+        paths = synthetic_photos(max(n_images, accuracy_images, max(batch_sizes), *(rank_sizes or [])),
+                                 work / "images")
         acc_x = np.stack([preprocess(p, base.preprocess) for p in paths[:accuracy_images]])
         ref_name, ref_out = reference_outputs(base, acc_x)
         rng = np.random.default_rng(0)
@@ -191,8 +196,13 @@ def run_bench(model: str | Path | None, variants: list[Variant], batch_sizes: li
             acc = accuracy_against(ref_out, scorer, acc_x)
             results.append({"variant": v.label, "backend": v.backend, "precision": v.precision, "device": v.device,
                             "bundle": vb.name, "rows": rows, "accuracy_vs_reference": acc})
-    return {"model": base.describe(), "reference": ref_name, "machine": machine_info(),
-            "n_images": n_images, "repeats": repeats, "results": results, "skipped": skipped}
+        out = {"model": base.describe(), "reference": ref_name, "machine": machine_info(),
+               "n_images": n_images, "repeats": repeats, "results": results, "skipped": skipped}
+        if rank_sizes:
+            if log:
+                log("bench: rank vs the per-pair baseline")
+            out["rank_vs_per_pair"] = rank_vs_per_pair(base, paths, rank_sizes)
+    return out
 
 
 def machine_info() -> dict:

@@ -460,17 +460,7 @@ def bench(
             variants.append(Variant(b, p, device))
     try:
         result = run_bench(model, variants, ints(batch_sizes), n_images=images, repeats=repeats,
-                           log=lambda m: err_console.print(m, markup=False))
-        if rank_sizes:
-            from .bench import rank_vs_per_pair, synthetic_photos
-            from .bundle import default_bundle_path, load_bundle
-            import tempfile
-
-            sizes = ints(rank_sizes)
-            with tempfile.TemporaryDirectory() as td:
-                paths = synthetic_photos(max(sizes), Path(td))
-                result["rank_vs_per_pair"] = rank_vs_per_pair(load_bundle(model or default_bundle_path()),
-                                                              paths, sizes)
+                           rank_sizes=ints(rank_sizes), log=lambda m: err_console.print(m, markup=False))
     except FGResQError as exc:
         _fail(str(exc))
     if fmt is Fmt.json:

@@ -39,9 +39,9 @@ class CompareHeadNP:
         return q @ self.weight[:, :d].T, q @ self.weight[:, d:].T
 
     def pair_logits(self, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
-        a, _ = self.split_terms(q0)
-        _, b = self.split_terms(q1)
-        return a + b + self.bias
+        d = self.dim
+        return np.asarray(q0, np.float64) @ self.weight[:, :d].T + np.asarray(q1, np.float64) @ self.weight[:, d:].T \
+            + self.bias
 
     def all_pairs_probs(self, q: np.ndarray) -> np.ndarray:
         """[N, N, 3] probabilities for every ordered pair (i first, j second)."""

@@ -18,9 +18,15 @@ import numpy as np
 PRIOR_GAMES = 0.5
 
 
+def preference(probs: np.ndarray) -> np.ndarray:
+    """P(first ≻ second) = p_first + ½·p_similar, from probabilities [..., 3] in the head's order."""
+    p = np.asarray(probs, np.float64)
+    return p[..., 0] + 0.5 * p[..., 2]
+
+
 def symmetric_preferences(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """From all-pairs probs [N,N,3] → (P̃ [N,N] with P̃_ij + P̃_ji = 1, symmetric p_similar [N,N])."""
-    pref = probs[..., 0] + 0.5 * probs[..., 2]
+    pref = preference(probs)
     sym = 0.5 * (pref + 1.0 - pref.T)
     sim = 0.5 * (probs[..., 2] + probs[..., 2].T)
     np.fill_diagonal(sym, 0.5)

@@ -125,28 +125,27 @@ def _run_py(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
 
 
-def test_auto_with_device_cpu_probes_nothing(tiny_bundle):
-    """--device cpu (the CLI default): onnxruntime on the CPU, without importing torch or TensorRT."""
+def _auto_describe(bundle, device: str) -> dict:
+    """describe() of the `auto` backend, built in a fresh interpreter that must not import torch or TensorRT."""
     res = _run_py(
         "import json, sys\nfrom fgresq_sdk.bundle import load_bundle\nfrom fgresq_sdk.backends import create_backend\n"
-        f"b = create_backend('auto', load_bundle({str(tiny_bundle)!r}), device='cpu')\n"
+        f"b = create_backend('auto', load_bundle({str(bundle)!r}), device={device!r})\n"
         "print(json.dumps(b.describe()))\n"
         "assert not any(m.split('.')[0] in ('torch', 'tensorrt') for m in sys.modules), 'torch/tensorrt imported'\n")
     assert res.returncode == 0, res.stderr
-    d = json.loads(res.stdout)
+    return json.loads(res.stdout)
+
+
+def test_auto_with_device_cpu_probes_nothing(tiny_bundle):
+    """--device cpu (the CLI default): onnxruntime on the CPU, without importing torch or TensorRT."""
+    d = _auto_describe(tiny_bundle, 'cpu')
     assert (d["backend"], d["device"]) == ("onnxruntime", "cpu")
     assert "--device cpu" in d["auto_reason"]
 
 
 @no_gpu_driver
 def test_auto_on_a_cpu_only_machine_picks_onnxruntime_cpu_and_says_why(tiny_bundle):
-    res = _run_py(
-        "import json, sys\nfrom fgresq_sdk.bundle import load_bundle\nfrom fgresq_sdk.backends import create_backend\n"
-        f"b = create_backend('auto', load_bundle({str(tiny_bundle)!r}), device='auto')\n"
-        "print(json.dumps(b.describe()))\n"
-        "assert not any(m.split('.')[0] in ('torch', 'tensorrt') for m in sys.modules), 'torch/tensorrt imported'\n")
-    assert res.returncode == 0, res.stderr
-    d = json.loads(res.stdout)
+    d = _auto_describe(tiny_bundle, 'auto')
     assert (d["backend"], d["device"]) == ("onnxruntime", "cpu")
     assert "no CUDA device" in d["auto_reason"]
     assert set(d["auto_skipped"]) == {"tensorrt", "onnxruntime-cuda", "torch-cuda"}

@@ -32,6 +32,8 @@ from typing import Sequence
 import numpy as np
 from scipy import optimize, stats
 
+from fgresq_sdk.ranking import preference
+
 LABELS = ("a_better", "b_better", "similar")
 RANGE_EDGES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; capped so that correlations stay finite
@@ -189,10 +191,8 @@ def label_indices(labels: Sequence) -> np.ndarray:
     return out
 
 
-def preference_from_probs(probs) -> np.ndarray:
-    """P(first ≻ second) = p_first + ½·p_similar from [N, 3] probabilities."""
-    p = np.asarray(probs, np.float64)
-    return p[..., 0] + 0.5 * p[..., 2]
+# P(first ≻ second) = p_first + ½·p_similar: the runtime's definition, so eval and rank cannot drift apart.
+preference_from_probs = preference
 
 
 def symmetrised_pair_probs(p_ab, p_ba) -> tuple[np.ndarray, np.ndarray]:
