@@ -6,14 +6,16 @@ source encoder's sha256, and move the result into place only when complete.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Callable
 
 from fgresq_sdk.bundle import load_bundle, write_manifest
 from fgresq_sdk.errors import BundleError
 
-from .onnx_export import COMPARE_FILE, HEADS_FILE, prepare_out_dir, staged_bundle
+from .onnx_export import COMPARE_FILE, HEADS_FILE, prepare_out_dir
+from .staging import copy_verified, staged_bundle
+
+SOURCE_ENCODER = ".source-encoder.onnx"  # the verified fp32 graph, converted from, then removed
 
 
 def derive_bundle(src: str | Path, out: str | Path, *, precision: str, encoder_file: str,
@@ -25,10 +27,13 @@ def derive_bundle(src: str | Path, out: str | Path, *, precision: str, encoder_f
         raise BundleError(f"{bundle.root}: can only derive {precision} from an fp32 bundle "
                           f"(this one is {bundle.precision})")
     out = prepare_out_dir(out, force)
-    with staged_bundle(out) as tmp:
-        make_encoder(bundle.path("encoder"), tmp / encoder_file)
-        shutil.copy2(bundle.path("compare_head"), tmp / COMPARE_FILE)
-        shutil.copy2(bundle.path("heads"), tmp / HEADS_FILE)
+    with staged_bundle(out, force) as tmp:
+        # Converters read a path: hand them a private copy of the bytes that were verified.
+        src_onnx = copy_verified(bundle, "encoder", tmp / SOURCE_ENCODER)
+        make_encoder(src_onnx, tmp / encoder_file)
+        src_onnx.unlink()
+        copy_verified(bundle, "compare_head", tmp / COMPARE_FILE)
+        copy_verified(bundle, "heads", tmp / HEADS_FILE)
         m = bundle.manifest
         extra = {k: m[k] for k in ("opset", "feature_dim", "inputs", "outputs") if k in m}
         extra[details_key] = {**details, "fp32_encoder_sha256": m["files"]["encoder"]["sha256"]}

@@ -7,17 +7,15 @@ pairs in numpy from per-image terms (the head is linear in [q0, q1]).
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fgresq_sdk.bundle import write_manifest
-from fgresq_sdk.errors import BundleError
+
+from .staging import check_out_dir, staged_bundle
 
 DEFAULT_OPSET = 17
 ENCODER_FILE = "encoder.onnx"
@@ -68,40 +66,8 @@ def check_graphs(out: Path) -> None:
 
 
 def prepare_out_dir(out: str | Path, force: bool) -> Path:
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise BundleError(f"{out}: output exists and is not empty (pass --force to replace it)")
-    return out
-
-
-@contextmanager
-def staged_bundle(out: Path):
-    """Yield a temporary sibling folder to write a bundle into; move it to `out` only on success.
-
-    A failed export never leaves a half-written bundle or clobbers an existing one.
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        yield tmp
-        _relax_permissions(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _relax_permissions(folder: Path) -> None:
-    """mkdtemp makes a private folder; a bundle is meant to be shared like any installed file."""
-    import os
-
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for f in folder.iterdir():
-        os.chmod(f, 0o666 & ~umask)
+    """Refuse a target that is not a new/empty folder or a bundle (see staging.check_out_dir)."""
+    return check_out_dir(out, force)
 
 
 def export_bundle(model, out: str | Path, *, source: str, opset: int = DEFAULT_OPSET,
@@ -112,7 +78,7 @@ def export_bundle(model, out: str | Path, *, source: str, opset: int = DEFAULT_O
 
     out = prepare_out_dir(out, force)
     model = model.eval().float().cpu()
-    with staged_bundle(out) as tmp:
+    with staged_bundle(out, force) as tmp:
         # Traced with autograd on: under no_grad, nn.MultiheadAttention takes its fused fast path, which
         # has no ONNX symbolic.
         _export_graphs(model, tmp, opset)

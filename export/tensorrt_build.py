@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -34,7 +33,8 @@ from fgresq_sdk.backends.tensorrt_backend import (
 from fgresq_sdk.bundle import load_bundle, sha256_file, write_manifest
 from fgresq_sdk.errors import BundleError
 
-from .onnx_export import COMPARE_FILE, ENCODER_FILE, HEADS_FILE, prepare_out_dir, staged_bundle
+from .onnx_export import COMPARE_FILE, ENCODER_FILE, HEADS_FILE, prepare_out_dir
+from .staging import copy_verified, staged_bundle
 
 ENGINE_RECORD_FILE = "engine.json"
 TOWER_PREFIXES = ("/image_tower/", "/degradation_tower/")
@@ -173,6 +173,7 @@ def build_engine(bundle_dir: str | Path, out: str | Path, *, fp16: bool = True,
         raise BundleError(f"{out}: write the engine bundle to a new folder, not over its source")
     precision = "fp16" if fp16 else "fp32"
     size = int(bundle.preprocess["size"])
+    bundle.verify_file("encoder")  # the parser reads the path; refuse a corrupted graph first
     src_onnx = bundle.path("encoder")
     log(f"building a {precision} TensorRT {trt.__version__} engine for {gpu['name']} (batch {batch})")
     engine_bytes, facts = build_serialized_engine(
@@ -190,13 +191,13 @@ def build_engine(bundle_dir: str | Path, out: str | Path, *, fp16: bool = True,
         "source_bundle": str(bundle.root),
         "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **facts,
     }
-    with staged_bundle(out) as tmp:
+    with staged_bundle(out, force) as tmp:
         engine_file = engine_file_name(precision)
         (tmp / engine_file).write_bytes(engine_bytes)
         (tmp / ENGINE_RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        shutil.copy2(src_onnx, tmp / ENCODER_FILE)
-        shutil.copy2(bundle.path("compare_head"), tmp / COMPARE_FILE)
-        shutil.copy2(bundle.path("heads"), tmp / HEADS_FILE)
+        copy_verified(bundle, "encoder", tmp / ENCODER_FILE)
+        copy_verified(bundle, "compare_head", tmp / COMPARE_FILE)
+        copy_verified(bundle, "heads", tmp / HEADS_FILE)
         m = bundle.manifest
         extra = {k: m[k] for k in ("opset", "feature_dim", "inputs", "outputs") if k in m}
         extra["tensorrt"] = {"engine_precision": precision, "record": ENGINE_RECORD_FILE,

@@ -2,25 +2,38 @@
 
 A bundle is what every backend loads: the ONNX graphs for the torch-free runtimes, the comparison
 head's weights as a plain .npz for the all-pairs ranking in numpy, and (optionally) the safetensors
-checkpoint for the torch backend. Files are verified on load so a corrupted download or a swapped
-file is refused with its name instead of silently producing wrong scores.
+checkpoint for the torch backend.
+
+Trust rules (the C++ library in cpp_bindings/src/bundle.cpp enforces the same ones):
+- the manifest is validated as a whole before anything is opened: types, a known `format_version`,
+  every listed path relative and inside the bundle folder after resolving symlinks. A hostile or
+  broken manifest is a `BundleError` (one line), never a traceback and never a file read from elsewhere;
+- a file is verified only when a backend opens it (an ONNX Runtime run never reads the 1.4 GB torch
+  checkpoint), and it is read once: the bytes that were hashed are the bytes handed to the runtime, so
+  a file swapped between verification and use cannot slip through;
+- a small verification cache (see verify_cache.py) skips re-hashing a file whose identity — device, inode,
+  size, mtime and ctime — is unchanged since it was hashed; any change means hashing again.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
 import json
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BundleError
+from .errors import BundleError, display_path
+from .verify_cache import VerifyCache, file_identity
 
 MANIFEST = "model.json"
 BUNDLE_FORMAT = "fgresq-bundle"
 BUNDLE_VERSION = 1
 # Roles a bundle may list; `encoder` and `heads` are required by every backend.
 REQUIRED_ROLES = ("encoder", "heads")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -34,13 +47,86 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_relative_path(mpath: Path, role: str, rel: Any) -> str:
+    """A manifest path must name a file below the bundle folder, spelled portably."""
+    where = f"{display_path(mpath)}: file entry '{role}'"
+    if not isinstance(rel, str) or not rel:
+        raise BundleError(f"{where} has no 'path' string")
+    if "\\" in rel or "\x00" in rel or rel.startswith("/") or re.match(r"^[A-Za-z]:", rel):
+        raise BundleError(f"{where} path {rel!r} is not a relative path inside the bundle")
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise BundleError(f"{where} path {rel!r} leaves the bundle or has empty/'.'/'..' parts")
+    return rel
+
+
+def validate_manifest(manifest: Any, mpath: Path) -> dict[str, Any]:
+    """Check the manifest's shape; returns it unchanged. Every problem is one BundleError line."""
+    where = display_path(mpath)
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{where}: not an fgresq model bundle manifest")
+    version = manifest.get("format_version")
+    if not _is_int(version):
+        raise BundleError(f"{where}: format_version must be an integer (got {json.dumps(version)})")
+    if version > BUNDLE_VERSION:
+        raise BundleError(f"{where}: bundle format v{version} is newer than this SDK supports "
+                          f"(v{BUNDLE_VERSION}); upgrade fgresq-sdk")
+    if version != BUNDLE_VERSION:
+        raise BundleError(f"{where}: unknown format_version {version} (this SDK reads v{BUNDLE_VERSION})")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise BundleError(f"{where}: manifest has no 'files' table")
+    for role in REQUIRED_ROLES:
+        if role not in files:
+            raise BundleError(f"{where}: manifest lists no '{role}' file")
+    for role, entry in files.items():
+        if not isinstance(entry, dict):
+            raise BundleError(f"{where}: file entry '{role}' is not an object")
+        _check_relative_path(mpath, role, entry.get("path"))
+        digest = entry.get("sha256")
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise BundleError(f"{where}: file entry '{role}' has no valid sha256 (64 lowercase hex digits)")
+        if "bytes" in entry and not (_is_int(entry["bytes"]) and entry["bytes"] >= 0):
+            raise BundleError(f"{where}: file entry '{role}' has a 'bytes' that is not a non-negative integer")
+    for key in ("config", "preprocess"):
+        if not isinstance(manifest.get(key), dict):
+            raise BundleError(f"{where}: manifest has no '{key}' object")
+    pre = manifest["preprocess"]
+    if "size" in pre and not (_is_int(pre["size"]) and pre["size"] > 0):
+        raise BundleError(f"{where}: preprocess.size must be a positive integer")
+    for key in ("mean", "std"):
+        v = pre.get(key)
+        if v is not None and not (isinstance(v, list) and len(v) == 3 and all(_is_number(x) for x in v)):
+            raise BundleError(f"{where}: preprocess.{key} must be a list of 3 numbers")
+    if pre.get("std") is not None and not all(x > 0 for x in pre["std"]):
+        raise BundleError(f"{where}: preprocess.std must be positive")
+    if "precision" in manifest and not isinstance(manifest["precision"], str):
+        raise BundleError(f"{where}: precision must be a string")
+    return manifest
+
+
 @dataclass
 class Bundle:
-    """A verified bundle on disk."""
+    """A bundle on disk whose manifest has been validated; its files are verified as they are read."""
 
     root: Path
     manifest: dict[str, Any]
-    verified: bool = field(default=False)
+    verify: bool = True
+    cache: VerifyCache | None = field(default=None, repr=False)
+    verified_roles: set = field(default_factory=set, repr=False)
+
+    @property
+    def verified(self) -> bool:
+        """True when every listed file has been checked (see verify_all)."""
+        return self.verify and self.verified_roles >= set(self.manifest.get("files", {}))
 
     @property
     def config(self) -> dict[str, Any]:
@@ -61,16 +147,71 @@ class Bundle:
     def has(self, role: str) -> bool:
         return role in self.manifest.get("files", {})
 
-    def path(self, role: str) -> Path:
+    def entry(self, role: str) -> dict[str, Any]:
         files = self.manifest.get("files", {})
         if role not in files:
-            raise BundleError(f"{self.root}: bundle has no '{role}' file "
+            raise BundleError(f"{display_path(self.root)}: bundle has no '{role}' file "
                               f"(it lists: {', '.join(sorted(files)) or 'nothing'})")
-        return self.root / files[role]["path"]
+        return files[role]
+
+    def path(self, role: str) -> Path:
+        """The file's path, checked to be a regular file inside the bundle after resolving symlinks."""
+        p = self.root / self.entry(role)["path"]
+        real_root = os.path.realpath(self.root)
+        real = os.path.realpath(p)
+        if os.path.commonpath([real_root, real]) != real_root:
+            raise BundleError(f"{display_path(p)}: file listed in {MANIFEST} as '{role}' resolves outside "
+                              "the bundle folder (refused)")
+        if not os.path.isfile(real):
+            raise BundleError(f"{display_path(p)}: file listed in {MANIFEST} as '{role}' is missing")
+        return p
+
+    def read(self, role: str) -> bytes:
+        """The file's bytes, read once and (unless verify=False) checked against the manifest's sha256."""
+        p = self.path(role)
+        expected = self.entry(role)["sha256"]
+        try:
+            with open(p, "rb") as f:
+                before = file_identity(os.fstat(f.fileno()))
+                data = f.read()
+                after = file_identity(os.fstat(f.fileno()))
+        except OSError as exc:
+            raise BundleError(f"{display_path(p)}: cannot read ({exc.strerror})") from None
+        if self.verify:
+            known = self.cache.get(before) if self.cache is not None and before == after else None
+            digest = known or hashlib.sha256(data).hexdigest()
+            if digest != expected:
+                raise BundleError(f"{display_path(p)}: sha256 mismatch (file is corrupted or was replaced; "
+                                  f"expected {expected[:12]}…, got {digest[:12]}…)")
+            if known is None and self.cache is not None and before == after:
+                self.cache.put(before, digest)
+            self.verified_roles.add(role)
+        return data
+
+    def verify_file(self, role: str) -> None:
+        """Check one file without keeping its bytes (used before handing a path to a converter)."""
+        p = self.path(role)
+        expected = self.entry(role)["sha256"]
+        try:
+            st = os.stat(p)
+            known = self.cache.get(file_identity(st)) if self.cache is not None else None
+            digest = known or sha256_file(p)
+        except OSError as exc:
+            raise BundleError(f"{display_path(p)}: cannot read ({exc.strerror})") from None
+        if digest != expected:
+            raise BundleError(f"{display_path(p)}: sha256 mismatch (file is corrupted or was replaced; "
+                              f"expected {expected[:12]}…, got {digest[:12]}…)")
+        if known is None and self.cache is not None and file_identity(os.stat(p)) == file_identity(st):
+            self.cache.put(file_identity(st), digest)
+        self.verified_roles.add(role)
+
+    def verify_all(self) -> None:
+        for role in self.manifest["files"]:
+            self.verify_file(role)
 
     def describe(self) -> dict[str, Any]:
         return {
-            "path": str(self.root),
+            "path": display_path(self.root),
             "name": self.name,
             "config": self.config.get("name"),
             "precision": self.precision,
@@ -80,47 +221,32 @@ class Bundle:
         }
 
 
-def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
-    """Read and (by default) checksum-verify a bundle folder."""
+def load_bundle(root: str | Path, verify: bool = True, cache: VerifyCache | None | bool = True) -> Bundle:
+    """Read and validate a bundle's manifest; files are checked when read (Bundle.read / verify_all).
+
+    cache: True = the per-user verification cache, False/None = hash every file on every read.
+    """
     root = Path(root)
     if root.is_file() and root.name == MANIFEST:
         root = root.parent
     if not root.exists():
-        raise BundleError(f"{root}: model bundle not found")
+        raise BundleError(f"{display_path(root)}: model bundle not found")
     if not root.is_dir():
-        raise BundleError(f"{root}: not a model bundle folder (pass the folder that holds {MANIFEST})")
+        raise BundleError(f"{display_path(root)}: not a model bundle folder (pass the folder that holds {MANIFEST})")
     mpath = root / MANIFEST
     if not mpath.is_file():
-        raise BundleError(f"{root}: not a model bundle ({MANIFEST} missing)")
+        raise BundleError(f"{display_path(root)}: not a model bundle ({MANIFEST} missing)")
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{mpath}: manifest is not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{mpath}: not an fgresq model bundle manifest")
-    if int(manifest.get("format_version", 0)) > BUNDLE_VERSION:
-        raise BundleError(f"{mpath}: bundle format v{manifest.get('format_version')} is newer than this "
-                          f"SDK supports (v{BUNDLE_VERSION}); upgrade fgresq-sdk")
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        raise BundleError(f"{mpath}: manifest has no 'files' table")
-    for role in REQUIRED_ROLES:
-        if role not in files:
-            raise BundleError(f"{mpath}: manifest lists no '{role}' file")
-    for key in ("config", "preprocess"):
-        if key not in manifest:
-            raise BundleError(f"{mpath}: manifest has no '{key}'")
-    bundle = Bundle(root=root, manifest=manifest)
-    for role, entry in files.items():
-        p = root / entry["path"]
-        if not p.is_file():
-            raise BundleError(f"{p}: file listed in {MANIFEST} as '{role}' is missing")
-        if verify:
-            digest = sha256_file(p)
-            if digest != entry.get("sha256"):
-                raise BundleError(f"{p}: sha256 mismatch (file is corrupted or was replaced; "
-                                  f"expected {str(entry.get('sha256'))[:12]}…, got {digest[:12]}…)")
-    bundle.verified = verify
+        manifest = json.loads(mpath.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise BundleError(f"{display_path(mpath)}: manifest is not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise BundleError(f"{display_path(mpath)}: cannot read ({exc.strerror})") from None
+    validate_manifest(manifest, mpath)
+    bundle = Bundle(root=root, manifest=manifest, verify=verify,
+                    cache=VerifyCache.default() if cache is True else (cache or None))
+    for role in manifest["files"]:
+        bundle.path(role)  # inside the folder and present, before any backend starts
     return bundle
 
 
@@ -141,6 +267,7 @@ def write_manifest(root: Path, *, name: str, config: dict[str, Any], files: dict
                   for role, fname in sorted(files.items())},
     }
     manifest.update(extra or {})
+    validate_manifest(manifest, root / MANIFEST)
     path = root / MANIFEST
     path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return path

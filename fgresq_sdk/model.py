@@ -124,25 +124,50 @@ def read_checkpoint_metadata(path: str | Path) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-def load_checkpoint(path: str | Path, map_location: str = "cpu") -> FGResQ:
-    """Build the model from one of our safetensors checkpoints (no pickle involved)."""
-    from safetensors.torch import load_file
+def checkpoint_metadata_from_bytes(data: bytes) -> dict[str, str]:
+    """The safetensors header's __metadata__ (8-byte little-endian length, then JSON)."""
+    if len(data) < 8:
+        raise ValueError("file too short for a safetensors header")
+    n = int.from_bytes(data[:8], "little")
+    if n <= 0 or 8 + n > len(data):
+        raise ValueError("header length out of range")
+    header = json.loads(data[8:8 + n].decode("utf-8"))
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return dict(meta) if isinstance(meta, dict) else {}
+
+
+def load_checkpoint(source: str | Path | bytes, map_location: str = "cpu", name: str | None = None) -> FGResQ:
+    """Build the model from one of our safetensors checkpoints (no pickle involved).
+
+    source: a path, or the file's bytes as already read and verified by `Bundle.read` (then `name` is the
+    path used in messages), so a bundle's checkpoint is read once.
+    """
+    from safetensors.torch import load as load_bytes
 
     from .errors import BundleError
 
-    path = Path(path)
-    if not path.is_file():
-        raise BundleError(f"{path}: checkpoint not found")
+    if isinstance(source, (bytes, bytearray)):
+        data, where = bytes(source), name or "<checkpoint>"
+    else:
+        path = Path(source)
+        where = str(path)
+        if not path.is_file():
+            raise BundleError(f"{path}: checkpoint not found")
+        data = path.read_bytes()
     try:
-        meta = read_checkpoint_metadata(path)
+        meta = checkpoint_metadata_from_bytes(data)
     except Exception as exc:  # noqa: BLE001 - any header failure means "not our checkpoint"
-        raise BundleError(f"{path}: not a safetensors checkpoint ({exc})") from None
+        raise BundleError(f"{where}: not a safetensors checkpoint ({exc})") from None
     if meta.get("format") != CHECKPOINT_FORMAT or "config" not in meta:
-        raise BundleError(f"{path}: not an FGResQ checkpoint (metadata format={meta.get('format')!r})")
+        raise BundleError(f"{where}: not an FGResQ checkpoint (metadata format={meta.get('format')!r})")
     model = FGResQ(json.loads(meta["config"]))
-    state = load_file(str(path), device=map_location)
+    try:
+        state = load_bytes(data)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise BundleError(f"{where}: not a readable safetensors checkpoint ({exc})") from None
+    state = {k: v.to(map_location) for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise BundleError(f"{path}: weights do not match config {model.cfg['name']} "
+        raise BundleError(f"{where}: weights do not match config {model.cfg['name']} "
                           f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})")
     return model.eval()

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,10 @@ from PIL import Image
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("open_clip") is not None
 needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="needs torch + open_clip ([torch] extra)")
+
+# The bundle verification cache goes to a per-run folder, never to the user's ~/.cache (subprocesses
+# inherit it).
+os.environ.setdefault("FGRESQ_CACHE_DIR", tempfile.mkdtemp(prefix="fgresq-test-cache-"))
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "cat")
 

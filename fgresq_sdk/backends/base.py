@@ -11,6 +11,9 @@ class Backend(ABC):
 
     name: str = "?"
     device: str = "cpu"
+    # Whether encode/compare_logits may run from several threads at once; Scorer serialises the calls of
+    # a backend that says False.
+    thread_safe: bool = False
     # Set by `create_backend("auto", …)`: why this backend was picked and why the others were skipped.
     auto_reason: str | None = None
     auto_skipped: dict[str, str] | None = None

@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from ..bundle import Bundle
-from ..errors import BackendError
+from ..errors import BackendError, BundleError
 from .base import Backend
 
 
@@ -65,6 +65,8 @@ class OnnxRuntimeBackend(Backend):
     """
 
     name = "onnxruntime"
+    # InferenceSession.run may be called from many threads at once (ORT documents Run as thread-safe).
+    thread_safe = True
 
     def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None):
         try:
@@ -76,9 +78,12 @@ class OnnxRuntimeBackend(Backend):
         providers = providers_for(device)
         so = session_options(threads)
         try:
-            self.encoder = ort.InferenceSession(str(bundle.path("encoder")), so, providers=providers)
-            self.compare = (ort.InferenceSession(str(bundle.path("compare_head")), so, providers=providers)
+            # The verified bytes themselves go to ONNX Runtime: the file is read once, never re-opened.
+            self.encoder = ort.InferenceSession(bundle.read("encoder"), so, providers=providers)
+            self.compare = (ort.InferenceSession(bundle.read("compare_head"), so, providers=providers)
                             if bundle.has("compare_head") else None)
+        except BundleError:
+            raise
         except Exception as exc:  # noqa: BLE001 - ORT raises several types for a bad graph
             raise BackendError(f"{bundle.root}: onnxruntime cannot load the bundle's graphs ({exc})") from None
         self.providers = self.encoder.get_providers()

@@ -100,6 +100,7 @@ def _torch_dtypes(trt, torch) -> dict:
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    thread_safe = False  # one execution context: its shapes and tensor addresses are per-call state
 
     def __init__(self, bundle: Bundle, device: str = "cuda"):
         problems = []
@@ -120,8 +121,8 @@ class TensorRTBackend(Backend):
 
         record_path = bundle.path("engine_record")
         try:
-            record = json.loads(record_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            record = json.loads(bundle.read("engine_record").decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
             raise BackendError(f"{record_path}: unreadable engine record ({exc})") from None
         mismatch = record_mismatches(record, trt.__version__, gpu)
         if mismatch:
@@ -136,7 +137,7 @@ class TensorRTBackend(Backend):
         self.logger = trt.Logger(trt.Logger.WARNING)
         with torch.cuda.device(self.index):
             self.runtime = trt.Runtime(self.logger)
-            self.engine = self.runtime.deserialize_cuda_engine(bundle.path("engine").read_bytes())
+            self.engine = self.runtime.deserialize_cuda_engine(bundle.read("engine"))
             if self.engine is None:
                 raise BackendError(f"{bundle.path('engine')}: TensorRT could not deserialize the engine")
             self.context = self.engine.create_execution_context()
@@ -157,7 +158,7 @@ class TensorRTBackend(Backend):
         self.max_batch = self.profile["max"][0]
         self.image_shape = self.profile["opt"][1:]
         self.feature_dim = int(self.engine.get_tensor_shape("features")[-1])
-        self.head = CompareHeadNP.from_npz(bundle.path("heads"))
+        self.head = CompareHeadNP.from_npz(bundle.read("heads"))
 
     def _run_chunk(self, x):
         """One enqueue for min ≤ len(x) ≤ max rows on the current stream."""

@@ -182,12 +182,15 @@ class TorchBackend(Backend):
             if bundle is None or not bundle.has("checkpoint"):
                 raise BackendError(f"{bundle.root if bundle else '?'}: bundle has no torch checkpoint "
                                    "(export it with a checkpoint to use --backend torch)")
-            model = load_checkpoint(bundle.path("checkpoint"))
+            model = load_checkpoint(bundle.read("checkpoint"), name=str(bundle.path("checkpoint")))
         self.torch = torch
         self.device = device
         self.precision = precision
         self.model = reduced_precision_model(model.eval(), precision).to(device)
         self.graphed = None
+        # CPU forwards in inference mode only read the weights; on CUDA, graphs replay into shared static
+        # buffers and fp32 runs switch cuDNN's process-wide TF32 flag around each call.
+        self.thread_safe = not device.startswith("cuda")
         if cuda_graphs:
             size = int(self.model.cfg["preprocess"]["size"])
             self.graphed = _GraphedForward(torch, self.model, graph_batch_sizes, (3, size, size), device)
