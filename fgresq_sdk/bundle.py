@@ -47,6 +47,11 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _no_constants(name: str):
+    """NaN/Infinity are not JSON (the C++ reader refuses them too): one rule for both readers."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -237,8 +242,8 @@ def load_bundle(root: str | Path, verify: bool = True, cache: VerifyCache | None
     if not mpath.is_file():
         raise BundleError(f"{display_path(root)}: not a model bundle ({MANIFEST} missing)")
     try:
-        manifest = json.loads(mpath.read_bytes().decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        manifest = json.loads(mpath.read_bytes().decode("utf-8"), parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise BundleError(f"{display_path(mpath)}: manifest is not valid JSON ({exc})") from None
     except OSError as exc:
         raise BundleError(f"{display_path(mpath)}: cannot read ({exc.strerror})") from None

@@ -1,7 +1,10 @@
 /* fgresq.h: C API of the FGResQ inference library (score, compare and rank restored images).
  *
  * A model bundle is the folder the Python SDK exports (model.json + encoder.onnx + heads.npz ...).
- * fgresq_open() checks every file listed in model.json against its sha256 before anything is loaded.
+ * fgresq_open() validates model.json (types, format_version 1, every listed path relative and, with
+ * symlinks resolved, inside the bundle) and reads encoder.onnx and heads.npz once each, checking their
+ * sha256 on the very bytes it then loads. Other listed files (the checkpoint...) must exist but are
+ * neither opened nor hashed: this library does not use them.
  *
  * Conventions
  *  - Every function that can fail returns an fgresq_status; FGRESQ_OK (0) is success. On failure,
@@ -59,7 +62,8 @@ typedef struct fgresq_options {
   int32_t backend;       /* fgresq_backend */
   int32_t threads;       /* intra-op threads; 0 = the cores this process may use */
   int32_t batch_size;    /* images per encoder run; 0 = 16 (the Python SDK's default) */
-  int32_t verify;        /* nonzero (default): check every file's sha256; 0: only that files exist */
+  int32_t verify;        /* nonzero (default): check the sha256 of the files it reads (encoder, heads) on
+                            the bytes it then loads; 0: skip the hashes (the manifest is still validated) */
 } fgresq_options;
 
 typedef struct fgresq_image {

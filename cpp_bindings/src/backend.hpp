@@ -1,8 +1,10 @@
 // Encoder backends: image batch [B,3,S,S] float32 → features [B,F], score [B].
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace fgresq::detail {
 
@@ -22,7 +24,11 @@ struct EncoderOptions {
   int feature_size = 0;  // F expected from the heads
 };
 
-std::unique_ptr<Encoder> make_onnxruntime_encoder(const std::string& onnx_path, const EncoderOptions& opts);
+// `onnx_bytes`: the whole .onnx file, already read (and verified) by load_bundle; the session is built from
+// these bytes, never from the path, which only names the file in messages. A graph with external data
+// (weights in a side file) cannot be loaded this way and is refused by ONNX Runtime.
+std::unique_ptr<Encoder> make_onnxruntime_encoder(const std::vector<uint8_t>& onnx_bytes, const std::string& onnx_path,
+                                                  const EncoderOptions& opts);
 
 // Version string of the linked ONNX Runtime library.
 std::string onnxruntime_version();

@@ -57,7 +57,8 @@ int usable_cores() {
 
 class OrtEncoder final : public Encoder {
  public:
-  OrtEncoder(const std::string& path, const EncoderOptions& opts) : path_(path), size_(opts.input_size), features_(opts.feature_size) {
+  OrtEncoder(const std::vector<uint8_t>& bytes, const std::string& path, const EncoderOptions& opts)
+      : path_(path), size_(opts.input_size), features_(opts.feature_size) {
     Ort::Env& e = env();
     try {
       Ort::SessionOptions so;
@@ -66,7 +67,7 @@ class OrtEncoder final : public Encoder {
       so.SetIntraOpNumThreads(opts.threads > 0 ? opts.threads : usable_cores());
       so.SetInterOpNumThreads(1);
       so.SetLogSeverityLevel(3);
-      session_ = std::make_unique<Ort::Session>(e, path.c_str(), so);
+      session_ = std::make_unique<Ort::Session>(e, static_cast<const void*>(bytes.data()), bytes.size(), so);
     } catch (const Ort::Exception& ex) {
       throw Error(FGRESQ_RUNTIME, path + ": onnxruntime cannot load the graph (" + ex.what() + ")");
     }
@@ -175,8 +176,9 @@ std::string onnxruntime_version() {
   return base ? base->GetVersionString() : "?";
 }
 
-std::unique_ptr<Encoder> make_onnxruntime_encoder(const std::string& onnx_path, const EncoderOptions& opts) {
-  return std::make_unique<OrtEncoder>(onnx_path, opts);
+std::unique_ptr<Encoder> make_onnxruntime_encoder(const std::vector<uint8_t>& onnx_bytes, const std::string& onnx_path,
+                                                  const EncoderOptions& opts) {
+  return std::make_unique<OrtEncoder>(onnx_bytes, onnx_path, opts);
 }
 
 }  // namespace fgresq::detail

@@ -1,6 +1,8 @@
 // Bundle folders as written by fgresq_sdk.bundle: model.json + the files it lists, each with its sha256.
 #pragma once
+#include <cstdint>
 #include <string>
+#include <vector>
 
 namespace fgresq::detail {
 
@@ -8,17 +10,35 @@ struct BundleInfo {
   std::string root;
   std::string name;
   std::string precision;
-  std::string encoder_path;
+  std::string encoder_path;  // as shown in messages (<dir>/encoder.onnx)
   std::string heads_path;
-  std::string compare_head_path;  // empty if the bundle has none
   int input_size = 224;
   float mean[3] = {0.48145466f, 0.4578275f, 0.40821073f};
   float stdv[3] = {0.26862954f, 0.26130258f, 0.27577711f};
   int feature_dim = -1;  // manifest "feature_dim" (D), -1 if absent
 };
 
-// Mirrors fgresq_sdk.bundle.load_bundle: same checks, same order, same messages. Every listed file must
-// exist; with verify, each one's sha256 must match (the optional checkpoint included, as in Python).
-BundleInfo load_bundle(const std::string& path, bool verify);
+// A bundle whose manifest passed validation, with the bytes of the two files this library opens.
+// The bytes are the ones that were hashed: hand them to ONNX Runtime / the npz parser, never reopen the
+// file (it could have been swapped since).
+struct LoadedBundle {
+  BundleInfo info;
+  std::vector<uint8_t> encoder_bytes;
+  std::vector<uint8_t> heads_bytes;
+};
+
+// The schema of fgresq_sdk.bundle.validate_manifest + load_bundle (the same rules, order and wording):
+//  - model.json is a JSON object with "format": "fgresq-bundle" and "format_version" the JSON integer 1
+//    (an integer > 1: UNSUPPORTED, "newer than this SDK supports"; not an integer: "must be an integer");
+//  - "files" maps role -> {"path": non-empty string, "sha256": 64 lowercase hex, "bytes": optional int >= 0},
+//    with roles "encoder" and "heads" required; "config" and "preprocess" are objects; preprocess "size"
+//    (a positive integer), "mean" and "std" (3 numbers, std > 0) when present; "precision" a string;
+//  - every path is relative ('/' separators; no leading '/', drive, backslash, NUL, or empty/'.'/'..' part)
+//    and, with symlinks resolved, lies inside the resolved bundle folder; it must be a regular file.
+// Only "encoder" and "heads" are read (each once, into memory); with verify their sha256 is checked on
+// those bytes. Other roles (checkpoint, compare_head, engine...) are validated but neither opened nor
+// hashed. Every problem is an Error: NOT_FOUND for a missing folder/manifest/file, UNSUPPORTED for a newer
+// format, CORRUPTED for everything else; one line naming the file.
+LoadedBundle load_bundle(const std::string& path, bool verify);
 
 }  // namespace fgresq::detail

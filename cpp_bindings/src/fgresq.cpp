@@ -55,8 +55,9 @@ void need(const void* p, const char* what) {
   if (!p) invalid(std::string(what) + " is NULL");
 }
 
-fgresq::detail::CompareHead load_head(const std::string& path) {
-  auto arrays = fgresq::detail::read_npz(path);
+// `bytes` are heads.npz as read (and verified) by load_bundle; `path` names it in messages.
+fgresq::detail::CompareHead load_head(const std::vector<uint8_t>& bytes, const std::string& path) {
+  auto arrays = fgresq::detail::parse_npz(bytes, path);
   auto w = arrays.find("compare_weight");
   auto b = arrays.find("compare_bias");
   if (w == arrays.end() || b == arrays.end())
@@ -156,8 +157,11 @@ fgresq_status fgresq_open(const char* bundle_dir, const fgresq_options* options,
     if (o.threads < 0) invalid("options->threads must be >= 0");
     if (o.batch_size < 0) invalid("options->batch_size must be >= 0");
     auto m = std::make_unique<fgresq_model>();
-    m->info = fgresq::detail::load_bundle(bundle_dir, o.verify != 0);
-    m->head = load_head(m->info.heads_path);
+    // The bundle's files are read once: the bytes that were hashed are the bytes that get parsed.
+    fgresq::detail::LoadedBundle bundle = fgresq::detail::load_bundle(bundle_dir, o.verify != 0);
+    m->info = bundle.info;
+    m->head = load_head(bundle.heads_bytes, m->info.heads_path);
+    std::vector<uint8_t>().swap(bundle.heads_bytes);
     if (m->info.feature_dim > 0 && 3 * m->info.feature_dim != m->head.feature_size)
       throw Error(FGRESQ_CORRUPTED, m->info.heads_path + ": compare head expects " +
                                         std::to_string(m->head.feature_size) + " features per image, model.json says 3x" +
@@ -167,7 +171,8 @@ fgresq_status fgresq_open(const char* bundle_dir, const fgresq_options* options,
     eo.threads = o.threads;
     eo.input_size = m->info.input_size;
     eo.feature_size = m->head.feature_size;
-    m->encoder = fgresq::detail::make_onnxruntime_encoder(m->info.encoder_path, eo);
+    m->encoder = fgresq::detail::make_onnxruntime_encoder(bundle.encoder_bytes, m->info.encoder_path, eo);
+    std::vector<uint8_t>().swap(bundle.encoder_bytes);  // ORT keeps its own copy of the graph
     int sf = m->encoder->static_feature_size();
     if (sf > 0 && sf != m->head.feature_size)
       throw Error(FGRESQ_CORRUPTED, m->info.encoder_path + ": encoder gives " + std::to_string(sf) +

@@ -2,6 +2,7 @@
 
 #include <charconv>
 #include <system_error>
+#include <unordered_map>
 
 namespace fgresq::detail {
 
@@ -66,6 +67,7 @@ class Parser {
         ++i_;
         return v;
       }
+      std::unordered_map<std::string, size_t> index;  // key -> position, for repeated keys
       for (;;) {
         ws();
         if (i_ >= s_.size() || s_[i_] != '"') fail("expected a string key");
@@ -73,7 +75,10 @@ class Parser {
         ws();
         if (i_ >= s_.size() || s_[i_] != ':') fail("expected ':'");
         ++i_;
-        v.object.emplace_back(std::move(key), value(depth + 1));
+        Json member = value(depth + 1);
+        auto [it, fresh] = index.emplace(key, v.object.size());
+        if (fresh) v.object.emplace_back(std::move(key), std::move(member));
+        else v.object[it->second].second = std::move(member);  // Python's dict: last value wins
         ws();
         if (i_ < s_.size() && s_[i_] == ',') {
           ++i_;
@@ -125,14 +130,17 @@ class Parser {
     if (literal("null")) return v;
     if (c == '-' || (c >= '0' && c <= '9')) {
       v.type = Json::Type::Number;
-      v.number = num();
+      const size_t start = i_;
+      v.number = num(&v.integer);
+      if (v.integer) v.string = s_.substr(start, i_ - start);  // exact digits (Python ints are unbounded)
       return v;
     }
     fail(std::string("unexpected character '") + c + "'");
   }
 
-  double num() {
+  double num(bool* integer) {
     size_t start = i_;
+    *integer = true;
     auto digits = [&] {
       size_t d = i_;
       while (i_ < s_.size() && s_[i_] >= '0' && s_[i_] <= '9') ++i_;
@@ -145,10 +153,12 @@ class Parser {
       fail("invalid number");
     }
     if (i_ < s_.size() && s_[i_] == '.') {
+      *integer = false;
       ++i_;
       if (!digits()) fail("invalid number");
     }
     if (i_ < s_.size() && (s_[i_] == 'e' || s_[i_] == 'E')) {
+      *integer = false;
       ++i_;
       if (i_ < s_.size() && (s_[i_] == '+' || s_[i_] == '-')) ++i_;
       if (!digits()) fail("invalid number");

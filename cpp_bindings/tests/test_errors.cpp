@@ -1,6 +1,8 @@
 // Error paths: every failure is a status + a one-line message naming the file or image at fault.
+#include <cctype>
 #include <filesystem>
 #include <thread>
+#include <vector>
 
 #include "fgresq.hpp"
 #include "test_common.hpp"
@@ -34,6 +36,54 @@ static void flip_byte(const fs::path& p, size_t offset) {
 static std::string read_text(const fs::path& p) {
   auto b = testing::read_bytes(p.string());
   return std::string(b.begin(), b.end());
+}
+
+static void write_text(const fs::path& p, const std::string& text) {
+  testing::write_bytes(p.string(), text.data(), text.size());
+}
+
+// model.json text with `from` replaced by `to` (its first occurrence at or after `after`; a CHECK if absent).
+static std::string replaced(std::string text, const std::string& from, const std::string& to,
+                            const std::string& after = "") {
+  size_t start = after.empty() ? 0 : text.find(after);
+  size_t k = start == std::string::npos ? std::string::npos : text.find(from, start);
+  CHECK_MSG(k != std::string::npos, "model.json has no '%s' after '%s'", from.c_str(), after.c_str());
+  if (k != std::string::npos) text.replace(k, from.size(), to);
+  return text;
+}
+
+// model.json text with the value of files[role][key] (one line, as json.dumps(indent=2) writes it) set to
+// `value` (JSON text).
+static std::string with_field(const std::string& text, const std::string& role, const std::string& key,
+                              const std::string& value) {
+  size_t files = text.find("\"files\": {");
+  size_t entry = files == std::string::npos ? files : text.find("\"" + role + "\": {", files);
+  size_t k = entry == std::string::npos ? entry : text.find("\"" + key + "\": ", entry);
+  CHECK_MSG(k != std::string::npos, "model.json has no files['%s']['%s']", role.c_str(), key.c_str());
+  if (k == std::string::npos) return text;
+  k += key.size() + 4;
+  size_t end = text.find_first_of(",\n", k);
+  std::string out = text;
+  out.replace(k, end - k, value);
+  return out;
+}
+
+// A fresh copy of the bundle in work/<name> whose model.json is `manifest`.
+static fs::path variant(const fs::path& bundle, const fs::path& work, const std::string& name,
+                        const std::string& manifest) {
+  fs::path b = copy_bundle(bundle, work / name);
+  write_text(b / "model.json", manifest);
+  return b;
+}
+
+static const fgresq_options& noverify_defaults() {
+  static fgresq_options o = [] {
+    fgresq_options x;
+    fgresq_options_init(&x);
+    x.verify = 0;
+    return x;
+  }();
+  return o;
 }
 
 int main(int argc, char** argv) {
@@ -84,6 +134,184 @@ int main(int argc, char** argv) {
     if (k != std::string::npos) newer.replace(k, 19, "\"format_version\": 9");
     testing::write_bytes((b / "model.json").string(), newer.data(), newer.size());
     EXPECT_STATUS(fgresq_open(b.string().c_str(), nullptr, &m), FGRESQ_UNSUPPORTED, "bundle format v9 is newer");
+  }
+  // ---- Hostile or broken manifests: each is refused with one line naming model.json or the file.
+  {
+    const std::string text = read_text(bundle / "model.json");
+    const std::string heads_sha = [&] {
+      size_t k = text.find("\"sha256\": \"", text.find("\"heads\": {"));
+      return k == std::string::npos ? std::string() : text.substr(k + 11, 64);
+    }();
+    CHECK(heads_sha.size() == 64);
+    // A byte-identical copy of heads.npz outside the bundle: its sha256 matches, so only the path rules
+    // can refuse it.
+    const fs::path outside = work / "outside.npz";
+    fs::copy_file(bundle / "heads.npz", outside, fs::copy_options::overwrite_existing);
+    const std::string abs_outside = fs::absolute(outside).string();
+    struct ManifestCase {
+      const char* name;
+      std::string manifest;
+      fgresq_status status;
+      std::string part;
+      const fgresq_options* options;
+    };
+    const std::string ms = "/model.json: ";
+    const std::vector<ManifestCase> cases = {
+        // Paths that leave the bundle, or are not plain relative '/' paths.
+        {"dotdot", with_field(text, "heads", "path", "\"../outside.npz\""), FGRESQ_CORRUPTED,
+         ms + "file entry 'heads' path '../outside.npz' leaves the bundle", nullptr},
+        {"dotdot_inner", with_field(text, "heads", "path", "\"sub/../heads.npz\""), FGRESQ_CORRUPTED,
+         ms + "file entry 'heads' path 'sub/../heads.npz' leaves the bundle or has empty/'.'/'..' parts", nullptr},
+        {"dot", with_field(text, "heads", "path", "\"./heads.npz\""), FGRESQ_CORRUPTED,
+         ms + "file entry 'heads' path './heads.npz' leaves the bundle or has empty/'.'/'..' parts", nullptr},
+        {"empty_component", with_field(text, "heads", "path", "\"sub//heads.npz\""), FGRESQ_CORRUPTED,
+         ms + "file entry 'heads' path 'sub//heads.npz' leaves the bundle or has empty/'.'/'..' parts", nullptr},
+        {"absolute", with_field(text, "heads", "path", "\"" + abs_outside + "\""), FGRESQ_CORRUPTED,
+         ms + "file entry 'heads' path '" + abs_outside + "' is not a relative path inside the bundle", nullptr},
+        {"drive", with_field(text, "heads", "path", "\"C:heads.npz\""), FGRESQ_CORRUPTED,
+         ms + "file entry 'heads' path 'C:heads.npz' is not a relative path inside the bundle", nullptr},
+        {"backslash", with_field(text, "heads", "path", "\"sub\\\\heads.npz\""), FGRESQ_CORRUPTED,
+         ms + "file entry 'heads' path 'sub\\\\heads.npz' is not a relative path inside the bundle", nullptr},
+        {"nul", with_field(text, "heads", "path", "\"heads.npz\\u0000.txt\""), FGRESQ_CORRUPTED,
+         ms + "file entry 'heads' path 'heads.npz\\x00.txt' is not a relative path inside the bundle", nullptr},
+        {"newline", with_field(text, "heads", "path", "\"../x\\ny.npz\""), FGRESQ_CORRUPTED,
+         ms + "file entry 'heads' path '../x\\ny.npz' leaves the bundle", nullptr},
+        {"newline_missing", with_field(text, "heads", "path", "\"x\\ny.npz\""), FGRESQ_NOT_FOUND,
+         "/x\\x0ay.npz: file listed in model.json as 'heads' is missing", nullptr},
+        // The checkpoint is never opened, but its entry obeys the same rules.
+        {"checkpoint_dotdot", with_field(text, "checkpoint", "path", "\"../outside.npz\""), FGRESQ_CORRUPTED,
+         ms + "file entry 'checkpoint' path '../outside.npz' leaves the bundle", nullptr},
+        // format_version: the JSON integer 1 only.
+        {"version_float", replaced(text, "\"format_version\": 1", "\"format_version\": 1.5"), FGRESQ_CORRUPTED,
+         ms + "format_version must be an integer (got 1.5)", nullptr},
+        {"version_float_one", replaced(text, "\"format_version\": 1", "\"format_version\": 1.0"), FGRESQ_CORRUPTED,
+         ms + "format_version must be an integer (got 1.0)", nullptr},
+        {"version_string", replaced(text, "\"format_version\": 1", "\"format_version\": \"1\""), FGRESQ_CORRUPTED,
+         ms + "format_version must be an integer (got \"1\")", nullptr},
+        {"version_bool", replaced(text, "\"format_version\": 1", "\"format_version\": true"), FGRESQ_CORRUPTED,
+         ms + "format_version must be an integer (got true)", nullptr},
+        {"version_missing", replaced(text, "\"format_version\": 1", "\"format_versio\": 1"), FGRESQ_CORRUPTED,
+         ms + "format_version must be an integer (got null)", nullptr},
+        {"version_zero", replaced(text, "\"format_version\": 1", "\"format_version\": 0"), FGRESQ_CORRUPTED,
+         ms + "unknown format_version 0 (this SDK reads v1)", nullptr},
+        {"version_2", replaced(text, "\"format_version\": 1", "\"format_version\": 2"), FGRESQ_UNSUPPORTED,
+         ms + "bundle format v2 is newer than this SDK supports (v1)", nullptr},
+        // The files table and its entries.
+        {"entry_not_object", replaced(text, "\"heads\": {", "\"heads\": \"heads.npz\", \"heads_was\": {", "\"files\""),
+         FGRESQ_CORRUPTED, ms + "file entry 'heads' is not an object", nullptr},
+        {"path_not_string", with_field(text, "heads", "path", "5"), FGRESQ_CORRUPTED,
+         ms + "file entry 'heads' has no 'path' string", nullptr},
+        {"path_empty", with_field(text, "heads", "path", "\"\""), FGRESQ_CORRUPTED,
+         ms + "file entry 'heads' has no 'path' string", nullptr},
+        {"sha256_upper", with_field(text, "heads", "sha256", "\"" + [&] {
+           std::string u = heads_sha;
+           for (char& c : u) c = char(std::toupper(static_cast<unsigned char>(c)));
+           return u;
+         }() + "\""),
+         FGRESQ_CORRUPTED, ms + "file entry 'heads' has no valid sha256 (64 lowercase hex digits)", nullptr},
+        // Shape is checked even with verify off (the hash itself is not).
+        {"sha256_number", with_field(text, "checkpoint", "sha256", "123"), FGRESQ_CORRUPTED,
+         ms + "file entry 'checkpoint' has no valid sha256", &noverify_defaults()},
+        {"sha256_short", with_field(text, "encoder", "sha256", "\"abc\""), FGRESQ_CORRUPTED,
+         ms + "file entry 'encoder' has no valid sha256", &noverify_defaults()},
+        {"bytes_negative", with_field(text, "heads", "bytes", "-1"), FGRESQ_CORRUPTED,
+         ms + "file entry 'heads' has a 'bytes' that is not a non-negative integer", nullptr},
+        // A repeated key: the last value counts, as in Python's json (the first one is harmless here).
+        {"duplicate_key", replaced(text, "\"path\": \"heads.npz\"", "\"path\": \"heads.npz\", \"path\": \"../outside.npz\""),
+         FGRESQ_CORRUPTED, ms + "file entry 'heads' path '../outside.npz' leaves the bundle", nullptr},
+        {"missing_role", replaced(text, "\"encoder\": {", "\"encoder_was\": {", "\"files\""), FGRESQ_CORRUPTED,
+         ms + "manifest lists no 'encoder' file", nullptr},
+        {"files_not_object", replaced(text, "\"files\": {", "\"files\": [], \"files_was\": {"), FGRESQ_CORRUPTED,
+         ms + "manifest has no 'files' table", nullptr},
+        {"config_not_object", replaced(text, "\"config\": {", "\"config\": [], \"config_was\": {"),
+         FGRESQ_CORRUPTED, ms + "manifest has no 'config' object", nullptr},
+        {"size_float", replaced(text, "\"size\": 224", "\"size\": 224.0", "\n  \"preprocess\""),
+         FGRESQ_CORRUPTED, ms + "preprocess.size must be a positive integer", nullptr},
+        {"std_negative", replaced(text, "0.26862954", "-0.26862954", "\n  \"preprocess\""), FGRESQ_CORRUPTED,
+         ms + "preprocess.std must be positive", nullptr},
+        {"precision_number", replaced(text, "\"precision\": \"fp32\"", "\"precision\": 32"), FGRESQ_CORRUPTED,
+         ms + "precision must be a string", nullptr},
+    };
+    for (const ManifestCase& c : cases) {
+      fs::path b = variant(bundle, work, c.name, c.manifest);
+      fs::create_directories(b / "sub");
+      m = nullptr;
+      fgresq_status st = fgresq_open(b.string().c_str(), c.options, &m);
+      std::string msg = fgresq_last_error();
+      CHECK_MSG(st == c.status, "%s: fgresq_open returned %s (%s)", c.name, fgresq_status_string(st), msg.c_str());
+      CHECK_MSG(contains(msg, c.part), "%s: message '%s' lacks '%s'", c.name, msg.c_str(), c.part.c_str());
+      CHECK_MSG(msg.find('\n') == std::string::npos, "%s: message is not one line", c.name);
+      CHECK(m == nullptr);
+      fgresq_close(m);
+      fs::remove_all(b);
+    }
+  }
+  // A symlink inside the bundle that points outside it is refused; one that stays inside is fine.
+  {
+    const std::string refused = "heads.npz: file listed in model.json as 'heads' resolves outside the bundle folder (refused)";
+    fs::path b = copy_bundle(bundle, work / "symlink_out");
+    fs::remove(b / "heads.npz");
+    fs::create_symlink(fs::absolute(work / "outside.npz"), b / "heads.npz");
+    EXPECT_STATUS(fgresq_open(b.string().c_str(), nullptr, &m), FGRESQ_CORRUPTED, refused);
+    CHECK(m == nullptr);
+    fs::remove(b / "heads.npz");
+    fs::create_symlink("../outside.npz", b / "heads.npz");  // relative target
+    EXPECT_STATUS(fgresq_open(b.string().c_str(), nullptr, &m), FGRESQ_CORRUPTED, refused);
+    fs::remove(b / "heads.npz");
+    fs::create_symlink("../no_such_file.npz", b / "heads.npz");  // dangling, and outside
+    EXPECT_STATUS(fgresq_open(b.string().c_str(), nullptr, &m), FGRESQ_CORRUPTED, refused);
+    fs::remove(b / "heads.npz");
+    fs::create_directories(b / "sub");
+    fs::create_directory_symlink(fs::absolute(work), b / "sub" / "up");  // a symlinked folder on the way
+    fs::path text = b / "model.json";
+    write_text(text, with_field(read_text(text), "heads", "path", "\"sub/up/outside.npz\""));
+    EXPECT_STATUS(fgresq_open(b.string().c_str(), nullptr, &m), FGRESQ_CORRUPTED,
+                  "sub/up/outside.npz: file listed in model.json as 'heads' resolves outside the bundle folder");
+    fs::copy_file(bundle / "model.json", text, fs::copy_options::overwrite_existing);
+    fs::copy_file(work / "outside.npz", b / "sub" / "real.npz");
+    fs::create_symlink("sub/real.npz", b / "heads.npz");
+    CHECK_MSG(fgresq_open(b.string().c_str(), nullptr, &m) == FGRESQ_OK, "symlink inside: %s", fgresq_last_error());
+    fgresq_close(m);
+    m = nullptr;
+    // The bundle folder itself may be a symlink.
+    fs::create_directory_symlink(fs::absolute(b), work / "symlinked_bundle");
+    CHECK_MSG(fgresq_open((work / "symlinked_bundle").string().c_str(), nullptr, &m) == FGRESQ_OK, "symlinked bundle: %s",
+              fgresq_last_error());
+    fgresq_close(m);
+    m = nullptr;
+    // A listed name that is a folder, not a file, is missing (as os.path.isfile says).
+    fs::remove(b / "heads.npz");
+    fs::create_directories(b / "heads.npz");
+    EXPECT_STATUS(fgresq_open(b.string().c_str(), nullptr, &m), FGRESQ_NOT_FOUND,
+                  "heads.npz: file listed in model.json as 'heads' is missing");
+  }
+  // Only the files this library opens are hashed: a replaced checkpoint (or compare head) does not stop
+  // fgresq_open, a wrong sha256 for the encoder does. The checkpoint must still exist.
+  {
+    fs::path b = copy_bundle(bundle, work / "checkpoint_changed");
+    flip_byte(b / "model.safetensors", 100);
+    flip_byte(b / "compare_head.onnx", 100);
+    CHECK_MSG(fgresq_open(b.string().c_str(), nullptr, &m) == FGRESQ_OK, "changed checkpoint: %s", fgresq_last_error());
+    fgresq_close(m);
+    m = nullptr;
+    const std::string text = read_text(bundle / "model.json");
+    const std::string zeros(64, '0');
+    write_text(b / "model.json", with_field(text, "checkpoint", "sha256", "\"" + zeros + "\""));
+    CHECK_MSG(fgresq_open(b.string().c_str(), nullptr, &m) == FGRESQ_OK, "checkpoint sha256: %s", fgresq_last_error());
+    fgresq_close(m);
+    m = nullptr;
+    write_text(b / "model.json", with_field(text, "encoder", "sha256", "\"" + zeros + "\""));
+    EXPECT_STATUS(fgresq_open(b.string().c_str(), nullptr, &m), FGRESQ_CORRUPTED,
+                  "encoder.onnx: sha256 mismatch (file is corrupted or was replaced; expected 000000000000");
+    CHECK(m == nullptr);
+    // verify = 0 skips the hash (the manifest is still validated).
+    CHECK_MSG(fgresq_open(b.string().c_str(), &noverify_defaults(), &m) == FGRESQ_OK, "verify=0: %s",
+              fgresq_last_error());
+    fgresq_close(m);
+    m = nullptr;
+    fs::remove(b / "model.safetensors");
+    EXPECT_STATUS(fgresq_open(b.string().c_str(), &noverify_defaults(), &m), FGRESQ_NOT_FOUND,
+                  "model.safetensors: file listed in model.json as 'checkpoint' is missing");
   }
   // heads.npz saved with np.savez_compressed (verify off, since the manifest's sha256 no longer matches).
   {

@@ -55,6 +55,14 @@ static void test_json() {
   CHECK(j.get("o")->is_object() && j.get("o")->object.empty());
   CHECK(j.get("missing") == nullptr);
   CHECK(parse_json("0.48145466").number == 0.48145466);
+  // Integers as Python's json reads them: no fraction, no exponent, not a bool.
+  CHECK(parse_json("1").is_integer() && parse_json("-0").is_integer() && parse_json("12345678901").is_integer());
+  CHECK(!parse_json("1.0").is_integer() && !parse_json("1e0").is_integer() && !parse_json("1E+2").is_integer());
+  CHECK(!parse_json("true").is_integer() && !parse_json("\"1\"").is_integer() && parse_json("true").is_bool());
+  // A repeated key keeps its first position and its last value (Python's dict).
+  Json d = parse_json(R"({"a": 1, "b": 2, "a": 3})");
+  CHECK(d.object.size() == 2 && d.object[0].first == "a" && d.object[1].first == "b");
+  CHECK(d.get("a")->number == 3.0);
   for (const char* bad : {"", "{", "[1,]", "{\"a\" 1}", "01", "1.", "\"abc", "tru", "{} x", "\"\\q\""}) {
     bool threw = false;
     try {
