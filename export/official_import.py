@@ -13,6 +13,32 @@ from typing import Any
 
 from fgresq_sdk.errors import BundleError
 
+# What the authors' current inference code (model/FGResQ.py, FGResQ._preprocess_image and the score path)
+# does, as data: cv2 INTER_LINEAR to 256×256, torchvision CenterCrop 224, CLIP mean/std; score =
+# sigmoid(0.3 · head(q)) since 2025-11-19. `squash` and k = 1 are the earlier behaviour.
+RELEASE_SCORE_SCALE = 0.3
+PREPROCESS_CHOICES = ("official", "squash")
+
+
+def release_preprocess(choice: str, mean, std) -> dict[str, Any]:
+    """The bundle preprocess spec (docs/preprocess-spec.md) for `--preprocess official|squash`."""
+    if choice == "official":
+        return {"size": 224, "resize": {"method": "bilinear-cv2", "size": [256, 256]},
+                "crop": {"method": "center", "size": [224, 224]}, "mean": list(mean), "std": list(std)}
+    if choice == "squash":
+        return {"size": 224, "resize": {"method": "bilinear-antialias", "size": [224, 224]},
+                "mean": list(mean), "std": list(std)}
+    raise BundleError(f"unknown --preprocess '{choice}' (choose from: {', '.join(PREPROCESS_CHOICES)})")
+
+
+def release_behaviour(preprocess: str, score_scale: float, compare_order: str) -> str:
+    """One line saying which release behaviour a bundle follows (printed after importing)."""
+    current = preprocess == "official" and score_scale == RELEASE_SCORE_SCALE and compare_order == "released"
+    what = (f"preprocess {preprocess} ({'cv2 bilinear 256² + center crop 224' if preprocess == 'official' else 'squash to 224² with antialiasing'}), "
+            f"score = sigmoid({score_scale:g}·head), compare order {compare_order}")
+    return ("follows the authors' current release: " if current else "differs from the current release: ") + what
+
+
 OFFICIAL_TOWERS = {"clip_model": "image_tower", "task_cls_clip": "degradation_tower"}
 # Heads and prompt keep their official names in our model.
 HEAD_KEYS = ("head.weight", "head.bias", "compare_head.weight", "compare_head.bias", "prompt",
@@ -202,14 +228,28 @@ def load_official(path: str | Path, config: str | dict = "fgresq-vit-b16",
 
 def import_official(path: str | Path, out: str | Path, *, config: str | dict = "fgresq-vit-b16",
                     degradation: str | Path | None = None, compare_order: str = "released",
+                    preprocess: str = "official", score_scale: float = RELEASE_SCORE_SCALE,
                     force: bool = False) -> Path:
-    """FGResQ.pth → complete bundle (safetensors checkpoint + ONNX graphs + manifest)."""
+    """FGResQ.pth → complete bundle (safetensors checkpoint + ONNX graphs + manifest).
+
+    Defaults reproduce the authors' current inference code (see RELEASE_SCORE_SCALE, release_preprocess)."""
+    from fgresq_sdk.config import load_config
+
     from .onnx_export import export_bundle, prepare_out_dir
 
     prepare_out_dir(out, force)  # refuse before the slow part
-    model = load_official(path, config, degradation, compare_order)
+    if not (isinstance(score_scale, (int, float)) and 0 < score_scale < float("inf")):
+        raise BundleError(f"--score-scale must be a positive number (got {score_scale})")
+    cfg = load_config(config)
+    cfg["preprocess"] = release_preprocess(preprocess, cfg["preprocess"]["mean"], cfg["preprocess"]["std"])
+    cfg["score_scale"] = float(score_scale)
+    model = load_official(path, cfg, degradation, compare_order)
     source = f"official FGResQ checkpoint {Path(path).name}" + (f" + {Path(degradation).name}" if degradation else "")
     return export_bundle(model, out, source=source, force=force,
-                         extra={"import": {"compare_order": compare_order, "logit_order_in_checkpoint":
+                         extra={"import": {"compare_order": compare_order, "preprocess": preprocess,
+                                           "score_scale": float(score_scale),
+                                           "release_behaviour": release_behaviour(preprocess, float(score_scale),
+                                                                                  compare_order),
+                                           "logit_order_in_checkpoint":
                                            ["second_better", "first_better", "similar"] if compare_order == "released"
                                            else ["first_better", "second_better", "similar"]}})

@@ -88,7 +88,7 @@ def export_bundle(model, out: str | Path, *, source: str, opset: int = DEFAULT_O
         if include_checkpoint:
             save_checkpoint(model, tmp / CHECKPOINT_FILE, source=source)
             files["checkpoint"] = CHECKPOINT_FILE
-        meta = {"opset": opset, "feature_dim": model.feature_dim,
+        meta = {"opset": opset, "feature_dim": model.feature_dim, "score_scale": model.score_scale,
                 "inputs": {"image": ["batch", 3, model.cfg["preprocess"]["size"], model.cfg["preprocess"]["size"]]},
                 "outputs": {"features": ["batch", 3 * model.feature_dim], "score": ["batch"],
                             "logits": ["batch", 3], "logit_order": ["first_better", "second_better", "similar"]}}

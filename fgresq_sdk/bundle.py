@@ -16,6 +16,7 @@ Trust rules (the C++ library in cpp_bindings/src/bundle.cpp enforces the same on
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -23,7 +24,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import BundleError, display_path
 from .verify_cache import VerifyCache, file_identity
@@ -45,6 +46,17 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
                 break
             h.update(block)
     return h.hexdigest()
+
+
+def _sha256_fd(fd: int, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    offset = 0
+    while True:
+        block = os.pread(fd, chunk, offset)
+        if not block:
+            return h.hexdigest()
+        h.update(block)
+        offset += len(block)
 
 
 def _no_constants(name: str):
@@ -113,6 +125,9 @@ def validate_manifest(manifest: Any, mpath: Path) -> dict[str, Any]:
             raise BundleError(f"{where}: preprocess.{key} must be a list of 3 numbers")
     if pre.get("std") is not None and not all(x > 0 for x in pre["std"]):
         raise BundleError(f"{where}: preprocess.std must be positive")
+    for k in (manifest.get("score_scale", 1.0), manifest["config"].get("score_scale", 1.0)):
+        if not (_is_number(k) and 0 < k < float("inf")):
+            raise BundleError(f"{where}: score_scale must be a positive number (got {json.dumps(k)})")
     if "precision" in manifest and not isinstance(manifest["precision"], str):
         raise BundleError(f"{where}: precision must be a string")
     return manifest
@@ -192,6 +207,47 @@ class Bundle:
                 self.cache.put(before, digest)
             self.verified_roles.add(role)
         return data
+
+    @contextlib.contextmanager
+    def opened(self, role: str) -> Iterator[str]:
+        """A path to hand a loader that reads large files itself (ONNX Runtime): `/proc/self/fd/N` of a
+        descriptor that was verified, so the loader reads the very file that was hashed, without a
+        second in-memory copy. The descriptor's identity is checked again once the loader is done: a file
+        written to meanwhile is refused. Where /proc/self/fd does not exist, the bytes go through a
+        private temporary copy instead."""
+        p = self.path(role)
+        if not os.path.isdir("/proc/self/fd"):
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="fgresq-") as tmp:
+                copy = Path(tmp) / p.name
+                copy.write_bytes(self.read(role))
+                yield str(copy)
+            return
+        try:
+            fd = os.open(p, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise BundleError(f"{display_path(p)}: cannot read ({exc.strerror})") from None
+        try:
+            identity = file_identity(os.fstat(fd))
+            if self.verify:
+                self._check_digest(role, p, identity, lambda: _sha256_fd(fd))
+            yield f"/proc/self/fd/{fd}"
+            if file_identity(os.fstat(fd)) != identity:
+                raise BundleError(f"{display_path(p)}: file changed while it was being loaded (refused)")
+        finally:
+            os.close(fd)
+
+    def _check_digest(self, role: str, p: Path, identity: str, compute) -> None:
+        expected = self.entry(role)["sha256"]
+        known = self.cache.get(identity) if self.cache is not None else None
+        digest = known or compute()
+        if digest != expected:
+            raise BundleError(f"{display_path(p)}: sha256 mismatch (file is corrupted or was replaced; "
+                              f"expected {expected[:12]}…, got {digest[:12]}…)")
+        if known is None and self.cache is not None:
+            self.cache.put(identity, digest)
+        self.verified_roles.add(role)
 
     def verify_file(self, role: str) -> None:
         """Check one file without keeping its bytes (used before handing a path to a converter)."""

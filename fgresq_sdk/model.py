@@ -60,6 +60,9 @@ class FGResQ(nn.Module):
         self.prompt_mlp = nn.Linear(dim, dim)
         self.head = nn.Linear(3 * dim, 1)
         self.compare_head = nn.Linear(6 * dim, 3)
+        # score = sigmoid(k · head(q)). The authors' current release uses k = 0.3 (added 2025-11-19);
+        # our own configs use k = 1 unless they say otherwise. Part of the exported score output.
+        self.score_scale = float(self.cfg.get("score_scale", 1.0))
 
     # -- the forward pieces ------------------------------------------------------------------------------
     def degradation_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,7 +76,10 @@ class FGResQ(nn.Module):
         return torch.cat([f, t, f + t], dim=1)
 
     def score_from_features(self, q: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.head(q)).squeeze(-1)
+        logit = self.head(q)
+        if self.score_scale != 1.0:  # k = 1 adds no node to the graph (bundles written before k stay identical)
+            logit = logit * self.score_scale
+        return torch.sigmoid(logit).squeeze(-1)
 
     def compare_logits(self, q0: torch.Tensor, q1: torch.Tensor) -> torch.Tensor:
         """Logits of (first better, second better, similar quality)."""

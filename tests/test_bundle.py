@@ -297,3 +297,21 @@ def test_interrupt_during_the_swap_leaves_the_new_bundle(tmp_path, monkeypatch, 
     assert (out / "encoder.onnx").read_text() == "new"
     assert (out / "model.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # the old bundle was still deleted
+
+
+def test_a_file_changed_while_a_loader_reads_it_is_refused(bundle_copy):
+    b = load_bundle(bundle_copy, cache=False)
+    with pytest.raises(BundleError, match="changed while it was being loaded"):
+        with b.opened("encoder") as path:
+            assert open(path, "rb").read(4) == (bundle_copy / "encoder.onnx").read_bytes()[:4]
+            with open(bundle_copy / "encoder.onnx", "ab") as f:  # written to in place meanwhile
+                f.write(b"\0")
+
+
+def test_the_loader_reads_the_verified_file_even_if_the_name_is_swapped(bundle_copy, tmp_path):
+    b = load_bundle(bundle_copy, cache=False)
+    original = (bundle_copy / "encoder.onnx").read_bytes()
+    with b.opened("encoder") as path:
+        (tmp_path / "evil.onnx").write_bytes(b"not the verified graph")
+        os.replace(tmp_path / "evil.onnx", bundle_copy / "encoder.onnx")  # swapped by name after the check
+        assert open(path, "rb").read() == original

@@ -78,8 +78,9 @@ class OnnxRuntimeBackend(Backend):
         providers = providers_for(device)
         so = session_options(threads)
         try:
-            # The verified bytes themselves go to ONNX Runtime: the file is read once, never re-opened.
-            self.encoder = ort.InferenceSession(bundle.read("encoder"), so, providers=providers)
+            # ONNX Runtime reads the very descriptor that was verified (no re-open by name, no extra copy).
+            with bundle.opened("encoder") as encoder_path:
+                self.encoder = ort.InferenceSession(encoder_path, so, providers=providers)
             self.compare = (ort.InferenceSession(bundle.read("compare_head"), so, providers=providers)
                             if bundle.has("compare_head") else None)
         except BundleError:

@@ -1,0 +1,41 @@
+"""One rule that turns (p_first_better, p_second_better, p_similar) into a verdict, for compare and rank.
+
+The comparison head is not antisymmetric: run on (A, B) and on (B, A) it does not give mirrored answers,
+and on two identical images it does not give p_first = p_second. So the SDK's default answer for a pair
+is order-symmetrised — the same quantity `rank` uses:
+    p_first(A,B)   = ½ (raw_first(A,B) + raw_second(B,A))
+    p_second(A,B)  = ½ (raw_second(A,B) + raw_first(B,A))
+    p_similar(A,B) = ½ (raw_similar(A,B) + raw_similar(B,A))
+so swapping A and B swaps p_first and p_second exactly, and identical content has p_first = p_second.
+The verdict is `similar` when the model judges similarity the most likely outcome, or when neither image
+is preferred by more than TIE_MARGIN (a near coin flip between "first" and "second" is not a preference,
+whatever the similar-probability of a given model); otherwise the image with the larger probability.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+VERDICTS = ("first", "second", "similar")
+# |p_first − p_second| below this reads `similar`.
+TIE_MARGIN = 0.02
+
+
+def verdict(p_first: float, p_second: float, p_similar: float) -> str:
+    if p_similar >= max(p_first, p_second) or abs(p_first - p_second) < TIE_MARGIN:
+        return "similar"
+    return "first" if p_first > p_second else "second"
+
+
+def similar_mask(p_first: np.ndarray, p_second: np.ndarray, p_similar: np.ndarray) -> np.ndarray:
+    """`verdict(...) == "similar"` elementwise (for tiers in rank)."""
+    return (p_similar >= np.maximum(p_first, p_second)) | (np.abs(p_first - p_second) < TIE_MARGIN)
+
+
+def symmetrise(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
+    """Order-symmetrised probabilities of (A, B) from raw probs of (A, B) and of (B, A), each [..., 3]."""
+    forward, backward = np.asarray(forward, np.float64), np.asarray(backward, np.float64)
+    out = np.empty(np.broadcast(forward, backward).shape)
+    out[..., 0] = 0.5 * (forward[..., 0] + backward[..., 1])
+    out[..., 1] = 0.5 * (forward[..., 1] + backward[..., 0])
+    out[..., 2] = 0.5 * (forward[..., 2] + backward[..., 2])
+    return out
