@@ -24,8 +24,12 @@ class CompareHeadNP:
     bias: np.ndarray  # [3]
 
     @classmethod
-    def from_npz(cls, path) -> "CompareHeadNP":
-        with np.load(path, allow_pickle=False) as z:
+    def from_npz(cls, path_or_bytes) -> "CompareHeadNP":
+        """From a heads.npz path, or its (already verified) bytes."""
+        import io
+
+        src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray)) else path_or_bytes
+        with np.load(src, allow_pickle=False) as z:
             return cls(z["compare_weight"].astype(np.float64), z["compare_bias"].astype(np.float64))
 
     @property
@@ -44,7 +48,73 @@ class CompareHeadNP:
             + self.bias
 
     def all_pairs_probs(self, q: np.ndarray) -> np.ndarray:
-        """[N, N, 3] probabilities for every ordered pair (i first, j second)."""
+        """[N, N, 3] probabilities for every ordered pair (i first, j second).
+
+        Float64 and N²·3 values: fine for the few hundred images of a bench or a test, too big for ranking
+        thousands (8192 images: 1.6 GB). Ranking uses `pair_terms`, which computes blocks on demand.
+        """
         a, b = self.split_terms(q)
         logits = a[:, None, :] + b[None, :, :] + self.bias
         return softmax(logits, axis=-1)
+
+    def pair_terms(self, q: np.ndarray) -> "PairTerms":
+        """The head reduced to O(N) per-image terms, from which any block of pair probabilities follows."""
+        a, b = self.split_terms(q)
+        return PairTerms(a, b + self.bias)
+
+
+@dataclass
+class PairTerms:
+    """Pair probabilities of N images from their split head terms, computed for the blocks asked for.
+
+    logits_ij = first_i + second_j (bias folded into `second`), so exp(logits_ij,k) = F_ik·G_jk with per-image
+    factors F = exp(first), G = exp(second). A block of probabilities is then outer products and one
+    division: no exp per pair, and no [N, N, 3] array ever exists. Each image's factors are scaled by its
+    largest one (softmax is unchanged by a per-pair constant), so they lie in (0, 1] and cannot overflow.
+    """
+
+    first: np.ndarray  # [N, 3] logit terms of each image as the first of a pair
+    second: np.ndarray  # [N, 3] as the second, head bias included
+
+    def __post_init__(self):
+        self.first = np.asarray(self.first, np.float64).reshape(-1, 3)
+        self.second = np.asarray(self.second, np.float64).reshape(-1, 3)
+        self._f = np.exp(self.first - self.first.max(axis=1, keepdims=True)) if self.n else self.first
+        self._g = np.exp(self.second - self.second.max(axis=1, keepdims=True)) if self.n else self.second
+
+    @property
+    def n(self) -> int:
+        return self.first.shape[0]
+
+    def pair_probs(self, i, j) -> np.ndarray:
+        """Probabilities [..., 3] of the pairs (i[k] first, j[k] second), elementwise like numpy indexing."""
+        return softmax(self.first[i] + self.second[j], axis=-1)
+
+    def block_probs(self, rows, cols) -> np.ndarray:
+        """Probabilities [R, C, 3] of every (row first, column second) pair of a block."""
+        return softmax(self.first[rows][:, None, :] + self.second[cols][None, :, :], axis=-1)
+
+    def _block_exps(self, rows, cols) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        f, g = self._f[rows], self._g[cols]
+        return tuple(np.multiply.outer(f[:, k], g[:, k]) for k in range(3))
+
+    def preference_block(self, rows, cols) -> np.ndarray:
+        """P(row ≻ column) = p_first + ½·p_similar [R, C], rows as the first image (not yet symmetrised)."""
+        e0, e1, e2 = self._block_exps(rows, cols)
+        den = e0 + e1 + e2
+        if not np.all(den > 1e-290):  # logits hundreds apart underflow: take the exact softmax instead
+            p = self.block_probs(rows, cols)
+            return p[..., 0] + 0.5 * p[..., 2]
+        e2 *= 0.5
+        e0 += e2
+        e0 /= den
+        return e0
+
+    def similar_block(self, rows, cols) -> np.ndarray:
+        """p_similar [R, C] with rows as the first image (not yet symmetrised)."""
+        e0, e1, e2 = self._block_exps(rows, cols)
+        den = e0 + e1 + e2
+        if not np.all(den > 1e-290):
+            return self.block_probs(rows, cols)[..., 2]
+        e2 /= den
+        return e2

@@ -6,7 +6,9 @@ pixels is alive at a time, so a folder of 100k images streams through in bounded
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -21,8 +23,8 @@ from .config import CLIP_MEAN, CLIP_STD
 from .crops import crop_views
 from .preprocess import ImageInput, load_image, preprocess
 from .ranking import Ranking, rank_from_probs
+from .verdict import VERDICTS, symmetrise, verdict
 
-VERDICTS = ("first", "second", "similar")
 
 
 @dataclass
@@ -43,10 +45,12 @@ class Comparison:
     p_first_better: float
     p_second_better: float
     p_similar: float
+    raw: bool = False  # True: the single forward order (a, b), as the authors' predict_pair computes it
 
     @property
     def verdict(self) -> str:
-        return VERDICTS[int(np.argmax([self.p_first_better, self.p_second_better, self.p_similar]))]
+        """See fgresq_sdk.verdict: `similar` also when neither image is preferred by more than a margin."""
+        return verdict(self.p_first_better, self.p_second_better, self.p_similar)
 
     def to_dict(self) -> dict:
         return {"a": self.a, "b": self.b, "p_first_better": self.p_first_better,
@@ -55,12 +59,16 @@ class Comparison:
 
 @dataclass
 class RankResult:
+    """A ranking and its inputs. Pair probabilities are computed on demand (`pair_probs`,
+    `ranking.preference_of`): an [N, N, 3] array would be 1.6 GB for 8192 images."""
+
     names: list[str]
     scores: np.ndarray
     ranking: Ranking
-    probs: np.ndarray = field(repr=False)  # [N,N,3] all ordered pairs
+    probs: np.ndarray | None = field(default=None, repr=False)  # [N,N,3] only if the caller built one
 
     def entries(self, top: int | None = None) -> list[dict]:
+        """Best first; win_rate is NaN for a single image (no others to win against)."""
         r = self.ranking
         out = []
         for pos, idx in enumerate(r.order[: top or None]):
@@ -70,8 +78,16 @@ class RankResult:
         return out
 
     def p_better_matrix(self) -> np.ndarray:
-        """P(row better than column), symmetrised, as used for the ranking."""
+        """P(row better than column), symmetrised, as used for the ranking: float32 [N, N], built on first
+        use (4·N² bytes). For a few rows or columns use `ranking.preference_of(rows, cols)`."""
         return self.ranking.preference
+
+    def pair_probs(self, i, j) -> np.ndarray:
+        """Head probabilities [..., 3] (first better, second better, similar) for the pairs (i first, j second),
+        indices into `names`; computed from the per-image head terms, not from a stored [N, N, 3]."""
+        if self.probs is not None:
+            return np.asarray(self.probs)[i, j]
+        return self.ranking.pair_probs(i, j)
 
 
 def _name_of(item: ImageInput, index: int) -> str:
@@ -81,7 +97,14 @@ def _name_of(item: ImageInput, index: int) -> str:
 
 
 class Scorer:
-    """Loads a model bundle once and runs it on batches of images (paths, PIL images or uint8 arrays)."""
+    """Loads a model bundle once and runs it on batches of images (paths, PIL images or uint8 arrays).
+
+    Threads: one Scorer may be shared by any number of threads. Each call keeps its own decode pool and
+    results; the backend is called concurrently when it says it is safe (`backend.thread_safe`: ONNX
+    Runtime, torch on the CPU) and one call at a time otherwise (TensorRT's one execution context, torch on
+    CUDA with CUDA graphs' static buffers or the per-call cuDNN precision switch). `thread_safe` on the
+    Scorer tells which applies.
+    """
 
     def __init__(self, model: str | os.PathLike | Bundle | None = None, backend: str = "auto",
                  device: str = "cpu", batch_size: int = 16, threads: int | None = None,
@@ -97,18 +120,27 @@ class Scorer:
             self.bundle = load_bundle(model, verify=verify)
         self.backend = create_backend(backend, self.bundle, device=device, threads=threads,
                                       precision=precision, cuda_graphs=cuda_graphs)
-        self.head = CompareHeadNP.from_npz(self.bundle.path("heads"))
+        self.head = CompareHeadNP.from_npz(self.bundle.read("heads"))
         self.batch_size = max(1, int(batch_size))
         self.decode_workers = decode_workers or min(4, (os.cpu_count() or 1))
         self.encoded_images = 0  # encoder passes made so far (one per image, or per crop with crops > 1)
+        self._count_lock = threading.Lock()
+        self._backend_lock = contextlib.nullcontext() if self.thread_safe else threading.Lock()
         if int(crops) < 1:
             raise ValueError("crops must be ≥ 1")
         self.crops = int(crops)
 
     # -- low level -------------------------------------------------------------------------------------
+    @property
+    def thread_safe(self) -> bool:
+        """Whether the backend runs concurrent calls in parallel (else they are serialised by a lock)."""
+        return bool(getattr(self.backend, "thread_safe", False))
+
     def _encode_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        self.encoded_images += x.shape[0]
-        return self.backend.encode(x)
+        with self._count_lock:
+            self.encoded_images += x.shape[0]
+        with self._backend_lock:
+            return self.backend.encode(x)
 
     def iter_encode(self, items: Iterable[ImageInput], names: Sequence[str] | None = None) -> Iterator[Encoded]:
         """Encode inputs in order; a bad input yields an Encoded with `error` set, the rest go on."""
@@ -181,20 +213,33 @@ class Scorer:
         """Quality score in (0, 1) per image, higher is better."""
         return self.encode(images)[1]
 
-    def compare(self, a: ImageInput, b: ImageInput) -> Comparison:
-        """Probabilities that a is better, b is better, or both are of similar quality."""
-        q, _ = self.encode([a, b])
-        return self.compare_features(_name_of(a, 0), _name_of(b, 1), q[0], q[1])
+    def compare(self, a: ImageInput, b: ImageInput, raw: bool = False) -> Comparison:
+        """Probabilities that a is better, b is better, or both are of similar quality.
 
-    def compare_features(self, a: str, b: str, fa: np.ndarray, fb: np.ndarray) -> Comparison:
+        Default: order-symmetrised (compare(a, b) mirrors compare(b, a); identical images are `similar`),
+        the quantity `rank` uses. raw=True: the head on (a, b) only, as the authors' predict_pair."""
+        q, _ = self.encode([a, b])
+        return self.compare_features(_name_of(a, 0), _name_of(b, 1), q[0], q[1], raw=raw)
+
+    def compare_features(self, a: str, b: str, fa: np.ndarray, fb: np.ndarray, raw: bool = False) -> Comparison:
         """`compare` on already encoded images (the CLI encodes first to report every bad input)."""
-        logits = self.backend.compare_logits(fa[None], fb[None])[0]
+        with self._backend_lock:
+            logits = self.backend.compare_logits(np.stack([fa, fb]), np.stack([fb, fa]))
         p = softmax(logits.astype(np.float64))
-        return Comparison(a, b, float(p[0]), float(p[1]), float(p[2]))
+        p = p[0] if raw else symmetrise(p[0], p[1])
+        return Comparison(a, b, float(p[0]), float(p[1]), float(p[2]), raw=raw)
 
     def rank_features(self, names: list[str], feats: np.ndarray, scores: np.ndarray) -> RankResult:
-        probs = self.head.all_pairs_probs(feats)
-        return RankResult(names=names, scores=np.asarray(scores), ranking=rank_from_probs(probs, scores), probs=probs)
+        """`rank` on already encoded images. Memory: O(N) head terms plus the fit's float32 N×N Hessian
+        (`ranking.rank_memory_bytes`); no input (N = 0) gives an empty result."""
+        from .heads import PairTerms
+        from .ranking import rank_pairs
+
+        names = list(names)
+        scores = np.asarray(scores, np.float64).reshape(-1)
+        # Empty features may come in any shape (np.empty(0)): no image, no pairs.
+        pairs = self.head.pair_terms(feats) if names else PairTerms(np.zeros((0, 3)), np.zeros((0, 3)))
+        return RankResult(names=names, scores=scores, ranking=rank_pairs(pairs, scores))
 
     def rank(self, images: Sequence[ImageInput], names: Sequence[str] | None = None) -> RankResult:
         """Rank images best-first: one encoder pass per image, all pairs compared from the features."""
@@ -203,7 +248,7 @@ class Scorer:
         return self.rank_features(names, feats, scores)
 
     def describe(self) -> dict:
-        return {"model": self.bundle.describe(), **self.backend.describe()}
+        return {"model": self.bundle.describe(), **self.backend.describe(), "thread_safe": self.thread_safe}
 
 
 def collect_images(root: Path, recursive: bool) -> tuple[list[Path], list[tuple[str, str]]]:

@@ -47,7 +47,26 @@ def official_state(shape: dict, seed: int, legacy_names: bool = True):
     return sd, img, deg
 
 
-def reference_forward(sd, img, deg, x):
+RELEASE_SCORE_SCALE = 0.3  # the current release: score = sigmoid(0.3 · head(q))
+
+
+def release_preprocess(path) -> "np.ndarray":
+    """The current release's FGResQ._preprocess_image, written from its facts with OpenCV + numpy:
+    cv2.imread → RGB uint8 → cv2.resize 256×256 INTER_LINEAR → /255 → CenterCrop 224 → CLIP normalise."""
+    import cv2
+    import numpy as np
+
+    img = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    img = cv2.resize(img, (256, 256), interpolation=cv2.INTER_LINEAR)
+    x = img.astype(np.float32) / 255.0
+    top = int(round((256 - 224) / 2.0))
+    x = x[top:top + 224, top:top + 224]
+    mean = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+    std = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+    return np.ascontiguousarray(((x - mean) / std).transpose(2, 0, 1))
+
+
+def reference_forward(sd, img, deg, x, score_scale: float = 1.0):
     """FGResQ written independently with transformers' towers and plain functional ops."""
     import torch
     import torch.nn.functional as F
@@ -59,7 +78,7 @@ def reference_forward(sd, img, deg, x):
                      sd["task_mlp.2.weight"], sd["task_mlp.2.bias"])
         t = F.linear(F.softmax(h, dim=1) * sd["prompt"], sd["prompt_mlp.weight"], sd["prompt_mlp.bias"])
         q = torch.cat([f, t, f + t], dim=1)
-        score = torch.sigmoid(F.linear(q, sd["head.weight"], sd["head.bias"]))[:, 0]
+        score = torch.sigmoid(score_scale * F.linear(q, sd["head.weight"], sd["head.bias"]))[:, 0]
     return q, score
 
 

@@ -1,11 +1,22 @@
-"""Ranking: Bradley–Terry on symmetrised pairwise preferences, tiers, and one encoder pass per image."""
+"""Ranking: Bradley–Terry on symmetrised pairwise preferences, tiers, and one encoder pass per image.
+
+The fit is checked against a plain reference (Hunter's MM as documented, run until it really converges, on
+the dense [N, N] matrix) and by stationarity of the log-likelihood; the blockwise pair matrices against the
+dense [N, N, 3] head output. No test times anything: speed is measured in benchmarks/.
+"""
 from __future__ import annotations
+
+import tracemalloc
 
 import numpy as np
 import pytest
 
+from fgresq_sdk import ranking
 from fgresq_sdk.heads import CompareHeadNP, softmax
-from fgresq_sdk.ranking import bradley_terry, rank_from_probs, symmetric_preferences
+from fgresq_sdk.ranking import (
+    PRIOR_GAMES, DenseProbs, bradley_terry, fit_bradley_terry, max_rank_size, rank_from_probs,
+    rank_memory_bytes, rank_pairs, soft_wins, symmetric_preferences,
+)
 
 
 def _probs_from_strengths(theta, p_sim=0.0):
@@ -19,6 +30,51 @@ def _probs_from_strengths(theta, p_sim=0.0):
     return probs
 
 
+def _random_probs(n, rng, concentration=0.7):
+    """Arbitrary head outputs: each ordered pair its own Dirichlet draw (no antisymmetry at all)."""
+    return rng.dirichlet(np.full(3, concentration), size=(n, n))
+
+
+def _random_head(rng, d=8, sharpness=3.0):
+    return CompareHeadNP(sharpness * rng.normal(size=(3, 2 * d)), rng.normal(size=3))
+
+
+def _reference_mm(pref, prior=PRIOR_GAMES, tol=1e-13, max_iter=1_000_000):
+    """Hunter's MM on the dense P̃ exactly as the method is documented, iterated until the log-strengths
+    move less than tol (returns θ centred, and whether that happened)."""
+    n = pref.shape[0]
+    off = ~np.eye(n, dtype=bool)
+    wins = (pref * off).sum(axis=1) + prior
+    pi = np.ones(n)
+    for _ in range(max_iter):
+        new = wins / ((off / (pi[:, None] + pi[None, :])).sum(axis=1) + 2 * prior / (pi + 1.0))
+        done = np.max(np.abs(np.log(new) - np.log(pi))) < tol
+        pi = new
+        if done:
+            theta = np.log(pi)
+            return theta - theta.mean(), True
+    return np.log(pi) - np.log(pi).mean(), False
+
+
+def _stationarity(theta_centred, wins, prior=PRIOR_GAMES):
+    """max |∂ℓ/∂θ| at the fitted strengths, relative to the games each item plays. The fit returns θ centred;
+    the anchored θ (virtual item at 0) is θ + s with s fixed by Σ_i 2p·σ(θ_i + s) = N·p (the pair terms of
+    the gradient cancel in the sum), found here by bisection."""
+    n = theta_centred.size
+    lo, hi = -50.0, 50.0
+    for _ in range(200):
+        s = 0.5 * (lo + hi)
+        if np.sum(2 * prior / (1 + np.exp(-(theta_centred + s)))) > n * prior:
+            hi = s
+        else:
+            lo = s
+    theta = theta_centred + s
+    expected = np.array([np.sum(1 / (1 + np.exp(-(theta[i] - np.delete(theta, i))))) for i in range(n)])
+    grad = wins + prior - expected - 2 * prior / (1 + np.exp(-theta))
+    return np.max(np.abs(grad)) / (n - 1 + 2 * prior)
+
+
+# -- the fit ------------------------------------------------------------------------------------------
 def test_bradley_terry_recovers_known_strengths():
     theta = np.array([1.5, -0.3, 0.2, -1.4, 0.0])
     pref, _ = symmetric_preferences(_probs_from_strengths(theta))
@@ -26,14 +82,82 @@ def test_bradley_terry_recovers_known_strengths():
     assert np.allclose(est, theta - theta.mean(), atol=1e-3)
 
 
-def test_rank_orders_best_first_and_win_rates_follow():
-    theta = np.array([0.1, 2.0, -1.0, 0.7])
-    r = rank_from_probs(_probs_from_strengths(theta), scores=np.zeros(4))
-    assert list(r.order) == [1, 3, 0, 2]
-    assert np.all(np.diff(r.win_rate[r.order]) < 0)
-    assert np.allclose(r.preference + r.preference.T, 1.0)
+@pytest.mark.parametrize("n,seed", [(2, 0), (5, 1), (12, 2), (40, 3)])
+def test_fit_converges_to_the_reference_strengths(n, seed):
+    pref, _ = symmetric_preferences(_random_probs(n, np.random.default_rng(seed)))
+    ref, ref_converged = _reference_mm(pref)
+    assert ref_converged
+    fit = fit_bradley_terry(pref.sum(axis=1) - 0.5)
+    assert fit.converged and 1 <= fit.iterations < ranking.MAX_NEWTON
+    assert np.max(np.abs(fit.theta - ref)) < 1e-6
+    assert abs(fit.theta.mean()) < 1e-12
 
 
+def test_rank_from_probs_matches_reference_and_reports_convergence():
+    probs = _random_probs(30, np.random.default_rng(7))
+    r = rank_from_probs(probs, scores=np.zeros(30))
+    ref, _ = _reference_mm(symmetric_preferences(probs)[0])
+    assert r.converged and r.iterations >= 1
+    assert np.max(np.abs(r.strength - ref)) < 1e-6
+    assert list(r.order) == list(np.argsort(-ref, kind="stable"))
+
+
+def test_certain_outcomes_stay_finite_and_converge():
+    """Every pair decided with certainty (P̃ ∈ {0, 1}): only the prior keeps strengths finite."""
+    n = 300
+    pref = np.triu(np.ones((n, n)), 1)
+    np.fill_diagonal(pref, 0.5)
+    fit = fit_bradley_terry(pref.sum(axis=1) - 0.5)
+    assert fit.converged
+    assert np.all(np.isfinite(fit.theta)) and np.all(np.diff(fit.theta) < 0)
+    assert np.allclose(fit.theta, -fit.theta[::-1], atol=1e-6)  # the problem is symmetric under reversal
+
+
+def test_equal_items_get_equal_strengths():
+    fit = fit_bradley_terry(np.full(6, 2.5))  # 6 items, every pair a coin flip
+    assert fit.converged and np.allclose(fit.theta, 0.0, atol=1e-12)
+
+
+def test_far_apart_strengths_take_the_overflow_safe_path():
+    """Strengths more than 600 apart: σ from e^(θ_j − θ_i) per pair (π_i + π_j would underflow), which must
+    agree with σ written as ½(1 + tanh(d/2)), finite for any d."""
+    theta = np.linspace(-500.0, 500.0, 37)
+    hess, deg = np.empty((37, 37), np.float32), np.empty(37)
+    expected = ranking._pairwise_pass(theta, hess, deg)
+    d = theta[:, None] - theta[None, :]
+    sig = 0.5 * (1.0 + np.tanh(0.5 * d))
+    np.fill_diagonal(sig, 0.0)
+    assert np.allclose(expected, sig.sum(axis=1), rtol=0, atol=1e-12)
+    curv = sig * (1 - sig)
+    np.fill_diagonal(curv, 0.0)
+    assert np.allclose(hess, curv, rtol=0, atol=1e-7) and np.allclose(deg, curv.sum(axis=1), atol=1e-7)
+    # and the same quantities for a moderate spread, through π = e^θ
+    theta = np.linspace(-3.0, 2.0, 37)
+    d = theta[:, None] - theta[None, :]
+    sig = 0.5 * (1.0 + np.tanh(0.5 * d))
+    np.fill_diagonal(sig, 0.0)
+    assert np.allclose(ranking._pairwise_pass(theta, None, None), sig.sum(axis=1), rtol=0, atol=1e-12)
+
+
+def test_fit_needs_a_prior():
+    with pytest.raises(ValueError, match="prior"):
+        fit_bradley_terry(np.array([0.7, 0.3]), prior=0.0)
+
+
+def test_large_group_converges_to_a_stationary_point():
+    """N = 2000 from a random head: converges, and the gradient at the result is ~0 (checked here
+    independently of the fit's own bookkeeping). No timing: see benchmarks/test_throughput.py."""
+    rng = np.random.default_rng(11)
+    head = _random_head(rng)
+    pairs = head.pair_terms(rng.normal(size=(2000, 8)))
+    r = rank_pairs(pairs, scores=rng.uniform(size=2000))
+    assert r.converged and r.iterations < ranking.MAX_NEWTON
+    wins = r.win_rate * (2000 - 1)
+    assert _stationarity(r.strength, wins) < 1e-9
+    assert np.all(np.diff(r.strength[r.order]) <= 0)
+
+
+# -- pair matrices, blockwise vs dense ------------------------------------------------------------------
 def test_asymmetric_head_is_symmetrised():
     probs = np.zeros((2, 2, 3))
     probs[0, 1] = [0.7, 0.2, 0.1]  # 0 first: 0 better
@@ -42,20 +166,9 @@ def test_asymmetric_head_is_symmetrised():
     # P(0≻1): ½[(0.7 + 0.05) + 1 − (0.5 + 0.05)] = 0.6
     assert pref[0, 1] == pytest.approx(0.6)
     assert sim[0, 1] == pytest.approx(0.1)
-
-
-def test_similar_pairs_share_a_tier_and_scores_break_ties():
-    probs = _probs_from_strengths(np.zeros(3), p_sim=0.9)
-    r = rank_from_probs(probs, scores=np.array([0.2, 0.9, 0.5]))
-    assert list(r.order) == [1, 2, 0]
-    assert list(r.tier) == [1, 1, 1]
-    distinct = rank_from_probs(_probs_from_strengths(np.array([3.0, 0.0, -3.0]), p_sim=0.05), np.zeros(3))
-    assert sorted(distinct.tier) == [1, 2, 3]
-
-
-def test_single_image_ranks_first():
-    r = rank_from_probs(np.full((1, 1, 3), 1 / 3), np.array([0.4]))
-    assert list(r.order) == [0] and r.tier[0] == 1 and r.win_rate[0] == 1.0
+    r = rank_from_probs(probs, np.zeros(2))
+    assert r.preference[0, 1] == pytest.approx(0.6) and r.preference[1, 0] == pytest.approx(0.4)
+    assert r.similar[0, 1] == pytest.approx(0.1) and r.win_rate[0] == pytest.approx(0.6)
 
 
 def test_split_head_equals_full_head():
@@ -69,6 +182,155 @@ def test_split_head_equals_full_head():
             assert np.allclose(allp[i, j], full)
 
 
+@pytest.mark.parametrize("sharpness", [3.0, 400.0])  # 400: logits hundreds apart, the exact-softmax fallback
+def test_pair_terms_equal_all_pairs_probs(sharpness):
+    rng = np.random.default_rng(1)
+    head = _random_head(rng, sharpness=sharpness)
+    q = rng.normal(size=(23, 8))
+    dense = head.all_pairs_probs(q)
+    pairs = head.pair_terms(q)
+    rows, cols = np.array([3, 0, 22, 3]), slice(2, 17)
+    assert np.allclose(pairs.preference_block(rows, cols), dense[rows][:, cols, 0] + 0.5 * dense[rows][:, cols, 2],
+                       rtol=0, atol=1e-12)
+    assert np.allclose(pairs.similar_block(rows, cols), dense[rows][:, cols, 2], rtol=0, atol=1e-12)
+    i, j = rng.integers(0, 23, 50), rng.integers(0, 23, 50)
+    assert np.allclose(pairs.pair_probs(i, j), dense[i, j], rtol=0, atol=1e-12)
+    assert np.all(np.isfinite(pairs.preference_block(slice(None), slice(None))))
+
+
+def test_blockwise_ranking_equals_dense_ranking(monkeypatch):
+    """Several tiles per side (TILE shrunk): P̃, p_similar, win rates, strengths, order and tiers from the
+    head's split terms equal those from the dense [N, N, 3] probabilities."""
+    monkeypatch.setattr(ranking, "TILE", 16)
+    rng = np.random.default_rng(2)
+    head = _random_head(rng, sharpness=1.5)
+    q = rng.normal(size=(53, 8))
+    scores = rng.uniform(size=53)
+    dense_probs = head.all_pairs_probs(q)
+    pref, sim = symmetric_preferences(dense_probs)
+    blockwise = rank_pairs(head.pair_terms(q), scores)
+    dense = rank_pairs(DenseProbs(dense_probs), scores)
+    assert blockwise.preference.dtype == np.float32
+    assert np.allclose(blockwise.preference, pref, rtol=0, atol=1e-6)
+    assert np.allclose(blockwise.similar, sim, rtol=0, atol=1e-6)
+    off = ~np.eye(53, dtype=bool)
+    assert np.allclose(blockwise.win_rate, (pref * off).sum(axis=1) / 52, rtol=0, atol=1e-12)
+    assert np.allclose(soft_wins(head.pair_terms(q)), (pref * off).sum(axis=1), rtol=0, atol=1e-10)
+    assert np.allclose(blockwise.strength, dense.strength, rtol=0, atol=1e-9)
+    assert list(blockwise.order) == list(dense.order) and list(blockwise.tier) == list(dense.tier)
+
+
+def test_preferences_are_antisymmetric_and_similarities_symmetric(monkeypatch):
+    monkeypatch.setattr(ranking, "TILE", 7)
+    rng = np.random.default_rng(3)
+    r = rank_pairs(_random_head(rng).pair_terms(rng.normal(size=(30, 8))), np.zeros(30))
+    p, s = r.preference, r.similar
+    assert np.allclose(p + p.T, 1.0, rtol=0, atol=1e-6) and np.all(np.diag(p) == 0.5)
+    assert np.array_equal(s, s.T) and np.all(np.diag(s) == 1.0)
+    assert np.all((p >= 0) & (p <= 1)) and np.all((s >= 0) & (s <= 1))
+    # Any block on demand, self pairs included, agrees with the full matrices.
+    rows, cols = np.array([4, 4, 29, 0]), np.array([4, 11, 0, 29, 17])
+    assert np.allclose(r.preference_of(rows, cols), p[np.ix_(rows, cols)], rtol=0, atol=1e-6)
+    assert np.allclose(r.similar_of(rows, cols), s[np.ix_(rows, cols)], rtol=0, atol=1e-6)
+
+
+def test_strengths_follow_a_permutation_of_the_inputs():
+    rng = np.random.default_rng(4)
+    head = _random_head(rng, sharpness=2.0)
+    q = rng.normal(size=(40, 8))
+    perm = rng.permutation(40)
+    a = rank_pairs(head.pair_terms(q), np.zeros(40))
+    b = rank_pairs(head.pair_terms(q[perm]), np.zeros(40))
+    assert np.allclose(b.strength, a.strength[perm], rtol=0, atol=1e-9)
+    assert np.allclose(b.win_rate, a.win_rate[perm], rtol=0, atol=1e-12)
+
+
+# -- order, tiers, edge cases -------------------------------------------------------------------------------
+def test_rank_orders_best_first_and_win_rates_follow():
+    theta = np.array([0.1, 2.0, -1.0, 0.7])
+    r = rank_from_probs(_probs_from_strengths(theta), scores=np.zeros(4))
+    assert list(r.order) == [1, 3, 0, 2]
+    assert np.all(np.diff(r.win_rate[r.order]) < 0)
+    assert np.allclose(r.preference + r.preference.T, 1.0, atol=1e-6)
+
+
+def test_similar_pairs_share_a_tier_and_scores_break_ties():
+    probs = _probs_from_strengths(np.zeros(3), p_sim=0.9)
+    r = rank_from_probs(probs, scores=np.array([0.2, 0.9, 0.5]))
+    assert list(r.order) == [1, 2, 0]
+    assert list(r.tier) == [1, 1, 1]
+    distinct = rank_from_probs(_probs_from_strengths(np.array([3.0, 0.0, -3.0]), p_sim=0.05), np.zeros(3))
+    assert sorted(distinct.tier) == [1, 2, 3]
+
+
+def test_single_image_ranks_first_without_a_win_rate():
+    r = rank_from_probs(np.full((1, 1, 3), 1 / 3), np.array([0.4]))
+    assert list(r.order) == [0] and r.tier[0] == 1 and r.strength[0] == 0.0 and r.converged
+    assert np.isnan(r.win_rate[0])  # no other image to win against: not 100 %
+
+
+def test_no_images_give_an_empty_ranking():
+    r = rank_from_probs(np.zeros((0, 0, 3)), np.zeros(0))
+    assert r.order.size == 0 and r.strength.size == 0 and r.tier.size == 0 and r.converged
+    assert r.preference.shape == (0, 0)
+
+
+def test_scorer_ranks_nothing_and_one_image():
+    from fgresq_sdk.bundle import default_bundle_path
+    from fgresq_sdk.scorer import RankResult, Scorer
+
+    if default_bundle_path() is None:
+        pytest.skip("no embedded default model")
+    scorer = Scorer()
+    for res in (scorer.rank([]), scorer.rank_features([], np.empty(0), np.empty(0))):
+        assert isinstance(res, RankResult) and res.entries() == [] and res.ranking.order.size == 0
+        assert res.p_better_matrix().shape == (0, 0)
+    img = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    (entry,) = scorer.rank([img]).entries()
+    assert entry["rank"] == 1 and entry["tier"] == 1 and np.isnan(entry["win_rate"])
+
+
+def test_rank_result_gives_pair_probabilities_on_demand():
+    from fgresq_sdk.scorer import RankResult
+
+    rng = np.random.default_rng(5)
+    head = _random_head(rng)
+    q = rng.normal(size=(9, 8))
+    res = RankResult(names=[str(i) for i in range(9)], scores=np.zeros(9),
+                     ranking=rank_pairs(head.pair_terms(q), np.zeros(9)))
+    assert res.probs is None
+    assert np.allclose(res.pair_probs([1, 8], [8, 1]), head.all_pairs_probs(q)[[1, 8], [8, 1]], rtol=0, atol=1e-12)
+
+
+# -- memory ---------------------------------------------------------------------------------------------
+def test_memory_estimate_bounds_what_ranking_allocates():
+    """tracemalloc sees numpy's allocations: the peak stays within rank_memory_bytes (a float32 N×N plus
+    tiles), far below the N×N×3 float64 the dense path needed."""
+    n = 700
+    rng = np.random.default_rng(6)
+    pairs = _random_head(rng).pair_terms(rng.normal(size=(n, 8)))
+    tracemalloc.start()
+    try:
+        r = rank_pairs(pairs, np.zeros(n))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert r.converged
+    assert 4 * n * n <= peak <= rank_memory_bytes(n)
+    assert rank_memory_bytes(n) < n * n * 3 * 8
+
+
+def test_max_rank_size_inverts_the_memory_estimate():
+    for n in (1, 100, 8192, 30000):
+        budget = rank_memory_bytes(n)
+        assert max_rank_size(budget) == n
+        assert max_rank_size(budget - 1) == n - 1
+        assert max_rank_size(rank_memory_bytes(n, keep_preference=True), keep_preference=True) == n
+    assert max_rank_size(0) == 0
+    assert rank_memory_bytes(8192) < 300 * 2**20  # one float32 8192² (256 MiB) and small change
+
+
+# -- with a model -----------------------------------------------------------------------------------------
 def test_rank_runs_the_encoder_once_per_image(tiny_bundle, photo_paths):
     from fgresq_sdk.scorer import Scorer
 
@@ -93,3 +355,43 @@ def test_rank_runs_the_encoder_once_per_image(tiny_bundle, photo_paths):
     best, worst = result.ranking.order[0], result.ranking.order[-1]
     c = scorer.compare(photo_paths[best], photo_paths[worst])
     assert c.p_first_better + 0.5 * c.p_similar > 0.5
+
+
+def test_identical_copies_share_a_tier_and_compare_similar(tiny_bundle, photo_paths, tmp_path):
+    """Copies of one image: compare says `similar` (both orders, mirrored exactly) and rank puts them in one tier."""
+    import shutil
+
+    from fgresq_sdk.scorer import Scorer
+
+    a = tmp_path / "a.png"
+    shutil.copy(photo_paths[0], a)
+    b = tmp_path / "b.png"
+    shutil.copy(photo_paths[0], b)
+    s = Scorer(tiny_bundle)
+    ab, ba = s.compare(a, b), s.compare(b, a)
+    assert ab.verdict == ba.verdict == "similar"
+    assert abs(ab.p_first_better - ab.p_second_better) < 1e-6
+    raw = s.compare(a, b, raw=True)
+    assert abs(raw.p_first_better - raw.p_second_better) > 1e-3  # the raw head is not antisymmetric
+    r = s.rank([a, photo_paths[3], b, photo_paths[1]])
+    assert r.ranking.tier[0] == r.ranking.tier[2]
+    for x, y in [(photo_paths[0], photo_paths[1]), (photo_paths[2], photo_paths[4])]:
+        c, d = s.compare(x, y), s.compare(y, x)
+        assert np.allclose([c.p_first_better, c.p_second_better, c.p_similar],
+                           [d.p_second_better, d.p_first_better, d.p_similar], atol=1e-12)
+
+
+@pytest.mark.parametrize("p,want", [
+    ((0.45, 0.44, 0.11), "similar"),   # a near coin flip between first and second, whatever p_similar says
+    ((0.60, 0.30, 0.10), "first"),
+    ((0.20, 0.50, 0.30), "second"),
+    ((0.35, 0.30, 0.35), "similar"),   # similar is (jointly) the most likely outcome
+    ((0.40, 0.40, 0.20), "similar"),   # an exact tie: identical content
+])
+def test_verdict_rule(p, want):
+    from fgresq_sdk.scorer import Comparison
+    from fgresq_sdk.verdict import similar_mask, verdict
+
+    assert verdict(*p) == want
+    assert Comparison("a", "b", *p).verdict == want
+    assert bool(similar_mask(*map(np.asarray, p))) == (want == "similar")
