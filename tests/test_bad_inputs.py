@@ -355,7 +355,7 @@ def test_cli_markup_like_folder_name_in_table(fx, tmp_path):
     assert "x[/]y.png" in run.out
     run = run_cli("rank", "x[", "--model", fx.bundle, cwd=tmp_path)
     assert run.rc == 0, run.err
-    assert "x[/]y.png" in run.out and "x[ (1 images)" in run.out
+    assert "x[/]y.png" in run.out and "x[ (1 image)" in run.out
     assert snapshot(tmp_path) == before
 
 

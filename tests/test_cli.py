@@ -186,16 +186,49 @@ def test_rank_csv_and_table(tiny_bundle, photo_dir, ranked):
         assert e["path"] in run.out
 
 
-def test_rank_without_model(photo_dir, names):
-    """No --model: the embedded default model if this build has one, else a clear usage error."""
-    run = run_cli("rank", ".", "-r", "-f", "json", cwd=photo_dir)
-    if default_bundle_path() is None:
-        assert run.rc == 2
-        assert run.out == ""
-        assert len(run.lines) == 1 and run.lines[0].startswith("error: ") and "--model" in run.lines[0]
-    else:
-        assert run.rc == 0, run.err
-        assert sorted(e["path"] for e in run.json()["groups"][0]["ranking"]) == sorted(names)
+def test_rank_without_model_uses_the_embedded_model(tmp_path):
+    """No --model: the embedded default model (this build ships one). examples/README.md: L<k> has
+    residual-artefact level k, so a trained model ranks L0 above L4; the scores are the embedded
+    bundle's own (the library on default_bundle_path(), independently)."""
+    from pathlib import Path
+
+    default = default_bundle_path()
+    assert default is not None, "this build must embed the default model (fgresq_sdk/default_model)"
+    folder = Path(__file__).resolve().parents[1] / "examples" / "brick-super-resolution"
+    run = run_cli("rank", folder, "-f", "json", cwd=tmp_path)
+    assert run.rc == 0, run.err
+    ranking = run.json()["groups"][0]["ranking"]
+    order = [Path(e["path"]).stem for e in ranking]
+    assert sorted(order) == ["L0", "L2", "L4"]
+    assert order.index("L0") < order.index("L4"), order
+    want = dict(zip(("L0", "L2", "L4"), Scorer(default).score([folder / f"{k}.png" for k in ("L0", "L2", "L4")])))
+    assert want["L0"] > want["L4"]
+    for e in ranking:
+        assert e["score"] == pytest.approx(float(want[Path(e["path"]).stem]), rel=1e-4, abs=1e-6), e
+
+
+def test_no_model_and_no_embedded_model_is_a_usage_error(tmp_path):
+    """A build without the embedded model: one-line usage error naming --model, exit 2, nothing on stdout.
+    Simulated by hiding the default model from the real CLI's code (the package ships one)."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    code = ("import sys\n"
+            "import fgresq_sdk.bundle as b\n"
+            "b.default_bundle_path = lambda: None\n"
+            "import fgresq_sdk.scorer as s\n"
+            "s.default_bundle_path = b.default_bundle_path\n"
+            "from fgresq_sdk.cli import main\n"
+            "sys.argv = ['fgresq-sdk', 'rank', '.', '-f', 'json']\n"
+            "main()\n")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2, p.stderr
+    assert p.stdout == ""
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--model" in lines[0], lines
 
 
 # -- usage errors and info -------------------------------------------------------------------------------

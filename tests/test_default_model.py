@@ -15,7 +15,8 @@ EXE = Path(sys.executable).parent / "fgresq-sdk"
 def test_default_bundle_is_shipped_verified_and_small():
     path = default_bundle_path()
     assert path is not None, "fgresq_sdk/default_model/model.json is missing"
-    bundle = load_bundle(path)  # verifies every file's sha256
+    bundle = load_bundle(path, cache=False)  # files are checked when read: hash each one now, uncached
+    bundle.verify_all()  # raises BundleError on any sha256 mismatch
     assert bundle.verified and bundle.precision == "fp32"
     assert bundle.config["name"] == "fgresq-compact-vit"
     assert not bundle.has("checkpoint")  # the wheel ships ONNX only

@@ -2,8 +2,10 @@
 
 Each GPU test runs only where its hardware and software exist (skipif on torch.cuda, onnxruntime's
 CUDAExecutionProvider, an importable tensorrt); nothing here stands in for CUDA or TensorRT. The tests
-that can run on a CPU-only machine (auto backend choice, clear errors, fp16 ONNX on the CPU, the torch
-backend's precision plumbing, the engine-record comparison) always run.
+that can run on a CPU-only machine (auto backend choice, clear errors, fp16 ONNX on the CPU, Scorer's
+precision option on the torch backend, the engine-record comparison) always run. The CUDA tests build
+their Scorers with the options users pass (backend, device, precision, cuda_graphs), never by swapping
+a backend in.
 
 Reference: the torch fp32 model on the CPU. Inputs: the real photos of `photo_paths`, each also blurred,
 JPEG-compressed and noised, so 24 images give 276 fixed pairs whose comparison verdicts are checked.
@@ -111,15 +113,6 @@ def _scorer(bundle, **kw):
     return Scorer(bundle, batch_size=8, **kw)
 
 
-def _with_backend(bundle, **kw):
-    """A Scorer whose backend takes options the Scorer does not pass through yet (precision, graphs)."""
-    from fgresq_sdk.backends import create_backend
-
-    s = _scorer(bundle)
-    s.backend = create_backend(bundle=s.bundle, **kw)
-    return s
-
-
 # -- CPU-runnable ------------------------------------------------------------------------------------------
 def _run_py(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -188,7 +181,7 @@ def test_torch_reduced_precision_plumbing_on_cpu(tiny_bundle, reference, pair_im
     """Towers in fp16/bf16, heads in fp32 — checked on the CPU, where torch runs both types too."""
     import torch
 
-    s = _with_backend(tiny_bundle, name="torch", device="cpu", precision=precision)
+    s = _scorer(tiny_bundle, backend="torch", device="cpu", precision=precision)  # through Scorer's options
     m = s.backend.model
     want = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     assert m.image_tower.tower.conv1.weight.dtype == want and m.degradation_tower.tower.conv1.weight.dtype == want
@@ -240,8 +233,69 @@ def test_batch_profile_parsing():
 @needs_cuda
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 def test_torch_cuda_vs_cpu_fp32(tiny_bundle, reference, pair_images, precision):
-    s = _with_backend(tiny_bundle, name="torch", device="cuda", precision=precision)
+    s = _scorer(tiny_bundle, backend="torch", device="cuda", precision=precision)
+    d = s.describe()
+    assert (d["backend"], d["device"], d["precision"]) == ("torch", "cuda", precision) and "cuda_graphs" not in d
+    assert s.backend.graphed is None
     _check(s, reference, pair_images, TOL[precision])
+
+
+# fp16 pair probabilities vs the fp32 reference: measured max |Δp| 4.5e-3 over the 552 ordered pairs
+# (torch fp16 on the CPU, 2× the score error as the ×20 heads magnify feature error); 4× that.
+TOL_PROB_FP16 = 2e-2
+
+
+@needs_cuda
+def test_scorer_torch_cuda_fp16_cuda_graphs_end_to_end(tiny_bundle, reference, pair_images):
+    """What a user runs: Scorer(backend='torch', device='cuda', precision='fp16', cuda_graphs=True). The
+    options must reach the backend (fp16 towers on the GPU, fp32 heads, graphs captured per batch size as
+    batches arrive) and score/compare/rank must match the fp32 CPU reference."""
+    import torch
+
+    from fgresq_sdk.backends.torch_backend import DEFAULT_GRAPH_BATCHES
+    from fgresq_sdk.scorer import Scorer
+
+    s = Scorer(tiny_bundle, backend="torch", device="cuda", precision="fp16", cuda_graphs=True, batch_size=8)
+    d = s.describe()
+    assert (d["backend"], d["device"], d["precision"]) == ("torch", "cuda", "fp16"), d
+    assert d["cuda_graphs"] == list(DEFAULT_GRAPH_BATCHES), d
+    m = s.backend.model
+    for tower in (m.image_tower, m.degradation_tower):
+        w = tower.tower.conv1.weight
+        assert w.dtype == torch.float16 and w.is_cuda
+    assert m.head.weight.dtype == m.compare_head.weight.dtype == torch.float32 and m.head.weight.is_cuda
+    assert s.backend.graphed.graphs == {}  # captured lazily, per batch size met
+    _check(s, reference, pair_images, TOL["fp16"])  # 24 images in batches of 8
+    assert sorted(s.backend.graphed.graphs) == [8]
+
+    ref = Scorer(tiny_bundle, backend="torch", device="cpu")
+    for a, b in [(0, 5), (5, 0), (1, 2), (3, 20)]:
+        got, want = s.compare(pair_images[a], pair_images[b]), ref.compare(pair_images[a], pair_images[b])
+        for k in ("p_first_better", "p_second_better", "p_similar"):
+            assert abs(getattr(got, k) - getattr(want, k)) <= TOL_PROB_FP16, (a, b, got, want)
+    assert sorted(s.backend.graphed.graphs) == [2, 8]  # a compare is a batch of 2: its own graph
+
+    six = pair_images[:6]
+    r, r_ref = s.rank(six), ref.rank(six)  # 6 images: padded into the captured 8-graph
+    assert sorted(s.backend.graphed.graphs) == [2, 8]
+    assert float(np.max(np.abs(r.scores - r_ref.scores))) <= TOL["fp16"]
+    assert float(np.max(np.abs(r.p_better_matrix() - r_ref.p_better_matrix()))) <= TOL_PROB_FP16
+
+
+@needs_cuda
+def test_cli_score_torch_cuda_fp16_cuda_graphs(tiny_bundle, photo_dir, photo_paths):
+    """The same options through `fgresq-sdk score`: accepted, applied, and the scores match fp32 on the CPU."""
+    from cli_runner import run_cli
+    from fgresq_sdk.scorer import Scorer
+
+    names = [str(p.relative_to(photo_dir)) for p in photo_paths]
+    run = run_cli("score", *names, "--model", tiny_bundle, "--backend", "torch", "--device", "cuda",
+                  "--precision", "fp16", "--cuda-graphs", "-f", "json", cwd=photo_dir)
+    assert run.rc == 0, run.err
+    got = {r["path"]: r["score"] for r in run.json()["results"]}
+    want = Scorer(tiny_bundle, backend="torch", device="cpu").score(photo_paths)
+    assert list(got) == names
+    assert float(np.max(np.abs(np.array([got[n] for n in names]) - want))) <= TOL["fp16"]
 
 
 @needs_cuda

@@ -43,12 +43,14 @@ def int8_default(tmp_path_factory):
 @needs_torch
 @pytest.mark.parametrize("batch", [1, 8])
 def test_int8_keeps_fp32_decisions_on_the_default_model(int8_default, batch):
-    from fgresq_sdk.bundle import load_bundle
+    from fgresq_sdk.bundle import default_bundle_path, load_bundle
     from fgresq_sdk.scorer import Scorer
 
     int8 = load_bundle(int8_default)
     q = int8.manifest["quantization"]
-    assert int8.precision == "int8" and "reduce_range" in q["weights"] and q["fp32_nodes"] > 0
+    assert int8.precision == "int8" and not int8.has("checkpoint")
+    assert "reduce_range" in q["weights"] and q["fp32_nodes"] > 0
+    assert q["fp32_encoder_sha256"] == load_bundle(default_bundle_path()).manifest["files"]["encoder"]["sha256"]
     images, groups = _groups()
     fp32, i8 = Scorer(batch_size=batch), Scorer(int8, batch_size=batch)
     q32, s32 = fp32.encode(images)

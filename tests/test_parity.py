@@ -28,8 +28,13 @@ def _check_parity(bundle, paths):
     i, j = map(list, zip(*pairs))
     lt = ts.backend.compare_logits(qt[i], qt[j])
     lo = os_.backend.compare_logits(qo[i], qo[j])
-    assert np.array_equal(lt.argmax(1), lo.argmax(1)), "compare verdicts differ between torch and ORT"
     from fgresq_sdk.heads import softmax
+
+    # Verdicts agree wherever the two top logits are not a near-tie (on some CPU a 1e-6 tie can flip).
+    top2 = np.sort(lt, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 1e-3
+    assert np.array_equal(lt.argmax(1)[clear], lo.argmax(1)[clear]), "compare verdicts differ between torch and ORT"
+    assert clear.mean() >= 0.99
 
     assert np.max(np.abs(softmax(lt) - softmax(lo))) <= 1e-4
     # The numpy all-pairs head (used by rank) equals the exported comparison graph.

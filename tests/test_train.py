@@ -399,15 +399,14 @@ def test_train_configs_load_and_cli_signature():
                                 "threads", "export"]
 
 
-def test_train_cmd_through_typer(manifest_dir, tmp_path):
-    import typer
-    from typer.testing import CliRunner
+def test_train_through_the_fgresq_sdk_cli(manifest_dir, tmp_path):
+    """`fgresq-sdk train` as installed: the console script, the subcommand its CLI registers, its options."""
+    import subprocess
+    import sys
 
-    from fgresq_sdk.train.cli import train_cmd
-
-    app = typer.Typer()
-    app.command("train")(train_cmd)
-    app.command("noop")(lambda: None)  # two commands: `train` stays a subcommand
+    exe = Path(sys.executable).parent / "fgresq-sdk"
+    helped = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and "train" in helped.stdout, helped.stdout
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"name": "cli", "model": "fgresq-vit-tiny", "threads": 1,
                                "dfl": {"epochs": 1, "batch_size": 16, "lr": 1e-4}}))
@@ -419,14 +418,18 @@ def test_train_cmd_through_typer(manifest_dir, tmp_path):
     clip_path = tmp_path / "clip.bin"
     torch.save(CLIP(mc["embed_dim"], mc["vision_cfg"], mc["text_cfg"], quick_gelu=True).state_dict(), clip_path)
     out = tmp_path / "run"
-    r = CliRunner().invoke(app, ["train", "--config", str(cfg), "--manifest", str(manifest_dir), "--out", str(out),
-                                 "--stage", "dfl", "--pretrained", str(clip_path), "--no-progress"])
-    assert r.exit_code == 0, r.output
-    res = json.loads(r.stdout)
+    r = subprocess.run([str(exe), "train", "--config", str(cfg), "--manifest", str(manifest_dir), "--out", str(out),
+                        "--stage", "dfl", "--pretrained", str(clip_path), "--no-progress"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)  # the run summary is the only thing on stdout
     assert res["stages"] == ["dfl"] and Path(res["model"]).is_file()
     assert res["pretrained"]["kind"] == "open_clip"
     starts = [json.loads(x) for x in (out / "logs.jsonl").read_text().splitlines() if '"stage_start"' in x]
     assert starts[0]["text_tower"] == "pretrained" and starts[0]["init"].startswith("pretrained")
     assert (out / "dfl" / "model.safetensors").is_file() and not (out / "fgresq").exists()
-    bad = CliRunner().invoke(app, ["train", "--config", str(cfg), "--out", str(tmp_path / "x")])
-    assert bad.exit_code == 2  # no manifest anywhere
+    bad = subprocess.run([str(exe), "train", "--config", str(cfg), "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stdout == ""  # no manifest anywhere: a usage error
+    assert bad.stderr.startswith("error: ") and "manifest" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    assert not (tmp_path / "x" / "logs.jsonl").exists()

@@ -1,7 +1,6 @@
 """int8 and multi-crop: geometry, exactness of the averaging, and accuracy against fp32."""
 from __future__ import annotations
 
-import itertools
 
 import numpy as np
 import pytest
@@ -11,16 +10,51 @@ from conftest import needs_torch
 from fgresq_sdk.crops import crop_boxes, crop_centres, crop_views
 
 
-@pytest.mark.parametrize("k", [1, 2, 4, 5, 9])
-def test_crop_boxes_inside_and_aligned(k):
+# Hand-computed 224² boxes (left, top, right, bottom) for a 2048×1080 image. A crop at relative centre
+# (cx, cy) starts at round(cx·W − 112), round(cy·H − 112):
+#   x: ½ → 1024−112 = 912; ¼ → 512−112 = 400; ¾ → 1536−112 = 1424;
+#      ⅙ → 341.3−112 → 229; 5⁄6 → 1706.7−112 → 1595
+#   y: ½ → 540−112 = 428; ¼ → 270−112 = 158; ¾ → 810−112 = 698; ⅙ → 180−112 = 68; 5⁄6 → 900−112 = 788
+_X = {"1/2": 912, "1/4": 400, "3/4": 1424, "1/6": 229, "5/6": 1595}
+_Y = {"1/2": 428, "1/4": 158, "3/4": 698, "1/6": 68, "5/6": 788}
+
+
+def _box(x: str, y: str) -> tuple[int, int, int, int]:
+    return (_X[x], _Y[y], _X[x] + 224, _Y[y] + 224)
+
+
+CROP_BOXES_2048x1080 = {
+    1: [_box("1/2", "1/2")],
+    # k = 2: the 2×2 grid's first and last cells
+    2: [_box("1/4", "1/4"), _box("3/4", "3/4")],
+    # k = 4: the 2×2 grid in reading order
+    4: [_box("1/4", "1/4"), _box("3/4", "1/4"), _box("1/4", "3/4"), _box("3/4", "3/4")],
+    # k = 5: the 2×2 grid, then the centre
+    5: [_box("1/4", "1/4"), _box("3/4", "1/4"), _box("1/4", "3/4"), _box("3/4", "3/4"), _box("1/2", "1/2")],
+    # k = 9: the 3×3 grid in reading order
+    9: [_box(x, y) for y in ("1/6", "1/2", "5/6") for x in ("1/6", "1/2", "5/6")],
+}
+
+
+@pytest.mark.parametrize("k", sorted(CROP_BOXES_2048x1080))
+def test_crop_boxes_hand_computed(k):
+    assert crop_boxes(2048, 1080, k, 224) == CROP_BOXES_2048x1080[k]
+    assert len(crop_centres(k)) == k
     for w, h in [(2048, 1080), (300, 224), (224, 640)]:
-        boxes = crop_boxes(w, h, k, 224)
-        assert len(boxes) == k == len(crop_centres(k))
-        for left, top, right, bottom in boxes:
+        for left, top, right, bottom in crop_boxes(w, h, k, 224):
             assert 0 <= left and right <= w and 0 <= top and bottom <= h
             assert right - left == 224 and bottom - top == 224
-    # same size → same pixel boxes, whatever the content: pairs compare like with like
-    assert crop_boxes(1920, 1080, k, 224) == crop_boxes(1920, 1080, k, 224)
+
+
+def test_crop_boxes_clamped_inside_small_images():
+    # 300×224: x centres ¼, ¾ → 75−112 < 0 → 0, 225−112 = 113 > 300−224 = 76 → 76; x ½ → 150−112 = 38;
+    # the height is the crop size, so every top is 0.
+    assert crop_boxes(300, 224, 1, 224) == [(38, 0, 262, 224)]
+    assert crop_boxes(300, 224, 4, 224) == [(0, 0, 224, 224), (76, 0, 300, 224)] * 2
+    # 224×640: every left is 0; y ⅙ → 106.7−112 < 0 → 0, ½ → 320−112 = 208, 5⁄6 → 533.3−112 = 421 > 416 → 416
+    assert crop_boxes(224, 640, 9, 224) == [(0, t, 224, t + 224) for t in (0, 208, 416) for _ in range(3)]
+    # y ¼ → 160−112 = 48, ¾ → 480−112 = 368
+    assert crop_boxes(224, 640, 2, 224) == [(0, 48, 224, 272), (0, 368, 224, 592)]
 
 
 def test_crop_views_are_native_resolution_pixels():
@@ -47,34 +81,37 @@ def test_multicrop_averages_features_and_scores_exactly(tiny_bundle, photo_paths
     scorer = Scorer(tiny_bundle, crops=k, batch_size=3)
     q, s = scorer.encode(photo_paths)
     assert scorer.encoded_images == k * len(photo_paths)
+    # Independent expectation: the fp32 torch model run on each crop separately (Scorer: onnxruntime).
     model = load_checkpoint(load_bundle(tiny_bundle).path("checkpoint"))
+    per_crop = []
     for i, p in enumerate(photo_paths):
         with torch.no_grad():
             qt, st = model(torch.from_numpy(crop_views(load_image(p), k)))
+        per_crop.append(qt)
         assert np.allclose(q[i], qt.mean(0).numpy(), atol=1e-4)
         assert abs(s[i] - st.mean().item()) <= 1e-4
-    # comparison logits of averaged features == average of per-crop-pair logits (the head is linear)
-    a, b = scorer.head.split_terms(q[:2])
-    assert np.allclose(a[0] + b[1] + scorer.head.bias, scorer.head.pair_logits(q[0:1], q[1:2])[0])
+    # Comparisons average the comparison logits over the K aligned crop pairs (crop c of a with crop c
+    # of b), which is what averaged features give, the head being linear. Expected: the torch head on
+    # each crop pair, logits averaged, softmax — against Scorer.compare (ONNX head) and against the
+    # symmetrised preference P̃ = ½(P(a≻b) + 1 − P(b≻a)), P(x≻y) = p_first + ½·p_similar, that
+    # Scorer.rank uses (numpy head terms of the averaged features).
+    def expected(a, b):
+        with torch.no_grad():
+            logits = model.compare_logits(per_crop[a], per_crop[b]).mean(0)
+        return torch.softmax(logits.double(), dim=0).numpy()
 
-
-@needs_torch
-def test_int8_bundle_accuracy_against_fp32(tiny_bundle, photo_paths, tmp_path):
-    from fgresq_sdk.bundle import load_bundle
-    from fgresq_sdk.export.quantize import quantize_bundle
-    from fgresq_sdk.scorer import Scorer
-
-    int8 = load_bundle(quantize_bundle(tiny_bundle, tmp_path / "int8"))
-    assert int8.precision == "int8" and not int8.has("checkpoint")
-    assert int8.manifest["quantization"]["fp32_encoder_sha256"] == load_bundle(tiny_bundle).manifest["files"]["encoder"]["sha256"]
-    q32, s32 = Scorer(tiny_bundle).encode(photo_paths)
-    q8, s8 = Scorer(int8).encode(photo_paths)
-    assert np.max(np.abs(s8 - s32)) <= 0.02
-    head = Scorer(tiny_bundle).head
-    pairs = list(itertools.permutations(range(len(photo_paths)), 2))
-    i, j = map(list, zip(*pairs))
-    same = head.all_pairs_probs(q32)[i, j].argmax(-1) == head.all_pairs_probs(q8)[i, j].argmax(-1)
-    assert same.mean() >= 0.9
+    pref = scorer.rank(photo_paths).p_better_matrix()
+    n = len(photo_paths)
+    for a, b in [(0, 1), (1, 0), (2, n - 1), (n - 2, 3)]:
+        want, back = expected(a, b), expected(b, a)
+        c = scorer.compare(photo_paths[a], photo_paths[b])
+        # compare() gives the head on (a, b) as ordered where the Comparison says raw, else the
+        # order-symmetrised mean of (a, b) and the mirrored (b, a)
+        sym = 0.5 * (want + back[[1, 0, 2]])
+        expect = want if getattr(c, "raw", True) else sym
+        assert np.allclose([c.p_first_better, c.p_second_better, c.p_similar], expect, atol=1e-4), (a, b)
+        p_tilde = 0.5 * (want[0] + 0.5 * want[2] + 1 - (back[0] + 0.5 * back[2]))
+        assert abs(pref[a, b] - p_tilde) <= 1e-4, (a, b)
 
 
 @needs_torch
