@@ -100,3 +100,14 @@ def test_bradley_terry_fit(benchmark, feature_model, n):
     fit = benchmark.pedantic(fit_bradley_terry, args=(wins,), rounds=1 if n > 4000 else 3, iterations=1)
     benchmark.extra_info.update(n=n, converged=fit.converged, newton_steps=fit.iterations)
     assert fit.converged
+
+
+def test_resize_bilinear_cv2_large_photo(benchmark):
+    """The numpy cv2-compatible resize (official preprocessing) of a 4000×3000 photo to 256×256."""
+    import numpy as np
+
+    from fgresq_sdk.preprocess import resize_bilinear_cv2
+
+    src = np.random.default_rng(3).integers(0, 256, size=(3000, 4000, 3), dtype=np.uint8)
+    out = benchmark(resize_bilinear_cv2, src, 256, 256)
+    assert out.shape == (256, 256, 3)

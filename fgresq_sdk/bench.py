@@ -20,9 +20,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .backends.probe import importable
 from .bundle import Bundle, load_bundle
 from .errors import BackendError, BundleError
 from .ranking import preference
+
+BENCH_BACKENDS = ("onnxruntime", "torch", "tensorrt")
+BENCH_PRECISIONS = ("fp32", "fp16", "int8")
+# What `--rank-sizes` needs: the per-pair baseline runs the fp32 torch model from the bundle's checkpoint.
+RANK_BASELINE_MODULES = ("torch", "torchvision", "open_clip", "safetensors")
 
 
 @dataclass
@@ -61,6 +67,10 @@ def variant_bundle(bundle: Bundle, precision: str, workdir: Path) -> Bundle:
         return bundle
     if bundle.precision != "fp32":
         raise BundleError(f"{bundle.root}: cannot derive {precision} from a {bundle.precision} bundle")
+    if precision not in BENCH_PRECISIONS:
+        raise BundleError(f"unknown precision '{precision}' ({', '.join(BENCH_PRECISIONS)})")
+    if not importable("onnx"):  # onnxruntime's quantizer and fp16 converter both import onnx
+        raise BundleError(f"deriving the {precision} bundle needs the export extra: pip install 'fgresq-sdk[export]'")
     out = workdir / f"{bundle.root.name}-{precision}"
     if precision == "int8":
         from .export.quantize import quantize_bundle
@@ -159,6 +169,8 @@ def run_bench(model: str | Path | None, variants: list[Variant], batch_sizes: li
     if root is None:
         raise BundleError("no model given and this build has no embedded default model (pass --model DIR)")
     base = load_bundle(root)
+    if rank_sizes:  # checked before any timing: a run must not fail at its very end
+        check_rank_baseline(base)
     size = int(base.preprocess["size"])
     with tempfile.TemporaryDirectory(prefix="fgresq-bench-") as td:
         work = Path(td)
@@ -174,10 +186,13 @@ def run_bench(model: str | Path | None, variants: list[Variant], batch_sizes: li
             try:
                 vb = variant_bundle(base, v.precision, work)
                 scorer = Scorer(vb, backend=v.backend, device=v.device, batch_size=max(batch_sizes))
-            except (BackendError, BundleError) as exc:  # e.g. torch on an ONNX-only bundle: say so, go on
-                skipped.append({"variant": v.label, "reason": str(exc)})
+            except (BackendError, BundleError, ImportError) as exc:  # torch on an ONNX-only bundle, an extra
+                # that is not installed…: say so, go on with the other variants
+                why = str(exc) if not isinstance(exc, ImportError) else \
+                    f"a package is missing ({exc}); see the extras: pip install 'fgresq-sdk[export]'"
+                skipped.append({"variant": v.label, "reason": why})
                 if log:
-                    log(f"bench: {v.label} skipped: {exc}")
+                    log(f"bench: {v.label} skipped: {why}")
                 continue
             rows = []
             for bs in batch_sizes:
@@ -203,6 +218,17 @@ def run_bench(model: str | Path | None, variants: list[Variant], batch_sizes: li
                 log("bench: rank vs the per-pair baseline")
             out["rank_vs_per_pair"] = rank_vs_per_pair(base, paths, rank_sizes)
     return out
+
+
+def check_rank_baseline(bundle: Bundle) -> None:
+    """`--rank-sizes` times the per-pair baseline on the bundle's torch checkpoint: refuse early without one."""
+    if not bundle.has("checkpoint"):
+        raise BundleError(f"{bundle.name}: --rank-sizes needs a bundle with a torch checkpoint (the per-pair "
+                          "baseline runs the torch model); this bundle has none")
+    missing = [m for m in RANK_BASELINE_MODULES if not importable(m)]
+    if missing:
+        raise BackendError(f"--rank-sizes needs the torch extra: pip install 'fgresq-sdk[torch]' "
+                           f"(missing: {', '.join(missing)})")
 
 
 def machine_info() -> dict:
@@ -239,6 +265,10 @@ def table_rows(result: dict) -> list[list]:
 
 TABLE_HEADER = ["variant", "batch", "p50 ms", "p90 ms", "p99 ms", "ms/img", "img/s (model)", "img/s (e2e)",
                 "e2e/model", "peak RSS MB", "max |Δscore|", "pair agree"]
+# The same columns for `-f csv`, named for machines.
+CSV_HEADER = ["variant", "batch_size", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99",
+              "latency_ms_per_image_p50", "throughput_ips", "end_to_end_ips", "end_to_end_over_model", "peak_rss_mb",
+              "max_abs_dscore", "pair_order_agreement"]
 
 
 # -- rank vs the official per-pair style ------------------------------------------------------------------

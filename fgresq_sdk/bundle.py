@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import BundleError, display_path
+from .preprocess import PreprocessSpec
 from .verify_cache import VerifyCache, file_identity
 
 MANIFEST = "model.json"
@@ -116,15 +117,7 @@ def validate_manifest(manifest: Any, mpath: Path) -> dict[str, Any]:
     for key in ("config", "preprocess"):
         if not isinstance(manifest.get(key), dict):
             raise BundleError(f"{where}: manifest has no '{key}' object")
-    pre = manifest["preprocess"]
-    if "size" in pre and not (_is_int(pre["size"]) and pre["size"] > 0):
-        raise BundleError(f"{where}: preprocess.size must be a positive integer")
-    for key in ("mean", "std"):
-        v = pre.get(key)
-        if v is not None and not (isinstance(v, list) and len(v) == 3 and all(_is_number(x) for x in v)):
-            raise BundleError(f"{where}: preprocess.{key} must be a list of 3 numbers")
-    if pre.get("std") is not None and not all(x > 0 for x in pre["std"]):
-        raise BundleError(f"{where}: preprocess.std must be positive")
+    PreprocessSpec.from_dict(manifest["preprocess"], where=where)  # docs/preprocess-spec.md; unknown methods refused
     for k in (manifest.get("score_scale", 1.0), manifest["config"].get("score_scale", 1.0)):
         if not (_is_number(k) and 0 < k < float("inf")):
             raise BundleError(f"{where}: score_scale must be a positive number (got {json.dumps(k)})")
@@ -159,6 +152,10 @@ class Bundle:
     @property
     def preprocess(self) -> dict[str, Any]:
         return self.manifest["preprocess"]
+
+    @property
+    def preprocess_spec(self) -> PreprocessSpec:
+        return PreprocessSpec.from_dict(self.manifest["preprocess"])
 
     @property
     def precision(self) -> str:

@@ -2,10 +2,14 @@
 
 Command names, options and JSON keys are a contract other tools read. Machine-readable output goes to
 stdout; progress and one-line error messages go to stderr. Exit codes: 0 all inputs succeeded, 1 some
-inputs failed (the rest are still reported), 2 usage errors (bad option, missing model, bad bundle).
+inputs failed (the rest are still reported), 2 usage errors (bad option, missing model, bad bundle, a
+command whose optional extra is not installed). Errors are one `error: ...` line each, never a traceback.
+`--format table|json|csv` is honoured by every command that has it; a value that does not exist (a single
+image's win rate) is null in JSON, an empty field in CSV and "-" in tables. `-h` is `--help` everywhere.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import warnings
@@ -14,14 +18,93 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from .errors import FGResQError, display_path
 from .output import emit_csv, emit_json, emit_table, err_console, one_line, progress, report_errors
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+class _FlagsShowNoType:
+    """Help lists a flag (--recursive, --force, --help…) without a `<bool>` value placeholder: a flag
+    takes no value. (Some typer versions print the bool type for flags in the rich help.)"""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for p in params:
+            if getattr(p, "is_flag", False) and getattr(p, "metavar", None) is None:
+                p.metavar = ""
+        return params
+
+
+class _Command(_FlagsShowNoType, TyperCommand):
+    pass
+
+
+class _Group(_FlagsShowNoType, TyperGroup):
+    pass
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=_Group,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Fine-grained quality assessment of restored images with FGResQ.")
 
-MAX_RANK_GROUP = 8192
+# Optional extras (pyproject.toml) → the modules a command imports from them.
+TORCH_MODULES = ("torch", "torchvision", "open_clip", "safetensors")
+EXPORT_MODULES = TORCH_MODULES + ("onnx",)
+TRAIN_MODULES = TORCH_MODULES + ("scipy", "skimage")
+EVAL_MODULES = ("scipy", "skimage")
+
+
+def _require(what: str, extra: str, modules: tuple[str, ...]) -> None:
+    """Usage error (exit 2) naming the extra to install when a module `what` needs is not importable."""
+    from .backends.probe import importable
+
+    absent = [m for m in modules if not importable(m)]
+    if absent:
+        _fail(f"{what} needs the {extra} extra: pip install 'fgresq-sdk[{extra}]' (missing: {', '.join(absent)})")
+
+
+def _version() -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version("fgresq-sdk")
+    except md.PackageNotFoundError:  # run from a source tree that is not installed
+        from . import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"fgresq-sdk {_version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    """Fine-grained quality assessment of restored images with FGResQ."""
+
+
+def _memory_available() -> int:
+    """Bytes of memory available now (MemAvailable), or 8 GiB where that cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 8 << 30
+
+
+def max_rank_group(with_report: bool) -> tuple[int, int]:
+    """(largest group the all-pairs ranking fits in half of the available memory, that budget in bytes)."""
+    from .ranking import max_rank_size
+
+    budget = _memory_available() // 2
+    return max_rank_size(budget, keep_preference=with_report), budget
 
 
 class Fmt(str, Enum):
@@ -91,7 +174,7 @@ def _run_encode(scorer, paths: list, label: str):
     return ok, errors
 
 
-@app.command()
+@app.command(cls=_Command)
 def score(
     images: List[Path] = typer.Argument(..., help="Image files.", show_default=False, readable=False),
     model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt, device: str = DeviceOpt,
@@ -115,7 +198,10 @@ def score(
     raise typer.Exit(1 if errors else 0)
 
 
-@app.command()
+COMPARE_FIELDS = ("a", "b", "p_first_better", "p_second_better", "p_similar", "verdict")
+
+
+@app.command(cls=_Command)
 def compare(
     a: Path = typer.Argument(..., help="First image.", readable=False),
     b: Path = typer.Argument(..., help="Second image.", readable=False),
@@ -124,8 +210,14 @@ def compare(
     report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML page: both "
                                           "images side by side with a synchronised zoom, and the probabilities. "
                                           "Never written over an input; an existing other file is replaced."),
+    raw: bool = typer.Option(False, "--raw", help="The head on (first, second) only, exactly as the authors' "
+                             "predict_pair computes it. Default: both orders averaged, so swapping the images "
+                             "swaps the answer and identical images are `similar` (what rank uses)."),
 ):
-    """Compare two restored versions: P(first better), P(second better), P(similar quality)."""
+    """Compare two restored versions: P(first better), P(second better), P(similar quality).
+
+    Verdict: `similar` when that is the most likely outcome or when neither image is preferred by more than
+    0.02; otherwise the image with the larger probability."""
     if report is not None:
         _check_out(report, [a, b], "report")
     try:
@@ -134,16 +226,24 @@ def compare(
     except FGResQError as exc:
         _fail(str(exc))
     if errors:  # both inputs are reported when both are bad, not just the first
+        # stdout still parses: the JSON object (no probabilities, the errors), or the CSV header.
+        names = {"a": display_path(a), "b": display_path(b)}
+        if fmt is Fmt.json:
+            emit_json({**names, "p_first_better": None, "p_second_better": None, "p_similar": None,
+                       "verdict": None, "errors": errors})
+        elif fmt is Fmt.csv:
+            emit_csv(list(COMPARE_FIELDS), [])
         report_errors(errors)
         if report is not None:
             _write_compare_report(report, a, b, None, errors, scorer)
         raise typer.Exit(1)
-    comparison = scorer.compare_features(display_path(a), display_path(b), ok[0].features, ok[1].features)
+    comparison = scorer.compare_features(display_path(a), display_path(b), ok[0].features, ok[1].features,
+                                         raw=raw)
     res = comparison.to_dict()
     if fmt is Fmt.json:
         emit_json(res)
     elif fmt is Fmt.csv:
-        emit_csv(list(res), [list(res.values())])
+        emit_csv(list(COMPARE_FIELDS), [[res[k] for k in COMPARE_FIELDS]])
     else:
         emit_table(None, ["a", "b", "P(a better)", "P(b better)", "P(similar)", "verdict"],
                    [[res["a"], res["b"], res["p_first_better"], res["p_second_better"], res["p_similar"],
@@ -152,7 +252,7 @@ def compare(
         _write_compare_report(report, a, b, comparison, errors, scorer)
 
 
-@app.command()
+@app.command(cls=_Command)
 def rank(
     directory: Path = typer.Argument(..., help="Folder of restored images.", readable=False),
     model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt, device: str = DeviceOpt,
@@ -167,8 +267,10 @@ def rank(
                                           "thumbnails best-first, scores, tiers and the pairwise heat map of "
                                           "each group. Never written over an input; an existing other file "
                                           "is replaced."),
-    contact_sheet: Optional[Path] = typer.Option(None, "--contact-sheet", help="Also write one PNG with every "
-                                                 "group's images in rank order, labelled with rank and score."),
+    contact_sheet: Optional[Path] = typer.Option(None, "--contact-sheet", help="Also write one image with every "
+                                                 "group's images in rank order, labelled with rank, score and "
+                                                 "file name. The format follows the suffix (.png, .jpg, .webp, "
+                                                 ".tif, .bmp; PNG without one)."),
 ):
     """Rank the images of a folder best-first (each sub-folder separately with --group-by parent)."""
     from .scorer import collect_images
@@ -185,18 +287,22 @@ def rank(
     for out, what in ((report, "report"), (contact_sheet, "contact sheet")):
         if out is not None:
             _check_out(out, files, what)
+    if contact_sheet is not None:
+        _check_sheet_format(contact_sheet)
     if not files:
         # Still the usual (empty) output, so a script reading stdout gets parseable JSON or CSV.
         errors.append({"path": display_path(directory),
                        "error": "no images found" + ("" if recursive else " (try --recursive)")})
-        _emit_rank(fmt, [], {}, errors)
+        _emit_rank(fmt, [], errors)
         _write_rank_outputs(report, contact_sheet, [], errors, None, top, directory)
         raise typer.Exit(1)
     groups = _group_files(directory, files, group_by)
-    big = [k for k, v in groups.items() if len(v) > MAX_RANK_GROUP]
+    limit, budget = max_rank_group(report is not None)
+    big = [k for k, v in groups.items() if len(v) > limit]
     if big:
-        _fail(f"group {big[0]} has {len(groups[big[0]])} images; all-pairs ranking is limited to "
-              f"{MAX_RANK_GROUP} per group (use --group-by parent, or `score` for plain scores)")
+        _fail(f"group {big[0]} has {len(groups[big[0]])} images; all-pairs ranking fits at most {limit} per group "
+              f"in half of the available memory ({budget / 2**30:.1f} GiB) here (use --group-by parent, or "
+              "`score` for plain scores)")
     try:
         scorer = _scorer(model, backend, device, batch_size, crops, precision, cuda_graphs)
         ok, enc_errors = _run_encode(scorer, files, "ranking")
@@ -215,10 +321,14 @@ def rank(
             continue
         res = scorer.rank_features([e.name for e in encs], np.stack([e.features for e in encs]),
                                    np.asarray([e.score for e in encs]))
-        out_groups.append({"name": gname, "ranking": res.entries(top)})
+        entries = res.entries(top)
+        if len(encs) == 1:  # nothing to win against: no win rate (null / "-"), whatever the library says
+            for e in entries:
+                e["win_rate"] = None
+        out_groups.append({"name": gname, "ranking": entries, "n": len(encs)})
         if report is not None or contact_sheet is not None:
             ranked.append((gname, res, [files[e.index] for e in encs]))
-    _emit_rank(fmt, out_groups, groups, errors)
+    _emit_rank(fmt, out_groups, errors)
     _write_rank_outputs(report, contact_sheet, ranked, errors, scorer, top, directory)
     raise typer.Exit(1 if errors else 0)
 
@@ -233,6 +343,16 @@ def _check_out(out: Path, inputs: list, what: str) -> None:
         _fail(str(exc))
 
 
+def _check_sheet_format(sheet: Path) -> None:
+    """Usage error (exit 2) before any work when the contact sheet's suffix names no format we write."""
+    from .contact_sheet import sheet_format
+
+    try:
+        sheet_format(sheet)
+    except FGResQError as exc:
+        _fail(str(exc))
+
+
 def _write_rank_outputs(report, sheet, ranked, errors, scorer, top, directory) -> None:
     """Write --report / --contact-sheet (also when some inputs failed: the report lists them)."""
     if report is None and sheet is None:
@@ -240,6 +360,7 @@ def _write_rank_outputs(report, sheet, ranked, errors, scorer, top, directory) -
     from .report import RankGroup, model_meta, write_rank_report
 
     groups = [RankGroup(name, res, paths) for name, res, paths in ranked]
+    writing = "report"
     try:
         if report is not None:
             n = sum(len(g.shown(top)) for g in groups)
@@ -252,6 +373,7 @@ def _write_rank_outputs(report, sheet, ranked, errors, scorer, top, directory) -
         if sheet is not None:
             from .contact_sheet import plan, write_contact_sheet
 
+            writing = "sheet"
             n = sum(len(p) for p in plan(groups, top))
             with progress(n, "contact sheet") as p:
                 task = p.add_task("contact sheet", total=n) if p else None
@@ -260,7 +382,8 @@ def _write_rank_outputs(report, sheet, ranked, errors, scorer, top, directory) -
     except FGResQError as exc:
         _fail(str(exc))
     except OSError as exc:
-        _fail(f"cannot write {display_path(exc.filename or report or sheet)} ({exc.strerror or exc})")
+        _fail(f"cannot write {display_path(exc.filename or (sheet if writing == 'sheet' else report))} "
+              f"({exc.strerror or exc})")
 
 
 def _write_compare_report(report, a, b, comparison, errors, scorer) -> None:
@@ -285,17 +408,24 @@ def _group_files(directory: Path, files: list[Path], group_by: GroupBy) -> dict[
     return groups
 
 
-def _emit_rank(fmt: Fmt, out_groups: list[dict], groups: dict[str, list[int]], errors: list[dict]) -> None:
-    """Print the ranking in the chosen format on stdout, then one line per error on stderr."""
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+def _emit_rank(fmt: Fmt, out_groups: list[dict], errors: list[dict]) -> None:
+    """Print the ranking in the chosen format on stdout, then one line per error on stderr.
+
+    out_groups: {"name", "ranking", "n"} with n the number of images ranked in the group (failed inputs
+    are not counted; they are the errors). Nothing ranked: no table at all, the errors say why."""
     if fmt is Fmt.json:
-        emit_json({"groups": out_groups, "errors": errors})
+        emit_json({"groups": [{"name": g["name"], "ranking": g["ranking"]} for g in out_groups], "errors": errors})
     elif fmt is Fmt.csv:
         emit_csv(["group", "rank", "path", "score", "win_rate", "tier"],
                  [[g["name"], r["rank"], r["path"], r["score"], r["win_rate"], r["tier"]]
                   for g in out_groups for r in g["ranking"]])
     else:
         for g in out_groups:
-            emit_table(f"{g['name']} ({len(groups[g['name']])} images)", ["rank", "path", "score", "win rate", "tier"],
+            emit_table(f"{g['name']} ({_count(g['n'], 'image')})", ["rank", "path", "score", "win rate", "tier"],
                        [[r["rank"], r["path"], r["score"], r["win_rate"], r["tier"]] for r in g["ranking"]])
     report_errors(errors)
 
@@ -333,12 +463,15 @@ def _export_fp32(checkpoint: Path, out: Path, opset: int, force: bool) -> Path:
     if checkpoint.is_dir():
         from .bundle import load_bundle
 
-        ckpt = load_bundle(checkpoint).path("checkpoint")
-    model = load_checkpoint(ckpt)
+        bundle = load_bundle(checkpoint)
+        ckpt = bundle.path("checkpoint")
+        model = load_checkpoint(bundle.read("checkpoint"), name=display_path(ckpt))  # verified, read once
+    else:
+        model = load_checkpoint(ckpt)
     return export_bundle(model, out, source=f"exported from {ckpt.name}", opset=opset, force=force)
 
 
-@app.command("export")
+@app.command("export", cls=_Command)
 def export_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c",
                                     help="Our .safetensors checkpoint, or a bundle (with a checkpoint for onnx)."),
@@ -356,6 +489,14 @@ def export_cmd(
 ):
     """Export a checkpoint to a model bundle (ONNX encoder + comparison head + manifest), or derive an
     int8 / fp16 / TensorRT bundle from an fp32 one."""
+    from .bundle import MANIFEST
+
+    if fmt is ExportFormat.tensorrt:
+        _require("export --format tensorrt", "trt", ("tensorrt", "torch"))
+    elif fmt is not ExportFormat.onnx and checkpoint.is_dir() and (checkpoint / MANIFEST).is_file():
+        _require(f"export --format {fmt.value}", "export", ("onnx",))  # derived from the bundle's ONNX files
+    else:
+        _require("export", "export", EXPORT_MODULES)
     try:
         if fmt is ExportFormat.tensorrt:
             from .export.tensorrt_build import build_engine, parse_batch
@@ -367,14 +508,34 @@ def export_cmd(
             path = _export_fp32(checkpoint, out, opset, force)
         else:
             path = _derive_from_fp32(checkpoint, out, fmt, opset, force)
-    except ImportError as exc:
-        _fail(f"export needs the [export] extra: pip install 'fgresq-sdk[export]' ({exc})")
+    except ImportError as exc:  # a dependency of an extra that is installed but broken
+        extra = "trt" if fmt is ExportFormat.tensorrt else "export"
+        _fail(f"export needs the {extra} extra: pip install 'fgresq-sdk[{extra}]' ({exc})")
     except FGResQError as exc:
         _fail(str(exc))
     err_console.print(f"wrote bundle {display_path(path)}", markup=False)
 
 
-@app.command("import-official")
+def _not_a_torch_file(path: Path) -> str | None:
+    """Why `path` cannot be a file written by torch.save (None when it may be one), without torch: torch.save
+    writes a zip archive (torch ≥ 1.6) or, in the legacy format, a pickle (first byte 0x80) or a tar."""
+    import tarfile
+
+    if not path.exists():
+        return "checkpoint not found"
+    if path.is_dir():
+        return "is a directory, not a PyTorch checkpoint file"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80" or tarfile.is_tarfile(path):
+            return None
+    except OSError as exc:
+        return f"cannot read ({exc.strerror or exc})"
+    return "not a PyTorch checkpoint file (expected a .pth written by torch.save, like the released FGResQ.pth)"
+
+
+@app.command("import-official", cls=_Command)
 def import_official_cmd(
     checkpoint: Path = typer.Argument(..., help="The released FGResQ.pth."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write."),
@@ -384,32 +545,57 @@ def import_official_cmd(
                                       help="released: read the stored comparison logits as the authors' latest "
                                            "inference code does (second better, first better, similar); "
                                            "stored: take them as (first, second, similar)."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty output folder."),
+    preprocess: str = typer.Option("official", "--preprocess",
+                                   help="official: as the authors' current inference code (OpenCV bilinear "
+                                        "resize to 256×256, center crop 224); squash: resize to 224×224 with "
+                                        "antialiasing (earlier SDK behaviour)."),
+    score_scale: float = typer.Option(0.3, "--score-scale", help="k in score = sigmoid(k·head(q)); the current "
+                                      "release uses 0.3, earlier releases 1.0."),
+    force: bool = typer.Option(False, "--force", help="Replace a bundle folder."),
 ):
-    """Convert the released FGResQ.pth into a complete model bundle usable by every backend."""
+    """Convert the released FGResQ.pth (or FGResQ_v2.pth) into a complete model bundle usable by every backend.
+
+    Defaults reproduce the authors' current release; the options select earlier behaviour."""
+    if preprocess not in ("official", "squash"):
+        _fail(f"unknown --preprocess '{preprocess}' (choose from: official, squash)")
+    if compare_order not in ("released", "stored"):
+        _fail(f"unknown --compare-order '{compare_order}' (choose from: released, stored)")
+    if not 0 < score_scale < float("inf"):
+        _fail(f"--score-scale must be a positive number (got {score_scale})")
+    for path in (checkpoint, degradation):
+        why = None if path is None else _not_a_torch_file(path)
+        if why:
+            _fail(f"{display_path(path)}: {why}")
+    _require("import-official", "export", EXPORT_MODULES)
     try:
         from .export.official_import import import_official
-    except ImportError as exc:
-        _fail(f"import-official needs the [export] extra: pip install 'fgresq-sdk[export]' ({exc})")
-    try:
+
         path = import_official(checkpoint, out, config=config, degradation=degradation,
-                               compare_order=compare_order, force=force)
+                               compare_order=compare_order, preprocess=preprocess, score_scale=score_scale,
+                               force=force)
+        from .export.official_import import release_behaviour
+
+        behaviour = release_behaviour(preprocess, score_scale, compare_order)
+    except ImportError as exc:  # a dependency of the extra that is installed but broken
+        _fail(f"import-official needs the export extra: pip install 'fgresq-sdk[export]' ({exc})")
     except FGResQError as exc:
         _fail(str(exc))
     err_console.print(f"wrote bundle {display_path(path)}", markup=False)
+    err_console.print(f"the bundle {behaviour}", markup=False)
 
 
-@app.command("eval")
+@app.command("eval", cls=_Command)
 def eval_cmd(
     manifest: Path = typer.Option(..., "--manifest", help="FGRestore-style manifest folder (see README)."),
     model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for eval.json and eval.md."),
 ):
     """Paper-style evaluation (Table 3 per task SRCC/PLCC/ACC, Table 2 ranges) with PSNR/SSIM baselines."""
+    _require("eval", "train", EVAL_MODULES)  # scipy (metrics) and scikit-image (PSNR/SSIM baselines)
     try:
         from .train.evaluate import eval_main
     except ImportError as exc:
-        _fail(f"eval needs the [train] extra: pip install 'fgresq-sdk[train]' ({exc})")
+        _fail(f"eval needs the train extra: pip install 'fgresq-sdk[train]' ({exc})")
     try:
         eval_main(model, manifest, out, backend.value)
     except FGResQError as exc:
@@ -419,86 +605,115 @@ def eval_cmd(
 
 
 def _register_train() -> None:
-    """`train` lives in fgresq_sdk.train (torch needed only when it runs, not to list it)."""
+    """`train` lives in fgresq_sdk.train (torch needed only when it runs, not to list it or show its help)."""
     try:
         from .train.cli import train_cmd
     except ImportError:  # pragma: no cover - the train package ships with the SDK
         return
-    app.command("train", help="Train FGResQ (stage 1 DFL, stage 2 quality heads) from a JSON config.")(train_cmd)
+
+    @functools.wraps(train_cmd)  # typer reads the options from the wrapped signature
+    def train(*args, **kwargs):
+        _require("train", "train", TRAIN_MODULES)
+        return train_cmd(*args, **kwargs)
+
+    app.command("train", cls=_Command,
+                help="Train FGResQ (stage 1 DFL, stage 2 quality heads) from a JSON config.")(train)
 
 
 _register_train()
 
 
-@app.command()
+@app.command(cls=_Command)
 def bench(
     model: Optional[Path] = ModelOpt,
-    backend: str = typer.Option("onnxruntime,torch", "--backend", help="Comma-separated backends."),
-    precision: str = typer.Option("fp32,int8", "--precision", help="Comma-separated: fp32, fp16, int8."),
+    backend: str = typer.Option("onnxruntime,torch", "--backend",
+                                help="Comma-separated: onnxruntime, torch, tensorrt."),
+    precision: str = typer.Option("fp32,int8", "--precision", help="Comma-separated: fp32, fp16, int8 (fp16 and "
+                                  "int8 are derived from an fp32 bundle: the export extra)."),
     device: str = DeviceOpt,
     batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Comma-separated batch sizes."),
     images: int = typer.Option(64, "--images", min=1, help="Images for the end-to-end pass."),
     repeats: int = typer.Option(5, "--repeats", min=1, help="Timed runs per batch size."),
     rank_sizes: str = typer.Option("", "--rank-sizes", help="Also time rank vs the per-pair baseline at these N "
-                                                            "(e.g. 8,32,128; needs torch)."),
-    fmt: Fmt = typer.Option(Fmt.table, "--format", "-f"),
+                                                            "(e.g. 8,32,128; needs torch and a bundle with a "
+                                                            "checkpoint)."),
+    fmt: Fmt = typer.Option(Fmt.table, "--format", "-f", help="Output format."),
 ):
-    """Latency/throughput per backend × precision × batch size, with accuracy vs the fp32 torch model."""
-    from .bench import TABLE_HEADER, Variant, run_bench, table_rows
+    """Latency/throughput per backend × precision × batch size, with accuracy vs the fp32 torch model.
 
-    def ints(text: str) -> list[int]:
+    A variant that cannot run here (torch on an ONNX-only bundle, an extra that is not installed) is
+    skipped with one line on stderr; the others are still measured. Exit 1 when no variant could run."""
+    from .bench import BENCH_BACKENDS, BENCH_PRECISIONS, CSV_HEADER, TABLE_HEADER, Variant, run_bench, table_rows
+
+    def ints(text: str, option: str, least: int) -> list[int]:
         try:
-            return [int(t) for t in text.split(",") if t.strip()]
+            vals = [int(t) for t in text.split(",") if t.strip()]
         except ValueError:
-            _fail(f"expected comma-separated integers, got '{text}'")
+            vals = None
+        if vals is None or any(v < least for v in vals):
+            _fail(f"{option}: expected comma-separated integers of at least {least}, got '{text}'")
+        return vals
 
+    def names(text: str, option: str, known: tuple[str, ...]) -> list[str]:
+        vals = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+        bad = [v for v in vals if v not in known]
+        if bad or not vals:
+            _fail(f"{option}: unknown value '{bad[0] if bad else text}' (choose from: {', '.join(known)})")
+        return vals
+
+    backends = names(backend, "--backend", BENCH_BACKENDS)
+    precisions = names(precision, "--precision", BENCH_PRECISIONS)
+    sizes = ints(batch_sizes, "--batch-sizes", 1)
+    if not sizes:
+        _fail(f"--batch-sizes: expected comma-separated integers of at least 1, got '{batch_sizes}'")
+    ranks = ints(rank_sizes, "--rank-sizes", 2)
     variants = []
-    for b in [t.strip() for t in backend.split(",") if t.strip()]:
-        for p in [t.strip() for t in precision.split(",") if t.strip()]:
+    for b in backends:
+        for p in precisions:
             if b == "torch" and p != "fp32" and not device.startswith("cuda"):
                 continue  # the torch backend's reduced precisions are for GPUs
             variants.append(Variant(b, p, device))
     try:
-        result = run_bench(model, variants, ints(batch_sizes), n_images=images, repeats=repeats,
-                           rank_sizes=ints(rank_sizes), log=lambda m: err_console.print(m, markup=False))
+        result = run_bench(model, variants, sizes, n_images=images, repeats=repeats,
+                           rank_sizes=ranks, log=lambda m: err_console.print(m, markup=False))
     except FGResQError as exc:
         _fail(str(exc))
     if fmt is Fmt.json:
         emit_json(result)
-        return
-    emit_table(f"fgresq-sdk bench — {result['model']['name']} (accuracy vs {result['reference']})",
-               TABLE_HEADER, table_rows(result))
-    for row in result.get("rank_vs_per_pair", []):
-        err_console.print(f"rank N={row['n_images']}: {row['rank_s']:.3f} s vs per-pair baseline "
-                          f"{row['per_pair_baseline_s']:.2f} s ({row['speedup']:.0f}×"
-                          f"{', baseline extrapolated' if row['extrapolated'] else ''})", markup=False)
+    elif fmt is Fmt.csv:
+        emit_csv(CSV_HEADER, table_rows(result))
+    else:
+        emit_table(f"fgresq-sdk bench — {result['model']['name']} (accuracy vs {result['reference']})",
+                   TABLE_HEADER, table_rows(result))
+    if fmt is not Fmt.json:
+        for row in result.get("rank_vs_per_pair", []):
+            err_console.print(f"rank N={row['n_images']}: {row['rank_s']:.3f} s vs per-pair baseline "
+                              f"{row['per_pair_baseline_s']:.2f} s ({row['speedup']:.0f}×"
+                              f"{', baseline extrapolated' if row['extrapolated'] else ''})", markup=False)
+    if not result["results"]:
+        err_console.print("error: no variant could run here (see the skipped lines above)", markup=False)
+        raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=_Command)
 def info(
     model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt, device: str = DeviceOpt,
-    fmt: Fmt = typer.Option(Fmt.table, "--format", "-f"),
+    fmt: Fmt = FmtOpt,
 ):
     """Model, config, backend, providers and library versions."""
     import importlib.metadata as md
-    import importlib.util
     import platform
 
     import onnxruntime as ort
 
     from . import __version__
+    from .backends.probe import importable
 
     def ver(pkg):
         try:
             return md.version(pkg)
         except md.PackageNotFoundError:
             return None
-
-    def importable(mod):
-        try:
-            return importlib.util.find_spec(mod) is not None
-        except (ImportError, ValueError):
-            return False
 
     payload = {"fgresq_sdk": __version__, "python": platform.python_version(),
                "onnxruntime": ort.__version__, "onnxruntime_providers": ort.get_available_providers(),
@@ -512,8 +727,26 @@ def info(
         payload["model_error"] = str(exc)
     if fmt is Fmt.json:
         emit_json(payload)
+    elif fmt is Fmt.csv:
+        emit_csv(["key", "value"], _flat_rows(payload))
     else:
-        emit_table(None, ["key", "value"], [[k, v] for k, v in payload.items()])
+        emit_table(None, ["key", "value"], _flat_rows(payload))
+
+
+def _flat_rows(payload: dict, prefix: str = "") -> list[list]:
+    """Nested dicts as dotted keys ("model.name"), lists joined with "; ", None as a missing value."""
+    rows = []
+    for k, v in payload.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            rows += _flat_rows(v, key + ".") if v else [[key, None]]
+        elif isinstance(v, (list, tuple)):
+            rows.append([key, "; ".join(str(x) for x in v)])
+        elif isinstance(v, bool):
+            rows.append([key, "true" if v else "false"])
+        else:
+            rows.append([key, v])
+    return rows
 
 
 def _quiet_libraries() -> None:

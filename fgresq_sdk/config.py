@@ -47,6 +47,13 @@ def load_config(name_or_path: str | Path | dict[str, Any]) -> dict[str, Any]:
     for key in ("name", "embed_dim", "vision_cfg", "preprocess"):
         if key not in cfg:
             raise ConfigError(f"config {cfg.get('name', name_or_path)}: missing key '{key}'")
+    from .errors import BundleError
+    from .preprocess import PreprocessSpec  # imported here: preprocess imports this module
+
+    try:  # the preprocess section follows docs/preprocess-spec.md (legacy form or resize/crop)
+        PreprocessSpec.from_dict(cfg["preprocess"])
+    except BundleError as exc:
+        raise ConfigError(f"config {cfg.get('name', name_or_path)}: {exc}") from None
     return cfg
 
 

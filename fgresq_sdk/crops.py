@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from .config import CLIP_MEAN, CLIP_STD
+from .preprocess import PreprocessSpec
 
 
 def crop_centres(k: int) -> list[tuple[float, float]]:
@@ -43,15 +44,25 @@ def crop_boxes(width: int, height: int, k: int, size: int) -> list[tuple[int, in
     return boxes
 
 
-def crop_views(img: Image.Image, k: int, size: int = 224, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
+def crop_views(img: Image.Image, k: int, size: "int | PreprocessSpec" = 224, mean=CLIP_MEAN,
+               std=CLIP_STD) -> np.ndarray:
     """[k, 3, size, size] normalised crops at native resolution (images smaller than `size` are first
-    enlarged so their short side is `size`)."""
+    enlarged so their short side is `size`).
+
+    This view mode uses only the spec's size, mean and std (docs/preprocess-spec.md): its resize/crop
+    steps do not apply. `size` may be the bundle's PreprocessSpec (then `mean`/`std` are its own).
+    """
+    if isinstance(size, PreprocessSpec):
+        size, mean, std = size.size, size.mean, size.std
+    size = int(size)
     w, h = img.size
     if min(w, h) < size:
         scale = size / min(w, h)
         img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
         w, h = img.size
-    arr = np.asarray(img, dtype=np.float32) / np.float32(255.0)
-    arr = (arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    views = [arr[t:b, l:r] for (l, t, r, b) in crop_boxes(w, h, k, size)]
-    return np.ascontiguousarray(np.stack(views).transpose(0, 3, 1, 2))
+    arr = np.asarray(img, dtype=np.uint8)
+    # Cut the uint8 crops first, then normalise only them (the same float ops as normalising the whole image).
+    views = np.stack([arr[t:b, l:r] for (l, t, r, b) in crop_boxes(w, h, k, size)])
+    x = views.astype(np.float32) / np.float32(255.0)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))

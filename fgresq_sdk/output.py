@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 import sys
 from typing import Any, Iterable
@@ -26,28 +27,52 @@ def one_line(text: object) -> str:
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
 
 
+def missing(value: Any) -> bool:
+    """A value with nothing to show: None, or a float that is not a number (NaN, ±inf)."""
+    return value is None or (isinstance(value, float) and not math.isfinite(value))
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN / ±inf (not valid JSON) become null, at any depth."""
+    if isinstance(value, float):
+        return None if missing(value) else value
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def emit_json(payload: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=True) + "\n")
+    """Strict JSON on stdout: a value that is not a number (a single image's win rate…) is null."""
+    sys.stdout.write(json.dumps(_json_safe(payload), indent=2, ensure_ascii=True, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 
 def emit_csv(header: list[str], rows: Iterable[list[Any]]) -> None:
+    """CSV on stdout (header always, even without rows); a missing value is an empty field."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
     for row in rows:
-        w.writerow([f"{v:.6f}" if isinstance(v, float) else v for v in row])
+        w.writerow(["" if missing(v) else f"{v:.6f}" if isinstance(v, float) else v for v in row])
     sys.stdout.write(buf.getvalue())
     sys.stdout.flush()
 
 
 def emit_table(title: str | None, header: list[str], rows: Iterable[list[Any]]) -> None:
+    """A table on stdout; a missing value shows as "-". No rows: nothing is printed (the errors on stderr
+    say why), rather than an empty frame."""
+    rows = list(rows)
+    if not rows:
+        return
     table = Table(title=None if title is None else Text(one_line(title)), title_justify="left")
     for h in header:
         table.add_column(h, overflow="fold")
     for row in rows:
         # Text cells, not str: a str cell is parsed as rich markup, and a path like "x[/]y.png" crashes it.
-        table.add_row(*[Text(f"{v:.4f}" if isinstance(v, float) else one_line(v)) for v in row])
+        table.add_row(*[Text("-" if missing(v) else f"{v:.4f}" if isinstance(v, float) else one_line(v))
+                        for v in row])
     Console(highlight=False, soft_wrap=False, emoji=False).print(table)
 
 

@@ -4,7 +4,8 @@ One `.html` file, nothing else: every image is embedded as a `data:` URI, the CS
 inline, and the page loads nothing from anywhere (no network, no external scripts, fonts or styles).
 
 Rank report (`fgresq-sdk rank DIR --report report.html`), per group:
-  * the images best-first as tiles: rank, path, score, win rate and tier. Consecutive images of one tier
+  * the images best-first as tiles: rank, path, score, win rate ("-" for a group of one image: nothing to
+    win against) and tier. Consecutive images of one tier
     (the model judges them of similar quality) are boxed together and labelled "similar quality".
   * thumbnails: JPEG, long side THUMB_SIDE px, quality THUMB_QUALITY, never enlarged (about 3.5 KB each
     for 640×480 photos: a report of 1,000 images in one group is about 5.6 MB and takes about 2 s to write
@@ -17,9 +18,12 @@ Rank report (`fgresq-sdk rank DIR --report report.html`), per group:
   * the heat map of the group's pairwise preferences: cell (row, col) = P(row better than column), the
     symmetrised preference the ranking is computed from (`RankResult.ranking.preference`), rows and
     columns in rank order, tiers of several images boxed by lines. For N ≤ HEATMAP_TABLE_MAX the map is an HTML
-    table whose cells carry the value in their title and in data-p (row and column = the cell's position).
+    table whose cells carry the value in their title and in data-p (row and column = the cell's position);
+    each row is labelled with its rank and file name (below the folder the group's names share, cut in the
+    middle beyond HEATMAP_NAME_CHARS characters; the full path in its title), columns with the rank.
     Larger groups get an embedded PNG with one pixel per pair (block-averaged down to at most
-    HEATMAP_IMAGE_MAX px a side) and a note; per-cell values are then left to the Python API.
+    HEATMAP_IMAGE_MAX px a side), a note, and the file names of its rows/columns in rank order as a list;
+    per-cell values are then left to the Python API.
   * `--top K` limits both the tiles and the heat map to the best K of each group.
 Then the inputs that failed (path and reason), and a footer with the model (bundle name, config,
 precision, created), the SDK version and the backend.
@@ -66,6 +70,7 @@ PREVIEW_MAX_GROUP = 50
 PREVIEW_BUDGET = 8 * 1024 * 1024  # bytes of JPEG (base64 adds a third)
 HEATMAP_TABLE_MAX = 60
 HEATMAP_IMAGE_MAX = 512
+HEATMAP_NAME_CHARS = 28  # a row label longer than this is cut in the middle ("start…end.png")
 HEAT_LEVELS = 40  # heat-map table cells are coloured in 41 steps (classes q0…q40); values stay exact
 NATIVE_CAP = 2048
 
@@ -284,6 +289,9 @@ table.heat td{padding:0;border:0;width:var(--c);height:var(--c);min-width:var(--
 table.heat td.tr{border-right:2px solid #1d2127}
 table.heat tr.tb td{border-bottom:2px solid #1d2127}
 table.heat th{font-weight:normal;color:#555;padding:0 3px;white-space:nowrap;font-size:10px}
+table.heat th.rn{text-align:left}
+table.heat th.rn .hn{color:#333;margin-left:4px}
+ol.heatnames{font-size:11px;color:#333;max-height:16em;overflow:auto;margin:4px 0;word-break:break-all}
 table.heat td:hover{outline:2px solid #000;outline-offset:-2px}
 .readout{font-size:12px;color:#333;min-height:1.4em;margin-top:4px;word-break:break-all}
 .legend{display:flex;align-items:center;gap:6px;font-size:11px;color:#555;margin:4px 0}
@@ -347,6 +355,14 @@ def _errors_html(errors: Sequence[dict]) -> str:
             f"failed</h2><table class=\"plain\"><tr><th>path</th><th>reason</th></tr>{rows}</table></section>")
 
 
+def _middle_cut(text: str, limit: int = HEATMAP_NAME_CHARS) -> str:
+    """text, or its start and end around "…" when it is longer than limit characters."""
+    if len(text) <= limit:
+        return text
+    tail = (limit - 1) // 2
+    return text[:limit - 1 - tail] + "…" + text[len(text) - tail:]
+
+
 def _heatmap_html(g: RankGroup, shown: list[int]) -> str:
     r = g.result.ranking
     pref = np.asarray(r.preference, np.float64)[np.ix_(shown, shown)]
@@ -377,13 +393,16 @@ def _heatmap_html(g: RankGroup, shown: list[int]) -> str:
         img.save(buf, "PNG", optimize=True)
         disp = max(min(HEATMAP_IMAGE_MAX, 4 * img.width), img.width)
         extra = f", block-averaged {step}×{step} per pixel" if step > 1 else ", one pixel per pair"
+        names = "".join(f"<li>{esc(g.result.names[i])}</li>" for i in shown)
         return (f"<div class=\"heat\" data-n=\"{n}\">{head}<p class=\"note\">{n} images: drawn as an image"
                 f"{extra}, without per-cell values (heat maps of more than {HEATMAP_TABLE_MAX} images are not "
                 f"drawn as tables; the values are in the Python API, RankResult.ranking.preference).</p>"
                 f"<img class=\"heatimg\" alt=\"pairwise preference heat map\" width=\"{disp}\" height=\"{disp}\" "
-                f"src=\"{data_uri(buf.getvalue(), 'image/png')}\"></div>")
+                f"src=\"{data_uri(buf.getvalue(), 'image/png')}\"><details><summary>Rows and columns, top to bottom "
+                f"and left to right (rank order)</summary><ol class=\"heatnames\">{names}</ol></details></div>")
     cell = int(min(44, max(10, 600 // n)))
     text = cell >= 36
+    cut_dir = _common_dir_len([g.result.names[i] for i in shown])  # row labels below the shared folder
     rows = []
     hdr = "".join(f"<th title=\"#{k + 1} {esc(g.result.names[i])}\">{k + 1}</th>" for k, i in enumerate(shown))
     rows.append(f"<tr><th></th>{hdr}</tr>")
@@ -396,7 +415,9 @@ def _heatmap_html(g: RankGroup, shown: list[int]) -> str:
             # Row and column are the cell's position (1-based, after the header row / column).
             cells.append(f"<td class=\"q{level[a, b]}{' tr' if cut[b] else ''}\" data-p=\"{v:.8f}\" "
                          f"title=\"#{a + 1} vs #{b + 1}: {v:.4f}\">{f'{v:.2f}' if text else ''}</td>")
-        rows.append(f"<tr{tb}><th title=\"#{a + 1} {esc(g.result.names[shown[a]])}\">{a + 1}</th>{''.join(cells)}</tr>")
+        name = g.result.names[shown[a]]
+        rows.append(f"<tr{tb}><th class=\"rn\" title=\"#{a + 1} {esc(name)}\">{a + 1}<span class=\"hn\">"
+                    f"{esc(_middle_cut(name[cut_dir:]))}</span></th>{''.join(cells)}</tr>")
     return (f"<div class=\"heat\" data-n=\"{n}\">{head}<div class=\"heatwrap\"><table class=\"heat\" "
             f"style=\"--c:{cell}px\">{''.join(rows)}</table></div><div class=\"readout\"></div></div>")
 
@@ -481,7 +502,11 @@ def rank_report_html(groups: Sequence[RankGroup], errors: Sequence[dict] = (), m
                 name = res.names[i]
                 thumb, prev, why = thumbs[(gi, i)]
                 score, win = float(res.scores[i]), float(r.win_rate[i])
-                cap = f"#{k + 1} {name} · score {score:.4f} · win rate {win:.1%} · tier {tier}"
+                if len(res.names) < 2 or not np.isfinite(win):  # one image: nothing to win against
+                    win, win_txt = None, "-"
+                else:
+                    win_txt = f"{win:.1%}"
+                cap = f"#{k + 1} {name} · score {score:.4f} · win rate {win_txt} · tier {tier}"
                 if thumb is not None:
                     full = ""
                     if prev is not None:
@@ -491,10 +516,11 @@ def rank_report_html(groups: Sequence[RankGroup], errors: Sequence[dict] = (), m
                 else:
                     pic = f"<div class=\"nothumb\">no preview: {esc(why)}</div>"
                 parts.append(f"<figure class=\"tile\" data-rank=\"{k + 1}\" data-path=\"{esc(name)}\" "
-                             f"data-score=\"{score!r}\" data-win-rate=\"{win!r}\" data-tier=\"{tier}\" "
+                             f"data-score=\"{score!r}\" data-win-rate=\"{'' if win is None else repr(win)}\" "
+                             f"data-tier=\"{tier}\" "
                              f"data-caption=\"{esc(cap)}\"><div class=\"thumbbox\">{pic}</div><figcaption>"
                              f"<span class=\"rk\">#{k + 1}</span><span class=\"nums\">score {score:.4f} · "
-                             f"win {win:.1%} · tier {tier}</span><span class=\"nm\" title=\"{esc(name)}\">"
+                             f"win {win_txt} · tier {tier}</span><span class=\"nm\" title=\"{esc(name)}\">"
                              f"{esc(name[cut:])}</span></figcaption></figure>")
             parts.append("</div>")
             pos = end

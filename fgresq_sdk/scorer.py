@@ -19,11 +19,10 @@ from .backends import create_backend
 from .bundle import Bundle, default_bundle_path, load_bundle
 from .errors import BundleError, InputError, display_path
 from .heads import CompareHeadNP, softmax
-from .config import CLIP_MEAN, CLIP_STD
 from .crops import crop_views
 from .preprocess import ImageInput, load_image, preprocess
-from .ranking import Ranking, rank_from_probs
-from .verdict import VERDICTS, symmetrise, verdict
+from .ranking import Ranking
+from .verdict import symmetrise, verdict
 
 
 
@@ -144,14 +143,13 @@ class Scorer:
 
     def iter_encode(self, items: Iterable[ImageInput], names: Sequence[str] | None = None) -> Iterator[Encoded]:
         """Encode inputs in order; a bad input yields an Encoded with `error` set, the rest go on."""
-        pre = self.bundle.preprocess
+        spec = self.bundle.preprocess_spec
 
         def views(item, name) -> np.ndarray:
-            """[V, 3, S, S]: the squashed whole image (V = 1), or K aligned native-resolution crops."""
+            """[V, 3, S, S]: the bundle's preprocessing (V = 1), or K aligned native-resolution crops."""
             if self.crops == 1:
-                return preprocess(item, pre, name=name)[None]
-            return crop_views(load_image(item, name), self.crops, int(pre.get("size", 224)),
-                              pre.get("mean", CLIP_MEAN), pre.get("std", CLIP_STD))
+                return preprocess(item, spec, name=name)[None]
+            return crop_views(load_image(item, name), self.crops, spec)
 
         def work(job):
             idx, item, name = job

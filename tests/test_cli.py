@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,9 +92,40 @@ def test_compare_json(tiny_bundle, photo_dir, names, scorer):
     p = [res["p_first_better"], res["p_second_better"], res["p_similar"]]
     assert all(0.0 <= x <= 1.0 for x in p)
     assert sum(p) == pytest.approx(1.0, abs=1e-6)
-    assert res["verdict"] == VERDICTS[int(np.argmax(p))]
+    assert res["verdict"] in VERDICTS
     want = scorer.compare(photo_dir / a, photo_dir / b)
     assert p == pytest.approx([want.p_first_better, want.p_second_better, want.p_similar], rel=1e-4, abs=1e-6)
+    assert res["verdict"] == want.verdict
+
+
+def test_compare_is_order_consistent_and_raw_is_the_single_forward(tiny_bundle, photo_dir, names, scorer):
+    import shutil
+
+    from fgresq_sdk.heads import softmax
+
+    a, b = names[0], names[3]
+
+    def probs(*args):
+        run = run_cli("compare", *args, "--model", tiny_bundle, "-f", "json", cwd=photo_dir)
+        assert run.rc == 0, run.err
+        r = run.json()
+        return np.array([r["p_first_better"], r["p_second_better"], r["p_similar"]]), r["verdict"]
+
+    ab, v_ab = probs(a, b)
+    ba, v_ba = probs(b, a)
+    assert np.allclose(ab, ba[[1, 0, 2]], atol=1e-6)  # swapping the images swaps the answer
+    assert {v_ab, v_ba} <= {"first", "second", "similar"} and (v_ab == "similar") == (v_ba == "similar")
+    raw, _ = probs(a, b, "--raw")
+    q, _ = scorer.encode([photo_dir / a, photo_dir / b])
+    want = softmax(scorer.head.pair_logits(q[:1], q[1:])[0])  # the head on (a, b) only, from heads.npz
+    assert np.allclose(raw, want, atol=1e-5)
+    raw_back, _ = probs(b, a, "--raw")
+    assert np.allclose(ab, [(raw[0] + raw_back[1]) / 2, (raw[1] + raw_back[0]) / 2, (raw[2] + raw_back[2]) / 2],
+                       atol=1e-6)
+    copy = photo_dir.parent / f"copy-of-{Path(a).name}"
+    shutil.copy(photo_dir / a, copy)
+    same, verdict = probs(a, str(copy))
+    assert verdict == "similar" and abs(same[0] - same[1]) < 1e-6
 
 
 def test_compare_csv_and_table(tiny_bundle, photo_dir, names):

@@ -208,3 +208,42 @@ def test_compare_order_stored_keeps_rows_and_released_swaps_them(tmp_path):
     w = sd["compare_head.weight"]
     assert torch.equal(stored.compare_head.weight, w)
     assert torch.equal(released.compare_head.weight, w[[1, 0, 2]])
+
+
+def _import_cli(tmp_path, *options):
+    import torch
+
+    sd, img, deg = official_state(TINY, seed=13)
+    ckpt = tmp_path / "FGResQ_v2.pth"
+    if not ckpt.exists():
+        torch.save({"state_dict": sd}, ckpt)
+    out = tmp_path / ("b" + "".join(o.strip("-") for o in options))
+    exe = Path(sys.executable).parent / "fgresq-sdk"
+    res = subprocess.run([str(exe), "import-official", str(ckpt), "--config", "fgresq-vit-tiny", "--out", str(out),
+                          *options], capture_output=True, text=True)
+    return res, out, (sd, img, deg)
+
+
+def test_import_defaults_follow_the_current_release_and_options_select_older(tmp_path, png_photos):
+    import json
+
+    import torch
+
+    from fgresq_sdk.scorer import Scorer
+    from official_format import RELEASE_SCORE_SCALE
+
+    res, out, (sd, img, deg) = _import_cli(tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "follows the authors' current release" in res.stderr
+    m = json.loads((out / "model.json").read_text())
+    assert m["score_scale"] == RELEASE_SCORE_SCALE and m["preprocess"]["crop"]["size"] == [224, 224]
+    _, s_ref = reference_forward(sd, img, deg, _release_batch(png_photos), score_scale=RELEASE_SCORE_SCALE)
+    assert np.max(np.abs(Scorer(out).score(png_photos) - s_ref.numpy())) <= 1e-4
+    # Earlier behaviour on request: squash to 224 with antialiasing, k = 1.
+    res, old, _ = _import_cli(tmp_path, "--preprocess", "squash", "--score-scale", "1")
+    assert res.returncode == 0 and "differs from the current release" in res.stderr
+    _, s_old = reference_forward(sd, img, deg, _batch(png_photos))
+    assert np.max(np.abs(Scorer(old).score(png_photos) - s_old.numpy())) <= 1e-4
+    assert float(torch.max(torch.abs(s_old - s_ref))) > 1e-3
+    res, _, _ = _import_cli(tmp_path, "--preprocess", "lanczos")
+    assert res.returncode == 2 and "unknown --preprocess" in res.stderr and "Traceback" not in res.stderr

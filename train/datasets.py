@@ -1,11 +1,12 @@
 """Datasets over a Manifest: pairs of images (stage 2) and single images with their task (stage 1).
 
-Transforms
-* train: decode → resize to ``resize``×``resize`` (PIL bilinear, aspect ignored, as the release's loader
-  does) → random ``crop``×``crop`` crop (+ optional horizontal flip) → CLIP normalisation. The two images of
-  a pair always get the same crop box and flip, so the fine differences a comparison is about line up.
-* eval: decode → ``fgresq_sdk.preprocess.normalize(img, size)``, i.e. exactly what inference feeds the
-  model (plain resize to the model's input size).
+Transforms (both follow the model config's ``preprocess`` spec, docs/preprocess-spec.md)
+* train: decode → resize to ``resize``×``resize`` (aspect ignored) with the spec's resize method (Pillow
+  bilinear for the legacy form, as the release's loader does) → random ``crop``×``crop`` crop (+ optional
+  horizontal flip) → the spec's normalisation. The two images of a pair always get the same crop box and
+  flip, so the fine differences a comparison is about line up.
+* eval: decode → the spec's resize + crop + normalisation, i.e. exactly what inference feeds the model
+  (``fgresq_sdk.preprocess.preprocess``; for the legacy form a plain resize to the model's input size).
 
 Crop boxes come from numpy's PCG64 seeded with [seed, epoch, index]: no global RNG, no worker state, so the
 augmentation of an epoch is reproducible and a resumed run sees the same crops. Call ``set_epoch``.
@@ -26,7 +27,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from fgresq_sdk.config import CLIP_MEAN, CLIP_STD
-from fgresq_sdk.preprocess import load_image, normalize
+from fgresq_sdk.errors import BundleError
+from fgresq_sdk.preprocess import PreprocessSpec, Step, load_image, normalize
 
 from .losses import LABEL_INDEX
 
@@ -53,50 +55,72 @@ def scene_codes(manifest) -> dict[str, int]:
 
 
 class TransformSpec:
-    """Sizes and normalisation shared by the datasets (built from a model config + the data section)."""
+    """Sizes and normalisation shared by the datasets (built from a model config + the data section).
+
+    ``pre`` is the model's preprocess spec: eval images go through it exactly (``eval_view``); training
+    images are resized with its resize method to ``resize``×``resize`` (``train_view``) and then randomly
+    cropped. Without ``pre``, the legacy spec at ``size`` with ``mean``/``std``.
+    """
 
     def __init__(self, size: int = 224, resize: int = 256, crop: int | None = None, hflip: bool = False,
-                 mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
+                 mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
+                 pre: PreprocessSpec | dict | None = None):
         self.size = int(size)
         self.resize = int(resize)
         self.crop = int(crop if crop is not None else size)
         self.hflip = bool(hflip)
-        self.mean, self.std = tuple(mean), tuple(std)
+        if pre is None:
+            pre = PreprocessSpec.legacy(self.size, mean, std)
+        try:
+            self.pre = PreprocessSpec.coerce(pre)
+        except BundleError as exc:
+            raise ValueError(f"model config: {exc}") from None
+        self.mean, self.std = self.pre.mean, self.pre.std
+        if self.pre.size != self.size:
+            raise ValueError(f"preprocess.size ({self.pre.size}) must equal the model input size ({self.size})")
         if self.resize < self.crop:
             raise ValueError(f"resize ({self.resize}) must be at least the crop size ({self.crop})")
         if self.crop != self.size:
             raise ValueError(f"crop ({self.crop}) must equal the model input size ({self.size})")
+        # Training view: the spec's resize method at resize×resize, uncropped (the random crop comes later).
+        self.train_view = PreprocessSpec(self.resize, Step(self.pre.resize.method, (self.resize, self.resize)),
+                                         None, self.pre.mean, self.pre.std)
+
+    @property
+    def eval_view(self) -> PreprocessSpec:
+        return self.pre
 
     @classmethod
     def from_config(cls, model_cfg: dict, data_cfg: dict | None = None) -> "TransformSpec":
-        pre = model_cfg.get("preprocess", {})
+        try:
+            pre = PreprocessSpec.from_dict(model_cfg.get("preprocess", {}))
+        except BundleError as exc:
+            raise ValueError(f"model config {model_cfg.get('name', '?')}: {exc}") from None
         data = data_cfg or {}
-        size = int(pre.get("size", 224))
+        size = pre.size
         return cls(size=size, resize=int(data.get("resize", size)), crop=int(data.get("crop", size)),
-                   hflip=bool(data.get("hflip", False)), mean=pre.get("mean", CLIP_MEAN), std=pre.get("std", CLIP_STD))
+                   hflip=bool(data.get("hflip", False)), pre=pre)
 
 
 class ImageCache:
-    """Decoded, resized uint8 images keyed by (path, size), kept until ``max_mb`` MiB are used."""
+    """Decoded uint8 views (a spec's resize + crop) keyed by (path, view), kept until ``max_mb`` MiB are used."""
 
     def __init__(self, max_mb: float = 2048.0):
         self.max_bytes = int(max_mb * 2**20)
         self.used = 0
-        self._store: dict[tuple[str, int], np.ndarray] = {}
+        self._store: dict[tuple[str, Any], np.ndarray] = {}
 
-    def get(self, path: Path, size: int) -> Image.Image:
-        key = (str(path), int(size))
+    def get(self, path: Path, view: "int | PreprocessSpec") -> Image.Image:
+        """The image at `path` through `view`'s resize and crop (an int S: the legacy squash to S×S)."""
+        spec = view if isinstance(view, PreprocessSpec) else PreprocessSpec.legacy(int(view))
+        key = (str(path), spec.resize, spec.crop)
         arr = self._store.get(key)
-        if arr is not None:
-            return Image.fromarray(arr)
-        img = load_image(path)
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.BILINEAR)
-        arr = np.asarray(img, dtype=np.uint8)
-        if self.used + arr.nbytes <= self.max_bytes:
-            self._store[key] = arr
-            self.used += arr.nbytes
-        return img
+        if arr is None:
+            arr = np.ascontiguousarray(spec.view(load_image(path)))
+            if self.used + arr.nbytes <= self.max_bytes:
+                self._store[key] = arr
+                self.used += arr.nbytes
+        return Image.fromarray(arr)
 
     def __len__(self) -> int:
         return len(self._store)
@@ -146,8 +170,8 @@ class _Base(Dataset):
         return self.image_ids
 
     def _image(self, image_id: str) -> Image.Image:
-        size = self.spec.resize if self.train else self.spec.size
-        return self.cache.get(self.manifest.image_path(image_id), size)
+        view = self.spec.train_view if self.train else self.spec.eval_view
+        return self.cache.get(self.manifest.image_path(image_id), view)
 
 
 class PairDataset(_Base):

@@ -580,7 +580,7 @@ def validate_pairs(model, manifest, spec, cache=None, batch_size: int = 32) -> d
 
     for s in range(0, len(ids), batch_size):
         chunk = ids[s:s + batch_size]
-        x = torch.stack([torch.from_numpy(normalize(cache.get(manifest.image_path(k), spec.size), spec.size,
+        x = torch.stack([torch.from_numpy(normalize(cache.get(manifest.image_path(k), spec.eval_view), spec.size,
                                                     spec.mean, spec.std)) for k in chunk]).to(device)
         q = model.quality_features(x)
         qs.append(q)

@@ -503,7 +503,8 @@ int cmd_compare(const Args& a) {
   double p[3];
   if (fgresq_compare(m, &x, &y, p) != FGRESQ_OK) fail(fgresq_last_error());
   static const char* verdicts[3] = {"first", "second", "similar"};
-  const int best = int(std::max_element(p, p + 3) - p);  // first maximum, like np.argmax
+  // fgresq_sdk.verdict: "similar" when it is the most likely outcome or neither image is preferred by 0.02.
+  const int best = (p[2] >= std::max(p[0], p[1]) || std::fabs(p[0] - p[1]) < 0.02) ? 2 : p[0] > p[1] ? 0 : 1;
   const std::string pa = display(a.positional[0]), pb = display(a.positional[1]);
   if (a.format == "json") {
     emit_json(J::object().add("a", J::str(pa)).add("b", J::str(pb)).add("p_first_better", J::num(p[0]))

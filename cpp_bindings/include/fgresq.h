@@ -2,7 +2,7 @@
  *
  * A model bundle is the folder the Python SDK exports (model.json + encoder.onnx + heads.npz ...).
  * fgresq_open() validates model.json (types, format_version 1, every listed path relative and, with
- * symlinks resolved, inside the bundle) and reads encoder.onnx and heads.npz once each, checking their
+ * symlinks resolved, inside the bundle, the preprocess spec of docs/preprocess-spec.md) and reads encoder.onnx and heads.npz once each, checking their
  * sha256 on the very bytes it then loads. Other listed files (the checkpoint...) must exist but are
  * neither opened nor hashed: this library does not use them.
  *
@@ -101,14 +101,17 @@ FGRESQ_API const char* fgresq_model_name(const fgresq_model* model);
 /* Quality score in (0, 1) per image, higher is better. scores_out has n entries. */
 FGRESQ_API fgresq_status fgresq_score(fgresq_model* model, const fgresq_image* images, size_t n, float* scores_out);
 
-/* probs_out[3]: P(a better), P(b better), P(similar); they sum to 1. */
+/* probs_out[3]: P(a better), P(b better), P(similar); they sum to 1. Order-symmetrised like the Python SDK's
+ * Scorer.compare: the head runs on (a, b) and on (b, a) and the two are averaged, so swapping a and b swaps
+ * the first two probabilities exactly. */
 FGRESQ_API fgresq_status fgresq_compare(fgresq_model* model, const fgresq_image* a, const fgresq_image* b,
                                         double probs_out[3]);
 
 /* Rank n images best first: n encoder passes, then all n² pairs from the features.
  * order_out[k] is the input index at rank k (required). Optional (may be NULL), indexed by input:
  * scores_out (regression score), win_rate_out (mean symmetrised preference over the others),
- * tier_out (1 = best similar-quality tier). */
+ * tier_out (1 = best similar-quality tier: adjacent images share one when compare's verdict would be
+ * "similar", i.e. p_similar is the most likely outcome or |p_first - p_second| < 0.02). */
 FGRESQ_API fgresq_status fgresq_rank(fgresq_model* model, const fgresq_image* images, size_t n, int32_t* order_out,
                                      float* scores_out, double* win_rate_out, int32_t* tier_out);
 
@@ -116,7 +119,7 @@ FGRESQ_API fgresq_status fgresq_rank(fgresq_model* model, const fgresq_image* im
 /* features_out: n × fgresq_feature_size() floats (row-major); scores_out: n floats (either may be NULL). */
 FGRESQ_API fgresq_status fgresq_encode(fgresq_model* model, const fgresq_image* images, size_t n, float* features_out,
                                        float* scores_out);
-/* Compare two encoded images (fgresq_feature_size() floats each). */
+/* Compare two encoded images (fgresq_feature_size() floats each), order-symmetrised as fgresq_compare. */
 FGRESQ_API fgresq_status fgresq_compare_features(fgresq_model* model, const float* features_a,
                                                  const float* features_b, double probs_out[3]);
 /* Rank from encoded images. scores (n floats) break ties in strength. strength_out: Bradley–Terry
@@ -124,8 +127,10 @@ FGRESQ_API fgresq_status fgresq_compare_features(fgresq_model* model, const floa
 FGRESQ_API fgresq_status fgresq_rank_features(fgresq_model* model, const float* features, const float* scores,
                                               size_t n, int32_t* order_out, double* win_rate_out, int32_t* tier_out,
                                               double* strength_out);
-/* The model input for one image: float32 [3, S, S], resized like PIL's bilinear (antialiased) resize and
- * normalised with the bundle's mean/std. out_len must be at least 3·S·S. */
+/* The model input for one image: float32 [3, S, S], made as the bundle's preprocess spec says
+ * (docs/preprocess-spec.md): RGB, resize ignoring aspect ("bilinear-antialias" = PIL's bilinear resize, the
+ * legacy default; "bilinear-cv2" = OpenCV's INTER_LINEAR), optional center crop, then /255 and the bundle's
+ * mean/std. out_len must be at least 3·S·S. */
 FGRESQ_API fgresq_status fgresq_preprocess(const fgresq_model* model, const fgresq_image* image, float* out,
                                            size_t out_len);
 

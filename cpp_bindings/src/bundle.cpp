@@ -285,6 +285,76 @@ void read_triple(const Json* v, float out[3], const std::string& ms, const char*
   }
 }
 
+// preprocess.<key>.size: [width, height], two positive integers (at most kMaxInputSize: UNSUPPORTED above).
+void read_size_pair(const Json* v, const std::string& ms, const std::string& key, int out[2]) {
+  bool ok = v && v->is_array() && v->array.size() == 2;
+  for (size_t k = 0; ok && k < 2; ++k) ok = v->array[k].is_integer() && v->array[k].number >= 1;
+  if (!ok) corrupt(ms + ": preprocess." + key + " must be [width, height], two positive integers (got " + json_text(v) + ")");
+  for (size_t k = 0; k < 2; ++k)
+    if (v->array[k].number > kMaxInputSize)
+      throw Error(FGRESQ_UNSUPPORTED, ms + ": preprocess." + key + " " + json_text(v) +
+                                          " is larger than this library supports (" + std::to_string(kMaxInputSize) + ")");
+  out[0] = int(v->array[0].number);
+  out[1] = int(v->array[1].number);
+}
+
+// preprocess.<key> = {"method": one of `known`, "size": [width, height]}: true with `method` (its index in
+// `known`) and `size` set, false when the key is absent (or null).
+bool read_step(const Json* pre, const char* key, const std::vector<const char*>& known, const std::string& ms,
+               int& method, int size[2]) {
+  const Json* step = pre->get(key);
+  if (!step || step->is_null()) return false;
+  const std::string k = key;
+  if (!step->is_object())
+    corrupt(ms + ": preprocess." + k + " must be an object {\"method\": ..., \"size\": [width, height]} (got " +
+            json_text(step) + ")");
+  const Json* m = step->get("method");
+  if (!m || !m->is_string()) corrupt(ms + ": preprocess." + k + ".method must be a string (got " + json_text(m) + ")");
+  method = -1;
+  std::string names;
+  for (size_t i = 0; i < known.size(); ++i) {
+    if (m->string == known[i]) method = int(i);
+    names += (i ? ", " : "") + std::string(known[i]);
+  }
+  if (method < 0)
+    throw Error(FGRESQ_UNSUPPORTED, ms + ": preprocess." + k + ".method " + json_text(m) +
+                                        " is unknown to this SDK (known: " + names + ")");
+  read_size_pair(step->get("size"), ms, k + ".size", size);
+  return true;
+}
+
+std::string pair_text(const int v[2]) { return "[" + std::to_string(v[0]) + ", " + std::to_string(v[1]) + "]"; }
+
+// docs/preprocess-spec.md: resize (optional), crop (optional, needs a resize it fits in), size×size result.
+void read_preprocess(const Json& pre, const std::string& ms, PreprocessSpec& spec) {
+  int resize_method = 0, crop_method = 0, rsize[2] = {0, 0}, csize[2] = {0, 0};
+  const bool resize = read_step(&pre, "resize", {"bilinear-antialias", "bilinear-cv2"}, ms, resize_method, rsize);
+  const bool crop = read_step(&pre, "crop", {"center"}, ms, crop_method, csize);
+  const int s = spec.size;
+  const int want[2] = {s, s};
+  if (!resize && !crop) {  // the legacy form: {"size": S, "interpolation": "bilinear", "antialias": true}
+    spec.resize = ResizeMethod::BilinearAntialias;
+    spec.resize_w = spec.resize_h = s;
+    spec.crop = false;
+    return;
+  }
+  if (!resize) corrupt(ms + ": preprocess.crop needs a preprocess.resize (the crop must fit inside the resized image)");
+  spec.resize = resize_method == 1 ? ResizeMethod::BilinearCv2 : ResizeMethod::BilinearAntialias;
+  spec.resize_w = rsize[0];
+  spec.resize_h = rsize[1];
+  spec.crop = crop;
+  if (crop) {
+    if (csize[0] > rsize[0] || csize[1] > rsize[1])
+      corrupt(ms + ": preprocess.crop.size " + pair_text(csize) + " does not fit inside preprocess.resize.size " +
+              pair_text(rsize));
+    if (csize[0] != s || csize[1] != s)
+      corrupt(ms + ": preprocess.crop.size " + pair_text(csize) + " must be " + pair_text(want) + " (preprocess.size)");
+  } else if (rsize[0] != s || rsize[1] != s) {
+    corrupt(ms + ": preprocess.resize.size " + pair_text(rsize) + " must be " + pair_text(want) +
+            " (preprocess.size, when there is no crop)");
+  }
+}
+
 // ---------------------------------------------------------------- the files on disk
 
 // `inner` (resolved) is `root` (resolved) or lies below it, component by component (os.path.commonpath).
@@ -435,12 +505,13 @@ LoadedBundle load_bundle(const std::string& path, bool verify) {
     if (s->number > kMaxInputSize)
       throw Error(FGRESQ_UNSUPPORTED, ms + ": preprocess.size " + json_text(s) + " is larger than this library supports (" +
                                           std::to_string(kMaxInputSize) + ")");
-    info.input_size = int(s->number);
+    info.pre.size = int(s->number);
   }
-  read_triple(pre->get("mean"), info.mean, ms, "mean");
-  read_triple(pre->get("std"), info.stdv, ms, "std");
+  read_triple(pre->get("mean"), info.pre.mean, ms, "mean");
+  read_triple(pre->get("std"), info.pre.stdv, ms, "std");
   for (int c = 0; c < 3; ++c)
-    if (!(info.stdv[c] > 0.0f)) corrupt(ms + ": preprocess.std must be positive");
+    if (!(info.pre.stdv[c] > 0.0f)) corrupt(ms + ": preprocess.std must be positive");
+  read_preprocess(*pre, ms, info.pre);
   const Json* precision = m.get("precision");
   if (precision && !precision->is_string()) corrupt(ms + ": precision must be a string");
   info.precision = precision ? precision->string : "fp32";

@@ -4,6 +4,8 @@
 #include <string>
 #include <vector>
 
+#include "preprocess.hpp"
+
 namespace fgresq::detail {
 
 struct BundleInfo {
@@ -12,9 +14,7 @@ struct BundleInfo {
   std::string precision;
   std::string encoder_path;  // as shown in messages (<dir>/encoder.onnx)
   std::string heads_path;
-  int input_size = 224;
-  float mean[3] = {0.48145466f, 0.4578275f, 0.40821073f};
-  float stdv[3] = {0.26862954f, 0.26130258f, 0.27577711f};
+  PreprocessSpec pre;  // model.json "preprocess" (docs/preprocess-spec.md); pre.size is the input side
   int feature_dim = -1;  // manifest "feature_dim" (D), -1 if absent
 };
 
@@ -33,6 +33,9 @@ struct LoadedBundle {
 //  - "files" maps role -> {"path": non-empty string, "sha256": 64 lowercase hex, "bytes": optional int >= 0},
 //    with roles "encoder" and "heads" required; "config" and "preprocess" are objects; preprocess "size"
 //    (a positive integer), "mean" and "std" (3 numbers, std > 0) when present; "precision" a string;
+//  - preprocess "resize" {"method", "size": [w, h]} and "crop" {"method": "center", "size": [w, h]}, each
+//    optional (docs/preprocess-spec.md): an unknown method is UNSUPPORTED; a crop needs a resize it fits in,
+//    and the tensor after them must be size×size. Neither key: the legacy form (bilinear-antialias to size×size);
 //  - every path is relative ('/' separators; no leading '/', drive, backslash, NUL, or empty/'.'/'..' part)
 //    and, with symlinks resolved, lies inside the resolved bundle folder; it must be a regular file.
 // Only "encoder" and "heads" are read (each once, into memory); with verify their sha256 is checked on

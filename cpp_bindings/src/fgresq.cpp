@@ -76,7 +76,7 @@ fgresq::detail::CompareHead load_head(const std::vector<uint8_t>& bytes, const s
 // Preprocess + encode images[0..n) in batches of model->batch_size.
 void encode_images(const fgresq_model* m, const fgresq_image* images, size_t n, float* features, float* scores,
                    const char* label = "image") {
-  const int s = m->info.input_size;
+  const int s = m->info.pre.size;
   const size_t per = 3 * size_t(s) * size_t(s);
   const size_t f = size_t(m->head.feature_size);
   std::vector<fgresq::detail::ImageView> views;
@@ -89,13 +89,23 @@ void encode_images(const fgresq_model* m, const fgresq_image* images, size_t n, 
     const size_t b = std::min(m->batch_size, n - start);
     x.resize(b * per);
     for (size_t k = 0; k < b; ++k)
-      fgresq::detail::preprocess(views[start + k], s, m->info.mean, m->info.stdv, &x[k * per]);
+      fgresq::detail::preprocess(views[start + k], m->info.pre, &x[k * per]);
     feat_buf.resize(b * f);
     score_buf.resize(b);
     m->encoder->encode(x.data(), b, feat_buf.data(), score_buf.data());
     if (features) std::memcpy(features + start * f, feat_buf.data(), b * f * sizeof(float));
     if (scores) std::memcpy(scores + start, score_buf.data(), b * sizeof(float));
   }
+}
+
+// Scorer.compare: the head on (a, b) and on (b, a), order-symmetrised (fgresq_sdk.verdict.symmetrise).
+void compare_pair(const fgresq::detail::CompareHead& head, const float* fa, const float* fb, double out[3]) {
+  double a_first[3], a_second[3], b_first[3], b_second[3], fwd[3], bwd[3];
+  head.terms(fa, a_first, a_second);
+  head.terms(fb, b_first, b_second);
+  head.probs(a_first, b_second, fwd);
+  head.probs(b_first, a_second, bwd);
+  fgresq::detail::symmetrise(fwd, bwd, out);
 }
 
 }  // namespace
@@ -169,7 +179,7 @@ fgresq_status fgresq_open(const char* bundle_dir, const fgresq_options* options,
     m->batch_size = o.batch_size > 0 ? size_t(o.batch_size) : 16;
     fgresq::detail::EncoderOptions eo;
     eo.threads = o.threads;
-    eo.input_size = m->info.input_size;
+    eo.input_size = m->info.pre.size;
     eo.feature_size = m->head.feature_size;
     m->encoder = fgresq::detail::make_onnxruntime_encoder(bundle.encoder_bytes, m->info.encoder_path, eo);
     std::vector<uint8_t>().swap(bundle.encoder_bytes);  // ORT keeps its own copy of the graph
@@ -184,7 +194,7 @@ fgresq_status fgresq_open(const char* bundle_dir, const fgresq_options* options,
 
 void fgresq_close(fgresq_model* model) { delete model; }
 
-int32_t fgresq_input_size(const fgresq_model* model) { return model ? model->info.input_size : 0; }
+int32_t fgresq_input_size(const fgresq_model* model) { return model ? model->info.pre.size : 0; }
 
 int32_t fgresq_feature_size(const fgresq_model* model) { return model ? model->head.feature_size : 0; }
 
@@ -217,10 +227,7 @@ fgresq_status fgresq_compare_features(fgresq_model* model, const float* features
     need(features_a, "features_a");
     need(features_b, "features_b");
     need(probs_out, "probs_out");
-    double a[3], b[3], unused[3];
-    model->head.terms(features_a, a, unused);
-    model->head.terms(features_b, unused, b);
-    model->head.probs(a, b, probs_out);
+    compare_pair(model->head, features_a, features_b, probs_out);
   });
 }
 
@@ -237,10 +244,7 @@ fgresq_status fgresq_compare(fgresq_model* model, const fgresq_image* a, const f
     const size_t f = size_t(model->head.feature_size);
     std::vector<float> q(2 * f);
     encode_images(model, pair, 2, q.data(), nullptr);
-    double ta[3], tb[3], unused[3];
-    model->head.terms(q.data(), ta, unused);
-    model->head.terms(q.data() + f, unused, tb);
-    model->head.probs(ta, tb, probs_out);
+    compare_pair(model->head, q.data(), q.data() + f, probs_out);
   });
 }
 
@@ -285,13 +289,13 @@ fgresq_status fgresq_preprocess(const fgresq_model* model, const fgresq_image* i
   return guarded([&] {
     need(model, "model");
     need(out, "out");
-    const int s = model->info.input_size;
+    const int s = model->info.pre.size;
     const size_t need_len = 3 * size_t(s) * size_t(s);
     if (out_len < need_len)
       invalid("out_len " + std::to_string(out_len) + " is smaller than 3x" + std::to_string(s) + "x" +
               std::to_string(s) + " = " + std::to_string(need_len));
     auto view = fgresq::detail::check_image(image, "image");
-    fgresq::detail::preprocess(view, s, model->info.mean, model->info.stdv, out);
+    fgresq::detail::preprocess(view, model->info.pre, out);
   });
 }
 

@@ -139,6 +139,49 @@ void copy_rgb(const Source& src, int width, int height, uint8_t* dst) {
   }
 }
 
+// ---------------------------------------------------------------- OpenCV INTER_LINEAR (uint8)
+// cv::resize (imgproc/src/resize.cpp) for INTER_LINEAR on 8-bit data: coefficients in 11-bit fixed point.
+constexpr int kCvCoefBits = 11;
+constexpr float kCvCoefScale = float(1 << kCvCoefBits);
+
+struct LinearTab {
+  std::vector<int> i0, i1;       // the two source indices per destination index (clamped to the image)
+  std::vector<int32_t> w0, w1;   // their weights, summing to 2048
+};
+
+// saturate_cast<short>(float): round to nearest, ties to even (cvRound), then clamp.
+int32_t cv_short(float v) {
+  const long r = std::lrint(v);
+  return static_cast<int32_t>(r < -32768 ? -32768 : r > 32767 ? 32767 : r);
+}
+
+// OpenCV's table for one axis: fx = (float)((dx + 0.5) * scale - 0.5) with scale = 1 / (dst / src) in double,
+// sx = floor(fx), fx -= sx. Along x, a position left of the first or right of the last pixel takes that
+// pixel alone (sx clamped, fx = 0). Along y only the rows are clamped: the weights stay as computed.
+LinearTab cv2_linear_tab(int src, int dst, bool clamp_weights) {
+  const double inv_scale = static_cast<double>(dst) / src;
+  const double scale = 1.0 / inv_scale;
+  LinearTab t;
+  t.i0.resize(size_t(dst));
+  t.i1.resize(size_t(dst));
+  t.w0.resize(size_t(dst));
+  t.w1.resize(size_t(dst));
+  for (int d = 0; d < dst; ++d) {
+    float f = static_cast<float>((d + 0.5) * scale - 0.5);
+    int s = static_cast<int>(std::floor(f));
+    f -= static_cast<float>(s);
+    if (clamp_weights) {
+      if (s < 0) f = 0.0f, s = 0;
+      if (s >= src - 1) f = 0.0f, s = src - 1;
+    }
+    t.w0[size_t(d)] = cv_short((1.0f - f) * kCvCoefScale);
+    t.w1[size_t(d)] = cv_short(f * kCvCoefScale);
+    t.i0[size_t(d)] = s < 0 ? 0 : s > src - 1 ? src - 1 : s;
+    t.i1[size_t(d)] = s + 1 < 0 ? 0 : s + 1 > src - 1 ? src - 1 : s + 1;
+  }
+  return t;
+}
+
 }  // namespace
 
 ImageView check_image(const fgresq_image* img, const std::string& label) {
@@ -201,20 +244,83 @@ void resize_rgb8(const ImageView& in, int out_w, int out_h, uint8_t* out) {
   }
 }
 
-void normalize_chw(const uint8_t* rgb, int size, const float mean[3], const float stdv[3], float* out) {
-  const size_t plane = size_t(size) * size;
-  for (size_t i = 0; i < plane; ++i) {
-    for (int c = 0; c < 3; ++c) {
-      float v = static_cast<float>(rgb[i * 3 + c]) / 255.0f;
-      out[c * plane + i] = (v - mean[c]) / stdv[c];
+void resize_rgb8_cv2(const ImageView& in, int out_w, int out_h, uint8_t* out) {
+  const Source src = source_of(in);
+  if (out_w == in.width && out_h == in.height) {  // cv2.resize copies
+    copy_rgb(src, in.width, in.height, out);
+    return;
+  }
+  const LinearTab tx = cv2_linear_tab(in.width, out_w, true);
+  const LinearTab ty = cv2_linear_tab(in.height, out_h, false);
+  // OpenCV's ring of horizontally resized rows: the rows a destination row needs never go backwards, so two
+  // slots (with the source row each holds) are enough.
+  const size_t row_len = size_t(out_w) * 3;
+  std::vector<int32_t> rows(2 * row_len);
+  int held[2] = {-1, -1};
+  auto row = [&](int sy) -> const int32_t* {
+    for (int k = 0; k < 2; ++k)
+      if (held[k] == sy) return &rows[size_t(k) * row_len];
+    const int k = held[0] < held[1] ? 0 : 1;  // the older (lower) row is not needed any more
+    held[k] = sy;
+    int32_t* d = &rows[size_t(k) * row_len];
+    const uint8_t* s = src.base + size_t(sy) * src.stride;
+    for (int dx = 0; dx < out_w; ++dx) {
+      const uint8_t* p0 = s + size_t(tx.i0[size_t(dx)]) * src.ch;
+      const uint8_t* p1 = s + size_t(tx.i1[size_t(dx)]) * src.ch;
+      const int32_t a0 = tx.w0[size_t(dx)], a1 = tx.w1[size_t(dx)];
+      for (int c = 0; c < 3; ++c) d[dx * 3 + c] = p0[src.map[c]] * a0 + p1[src.map[c]] * a1;
+    }
+    return d;
+  };
+  for (int dy = 0; dy < out_h; ++dy) {
+    const int32_t* s0 = row(ty.i0[size_t(dy)]);
+    const int32_t* s1 = row(ty.i1[size_t(dy)]);
+    const int32_t b0 = ty.w0[size_t(dy)], b1 = ty.w1[size_t(dy)];
+    uint8_t* o = out + size_t(dy) * row_len;
+    // VResizeLinearVec_32s8u: rows >> 4 packed to int16, multiplied keeping the high 16 bits, summed, then
+    // rounded by 2 bits. (The scalar form, (b0*S0 + b1*S1 + 2^21) >> 22, can differ by one level.)
+    for (size_t i = 0; i < row_len; ++i) {
+      const int32_t v = (((b0 * (s0[i] >> 4)) >> 16) + ((b1 * (s1[i] >> 4)) >> 16) + 2) >> 2;
+      o[i] = static_cast<uint8_t>(v < 0 ? 0 : v > 255 ? 255 : v);
     }
   }
 }
 
-void preprocess(const ImageView& in, int size, const float mean[3], const float stdv[3], float* out) {
-  std::vector<uint8_t> rgb(size_t(size) * size * 3);
-  resize_rgb8(in, size, size, rgb.data());
-  normalize_chw(rgb.data(), size, mean, stdv, out);
+int center_crop_offset(int full, int crop) {
+  const int d = full - crop;  // round(d / 2) with ties to even: d = 2k + 1 → k if k is even, else k + 1
+  const int k = d >= 0 ? d / 2 : -((-d + 1) / 2);
+  return (d & 1) ? k + (k & 1) : k;
+}
+
+void normalize_window_chw(const uint8_t* rgb, int width, int left, int top, int size, const float mean[3],
+                          const float stdv[3], float* out) {
+  const size_t plane = size_t(size) * size;
+  for (int y = 0; y < size; ++y) {
+    const uint8_t* row = rgb + (size_t(top + y) * width + size_t(left)) * 3;
+    const size_t o = size_t(y) * size;
+    for (int x = 0; x < size; ++x) {
+      for (int c = 0; c < 3; ++c) {
+        float v = static_cast<float>(row[x * 3 + c]) / 255.0f;
+        out[c * plane + o + size_t(x)] = (v - mean[c]) / stdv[c];
+      }
+    }
+  }
+}
+
+void normalize_chw(const uint8_t* rgb, int size, const float mean[3], const float stdv[3], float* out) {
+  normalize_window_chw(rgb, size, 0, 0, size, mean, stdv, out);
+}
+
+void preprocess(const ImageView& in, const PreprocessSpec& spec, float* out) {
+  const int w = spec.resize_w, h = spec.resize_h;
+  std::vector<uint8_t> rgb(size_t(w) * h * 3);
+  if (spec.resize == ResizeMethod::BilinearCv2) resize_rgb8_cv2(in, w, h, rgb.data());
+  else resize_rgb8(in, w, h, rgb.data());
+  const int left = spec.crop ? center_crop_offset(w, spec.size) : 0;
+  const int top = spec.crop ? center_crop_offset(h, spec.size) : 0;
+  if (left < 0 || top < 0 || left + spec.size > w || top + spec.size > h)  // load_bundle refuses such specs
+    throw Error(FGRESQ_INTERNAL, "preprocess: the crop does not fit inside the resized image");
+  normalize_window_chw(rgb.data(), w, left, top, spec.size, spec.mean, spec.stdv, out);
 }
 
 }  // namespace fgresq::detail

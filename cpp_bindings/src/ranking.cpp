@@ -104,22 +104,34 @@ RankResult rank_features(const CompareHead& head, const float* features, const f
     if (key[x] != key[y]) return key[x] > key[y];
     return static_cast<double>(scores[x]) > static_cast<double>(scores[y]);
   });
-  // Tiers: adjacent images stay together while p_similar (symmetrised) beats both other outcomes.
+  // Tiers (ranking._tiers): adjacent images share a tier when compare would say "similar" for them
+  // (order-symmetrised probabilities, the verdict rule).
   r.tier.assign(n, 0);
   int32_t current = 1;
   for (size_t k = 0; k < n; ++k) {
     const size_t idx = size_t(r.order[k]);
     if (k > 0) {
       const size_t prev = size_t(r.order[k - 1]);
-      double p1[3], p2[3];
-      head.probs(&a[prev * 3], &b[idx * 3], p1);
-      head.probs(&a[idx * 3], &b[prev * 3], p2);
-      const double p_sim = 0.5 * (p1[2] + p2[2]);
-      if (!(p_sim > pref[prev * n + idx] - 0.5 * p_sim && p_sim > pref[idx * n + prev] - 0.5 * p_sim)) ++current;
+      double ahead[3], behind[3], sym[3];
+      head.probs(&a[prev * 3], &b[idx * 3], ahead);
+      head.probs(&a[idx * 3], &b[prev * 3], behind);
+      symmetrise(ahead, behind, sym);
+      if (verdict(sym) != 2) ++current;
     }
     r.tier[idx] = current;
   }
   return r;
+}
+
+void symmetrise(const double fwd[3], const double bwd[3], double out[3]) {
+  out[0] = 0.5 * (fwd[0] + bwd[1]);
+  out[1] = 0.5 * (fwd[1] + bwd[0]);
+  out[2] = 0.5 * (fwd[2] + bwd[2]);
+}
+
+int verdict(const double p[3]) {
+  if (p[2] >= std::max(p[0], p[1]) || std::fabs(p[0] - p[1]) < kTieMargin) return 2;
+  return p[0] > p[1] ? 0 : 1;
 }
 
 }  // namespace fgresq::detail

@@ -20,6 +20,15 @@ struct CompareHead {
   void probs(const double a_first[3], const double b_second[3], double out[3]) const;
 };
 
+// fgresq_sdk/verdict.py: the one rule behind compare's verdict and rank's tiers.
+constexpr double kTieMargin = 0.02;  // |p_first − p_second| below this reads "similar"
+
+// Order-symmetrised probabilities of (A, B) from the raw head probabilities of (A, B) and of (B, A):
+// first = ½(fwd_first + bwd_second), second = ½(fwd_second + bwd_first), similar = ½(fwd_similar + bwd_similar).
+void symmetrise(const double fwd[3], const double bwd[3], double out[3]);
+// 0 = first, 1 = second, 2 = similar: "similar" when p_similar ≥ both others or |p_first − p_second| < kTieMargin.
+int verdict(const double p[3]);
+
 struct RankResult {
   std::vector<int32_t> order;    // input indices, best first
   std::vector<double> strength;  // Bradley–Terry log-strength per input (mean zero)

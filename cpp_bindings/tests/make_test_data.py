@@ -10,9 +10,20 @@ Writes into OUT:
   compare.tsv              a  b  p_first  p_second  p_similar (Scorer.compare)
   heads_compressed.npz     the bundle's heads saved with np.savez_compressed (an error-path test)
   photos/                  PNG/JPEG files in two folders + one broken file, for the CLI test
+  bundle_official/         the same bundle whose model.json declares the official preprocess spec
+                           (docs/preprocess-spec.md: resize bilinear-cv2 256x256, center crop 224)
+  bundle_squash/           the same bundle with the explicit legacy spec (resize bilinear-antialias 224x224)
+  cv2/cases.tsv            name  width  height  channels  expected score (bundle_official's encoder.onnx run by
+                           onnxruntime on the tensors below), for images of many sizes
+  cv2/images/<name>.raw    their pixels (rows packed)
+  cv2/<name>.f32           real OpenCV: cv2.resize(rgb, (256, 256), INTER_LINEAR), center crop 224, /255,
+                           mean/std in numpy (float32 [3,224,224])
+  cv2/resize.tsv           name  width  height: cv2/<name>_<width>x<height>.u8 holds cv2.resize(rgb, (width,
+                           height), INTER_LINEAR) (HWC uint8), the full resize before any crop
 """
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -64,6 +75,106 @@ def cases() -> dict[str, np.ndarray]:
         "astronaut_300x400": resized(astro, 300, 400),
         "chelsea_262x300": resized(photo("chelsea"), 262, 300),
     }
+
+
+OFFICIAL_RESIZE = (256, 256)  # [width, height]
+OFFICIAL_CROP = 224
+
+
+def variant_bundle(src: Path, dst: Path, pre: dict) -> Path:
+    """A copy of bundle `src` whose model.json preprocess (top level and config) is `pre`; the files are
+    unchanged, so their sha256 entries stay valid."""
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+    manifest = json.loads((src / "model.json").read_text())
+    manifest["preprocess"] = pre
+    manifest["config"]["preprocess"] = dict(pre)
+    (dst / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return dst
+
+
+def cv2_cases(imgs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The parity cases plus sizes that stress the OpenCV resize: odd, 1-pixel-wide/-tall, exact 2x up and
+    down (OpenCV switches to INTER_AREA for 2x down), one axis unchanged, large downscales, noise."""
+    rng = np.random.default_rng(1)
+    astro, coffee, chelsea = photo("astronaut"), photo("coffee"), photo("chelsea")
+    gray = photo("camera")
+    noise = lambda h, w, c=3: rng.integers(0, 256, (h, w, c) if c > 1 else (h, w), dtype=np.uint8)  # noqa: E731
+    out = dict(imgs)
+    out.update({
+        "noise_1x1": noise(1, 1),
+        "noise_2x3": noise(3, 2),
+        "noise_3x2": noise(2, 3),
+        "noise_1x37": noise(37, 1),                                   # 1 pixel wide
+        "noise_53x1": noise(1, 53),                                   # 1 pixel tall
+        "astronaut_1x300": np.ascontiguousarray(resized(astro, 1, 300)),
+        "coffee_400x1": np.ascontiguousarray(resized(coffee, 400, 1)),
+        "noise_gray_1x9": noise(9, 1, 1),
+        "noise_257x255": noise(255, 257),                             # odd, down in x, up in y
+        "noise_255x257": noise(257, 255),
+        "noise_gray_33x17": noise(17, 33, 1),
+        "astronaut_512x512": resized(astro, 512, 512),                # exactly 2x down (cv2: INTER_AREA)
+        "noise_512x512": noise(512, 512),
+        "chelsea_128x128": resized(chelsea, 128, 128),                # exactly 2x up
+        "noise_128x128": noise(128, 128),
+        "coffee_256x256": resized(coffee, 256, 256),                  # no resize, crop only
+        "coffee_256x100": resized(coffee, 256, 100),                  # width unchanged, up in y
+        "camera_gray_100x256": resized(gray, 100, 256),               # height unchanged
+        "noise_256x301": noise(301, 256),
+        "chelsea_rgba_97x61": np.concatenate([resized(chelsea, 97, 61), noise(61, 97, 1)[:, :, None]], axis=2),
+        "astronaut_1200x900": resized(astro, 1200, 900),              # large downscale
+        "noise_999x1001": noise(1001, 999),
+        "coffee_259x3": resized(coffee, 259, 3),
+    })
+    return out
+
+
+# Extra resize targets (uint8 only, compared before any crop) for a few cases: odd and tiny outputs.
+CV2_EXTRA_TARGETS = {"noise_257x255": [(13, 7), (255, 257)], "astronaut_512x384": [(13, 7), (1, 1), (300, 1)],
+                     "noise_gray_33x17": [(255, 257), (1, 40)], "chelsea_100x80": [(201, 199)],
+                     "noise_1x37": [(64, 64)], "noise_999x1001": [(333, 334)]}
+
+
+def write_cv2_data(out: Path, bundle: Path, imgs: dict[str, np.ndarray]) -> None:
+    """Expected values for the official spec, from real OpenCV and numpy (not from fgresq_sdk.preprocess)."""
+    d = out / "cv2"
+    shutil.rmtree(d, ignore_errors=True)  # no stale expectations if cv2 is gone
+    import cv2
+    import onnxruntime as ort
+
+    from fgresq_sdk.preprocess import load_image
+
+    pre = json.loads((bundle / "model.json").read_text())["preprocess"]
+    mean, std = np.asarray(pre["mean"], np.float32), np.asarray(pre["std"], np.float32)
+    (d / "images").mkdir(parents=True)
+    names, tensors, rows, extra = [], [], [], []
+    for name, arr in cv2_cases(imgs).items():
+        rgb = np.ascontiguousarray(np.asarray(load_image(arr)))  # decoded RGB: gray replicated, alpha dropped
+        targets = [OFFICIAL_RESIZE] + CV2_EXTRA_TARGETS.get(name, [])
+        for w, h in targets:
+            u8 = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR)
+            assert u8.shape == (h, w, 3) and u8.dtype == np.uint8, (name, u8.shape)
+            (d / f"{name}_{w}x{h}.u8").write_bytes(u8.tobytes())
+            extra.append(f"{name}\t{w}\t{h}\n")
+        u8 = cv2.resize(rgb, OFFICIAL_RESIZE, interpolation=cv2.INTER_LINEAR)
+        top = int(round((u8.shape[0] - OFFICIAL_CROP) / 2.0))  # torchvision CenterCrop
+        left = int(round((u8.shape[1] - OFFICIAL_CROP) / 2.0))
+        crop = u8[top:top + OFFICIAL_CROP, left:left + OFFICIAL_CROP]
+        x = ((crop.astype(np.float32) / np.float32(255.0) - mean) / std).transpose(2, 0, 1)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        (d / f"{name}.f32").write_bytes(x.astype("<f4").tobytes())
+        (d / "images" / f"{name}.raw").write_bytes(np.ascontiguousarray(arr).tobytes())
+        ch = 1 if arr.ndim == 2 else arr.shape[2]
+        names.append(name)
+        tensors.append(x)
+        rows.append((name, arr.shape[1], arr.shape[0], ch))
+    session = ort.InferenceSession(str(bundle / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    _, scores = session.run(None, {session.get_inputs()[0].name: np.stack(tensors)})
+    with open(d / "cases.tsv", "w") as f:
+        for (name, w, h, ch), s in zip(rows, scores):
+            f.write(f"{name}\t{w}\t{h}\t{ch}\t{float(s)!r}\n")
+    (d / "resize.tsv").write_text("".join(extra))
+    print(f"cv2 {cv2.__version__}: {len(rows)} images, {len(extra)} resizes")
 
 
 def main() -> int:
@@ -121,6 +232,20 @@ def main() -> int:
     Image.fromarray(imgs["chelsea_100x80"]).save(photos / "scene_b" / "chelsea.jpg", quality=92)
     Image.fromarray(imgs["coffee_224x500"]).save(photos / "scene_b" / "coffee.jpg", quality=90)
     (photos / "scene_b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png")
+
+    # The official preprocess spec (import-official's default) and the explicit legacy one, on the same model.
+    base = {k: v for k, v in pre_cfg.items() if k in ("size", "mean", "std")}
+    official = variant_bundle(bundle, out / "bundle_official", {
+        "size": OFFICIAL_CROP, "resize": {"method": "bilinear-cv2", "size": list(OFFICIAL_RESIZE)},
+        "crop": {"method": "center", "size": [OFFICIAL_CROP, OFFICIAL_CROP]}, "mean": base["mean"], "std": base["std"]})
+    variant_bundle(bundle, out / "bundle_squash", {
+        "size": size, "resize": {"method": "bilinear-antialias", "size": [size, size]},
+        "mean": base["mean"], "std": base["std"]})
+    try:
+        write_cv2_data(out, official, imgs)
+    except ImportError as exc:  # the other tests still get their data; preprocess_cv2 fails and says why
+        print(f"make_test_data: no OpenCV ({exc}): the preprocess_cv2 test will fail "
+              "(pip install opencv-python-headless, part of the dev extra)", file=sys.stderr)
     print(f"test data in {out} ({time.time() - t0:.1f} s)")
     return 0
 

@@ -68,6 +68,11 @@ static std::string with_field(const std::string& text, const std::string& role, 
   return out;
 }
 
+// model.json text with `keys` (JSON members, comma-separated) added to the top-level "preprocess" object.
+static std::string with_pre(const std::string& text, const std::string& keys) {
+  return replaced(text, "\"size\": 224,", "\"size\": 224, " + keys + ",", "\n  \"preprocess\"");
+}
+
 // A fresh copy of the bundle in work/<name> whose model.json is `manifest`.
 static fs::path variant(const fs::path& bundle, const fs::path& work, const std::string& name,
                         const std::string& manifest) {
@@ -231,6 +236,46 @@ int main(int argc, char** argv) {
          ms + "preprocess.std must be positive", nullptr},
         {"precision_number", replaced(text, "\"precision\": \"fp32\"", "\"precision\": 32"), FGRESQ_CORRUPTED,
          ms + "precision must be a string", nullptr},
+        // The preprocess spec (docs/preprocess-spec.md): unknown methods are UNSUPPORTED, bad shapes CORRUPTED.
+        {"resize_lanczos", with_pre(text, R"("resize": {"method": "lanczos", "size": [224, 224]})"), FGRESQ_UNSUPPORTED,
+         ms + "preprocess.resize.method \"lanczos\" is unknown to this SDK (known: bilinear-antialias, bilinear-cv2)",
+         nullptr},
+        {"crop_random", with_pre(text, R"("resize": {"method": "bilinear-cv2", "size": [256, 256]}, "crop": {"method": "random", "size": [224, 224]})"),
+         FGRESQ_UNSUPPORTED, ms + "preprocess.crop.method \"random\" is unknown to this SDK (known: center)", nullptr},
+        {"crop_too_large", with_pre(text, R"("resize": {"method": "bilinear-cv2", "size": [256, 200]}, "crop": {"method": "center", "size": [224, 224]})"),
+         FGRESQ_CORRUPTED, ms + "preprocess.crop.size [224, 224] does not fit inside preprocess.resize.size [256, 200]",
+         nullptr},
+        {"crop_not_size", with_pre(text, R"("resize": {"method": "bilinear-cv2", "size": [256, 256]}, "crop": {"method": "center", "size": [200, 224]})"),
+         FGRESQ_CORRUPTED, ms + "preprocess.crop.size [200, 224] must be [224, 224] (preprocess.size)", nullptr},
+        {"crop_without_resize", with_pre(text, R"("crop": {"method": "center", "size": [224, 224]})"), FGRESQ_CORRUPTED,
+         ms + "preprocess.crop needs a preprocess.resize", nullptr},
+        {"resize_not_size", with_pre(text, R"("resize": {"method": "bilinear-cv2", "size": [256, 256]})"),
+         FGRESQ_CORRUPTED, ms + "preprocess.resize.size [256, 256] must be [224, 224] (preprocess.size, when there is no crop)",
+         nullptr},
+        {"resize_not_object", with_pre(text, R"("resize": "bilinear-cv2")"), FGRESQ_CORRUPTED,
+         ms + "preprocess.resize must be an object {\"method\": ..., \"size\": [width, height]} (got \"bilinear-cv2\")",
+         nullptr},
+        {"resize_method_missing", with_pre(text, R"("resize": {"size": [224, 224]})"), FGRESQ_CORRUPTED,
+         ms + "preprocess.resize.method must be a string (got null)", nullptr},
+        {"resize_size_float", with_pre(text, R"("resize": {"method": "bilinear-cv2", "size": [224.0, 224]})"),
+         FGRESQ_CORRUPTED, ms + "preprocess.resize.size must be [width, height], two positive integers (got [224.0, 224])",
+         nullptr},
+        {"resize_size_bool", with_pre(text, R"("resize": {"method": "bilinear-cv2", "size": [224, true]})"),
+         FGRESQ_CORRUPTED, ms + "preprocess.resize.size must be [width, height], two positive integers (got [224, true])",
+         nullptr},
+        {"resize_method_number", with_pre(text, R"("resize": {"method": 3, "size": [224, 224]})"), FGRESQ_CORRUPTED,
+         ms + "preprocess.resize.method must be a string (got 3)", nullptr},
+        {"resize_size_one", with_pre(text, R"("resize": {"method": "bilinear-cv2", "size": [224]})"), FGRESQ_CORRUPTED,
+         ms + "preprocess.resize.size must be [width, height], two positive integers", nullptr},
+        {"resize_size_zero", with_pre(text, R"("resize": {"method": "bilinear-cv2", "size": [0, 224]})"),
+         FGRESQ_CORRUPTED, ms + "preprocess.resize.size must be [width, height], two positive integers", nullptr},
+        {"crop_size_missing", with_pre(text, R"("resize": {"method": "bilinear-cv2", "size": [256, 256]}, "crop": {"method": "center"})"),
+         FGRESQ_CORRUPTED, ms + "preprocess.crop.size must be [width, height], two positive integers (got null)", nullptr},
+        {"resize_huge", with_pre(text, R"("resize": {"method": "bilinear-cv2", "size": [100000, 256]})"),
+         FGRESQ_UNSUPPORTED, ms + "preprocess.resize.size [100000, 256] is larger than this library supports (8192)",
+         nullptr},
+        {"resize_method_newline", with_pre(text, R"("resize": {"method": "lan\nczos", "size": [224, 224]})"),
+         FGRESQ_UNSUPPORTED, ms + "preprocess.resize.method \"lan\\nczos\" is unknown", nullptr},
     };
     for (const ManifestCase& c : cases) {
       fs::path b = variant(bundle, work, c.name, c.manifest);

@@ -125,6 +125,21 @@ int main(int argc, char** argv) {
     CHECK(std::fabs(p[0] + p[1] + p[2] - 1.0) < 1e-12);
   }
 
+  // Order-symmetrised, as Scorer.compare: swapping the images swaps p_first and p_second exactly, and an image
+  // against itself is a tie with the verdict "similar".
+  {
+    const size_t f = size_t(fgresq_feature_size(m));
+    double ab[3], ba[3], aa[3];
+    CHECK(fgresq_compare_features(m, &feats[0], &feats[f], ab) == FGRESQ_OK);
+    CHECK(fgresq_compare_features(m, &feats[f], &feats[0], ba) == FGRESQ_OK);
+    CHECK(ab[0] == ba[1] && ab[1] == ba[0] && ab[2] == ba[2]);
+    CHECK(fgresq_compare_features(m, &feats[2 * f], &feats[2 * f], aa) == FGRESQ_OK);
+    CHECK(aa[0] == aa[1]);
+    double p01[3];
+    CHECK(fgresq_compare(m, &images[0], &images[1], p01) == FGRESQ_OK);
+    for (int r = 0; r < 3; ++r) CHECK(std::fabs(p01[r] - ab[r]) <= 1e-6);
+  }
+
   // The C++ wrapper gives the same answers.
   try {
     fgresq::Model model(dir + "/bundle");

@@ -1,4 +1,5 @@
-// Unit tests of the internals that need no model: SHA-256, JSON, .npz/.npy reader, resampling, ranking.
+// Unit tests of the internals that need no model: SHA-256, JSON, .npz/.npy reader, resampling (Pillow and
+// OpenCV), center crop, ranking.
 #include <cstring>
 
 #include "error.hpp"
@@ -185,6 +186,71 @@ static void test_resample() {
   CHECK(msg == "image 3: image has zero width or height (5x0)");
 }
 
+static void test_resample_cv2() {
+  // Two pixels 0 and 255 → one: weights 1024/1024, rounded by OpenCV's vector path to 128.
+  uint8_t two[6] = {0, 0, 0, 255, 255, 255};
+  uint8_t out[3];
+  resize_rgb8_cv2(ImageView{two, 2, 1, 6, 3}, 1, 1, out);
+  CHECK(out[0] == 128 && out[1] == 128 && out[2] == 128);
+  // 5x4 → 3x7 (down in x, up in y), as cv2.resize(a, (3, 7), interpolation=cv2.INTER_LINEAR) gives it
+  // (OpenCV 4.10 and 5.0). OpenCV's scalar rounding, (b0*S0 + b1*S1 + 2^21) >> 22, differs in 8 of these.
+  const uint8_t a[60] = {139, 74,  229, 241, 169, 65,  6,   160, 149, 106, 38,  175, 188, 205, 175,
+                         229, 98,  249, 10,  148, 95,  86,  147, 198, 66,  39,  106, 213, 171, 45,
+                         167, 57,  69,  81,  55,  14,  153, 178, 215, 76,  52,  39,  250, 72,  215,
+                         50,  161, 223, 112, 172, 161, 233, 38,  17,  89,  1,   221, 6,   242, 127};
+  const uint8_t want[63] = {173, 106, 174, 6,   160, 149, 160, 149, 175, 167, 109, 183, 34,  155, 166, 162,
+                            141, 136, 157, 114, 196, 80,  148, 194, 164, 128, 73,  147, 85,  124, 120, 163,
+                            207, 178, 96,  111, 133, 64,  61,  159, 168, 201, 181, 72,  156, 95,  126, 148,
+                            204, 88,  87,  90,  127, 158, 71,  165, 202, 233, 38,  17,  33,  161, 158};
+  uint8_t got[63];
+  resize_rgb8_cv2(ImageView{a, 5, 4, 15, 3}, 3, 7, got);
+  int differ = 0;
+  for (int i = 0; i < 63; ++i) differ += got[i] != want[i];
+  CHECK_MSG(differ == 0, "%d of 63 values differ from cv2", differ);
+  // Constant images stay constant (gray, RGBA with alpha ignored, 1-pixel-wide and -tall), same size copies.
+  std::vector<uint8_t> gray(37 * 11, 77), o(256 * 256 * 3);
+  for (auto [w, h] : {std::pair{37, 11}, std::pair{1, 11}, std::pair{37, 1}, std::pair{1, 1}}) {
+    resize_rgb8_cv2(ImageView{gray.data(), w, h, size_t(w), 1}, 256, 256, o.data());
+    bool constant = true;
+    for (uint8_t x : o) constant &= x == 77;
+    CHECK_MSG(constant, "%dx%d gray", w, h);
+  }
+  std::vector<uint8_t> rgba(13 * 29 * 4);
+  for (size_t i = 0; i < rgba.size(); ++i) rgba[i] = (i % 4 == 3) ? uint8_t(i * 31) : uint8_t(10 + i % 4);
+  resize_rgb8_cv2(ImageView{rgba.data(), 13, 29, 13 * 4, 4}, 256, 256, o.data());
+  bool mapped = true;
+  for (size_t i = 0; i < o.size(); ++i) mapped &= o[i] == uint8_t(10 + i % 3);
+  CHECK(mapped);
+  std::vector<uint8_t> src(5 * 4 * 3);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = uint8_t(i * 7);
+  std::vector<uint8_t> same(src.size());
+  resize_rgb8_cv2(ImageView{src.data(), 5, 4, 15, 3}, 5, 4, same.data());
+  CHECK(same == src);
+  // torchvision CenterCrop: int(round((full - crop) / 2)), ties to even.
+  CHECK(center_crop_offset(256, 224) == 16);
+  CHECK(center_crop_offset(257, 224) == 16);  // 16.5
+  CHECK(center_crop_offset(259, 224) == 18);  // 17.5
+  CHECK(center_crop_offset(225, 224) == 0);   // 0.5
+  CHECK(center_crop_offset(227, 224) == 2);   // 1.5
+  CHECK(center_crop_offset(224, 224) == 0);
+  // The spec end to end: a 3x3 crop of a 5x4 image resized to 5x4 (no-op) is the centre window.
+  PreprocessSpec spec;
+  spec.size = 3;
+  spec.resize = ResizeMethod::BilinearCv2;
+  spec.resize_w = 5;
+  spec.resize_h = 4;
+  spec.crop = true;
+  for (float& m : spec.mean) m = 0.0f;
+  for (float& sd : spec.stdv) sd = 1.0f;
+  float t[27];
+  preprocess(ImageView{src.data(), 5, 4, 15, 3}, spec, t);
+  bool window = true;  // left = round(1) = 1, top = round(0.5) = 0
+  for (int c = 0; c < 3; ++c)
+    for (int y = 0; y < 3; ++y)
+      for (int x = 0; x < 3; ++x) window &= t[c * 9 + y * 3 + x] == float(src[size_t(y * 5 + x + 1) * 3 + c]) / 255.0f;
+  CHECK(window);
+}
+
 static void test_ranking() {
   CHECK(bradley_terry({0.5}, 1) == std::vector<double>{0.0});
   // Two items, i beats j with preference 0.8: strengths are symmetric around zero and ordered.
@@ -206,6 +272,14 @@ static void test_ranking() {
   h.terms(f.data(), a, b);
   h.probs(a, b, p);
   CHECK(std::fabs(p[0] + p[1] + p[2] - 1.0) < 1e-15);
+  // The verdict rule (fgresq_sdk.verdict) and the order symmetrisation.
+  const double first[3] = {0.6, 0.3, 0.1}, coin[3] = {0.45, 0.44, 0.11}, sim[3] = {0.3, 0.3, 0.4};
+  CHECK(verdict(first) == 0 && verdict(coin) == 2 && verdict(sim) == 2);
+  const double second[3] = {0.2, 0.5, 0.3};
+  CHECK(verdict(second) == 1);
+  double s[3];
+  symmetrise(first, second, s);  // first = ½(0.6 + 0.5), second = ½(0.3 + 0.2), similar = ½(0.1 + 0.3)
+  CHECK(std::fabs(s[0] - 0.55) < 1e-15 && std::fabs(s[1] - 0.25) < 1e-15 && std::fabs(s[2] - 0.2) < 1e-15);
 }
 
 int main() {
@@ -213,6 +287,7 @@ int main() {
   test_json();
   test_npz();
   test_resample();
+  test_resample_cv2();
   test_ranking();
   return testing::finish("test_units");
 }
