@@ -1,7 +1,7 @@
 // fgresq-cli: score, compare and rank images with an FGResQ bundle from C++ (example of the C API).
 //
 //   fgresq-cli score FILES... --model BUNDLE [--format json|csv] [--batch-size N] [--threads N]
-//   fgresq-cli compare A B --model BUNDLE [--format json|csv]
+//   fgresq-cli compare A B --model BUNDLE [--raw] [--format json|csv]
 //   fgresq-cli rank DIR --model BUNDLE [--recursive] [--group-by none|parent] [--top K] [--format json|csv]
 //   fgresq-cli info --model BUNDLE
 //
@@ -157,7 +157,7 @@ std::string json_str(const std::string& s) {
 
 // A JSON value rendered like json.dumps(indent=2).
 struct J {
-  enum Kind { Str, Num, Int, Arr, Obj } kind = Obj;
+  enum Kind { Str, Num, Int, Arr, Obj, Null } kind = Obj;
   std::string s;
   double d = 0;
   long long i = 0;
@@ -168,6 +168,8 @@ struct J {
   static J integer(long long v) { J j; j.kind = Int; j.i = v; return j; }
   static J array() { J j; j.kind = Arr; return j; }
   static J object() { return J(); }
+  static J null() { J j; j.kind = Null; return j; }
+  static J num_or_null(double v) { return std::isnan(v) ? null() : num(v); }  // json.dumps(None) for a missing value
   J& add(const std::string& k, J v) { obj.emplace_back(k, std::move(v)); return *this; }
   void render(std::string& out, int indent) const {
     const std::string pad(size_t(indent + 2), ' '), close(size_t(indent), ' ');
@@ -175,6 +177,7 @@ struct J {
       case Str: out += json_str(s); return;
       case Num: out += py_float(d); return;
       case Int: out += std::to_string(i); return;
+      case Null: out += "null"; return;
       case Arr:
         if (arr.empty()) { out += "[]"; return; }
         out += "[\n";
@@ -207,7 +210,8 @@ void emit_json(const J& j) {
   std::fflush(stdout);
 }
 
-// csv.writer: quote fields holding a comma, quote or line break; floats with 6 decimals.
+// csv.writer: quote fields holding a comma, quote or line break; floats with 6 decimals, a missing value (NaN)
+// as an empty field (output.emit_csv).
 std::string csv_field(const std::string& s) {
   if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
   std::string out = "\"";
@@ -215,6 +219,7 @@ std::string csv_field(const std::string& s) {
   return out + "\"";
 }
 std::string csv_float(double v) {
+  if (std::isnan(v)) return "";
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.6f", v);
   return buf;
@@ -348,13 +353,14 @@ struct Args {
   int threads = 0;
   int top = 0;
   bool recursive = false;
+  bool raw = false;
 };
 
 [[noreturn]] void usage(const std::string& why = "") {
   if (!why.empty()) std::fprintf(stderr, "error: %s\n", why.c_str());
   std::fprintf(stderr,
                "usage: fgresq-cli score FILES... --model BUNDLE [--format json|csv] [--batch-size N] [--threads N]\n"
-               "       fgresq-cli compare A B --model BUNDLE [--format json|csv]\n"
+               "       fgresq-cli compare A B --model BUNDLE [--raw] [--format json|csv]\n"
                "       fgresq-cli rank DIR --model BUNDLE [--recursive] [--group-by none|parent] [--top K]\n"
                "                  [--format json|csv] [--batch-size N] [--threads N]\n"
                "       fgresq-cli info --model BUNDLE\n");
@@ -404,6 +410,7 @@ Args parse_args(int argc, char** argv) {
     else if (s == "--top") a.top = to_int(s, next(), 1);
     else if (s == "--group-by") a.group_by = next();
     else if (s == "--recursive" || s == "-r") a.recursive = true;
+    else if (s == "--raw" && a.command == "compare" && !has_value) a.raw = true;
     else if (s == "--help" || s == "-h") usage();
     else usage("no such option: " + s);
   }
@@ -500,8 +507,11 @@ int cmd_compare(const Args& a) {
   }
   fgresq_image x{img[0].pixels.data(), img[0].width, img[0].height, 0, img[0].channels};
   fgresq_image y{img[1].pixels.data(), img[1].width, img[1].height, 0, img[1].channels};
+  // Default: both orders averaged (swapping the images swaps the answer); --raw: the head on (A, B) only,
+  // exactly as the authors' predict_pair (the Python CLI's `compare --raw`).
   double p[3];
-  if (fgresq_compare(m, &x, &y, p) != FGRESQ_OK) fail(fgresq_last_error());
+  if ((a.raw ? fgresq_compare_raw(m, &x, &y, p) : fgresq_compare(m, &x, &y, p)) != FGRESQ_OK)
+    fail(fgresq_last_error());
   static const char* verdicts[3] = {"first", "second", "similar"};
   // fgresq_sdk.verdict: "similar" when it is the most likely outcome or neither image is preferred by 0.02.
   const int best = (p[2] >= std::max(p[0], p[1]) || std::fabs(p[0] - p[1]) < 0.02) ? 2 : p[0] > p[1] ? 0 : 1;
@@ -587,7 +597,7 @@ int cmd_rank(const Args& a) {
       const size_t k = size_t(order[pos]);
       const std::string path = display(w.files[encs[k]->index]);
       ranking.arr.push_back(J::object().add("rank", J::integer(static_cast<long long>(pos + 1))).add("path", J::str(path))
-                                .add("score", J::num(scores[k])).add("win_rate", J::num(win[k]))
+                                .add("score", J::num(scores[k])).add("win_rate", J::num_or_null(win[k]))
                                 .add("strength", J::num(strength[k])).add("tier", J::integer(tier[k])));
       rows.push_back({g.first, std::to_string(pos + 1), path, csv_float(scores[k]), csv_float(win[k]), std::to_string(tier[k])});
     }

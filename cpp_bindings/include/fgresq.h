@@ -76,7 +76,7 @@ typedef struct fgresq_image {
 
 typedef struct fgresq_model fgresq_model; /* opaque */
 
-/* Index order of fgresq_compare()'s probabilities. */
+/* Index order of fgresq_compare()'s (and fgresq_compare_raw()'s) probabilities. */
 enum { FGRESQ_FIRST_BETTER = 0, FGRESQ_SECOND_BETTER = 1, FGRESQ_SIMILAR = 2 };
 
 FGRESQ_API const char* fgresq_version(void);
@@ -106,12 +106,22 @@ FGRESQ_API fgresq_status fgresq_score(fgresq_model* model, const fgresq_image* i
  * the first two probabilities exactly. */
 FGRESQ_API fgresq_status fgresq_compare(fgresq_model* model, const fgresq_image* a, const fgresq_image* b,
                                         double probs_out[3]);
+/* The single forward order: the head on (a, b) only, softmax in (first better, second better, similar) order,
+ * exactly as the authors' release `predict_pair` computes it (Scorer.compare(a, b, raw=True), CLI
+ * `compare --raw`). Swapping a and b does not in general swap the answer, and an image against itself need
+ * not be a tie: the head is not antisymmetric. */
+FGRESQ_API fgresq_status fgresq_compare_raw(fgresq_model* model, const fgresq_image* a, const fgresq_image* b,
+                                            double probs_out[3]);
 
 /* Rank n images best first: n encoder passes, then all n² pairs from the features.
  * order_out[k] is the input index at rank k (required). Optional (may be NULL), indexed by input:
- * scores_out (regression score), win_rate_out (mean symmetrised preference over the others),
+ * scores_out (regression score), win_rate_out (mean symmetrised preference over the others; NaN when
+ * n == 1: a single image has no others to win against, as the Python SDK; test it with isnan()),
  * tier_out (1 = best similar-quality tier: adjacent images share one when compare's verdict would be
- * "similar", i.e. p_similar is the most likely outcome or |p_first - p_second| < 0.02). */
+ * "similar", i.e. p_similar is the most likely outcome or |p_first - p_second| < 0.02).
+ * Strengths come from a Bradley–Terry fit on the soft-win totals by Newton's method (the Python SDK's
+ * fgresq_sdk/ranking.py): ~10 steps whatever n; memory about 2·n² bytes (a float32 triangle of pair
+ * curvatures) plus O(n); time O(n²) per step. */
 FGRESQ_API fgresq_status fgresq_rank(fgresq_model* model, const fgresq_image* images, size_t n, int32_t* order_out,
                                      float* scores_out, double* win_rate_out, int32_t* tier_out);
 
@@ -122,8 +132,11 @@ FGRESQ_API fgresq_status fgresq_encode(fgresq_model* model, const fgresq_image* 
 /* Compare two encoded images (fgresq_feature_size() floats each), order-symmetrised as fgresq_compare. */
 FGRESQ_API fgresq_status fgresq_compare_features(fgresq_model* model, const float* features_a,
                                                  const float* features_b, double probs_out[3]);
-/* Rank from encoded images. scores (n floats) break ties in strength. strength_out: Bradley–Terry
- * log-strength (mean zero). All outputs except order_out may be NULL. */
+/* The same, single forward order (a first) as fgresq_compare_raw. */
+FGRESQ_API fgresq_status fgresq_compare_features_raw(fgresq_model* model, const float* features_a,
+                                                     const float* features_b, double probs_out[3]);
+/* Rank from encoded images, as fgresq_rank (win rate NaN when n == 1). scores (n floats) break ties in
+ * strength. strength_out: Bradley–Terry log-strength (mean zero). All outputs except order_out may be NULL. */
 FGRESQ_API fgresq_status fgresq_rank_features(fgresq_model* model, const float* features, const float* scores,
                                               size_t n, int32_t* order_out, double* win_rate_out, int32_t* tier_out,
                                               double* strength_out);

@@ -43,12 +43,13 @@ struct Options {
 
 struct Comparison {
   double p_first_better = 0, p_second_better = 0, p_similar = 0;
+  bool raw = false;  // true: the single forward order (a, b), as the authors' predict_pair
 };
 
 struct RankEntry {
   int index = 0;  // into the images passed to rank()
   float score = 0;
-  double win_rate = 0;
+  double win_rate = 0;  // NaN when only one image was ranked
   double strength = 0;
   int tier = 0;
 };
@@ -79,10 +80,20 @@ class Model {
   }
   float score(const fgresq_image& image) const { return score(std::vector<fgresq_image>{image})[0]; }
 
-  Comparison compare(const fgresq_image& a, const fgresq_image& b) const {
+  // Order-symmetrised by default (compare(b, a) mirrors compare(a, b)); raw: the head on (a, b) only, as the
+  // authors' predict_pair (Python: Scorer.compare(a, b, raw=True)).
+  Comparison compare(const fgresq_image& a, const fgresq_image& b, bool raw = false) const {
     double p[3];
-    check(fgresq_compare(handle_.get(), &a, &b, p));
-    return Comparison{p[0], p[1], p[2]};
+    check(raw ? fgresq_compare_raw(handle_.get(), &a, &b, p) : fgresq_compare(handle_.get(), &a, &b, p));
+    return Comparison{p[0], p[1], p[2], raw};
+  }
+
+  // compare() on encoded images (feature_size() floats each, from encode()).
+  Comparison compare_features(const float* features_a, const float* features_b, bool raw = false) const {
+    double p[3];
+    check(raw ? fgresq_compare_features_raw(handle_.get(), features_a, features_b, p)
+              : fgresq_compare_features(handle_.get(), features_a, features_b, p));
+    return Comparison{p[0], p[1], p[2], raw};
   }
 
   // Features (n × feature_size()) and scores, for rank_features()/compare_features() later.

@@ -98,14 +98,44 @@ void encode_images(const fgresq_model* m, const fgresq_image* images, size_t n, 
   }
 }
 
-// Scorer.compare: the head on (a, b) and on (b, a), order-symmetrised (fgresq_sdk.verdict.symmetrise).
-void compare_pair(const fgresq::detail::CompareHead& head, const float* fa, const float* fb, double out[3]) {
+// Scorer.compare: the head on (a, b) and on (b, a), order-symmetrised (fgresq_sdk.verdict.symmetrise); with
+// raw, the head on (a, b) only (Scorer.compare(raw=True), the authors' predict_pair).
+void compare_pair(const fgresq::detail::CompareHead& head, const float* fa, const float* fb, bool raw, double out[3]) {
   double a_first[3], a_second[3], b_first[3], b_second[3], fwd[3], bwd[3];
   head.terms(fa, a_first, a_second);
   head.terms(fb, b_first, b_second);
-  head.probs(a_first, b_second, fwd);
+  head.probs(a_first, b_second, raw ? out : fwd);
+  if (raw) return;
   head.probs(b_first, a_second, bwd);
   fgresq::detail::symmetrise(fwd, bwd, out);
+}
+
+fgresq_status compare_features(fgresq_model* model, const float* features_a, const float* features_b, bool raw,
+                               double probs_out[3]) {
+  return guarded([&] {
+    need(model, "model");
+    need(features_a, "features_a");
+    need(features_b, "features_b");
+    need(probs_out, "probs_out");
+    compare_pair(model->head, features_a, features_b, raw, probs_out);
+  });
+}
+
+fgresq_status compare_images(fgresq_model* model, const fgresq_image* a, const fgresq_image* b, bool raw,
+                             double probs_out[3]) {
+  return guarded([&] {
+    need(model, "model");
+    need(a, "image a");
+    need(b, "image b");
+    need(probs_out, "probs_out");
+    fgresq::detail::check_image(a, "image a");
+    fgresq::detail::check_image(b, "image b");
+    const fgresq_image pair[2] = {*a, *b};
+    const size_t f = size_t(model->head.feature_size);
+    std::vector<float> q(2 * f);
+    encode_images(model, pair, 2, q.data(), nullptr);
+    compare_pair(model->head, q.data(), q.data() + f, raw, probs_out);
+  });
 }
 
 }  // namespace
@@ -222,30 +252,22 @@ fgresq_status fgresq_score(fgresq_model* model, const fgresq_image* images, size
 
 fgresq_status fgresq_compare_features(fgresq_model* model, const float* features_a, const float* features_b,
                                       double probs_out[3]) {
-  return guarded([&] {
-    need(model, "model");
-    need(features_a, "features_a");
-    need(features_b, "features_b");
-    need(probs_out, "probs_out");
-    compare_pair(model->head, features_a, features_b, probs_out);
-  });
+  return compare_features(model, features_a, features_b, false, probs_out);
+}
+
+fgresq_status fgresq_compare_features_raw(fgresq_model* model, const float* features_a, const float* features_b,
+                                          double probs_out[3]) {
+  return compare_features(model, features_a, features_b, true, probs_out);
 }
 
 fgresq_status fgresq_compare(fgresq_model* model, const fgresq_image* a, const fgresq_image* b,
                              double probs_out[3]) {
-  return guarded([&] {
-    need(model, "model");
-    need(a, "image a");
-    need(b, "image b");
-    need(probs_out, "probs_out");
-    fgresq::detail::check_image(a, "image a");
-    fgresq::detail::check_image(b, "image b");
-    const fgresq_image pair[2] = {*a, *b};
-    const size_t f = size_t(model->head.feature_size);
-    std::vector<float> q(2 * f);
-    encode_images(model, pair, 2, q.data(), nullptr);
-    compare_pair(model->head, q.data(), q.data() + f, probs_out);
-  });
+  return compare_images(model, a, b, false, probs_out);
+}
+
+fgresq_status fgresq_compare_raw(fgresq_model* model, const fgresq_image* a, const fgresq_image* b,
+                                 double probs_out[3]) {
+  return compare_images(model, a, b, true, probs_out);
 }
 
 fgresq_status fgresq_rank_features(fgresq_model* model, const float* features, const float* scores, size_t n,

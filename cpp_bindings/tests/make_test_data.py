@@ -7,7 +7,10 @@ Writes into OUT:
   pre/<name>.u8            PIL's bilinear resize to S×S of the RGB image (S·S·3 bytes, HWC)
   pre/<name>.f32           the normalised model input from fgresq_sdk.preprocess (float32 [3,S,S])
   rank.tsv                 rank  index  score  win_rate  tier  strength (Scorer.rank on all cases)
-  compare.tsv              a  b  p_first  p_second  p_similar (Scorer.compare)
+  compare.tsv              a  b  p_first  p_second  p_similar (Scorer.compare: order-symmetrised)
+  compare_raw.tsv          the same pairs, Scorer.compare(raw=True): the head on (a, b) only
+  rank_features/           a larger ranking from features alone: feats.f32 (N × F float32), scores.f32 (N),
+                           rank.tsv as above (Scorer.rank_features: blockwise soft wins + Newton fit)
   heads_compressed.npz     the bundle's heads saved with np.savez_compressed (an error-path test)
   photos/                  PNG/JPEG files in two folders + one broken file, for the CLI test
   bundle_official/         the same bundle whose model.json declares the official preprocess spec
@@ -20,11 +23,21 @@ Writes into OUT:
                            mean/std in numpy (float32 [3,224,224])
   cv2/resize.tsv           name  width  height: cv2/<name>_<width>x<height>.u8 holds cv2.resize(rgb, (width,
                            height), INTER_LINEAR) (HWC uint8), the full resize before any crop
+  release/                 release parity, against the INDEPENDENT reference of tests/official_format.py (not
+                           the SDK's model code): FGResQ.pth in the authors' released format (official_state,
+                           TINY towers), bundle/ = `fgresq-sdk import-official FGResQ.pth --config fgresq-vit-tiny`
+                           (defaults = the current release: cv2 resize 256 + center crop 224, sigmoid(0.3·head)),
+                           photos/<name>.png, images/<name>.raw (the PNG as cv2.imread decodes it, RGB rows
+                           packed), cases.tsv (name width height 3 reference score), compare_raw.tsv (a b p_first
+                           p_second p_similar = reference_compare, the release's predict_pair) and compare.tsv
+                           (the same pairs order-symmetrised from the two reference forwards). When it cannot be
+                           built (no transformers/OpenCV), release/why.txt says why and the release test fails.
 """
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -177,6 +190,103 @@ def write_cv2_data(out: Path, bundle: Path, imgs: dict[str, np.ndarray]) -> None
     print(f"cv2 {cv2.__version__}: {len(rows)} images, {len(extra)} resizes")
 
 
+RELEASE_SEED = 21
+RELEASE_PAIRS = ((0, 1), (1, 0), (2, 5), (5, 2), (3, 4), (4, 4))
+
+
+def release_photos(root: Path) -> list[Path]:
+    """Real photos as PNG at assorted sizes (PNG: every decoder gives the same pixels): RGB down- and upscales,
+    exactly 2x down (cv2: INTER_AREA path), no resize (crop only), gray, RGBA (alpha dropped)."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    astro, coffee, chelsea, rocket, camera = (photo(n) for n in ("astronaut", "coffee", "chelsea", "rocket", "camera"))
+    rgba = np.concatenate([resized(chelsea, 333, 250), rng.integers(0, 256, (250, 333, 1), dtype=np.uint8)], axis=2)
+    arrays = {"astronaut_512x384": resized(astro, 512, 384), "coffee_300x200": resized(coffee, 300, 200),
+              "chelsea_100x80": resized(chelsea, 100, 80), "rocket_512x512": resized(rocket, 512, 512),
+              "coffee_256x256": resized(coffee, 256, 256), "camera_gray_401x299": resized(camera, 401, 299),
+              "chelsea_rgba_333x250": rgba}
+    paths = []
+    for name, arr in arrays.items():
+        paths.append(root / f"{name}.png")
+        Image.fromarray(arr).save(paths[-1])
+    return paths
+
+
+def write_release_data(out: Path) -> None:
+    """The release parity data (see the module docstring): the C++ library against the reference forward."""
+    d = out / "release"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir()
+    try:
+        import cv2
+        import torch
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+        from official_format import (RELEASE_SCORE_SCALE, TINY, official_state, reference_compare,
+                                     reference_forward, release_preprocess)
+    except ImportError as exc:
+        (d / "why.txt").write_text(f"no release data: {exc} (pip install -e '.[dev]': transformers, opencv)\n")
+        print(f"make_test_data: no release data ({exc}): the release test will fail", file=sys.stderr)
+        return
+    sd, img, deg = official_state(TINY, seed=RELEASE_SEED)
+    ckpt = d / "FGResQ.pth"
+    torch.save(sd, ckpt)
+    exe = Path(sys.executable).parent / "fgresq-sdk"
+    cmd = [str(exe) if exe.exists() else (shutil.which("fgresq-sdk") or "fgresq-sdk"), "import-official", str(ckpt),
+           "--config", "fgresq-vit-tiny", "--out", str(d / "bundle")]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        (d / "why.txt").write_text(f"no release data: {' '.join(cmd)} failed:\n{res.stderr}")
+        print(f"make_test_data: import-official failed:\n{res.stderr}", file=sys.stderr)
+        return
+    manifest = json.loads((d / "bundle" / "model.json").read_text())
+    assert manifest["score_scale"] == RELEASE_SCORE_SCALE == 0.3, manifest.get("score_scale")
+    assert manifest["preprocess"]["resize"] == {"method": "bilinear-cv2", "size": [256, 256]}
+    paths = release_photos(d / "photos")
+    (d / "images").mkdir()
+    for p in paths:  # the pixels the reference sees: cv2.imread (BGR, alpha dropped, gray replicated) → RGB
+        rgb = cv2.cvtColor(cv2.imread(str(p), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        (d / "images" / f"{p.stem}.raw").write_bytes(np.ascontiguousarray(rgb).tobytes())
+    x = torch.from_numpy(np.stack([release_preprocess(p) for p in paths]))
+    q, score = reference_forward(sd, img, deg, x, score_scale=RELEASE_SCORE_SCALE)
+    score = score.double().numpy()
+    assert float(score.std()) > 1e-3, "reference scores are degenerate; the test would prove nothing"
+    with open(d / "cases.tsv", "w") as f:
+        for p, s in zip(paths, score):
+            h, w = cv2.imread(str(p), cv2.IMREAD_COLOR).shape[:2]
+            f.write(f"{p.stem}\t{w}\t{h}\t3\t{float(s)!r}\n")
+    raw_rows, sym_rows = [], []
+    for a, b in RELEASE_PAIRS:
+        fwd = reference_compare(sd, q[a:a + 1], q[b:b + 1])[0].double().numpy()
+        bwd = reference_compare(sd, q[b:b + 1], q[a:a + 1])[0].double().numpy()
+        sym = [(fwd[0] + bwd[1]) / 2, (fwd[1] + bwd[0]) / 2, (fwd[2] + bwd[2]) / 2]
+        raw_rows.append(f"{a}\t{b}\t" + "\t".join(repr(float(v)) for v in fwd) + "\n")
+        sym_rows.append(f"{a}\t{b}\t" + "\t".join(repr(float(v)) for v in sym) + "\n")
+    (d / "compare_raw.tsv").write_text("".join(raw_rows))
+    (d / "compare.tsv").write_text("".join(sym_rows))
+    print(f"release: {len(paths)} PNG photos, reference scores {score.min():.4f}..{score.max():.4f}")
+
+
+def write_rank_features(out: Path, scorer, feats: np.ndarray, n: int = 400) -> None:
+    """A ranking of n images from features alone (no encoder): random features with the spread of real ones."""
+    d = out / "rank_features"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir()
+    rng = np.random.default_rng(7)
+    mean, std = feats.mean(axis=0), feats.std(axis=0) + 1e-3
+    q = (mean + std * rng.standard_normal((n, feats.shape[1]))).astype(np.float32)
+    scores = rng.uniform(0.0, 1.0, n).astype(np.float32)
+    (d / "feats.f32").write_bytes(q.astype("<f4").tobytes())
+    (d / "scores.f32").write_bytes(scores.astype("<f4").tobytes())
+    r = scorer.rank_features([str(i) for i in range(n)], q, scores).ranking
+    assert r.converged, "the Python fit did not converge"
+    with open(d / "rank.tsv", "w") as f:
+        for pos, idx in enumerate(r.order):
+            f.write(f"{pos + 1}\t{idx}\t{float(scores[idx])!r}\t{float(r.win_rate[idx])!r}\t{int(r.tier[idx])}\t"
+                    f"{float(r.strength[idx])!r}\n")
+    print(f"rank_features: n = {n}, {r.iterations} Newton steps, strengths {r.strength.min():.3f}..{r.strength.max():.3f}")
+
+
 def main() -> int:
     out = Path(sys.argv[1])
     t0 = time.time()
@@ -212,10 +322,12 @@ def main() -> int:
         for pos, idx in enumerate(r.order):
             f.write(f"{pos + 1}\t{idx}\t{float(scores[idx])!r}\t{float(r.win_rate[idx])!r}\t{int(r.tier[idx])}\t"
                     f"{float(r.strength[idx])!r}\n")
-    with open(out / "compare.tsv", "w") as f:
-        for a, b in ((0, 1), (1, 0), (2, 5), (3, 7)):
-            c = scorer.compare(arrays[a], arrays[b])
-            f.write(f"{a}\t{b}\t{c.p_first_better!r}\t{c.p_second_better!r}\t{c.p_similar!r}\n")
+    for fname, raw in (("compare.tsv", False), ("compare_raw.tsv", True)):
+        with open(out / fname, "w") as f:
+            for a, b in ((0, 1), (1, 0), (2, 5), (3, 7), (4, 4)):
+                c = scorer.compare(arrays[a], arrays[b], raw=raw)
+                f.write(f"{a}\t{b}\t{c.p_first_better!r}\t{c.p_second_better!r}\t{c.p_similar!r}\n")
+    write_rank_features(out, scorer, scorer.encode(arrays)[0])
 
     # heads.npz as np.savez_compressed would write it (refused by the C++ reader, which wants stored members).
     with np.load(bundle / "heads.npz") as z:
@@ -246,6 +358,7 @@ def main() -> int:
     except ImportError as exc:  # the other tests still get their data; preprocess_cv2 fails and says why
         print(f"make_test_data: no OpenCV ({exc}): the preprocess_cv2 test will fail "
               "(pip install opencv-python-headless, part of the dev extra)", file=sys.stderr)
+    write_release_data(out)
     print(f"test data in {out} ({time.time() - t0:.1f} s)")
     return 0
 

@@ -81,7 +81,8 @@ int main(int argc, char** argv) {
     fgresq_close(m3);
   }
 
-  // Ranking: same order and tiers; scores, win rates and strengths within 1e-4.
+  // Ranking: same order and tiers; scores within 1e-4, win rates and strengths (both fits converge to their
+  // tolerance) within 1e-6.
   const size_t n = cases.size();
   std::vector<int32_t> order(n), tier(n);
   std::vector<float> rscores(n);
@@ -105,24 +106,69 @@ int main(int argc, char** argv) {
     const int ti = std::stoi(expected[k][4]);
     max_win = std::max(max_win, std::fabs(win[idx] - w));
     max_strength = std::max(max_strength, std::fabs(strength[idx] - s));
-    CHECK(std::fabs(win[idx] - w) <= 1e-4);
-    CHECK(std::fabs(strength[idx] - s) <= 1e-4);
+    CHECK_MSG(std::fabs(win[idx] - w) <= 1e-6, "input %d: win rate %.12g, Python %.12g", idx, win[idx], w);
+    CHECK_MSG(std::fabs(strength[idx] - s) <= 1e-6, "input %d: strength %.12g, Python %.12g", idx, strength[idx], s);
     CHECK_MSG(tier[idx] == ti, "input %d: tier %d, Python %d", idx, tier[idx], ti);
     CHECK(std::fabs(double(rscores[idx]) - std::stod(expected[k][2])) <= 1e-4);
   }
 
-  // Comparison.
-  double max_cmp = 0.0;
-  for (const auto& row : testing::read_tsv(dir + "/compare.tsv")) {
-    const int a = std::stoi(row[0]), b = std::stoi(row[1]);
-    double p[3];
-    CHECK(fgresq_compare(m, &images[a], &images[b], p) == FGRESQ_OK);
-    for (int r = 0; r < 3; ++r) {
-      const double d = std::fabs(p[r] - std::stod(row[2 + r]));
-      max_cmp = std::max(max_cmp, d);
-      CHECK_MSG(d <= 1e-4, "compare(%d, %d)[%d] = %.8f, Python %s", a, b, r, p[r], row[2 + r].c_str());
+  // A larger ranking from features alone (Python's Scorer.rank_features on the same float32 features): the
+  // Newton fits agree within 1e-6.
+  double max_strength_n = 0.0, max_win_n = 0.0;
+  size_t n_big = 0;
+  {
+    const size_t f = size_t(fgresq_feature_size(m));
+    const auto bf = testing::read_f32(dir + "/rank_features/feats.f32");
+    const auto bs = testing::read_f32(dir + "/rank_features/scores.f32");
+    const auto want = testing::read_tsv(dir + "/rank_features/rank.tsv");
+    n_big = bs.size();
+    CHECK(n_big >= 100 && bf.size() == n_big * f && want.size() == n_big);
+    std::vector<int32_t> o(n_big), t(n_big);
+    std::vector<double> w(n_big), st(n_big);
+    CHECK(fgresq_rank_features(m, bf.data(), bs.data(), n_big, o.data(), w.data(), t.data(), st.data()) == FGRESQ_OK);
+    size_t order_diff = 0, tier_diff = 0;
+    for (size_t k = 0; k < n_big && k < want.size(); ++k) {
+      const size_t idx = size_t(std::stoi(want[k][1]));
+      order_diff += size_t(o[k]) != idx;
+      tier_diff += t[idx] != std::stoi(want[k][4]);
+      max_win_n = std::max(max_win_n, std::fabs(w[idx] - std::stod(want[k][3])));
+      max_strength_n = std::max(max_strength_n, std::fabs(st[idx] - std::stod(want[k][5])));
     }
-    CHECK(std::fabs(p[0] + p[1] + p[2] - 1.0) < 1e-12);
+    CHECK_MSG(order_diff == 0 && tier_diff == 0, "n = %zu: %zu ranks and %zu tiers differ from Python", n_big,
+              order_diff, tier_diff);
+    CHECK_MSG(max_strength_n <= 1e-6, "n = %zu: max |dstrength| = %.3g", n_big, max_strength_n);
+    CHECK_MSG(max_win_n <= 1e-6, "n = %zu: max |dwin_rate| = %.3g", n_big, max_win_n);
+  }
+
+  // A single image: no others to win against, so no win rate (NaN, as the Python SDK), tier 1, strength 0.
+  {
+    int32_t o = -1, t = -1;
+    float sc = -1;
+    double w = 0.0, st = 1.0;
+    CHECK(fgresq_rank(m, &images[0], 1, &o, &sc, &w, &t) == FGRESQ_OK);
+    CHECK(o == 0 && t == 1 && std::isnan(w) && std::fabs(sc - scores[0]) <= 1e-5);
+    w = 0.0;
+    CHECK(fgresq_rank_features(m, feats.data(), fscores.data(), 1, &o, &w, &t, &st) == FGRESQ_OK);
+    CHECK(o == 0 && t == 1 && std::isnan(w) && st == 0.0);
+  }
+
+  // Comparison: symmetrised (default) and raw (the head on (a, b) only), against Scorer.compare(raw=...).
+  double max_cmp = 0.0, max_raw = 0.0;
+  for (const char* kind : {"compare", "compare_raw"}) {
+    const bool raw = std::string(kind) == "compare_raw";
+    for (const auto& row : testing::read_tsv(dir + "/" + kind + ".tsv")) {
+      const int a = std::stoi(row[0]), b = std::stoi(row[1]);
+      double p[3];
+      CHECK((raw ? fgresq_compare_raw(m, &images[a], &images[b], p) : fgresq_compare(m, &images[a], &images[b], p)) ==
+            FGRESQ_OK);
+      for (int r = 0; r < 3; ++r) {
+        const double d = std::fabs(p[r] - std::stod(row[2 + r]));
+        double& worst = raw ? max_raw : max_cmp;
+        worst = std::max(worst, d);
+        CHECK_MSG(d <= 1e-4, "%s(%d, %d)[%d] = %.8f, Python %s", kind, a, b, r, p[r], row[2 + r].c_str());
+      }
+      CHECK(std::fabs(p[0] + p[1] + p[2] - 1.0) < 1e-12);
+    }
   }
 
   // Order-symmetrised, as Scorer.compare: swapping the images swaps p_first and p_second exactly, and an image
@@ -138,6 +184,16 @@ int main(int argc, char** argv) {
     double p01[3];
     CHECK(fgresq_compare(m, &images[0], &images[1], p01) == FGRESQ_OK);
     for (int r = 0; r < 3; ++r) CHECK(std::fabs(p01[r] - ab[r]) <= 1e-6);
+    // Raw: the forward order only; the symmetrised answer is the mean of the two raw orders.
+    double rab[3], rba[3], raa[3];
+    CHECK(fgresq_compare_features_raw(m, &feats[0], &feats[f], rab) == FGRESQ_OK);
+    CHECK(fgresq_compare_features_raw(m, &feats[f], &feats[0], rba) == FGRESQ_OK);
+    CHECK(std::fabs(ab[0] - 0.5 * (rab[0] + rba[1])) <= 1e-15 && std::fabs(ab[1] - 0.5 * (rab[1] + rba[0])) <= 1e-15 &&
+          std::fabs(ab[2] - 0.5 * (rab[2] + rba[2])) <= 1e-15);
+    CHECK(fgresq_compare_features_raw(m, &feats[2 * f], &feats[2 * f], raa) == FGRESQ_OK);
+    CHECK(std::fabs(raa[0] + raa[1] + raa[2] - 1.0) < 1e-12);
+    CHECK(fgresq_compare_features_raw(m, nullptr, &feats[0], raa) == FGRESQ_INVALID_ARGUMENT);
+    CHECK(fgresq_compare_raw(m, &images[0], nullptr, raa) == FGRESQ_INVALID_ARGUMENT);
   }
 
   // The C++ wrapper gives the same answers.
@@ -153,8 +209,9 @@ int main(int argc, char** argv) {
 
   std::printf("parity: %zu images, max |dscore| = %.3g, max preprocessing d (0-1 pixel scale) = %.3g "
               "(normalised: %.3g, %zu/%zu values bit-identical), max |dwin_rate| = %.3g, max |dstrength| = %.3g, "
-              "max |dprob| = %.3g\n",
-              n, max_score, max_pre, max_norm, exact, total, max_win, max_strength, max_cmp);
+              "max |dprob| = %.3g (raw %.3g); rank_features n = %zu: max |dstrength| = %.3g, max |dwin_rate| = %.3g\n",
+              n, max_score, max_pre, max_norm, exact, total, max_win, max_strength, max_cmp, max_raw, n_big,
+              max_strength_n, max_win_n);
   fgresq_close(m);
   return testing::finish("test_parity");
 }

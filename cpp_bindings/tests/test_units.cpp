@@ -1,6 +1,9 @@
 // Unit tests of the internals that need no model: SHA-256, JSON, .npz/.npy reader, resampling (Pillow and
 // OpenCV), center crop, ranking.
+#include <algorithm>
 #include <cstring>
+#include <random>
+#include <stdexcept>
 
 #include "error.hpp"
 #include "json.hpp"
@@ -253,6 +256,16 @@ static void test_resample_cv2() {
 
 static void test_ranking() {
   CHECK(bradley_terry({0.5}, 1) == std::vector<double>{0.0});
+  CHECK(fit_bradley_terry({}).theta.empty() && fit_bradley_terry({}).converged);
+  {
+    bool threw = false;
+    try {
+      fit_bradley_terry({1.0, 0.0}, 0.0);
+    } catch (const std::invalid_argument&) {
+      threw = true;
+    }
+    CHECK(threw);
+  }
   // Two items, i beats j with preference 0.8: strengths are symmetric around zero and ordered.
   std::vector<double> pref = {0.5, 0.8, 0.2, 0.5};
   auto th = bradley_terry(pref, 2);
@@ -268,6 +281,13 @@ static void test_ranking() {
   CHECK((r.order == std::vector<int32_t>{1, 0, 2}));
   CHECK((r.tier == std::vector<int32_t>{1, 1, 1}));
   for (double w : r.win_rate) CHECK(std::fabs(w - 0.5) < 1e-12);
+  CHECK(r.converged);
+  // A single image: nothing to win against, so no win rate (NaN, as the Python SDK); strength 0, tier 1.
+  RankResult one = rank_features(h, f.data(), scores.data(), 1);
+  CHECK(one.order == std::vector<int32_t>{0} && one.tier == std::vector<int32_t>{1});
+  CHECK(one.win_rate.size() == 1 && std::isnan(one.win_rate[0]));
+  CHECK(one.strength == std::vector<double>{0.0} && one.converged);
+  CHECK(rank_features(h, f.data(), scores.data(), 0).order.empty());
   double p[3], a[3], b[3];
   h.terms(f.data(), a, b);
   h.probs(a, b, p);
@@ -282,6 +302,105 @@ static void test_ranking() {
   CHECK(std::fabs(s[0] - 0.55) < 1e-15 && std::fabs(s[1] - 0.25) < 1e-15 && std::fabs(s[2] - 0.2) < 1e-15);
 }
 
+// Max |∂ℓ/∂θ| at θ + s, the prior's common shift s put back: the fit returns θ centred (mean zero), but it
+// maximised ℓ before centring, so the optimality condition holds at θ + s for one s. s is recovered from the
+// shift-invariant part: σ(θ_i + s) = (wins_i + prior − Σ_j σ(θ_i − θ_j)) / (2·prior) for every i.
+static double optimality_gap(const std::vector<double>& theta, const std::vector<double>& wins, double* shift_spread) {
+  const size_t n = theta.size();
+  const double prior = kPriorGames;
+  std::vector<double> expected(n, 0.0);
+  for (size_t i = 0; i < n; ++i)
+    for (size_t j = 0; j < n; ++j)
+      if (j != i) expected[i] += 1.0 / (1.0 + std::exp(theta[j] - theta[i]));
+  double lo = 1e300, hi = -1e300, mean = 0.0;
+  for (size_t i = 0; i < n; ++i) {
+    const double rate = (wins[i] + prior - expected[i]) / (2.0 * prior);
+    const double s = std::log(rate) - std::log1p(-rate) - theta[i];
+    lo = std::min(lo, s);
+    hi = std::max(hi, s);
+    mean += s / double(n);
+  }
+  *shift_spread = hi - lo;
+  double worst = 0.0;
+  for (size_t i = 0; i < n; ++i) {
+    const double g = wins[i] + prior - expected[i] - 2.0 * prior / (1.0 + std::exp(-(theta[i] + mean)));
+    worst = std::max(worst, std::fabs(g));
+  }
+  return worst;
+}
+
+// The Newton fit converges, at a size where the old MM loop (~N·log(1/tol) iterations) never met its tolerance.
+static void test_ranking_large() {
+  const size_t n = 2000;
+  const int fs = 8;
+  std::mt19937 rng(12345);
+  std::uniform_real_distribution<double> u(-1.0, 1.0);
+  CompareHead h;
+  h.feature_size = fs;
+  h.weight.resize(3 * 2 * fs);
+  for (double& w : h.weight) w = 1.5 * u(rng);
+  for (double& b : h.bias) b = 0.5 * u(rng);
+  std::vector<float> feats(n * fs), scores(n);
+  for (float& x : feats) x = float(u(rng));
+  for (float& x : scores) x = float(0.5 + 0.5 * u(rng));
+
+  const PairTerms pairs(h, feats.data(), n);
+  const std::vector<double> wins = soft_wins(pairs);
+  // Soft wins from the factors = from the exact softmax per pair (spot check of a block).
+  for (size_t i = 0; i < 40; ++i) {
+    double w = 0.0;
+    for (size_t j = 0; j < n; ++j) {
+      if (j == i) continue;
+      double ij[3], ji[3];
+      pairs.probs(i, j, ij);
+      pairs.probs(j, i, ji);
+      w += 0.5 * ((ij[0] + 0.5 * ij[2]) + 1.0 - (ji[0] + 0.5 * ji[2]));
+    }
+    CHECK_MSG(std::fabs(w - wins[i]) < 1e-9, "soft wins of %zu: %.15g vs %.15g", i, wins[i], w);
+  }
+  double total = 0.0;
+  for (double w : wins) total += w;
+  CHECK(std::fabs(total - double(n) * double(n - 1) / 2.0) < 1e-6);  // every pair plays one game
+
+  const BTFit fit = fit_bradley_terry(wins);
+  CHECK_MSG(fit.converged, "the fit did not converge in %d Newton steps", fit.iterations);
+  CHECK(fit.iterations >= 1 && fit.iterations < kMaxNewton);
+  double mean = 0.0, spread_theta = 0.0;
+  for (double t : fit.theta) {
+    mean += t;
+    spread_theta = std::max(spread_theta, std::fabs(t));
+  }
+  CHECK(std::fabs(mean) < 1e-9 * double(n));
+  CHECK(spread_theta > 0.1);  // a non-trivial problem
+  double shift_spread = 0.0;
+  const double gap = optimality_gap(fit.theta, wins, &shift_spread);
+  CHECK_MSG(gap < 1e-6 && shift_spread < 1e-6, "not at the optimum: max |grad| %.3g, shift spread %.3g", gap,
+            shift_spread);
+
+  const RankResult r = rank_features(h, feats.data(), scores.data(), n);
+  CHECK(r.converged && r.strength == fit.theta);
+  for (size_t k = 1; k < n; ++k) CHECK(r.strength[size_t(r.order[k - 1])] >= r.strength[size_t(r.order[k])]);
+  std::printf("ranking: n = %zu, %d Newton steps, max |grad| at the optimum %.3g, strengths in [%.3f, %.3f]\n",
+              n, fit.iterations, gap, *std::min_element(fit.theta.begin(), fit.theta.end()),
+              *std::max_element(fit.theta.begin(), fit.theta.end()));
+
+  // One item beats all others with certainty: the prior keeps its strength finite and the fit converges.
+  const size_t m = 50;
+  std::vector<double> pref(m * m, 0.5);
+  for (size_t j = 1; j < m; ++j) {
+    pref[j] = 1.0;
+    pref[j * m] = 0.0;
+  }
+  std::vector<double> w(m, 0.0);
+  for (size_t i = 0; i < m; ++i)
+    for (size_t j = 0; j < m; ++j)
+      if (j != i) w[i] += pref[i * m + j];
+  const BTFit dom = fit_bradley_terry(w);
+  CHECK(dom.converged && std::isfinite(dom.theta[0]) && dom.theta[0] > dom.theta[1] + 3.0);
+  CHECK(optimality_gap(dom.theta, w, &shift_spread) < 1e-9 && shift_spread < 1e-9);
+  CHECK(bradley_terry(pref, m) == dom.theta);
+}
+
 int main() {
   test_sha256();
   test_json();
@@ -289,5 +408,6 @@ int main() {
   test_resample();
   test_resample_cv2();
   test_ranking();
+  test_ranking_large();
   return testing::finish("test_units");
 }
