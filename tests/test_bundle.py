@@ -114,6 +114,9 @@ HOSTILE = [
     ("preprocess", "224", "no 'preprocess' object"),
     ("preprocess.size", 0, "positive integer"),
     ("preprocess.mean", [0.5], "list of 3 numbers"),
+    ("preprocess.resize", {"method": "lanczos", "size": [224, 224]}, "lanczos"),
+    ("preprocess.crop", {"method": "center", "size": [300, 300]}, "crop"),
+    ("score_scale", 0, "score_scale must be a positive number"),
 ]
 
 
