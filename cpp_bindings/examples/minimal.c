@@ -1,4 +1,4 @@
-/* minimal.c: score and rank two synthetic images with the C API (the example in DEVELOPERS.md).
+/* minimal.c: score, compare and rank two synthetic images with the C API (the example in DEVELOPERS.md).
  * Usage: fgresq-minimal BUNDLE_DIR */
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,11 +30,12 @@ int main(int argc, char** argv) {
   };
 
   float scores[2];
-  double probs[3];
+  double probs[3], raw[3];
   int32_t order[2], tier[2];
   double win_rate[2];
   if (fgresq_score(model, images, 2, scores) != FGRESQ_OK ||
-      fgresq_compare(model, &images[0], &images[1], probs) != FGRESQ_OK ||
+      fgresq_compare(model, &images[0], &images[1], probs) != FGRESQ_OK || /* both orders averaged */
+      fgresq_compare_raw(model, &images[0], &images[1], raw) != FGRESQ_OK || /* (smooth, noisy) only */
       fgresq_rank(model, images, 2, order, NULL, win_rate, tier) != FGRESQ_OK) {
     fprintf(stderr, "fgresq: %s\n", fgresq_last_error());
     fgresq_close(model);
@@ -42,6 +43,7 @@ int main(int argc, char** argv) {
   }
   printf("scores: smooth %.4f, noisy %.4f\n", scores[0], scores[1]);
   printf("P(smooth better) %.4f, P(noisy better) %.4f, P(similar) %.4f\n", probs[0], probs[1], probs[2]);
+  printf("raw (smooth first): %.4f, %.4f, %.4f\n", raw[0], raw[1], raw[2]);
   for (int k = 0; k < 2; ++k)
     printf("rank %d: image %d (win rate %.3f, tier %d)\n", k + 1, order[k], win_rate[order[k]], tier[order[k]]);
   fgresq_close(model);

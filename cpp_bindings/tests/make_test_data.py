@@ -13,6 +13,7 @@ Writes into OUT:
                            rank.tsv as above (Scorer.rank_features: blockwise soft wins + Newton fit)
   heads_compressed.npz     the bundle's heads saved with np.savez_compressed (an error-path test)
   photos/                  PNG/JPEG files in two folders + one broken file, for the CLI test
+  single/rocket.png        a folder of one image (rank: win rate null)
   bundle_official/         the same bundle whose model.json declares the official preprocess spec
                            (docs/preprocess-spec.md: resize bilinear-cv2 256x256, center crop 224)
   bundle_squash/           the same bundle with the explicit legacy spec (resize bilinear-antialias 224x224)
@@ -30,7 +31,8 @@ Writes into OUT:
                            photos/<name>.png, images/<name>.raw (the PNG as cv2.imread decodes it, RGB rows
                            packed), cases.tsv (name width height 3 reference score), compare_raw.tsv (a b p_first
                            p_second p_similar = reference_compare, the release's predict_pair) and compare.tsv
-                           (the same pairs order-symmetrised from the two reference forwards). When it cannot be
+                           (the same pairs order-symmetrised from the two reference forwards); bundle_squash/ =
+                           bundle/ with the legacy squash spec (a control). When it cannot be
                            built (no transformers/OpenCV), release/why.txt says why and the release test fails.
 """
 from __future__ import annotations
@@ -242,6 +244,11 @@ def write_release_data(out: Path) -> None:
     manifest = json.loads((d / "bundle" / "model.json").read_text())
     assert manifest["score_scale"] == RELEASE_SCORE_SCALE == 0.3, manifest.get("score_scale")
     assert manifest["preprocess"]["resize"] == {"method": "bilinear-cv2", "size": [256, 256]}
+    # The same graphs behind the legacy squash spec: the test checks it can tell that one from the release.
+    pre = manifest["preprocess"]
+    variant_bundle(d / "bundle", d / "bundle_squash", {
+        "size": 224, "resize": {"method": "bilinear-antialias", "size": [224, 224]}, "mean": pre["mean"],
+        "std": pre["std"]})
     paths = release_photos(d / "photos")
     (d / "images").mkdir()
     for p in paths:  # the pixels the reference sees: cv2.imread (BGR, alpha dropped, gray replicated) → RGB
@@ -344,6 +351,9 @@ def main() -> int:
     Image.fromarray(imgs["chelsea_100x80"]).save(photos / "scene_b" / "chelsea.jpg", quality=92)
     Image.fromarray(imgs["coffee_224x500"]).save(photos / "scene_b" / "coffee.jpg", quality=90)
     (photos / "scene_b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png")
+    shutil.rmtree(out / "single", ignore_errors=True)  # a folder of one image: rank gives no win rate
+    (out / "single").mkdir()
+    Image.fromarray(imgs["rocket_224x224"]).save(out / "single" / "rocket.png")
 
     # The official preprocess spec (import-official's default) and the explicit legacy one, on the same model.
     base = {k: v for k, v in pre_cfg.items() if k in ("size", "mean", "std")}

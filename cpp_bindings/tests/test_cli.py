@@ -1,4 +1,5 @@
-"""fgresq-cli against the Python CLI on the same files: rank (one group and per folder), score, compare.
+"""fgresq-cli against the Python CLI on the same files: rank (one group, per folder, a single image), score,
+compare (symmetrised and --raw); and fgresq-cli on the release-parity PNGs against the reference forward.
 
 Usage: test_cli.py FGRESQ_CLI TESTDATA_DIR  (run by ctest with the venv's python)
 """
@@ -76,12 +77,55 @@ def main() -> int:
     check(c["errors"] == [{"path": "photos/missing.png", "error": "no such file"}], f"score errors {c['errors']}")
 
     pair = ["photos/scene_a/astronaut_rgba.png", "photos/scene_b/coffee_p.png"]
-    rc_c, c, _ = run([str(cli), "compare", *pair, "--model", bundle], data)
-    rc_p, p, _ = python_cli(["compare", *pair, "--model", bundle], data)
-    check(rc_c == rc_p == 0, f"compare: exit codes {rc_c}, {rc_p}")
-    check(list(c) == list(p) and c["verdict"] == p["verdict"], f"compare: {c} vs {p}")
-    for k in ("p_first_better", "p_second_better", "p_similar"):
-        check(close(c[k], p[k]), f"compare {k}: {c[k]} vs {p[k]}")
+    answers = {}
+    for extra in ([], ["--raw"]):
+        rc_c, c, _ = run([str(cli), "compare", *pair, "--model", bundle, *extra], data)
+        rc_p, p, _ = python_cli(["compare", *pair, "--model", bundle, *extra], data)
+        check(rc_c == rc_p == 0, f"compare {extra}: exit codes {rc_c}, {rc_p}")
+        check(list(c) == list(p) and c["verdict"] == p["verdict"], f"compare {extra}: {c} vs {p}")
+        for k in ("p_first_better", "p_second_better", "p_similar"):
+            check(close(c[k], p[k]), f"compare {extra} {k}: {c[k]} vs {p[k]}")
+        answers[bool(extra)] = c
+    check(max(abs(answers[True][k] - answers[False][k]) for k in ("p_first_better", "p_second_better")) > 1e-3,
+          f"--raw changes nothing: {answers}")
+    res = subprocess.run([str(cli), "rank", "photos", "--raw", "--model", bundle], cwd=data, capture_output=True,
+                         text=True)
+    check(res.returncode == 2 and "no such option: --raw" in res.stderr, f"rank --raw: {res.returncode} {res.stderr!r}")
+
+    # One image: no win rate (null in JSON, an empty CSV field), as the Python CLI.
+    rc_c, c, _ = run([str(cli), "rank", "single", "--model", bundle], data)
+    rc_p, p, _ = python_cli(["rank", "single", "--model", bundle], data)
+    check(rc_c == rc_p == 0, f"single: exit codes {rc_c}, {rc_p}")
+    entry = c["groups"][0]["ranking"][0] if c.get("groups") else {}
+    check(entry.get("win_rate", 0) is None and entry.get("tier") == 1, f"single: {c}")
+    check(list(entry) == list(p["groups"][0]["ranking"][0]), f"single: keys {c} vs {p}")
+    check(entry.get("strength") == 0.0, f"single: strength {entry.get('strength')}")
+    csv_c = subprocess.run([str(cli), "rank", "single", "--model", bundle, "--format", "csv"], cwd=data,
+                           capture_output=True, text=True).stdout
+    csv_p = subprocess.run([sys.executable, "-c", "from fgresq_sdk.cli import main; main()", "rank", "single",
+                            "--model", bundle, "--format", "csv"], cwd=data, capture_output=True, text=True).stdout
+    check(csv_c == csv_p and csv_c.splitlines()[1].split(",")[4] == "", f"single csv: {csv_c!r} vs {csv_p!r}")
+
+    # The release parity photos through the CLI's own PNG decoder: scores and compare --raw against the
+    # reference forward (tests/official_format.py) that make_test_data.py wrote.
+    release = data / "release"
+    if (release / "cases.tsv").exists():
+        rows = [line.split("\t") for line in (release / "cases.tsv").read_text().splitlines()]
+        pngs = [f"release/photos/{r[0]}.png" for r in rows]
+        rc_c, c, _ = run([str(cli), "score", *pngs, "--model", str(release / "bundle")], data)
+        check(rc_c == 0 and [r["path"] for r in c["results"]] == pngs, f"release score: {rc_c} {c}")
+        for r, want in zip(c["results"], rows):
+            worst["release score"] = max(worst.get("release score", 0.0), abs(r["score"] - float(want[4])))
+            check(abs(r["score"] - float(want[4])) <= TOL, f"release {r['path']}: {r['score']} vs {want[4]}")
+        for line in (release / "compare_raw.tsv").read_text().splitlines():
+            a, b, *probs = line.split("\t")
+            rc_c, c, _ = run([str(cli), "compare", pngs[int(a)], pngs[int(b)], "--raw", "--model",
+                              str(release / "bundle")], data)
+            for k, want in zip(("p_first_better", "p_second_better", "p_similar"), probs):
+                worst["release raw prob"] = max(worst.get("release raw prob", 0.0), abs(c[k] - float(want)))
+                check(abs(c[k] - float(want)) <= TOL, f"release compare --raw {a} {b} {k}: {c[k]} vs {want}")
+    else:
+        check(False, f"no release data in {release} (see release/why.txt)")
 
     res = subprocess.run([str(cli), "rank", "photos/none", "--model", bundle], cwd=data, capture_output=True, text=True)
     check(res.returncode == 2 and "error: photos/none: no such directory" in res.stderr, f"missing dir: {res.stderr!r}")
