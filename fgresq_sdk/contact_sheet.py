@@ -28,7 +28,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .errors import InputError, display_path
 from .output import one_line
-from .report import RankGroup, ReportPathError, _common_dir_len, check_output_path, map_ordered, open_small, \
+from .preprocess import load_thumbnail
+from .report import RankGroup, ReportPathError, _common_dir_len, check_output_path, map_ordered, \
     write_atomic
 
 MAX_SHEET_TILES = 1000
@@ -173,7 +174,7 @@ def contact_sheet(groups: Sequence[RankGroup], top: int | None = None, progress=
         gi, i = job
         g = groups[gi]
         try:
-            return open_small(g.inputs[i], lay.tile, g.result.names[i])
+            return load_thumbnail(g.inputs[i], lay.tile, g.result.names[i])
         except InputError:
             return None
         except Exception:  # noqa: BLE001 - a tile must never cost the sheet

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import CLIP_MEAN, CLIP_STD
-from .errors import BundleError, InputError
+from .errors import BundleError, InputError, display_path
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
@@ -462,3 +462,42 @@ def preprocess(src: ImageInput, cfg_pre: "PreprocessSpec | dict | None" = None, 
 
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def load_thumbnail(src: Any, side: int, name: str | None = None) -> Image.Image:
+    """Decode one input to upright 8-bit RGB with its long side at most `side` px, for pictures a person
+    looks at (reports, contact sheets), not for the model.
+
+    JPEGs are decoded at reduced scale (DCT scaling), so thumbnails of large photos are cheap. The same
+    size limit and error handling as the model's decoder apply. Raises InputError.
+    """
+    label = name if name is not None else display_path(src) if isinstance(src, (str, os.PathLike)) else "<image>"
+    if not isinstance(src, (str, os.PathLike)):
+        img = load_image(src, label)
+    else:
+        with _open_file(src, label) as fp:
+            try:
+                with _bomb_warning_silenced():  # a process-wide lock: held for the header only, as in preprocess
+                    img = Image.open(fp)
+                w, h = img.size
+                if w == 0 or h == 0:
+                    raise InputError(label, "image has zero width or height")
+                if w * h > MAX_PIXELS:
+                    raise InputError(label, "image too large")
+                s = min(1.0, side / max(w, h))
+                img.draft("RGB", (max(1, int(w * s + 0.999)), max(1, int(h * s + 0.999))))
+                limit = Image.MAX_IMAGE_PIXELS
+                if limit is not None and w * h > limit:
+                    with _bomb_warning_silenced():
+                        img.load()
+                else:
+                    img.load()
+            except InputError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any decoder failure is this input's error
+                raise InputError(label, f"cannot decode image ({type(exc).__name__}: {exc})") from None
+        img = _upright_rgb(img, label)
+    if max(img.size) > side:
+        img = img.copy()
+        img.thumbnail((side, side), Image.LANCZOS)
+    return img

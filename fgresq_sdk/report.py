@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures as cf
+import functools
 import datetime as _dt
 import html
 import io
@@ -61,6 +62,7 @@ from PIL import Image
 
 from .errors import FGResQError, InputError, display_path
 from .output import one_line
+from .preprocess import load_image, load_thumbnail
 
 THUMB_SIDE = 160
 THUMB_QUALITY = 70
@@ -134,46 +136,6 @@ def write_atomic(out: Path, data: bytes) -> Path:
 
 
 # -- images --------------------------------------------------------------------------------------------
-def open_small(src: Any, side: int, name: str | None = None) -> Image.Image:
-    """Decode one input to upright 8-bit RGB with its long side at most `side` px.
-
-    JPEGs are decoded at reduced scale (DCT scaling), so thumbnails of large photos are cheap. The same
-    size limit as the model's decoder applies. Raises InputError.
-    """
-    from .preprocess import MAX_PIXELS, _bomb_warning_silenced, _open_file, _upright_rgb, load_image
-
-    label = name if name is not None else display_path(src) if isinstance(src, (str, os.PathLike)) else "<image>"
-    if not isinstance(src, (str, os.PathLike)):
-        img = load_image(src, label)
-    else:
-        with _open_file(src, label) as fp:
-            try:
-                with _bomb_warning_silenced():  # a process-wide lock: held for the header only, as in preprocess
-                    img = Image.open(fp)
-                w, h = img.size
-                if w == 0 or h == 0:
-                    raise InputError(label, "image has zero width or height")
-                if w * h > MAX_PIXELS:
-                    raise InputError(label, "image too large")
-                s = min(1.0, side / max(w, h))
-                img.draft("RGB", (max(1, int(w * s + 0.999)), max(1, int(h * s + 0.999))))
-                limit = Image.MAX_IMAGE_PIXELS
-                if limit is not None and w * h > limit:
-                    with _bomb_warning_silenced():
-                        img.load()
-                else:
-                    img.load()
-            except InputError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any decoder failure is this input's error
-                raise InputError(label, f"cannot decode image ({type(exc).__name__}: {exc})") from None
-        img = _upright_rgb(img, label)
-    if max(img.size) > side:
-        img = img.copy()
-        img.thumbnail((side, side), Image.LANCZOS)
-    return img
-
-
 def jpeg_bytes(img: Image.Image, quality: int) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=quality, optimize=True, progressive=False)
@@ -257,81 +219,15 @@ class RankGroup:
         return [int(i) for i in self.result.ranking.order[: top or None]]
 
 
-_CSS = """
-*{box-sizing:border-box}
-body{margin:0;font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#1d2127;background:#f4f5f7}
-header.top{background:#1d2127;color:#fff;padding:14px 24px}
-header.top h1{margin:0;font-size:20px;font-weight:600}
-header.top p{margin:4px 0 0;color:#c9ced6}
-main{padding:8px 24px 24px}
-nav.toc{margin:10px 0;color:#555}
-nav.toc a{color:#2166ac;margin-right:12px;text-decoration:none}
-section.group{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:12px 16px;margin:16px 0}
-section.group h2{margin:0 0 8px;font-size:17px;word-break:break-all}
-section.group h2 small{color:#666;font-weight:normal;font-size:13px}
-h3{font-size:14px;margin:14px 0 6px}
-.ranking{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}
-.tier{display:flex;flex-wrap:wrap;gap:8px;padding:0;border-radius:8px}
-.tier.multi{padding:22px 6px 6px;background:#eef3f9;border:1px dashed #6d8fb5;position:relative}
-.tier.multi>.tier-label{position:absolute;top:3px;left:8px;font-size:11px;color:#2f5780;font-weight:600}
-figure.tile{margin:0;width:176px;background:#fafbfc;border:1px solid #dde1e6;border-radius:6px;padding:6px;cursor:zoom-in}
-figure.tile:hover{border-color:#2166ac;box-shadow:0 1px 6px rgba(33,102,172,.35)}
-.thumbbox{width:162px;height:162px;display:flex;align-items:center;justify-content:center;background:#e9ecef;border-radius:4px;overflow:hidden}
-.thumbbox img{max-width:160px;max-height:160px;display:block}
-.nothumb{font-size:12px;color:#888;padding:8px;text-align:center}
-figcaption{font-size:12px;margin-top:4px}
-figcaption .rk{font-weight:700;font-size:14px;margin-right:4px}
-figcaption .nm{display:block;word-break:break-all;color:#333;max-height:3.2em;overflow:hidden}
-figcaption .nums{color:#555}
-.heatwrap{overflow:auto;max-width:100%}
-table.heat{border-collapse:collapse;font-size:10px}
-table.heat td{padding:0;border:0;width:var(--c);height:var(--c);min-width:var(--c);cursor:crosshair;text-align:center;color:#222}
-table.heat td.tr{border-right:2px solid #1d2127}
-table.heat tr.tb td{border-bottom:2px solid #1d2127}
-table.heat th{font-weight:normal;color:#555;padding:0 3px;white-space:nowrap;font-size:10px}
-table.heat th.rn{text-align:left}
-table.heat th.rn .hn{color:#333;margin-left:4px}
-ol.heatnames{font-size:11px;color:#333;max-height:16em;overflow:auto;margin:4px 0;word-break:break-all}
-table.heat td:hover{outline:2px solid #000;outline-offset:-2px}
-.readout{font-size:12px;color:#333;min-height:1.4em;margin-top:4px;word-break:break-all}
-.legend{display:flex;align-items:center;gap:6px;font-size:11px;color:#555;margin:4px 0}
-.legend .bar{width:160px;height:10px;border-radius:2px;background:linear-gradient(90deg,#b2182b,#ef8a62,#f7f7f7,#67a9cf,#2166ac)}
-img.heatimg{image-rendering:pixelated;border:1px solid #ccc;max-width:100%}
-.note{color:#666;font-size:12px}
-section.errors{background:#fff6f5;border:1px solid #e5b9b4;border-radius:8px;padding:10px 16px;margin:16px 0}
-section.errors h2{font-size:16px;margin:0 0 6px;color:#8b1e12}
-table.plain{border-collapse:collapse;font-size:13px}
-table.plain td,table.plain th{border-bottom:1px solid #e5e7ea;padding:3px 10px 3px 0;text-align:left;vertical-align:top;word-break:break-all}
-footer{color:#555;font-size:12px;padding:12px 24px 24px;border-top:1px solid #dde1e6}
-footer dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;margin:6px 0}
-footer dt{color:#888}footer dd{margin:0;word-break:break-all}
-#lb{position:fixed;inset:0;background:rgba(10,12,16,.92);display:flex;flex-direction:column;align-items:center;justify-content:center;z-index:10;cursor:zoom-out}
-#lb[hidden]{display:none}
-#lb img{max-width:94vw;max-height:84vh;image-orientation:none;background:#222}
-#lb .cap{color:#eee;margin-top:8px;font-size:13px;max-width:94vw;word-break:break-all;text-align:center}
-"""
 
-_RANK_JS = """
-(function(){
-var lb=document.getElementById('lb'),li=lb.querySelector('img'),lc=lb.querySelector('.cap'),cur=null;
-function show(f){cur=f;var t=f.querySelector('img.thumb');
- if(t){li.src=t.getAttribute('data-full')||t.getAttribute('src');li.hidden=false}else{li.hidden=true;li.removeAttribute('src')}
- lc.textContent=f.getAttribute('data-caption')+(t&&!t.getAttribute('data-full')?' (thumbnail: no larger preview embedded for this group)':'');
- lb.hidden=false}
-function hide(){lb.hidden=true;li.removeAttribute('src');cur=null}
-document.addEventListener('click',function(e){var f=e.target.closest('figure.tile');
- if(f){show(f);return}if(!lb.hidden)hide()});
-document.addEventListener('keydown',function(e){if(lb.hidden)return;
- if(e.key==='Escape'){hide();return}
- if(e.key==='ArrowRight'||e.key==='ArrowLeft'){var ts=Array.prototype.slice.call(cur.closest('section').querySelectorAll('figure.tile'));
-  var i=ts.indexOf(cur)+(e.key==='ArrowRight'?1:-1);if(i>=0&&i<ts.length)show(ts[i]);e.preventDefault()}});
-Array.prototype.forEach.call(document.querySelectorAll('table.heat'),function(t){
- var out=t.parentNode.parentNode.querySelector('.readout');
- t.addEventListener('mouseover',function(e){var c=e.target.closest('td');if(!c)return;
-  var row=c.parentNode.rowIndex,col=c.cellIndex,r=t.rows[row].cells[0],k=t.rows[0].cells[col];
-  out.textContent='P('+r.title+' better than '+k.title+') = '+Number(c.getAttribute('data-p')).toFixed(4)});});
-})();
-"""
+
+
+@functools.lru_cache(maxsize=None)
+def asset(name: str) -> str:
+    """A stylesheet or script of the page templates (package data in fgresq_sdk/report_assets/)."""
+    from importlib import resources
+
+    return (resources.files("fgresq_sdk.report_assets") / name).read_text(encoding="utf-8")
 
 
 def _page(title: str, body: str, meta: dict[str, str], script: str, css_extra: str = "") -> str:
@@ -341,7 +237,7 @@ def _page(title: str, body: str, meta: dict[str, str], script: str, css_extra: s
             "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
             "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">"
-            f"<title>{esc(title)}</title><style>{_CSS}{_heat_css()}{css_extra}</style></head><body>\n"
+            f"<title>{esc(title)}</title><style>{asset('report.css')}{_heat_css()}{css_extra}</style></head><body>\n"
             f"{body}\n<footer><b>FGResQ</b> · generated {esc(generated)}<dl id=\"meta\">{foot}</dl></footer>\n"
             f"<script>{script}</script>\n</body></html>\n")
 
@@ -440,7 +336,7 @@ def rank_report_html(groups: Sequence[RankGroup], errors: Sequence[dict] = (), m
     meta = dict(meta or {})
     def work(src, name, want_preview):
         try:
-            img = open_small(src, PREVIEW_SIDE if want_preview else THUMB_SIDE, name)
+            img = load_thumbnail(src, PREVIEW_SIDE if want_preview else THUMB_SIDE, name)
             prev = jpeg_bytes(img, PREVIEW_QUALITY) if want_preview and max(img.size) > THUMB_SIDE else None
             if max(img.size) > THUMB_SIDE:
                 img = img.copy()
@@ -531,7 +427,7 @@ def rank_report_html(groups: Sequence[RankGroup], errors: Sequence[dict] = (), m
         parts.append("<p class=\"note\">No image was ranked.</p>")
     parts.append(_errors_html(errors))
     parts.append("</main><div id=\"lb\" hidden><img alt=\"\"><div class=\"cap\"></div></div>")
-    return _page(title, "".join(parts), meta, _RANK_JS)
+    return _page(title, "".join(parts), meta, asset("rank.js"))
 
 
 def write_rank_report(out: Path, groups: Sequence[RankGroup], errors: Sequence[dict] = (),
@@ -545,56 +441,7 @@ def write_rank_report(out: Path, groups: Sequence[RankGroup], errors: Sequence[d
 
 
 # -- compare report ------------------------------------------------------------------------------------
-_CMP_CSS = """
-.cmpwrap{display:grid;grid-template-columns:1fr 1fr;gap:10px}
-.pane{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:8px;min-width:0}
-.pane h2{font-size:14px;margin:0 0 6px;word-break:break-all}
-.pane .dim{color:#666;font-size:12px}
-.view{position:relative;height:68vh;min-height:260px;overflow:hidden;background:#202327;border-radius:4px;cursor:grab;touch-action:none}
-.view.drag{cursor:grabbing}
-.view img{position:absolute;left:0;top:0;transform-origin:0 0;max-width:none;image-orientation:none;user-select:none;-webkit-user-drag:none}
-.view.pix img{image-rendering:pixelated}
-.controls{margin:10px 0;display:flex;gap:8px;align-items:center;flex-wrap:wrap}
-.controls button{font:inherit;padding:3px 10px;border:1px solid #9aa4b1;background:#fff;border-radius:4px;cursor:pointer}
-.controls .zl{color:#555;font-size:12px}
-table.probs td,table.probs th{padding:4px 14px 4px 0;text-align:left}
-.verdict{font-size:16px;font-weight:600;margin:10px 0}
-.pbar{display:inline-block;height:10px;background:#2166ac;vertical-align:middle;border-radius:2px}
-.missing{color:#ddd;padding:20px}
-"""
 
-_CMP_JS = """
-(function(){
-var views=Array.prototype.slice.call(document.querySelectorAll('.view')),imgs=views.map(function(v){return v.querySelector('img')});
-var st={z:0,cx:.5,cy:.5},ref=null,zl=document.getElementById('zlevel');
-function ready(){return imgs.every(function(i){return !i||i.complete})}
-function base(){for(var k=0;k<imgs.length;k++){if(imgs[k]&&imgs[k].naturalWidth)return imgs[k]}return null}
-function fitZ(){var b=base(),v=views[0];if(!b)return 1;return Math.min(v.clientWidth,v.clientHeight*b.naturalWidth/b.naturalHeight)}
-function apply(){var b=base();views.forEach(function(v,k){var im=imgs[k];if(!im||!im.naturalWidth)return;
- var a=im.naturalHeight/im.naturalWidth,s=st.z/im.naturalWidth,tx=v.clientWidth/2-st.cx*st.z,ty=v.clientHeight/2-st.cy*st.z*a;
- im.style.transform='translate('+tx+'px,'+ty+'px) scale('+s+')'});
- if(b&&zl)zl.textContent='zoom '+(st.z/b.naturalWidth*100).toFixed(0)+'% of image A\\u2019s native size'}
-function fit(){st={z:fitZ(),cx:.5,cy:.5};apply()}
-function zoomAt(v,mx,my,f){var b=base();if(!b)return;var a=b.naturalHeight/b.naturalWidth;
- var tx=v.clientWidth/2-st.cx*st.z,ty=v.clientHeight/2-st.cy*st.z*a,u=(mx-tx)/st.z,w=(my-ty)/(st.z*a);
- var z=Math.max(fitZ()/8,Math.min(st.z*f,b.naturalWidth*64));st.z=z;st.cx=u+(v.clientWidth/2-mx)/z;st.cy=w+(v.clientHeight/2-my)/(z*a);apply()}
-function setNative(m){var b=base();if(!b)return;st.z=b.naturalWidth*m;apply()}
-views.forEach(function(v){
- v.addEventListener('wheel',function(e){e.preventDefault();var r=v.getBoundingClientRect();zoomAt(v,e.clientX-r.left,e.clientY-r.top,Math.exp(-e.deltaY*0.0015))},{passive:false});
- v.addEventListener('pointerdown',function(e){ref={x:e.clientX,y:e.clientY,cx:st.cx,cy:st.cy};v.classList.add('drag');v.setPointerCapture(e.pointerId)});
- v.addEventListener('pointermove',function(e){if(!ref)return;var b=base();if(!b)return;var a=b.naturalHeight/b.naturalWidth;
-  st.cx=ref.cx-(e.clientX-ref.x)/st.z;st.cy=ref.cy-(e.clientY-ref.y)/(st.z*a);apply()});
- v.addEventListener('pointerup',function(){ref=null;v.classList.remove('drag')});
- v.addEventListener('dblclick',fit)});
-Array.prototype.forEach.call(document.querySelectorAll('button[data-zoom]'),function(btn){btn.addEventListener('click',function(){
- var z=btn.getAttribute('data-zoom');if(z==='fit')fit();else setNative(parseFloat(z))})});
-var px=document.getElementById('pix');if(px)px.addEventListener('change',function(){views.forEach(function(v){v.classList.toggle('pix',px.checked)})});
-function init(){if(!ready())return;fit();var q={};location.hash.slice(1).split('&').forEach(function(kv){var p=kv.split('=');q[p[0]]=parseFloat(p[1])});
- var b=base();if(b&&q.z>0)st.z=b.naturalWidth*q.z;if(q.cx>=0)st.cx=q.cx;if(q.cy>=0)st.cy=q.cy;apply()}
-imgs.forEach(function(i){if(i)i.addEventListener('load',init)});window.addEventListener('resize',apply);
-init();
-})();
-"""
 
 
 def native_embed(src: Any, name: str, cap: int = NATIVE_CAP) -> tuple[str, tuple[int, int], str]:
@@ -603,7 +450,6 @@ def native_embed(src: Any, name: str, cap: int = NATIVE_CAP) -> tuple[str, tuple
     A JPEG file that needs no rotation and no downscaling is embedded as is (no second compression);
     anything else is decoded, made upright, downscaled if needed and embedded as lossless PNG.
     """
-    from .preprocess import load_image
 
     img = load_image(src, name)
     native = img.size
@@ -669,7 +515,7 @@ def compare_report_html(a: Any, b: Any, comparison=None, errors: Sequence[dict] 
     body.append(f"<div class=\"cmpwrap\">{''.join(panes)}</div>")
     body.append(_errors_html(errors))
     body.append("</main>")
-    return _page("FGResQ comparison", "".join(body), dict(meta or {}), _CMP_JS, _CMP_CSS)
+    return _page("FGResQ comparison", "".join(body), dict(meta or {}), asset("compare.js"), asset("compare.css"))
 
 
 def write_compare_report(out: Path, a: Any, b: Any, comparison=None, errors: Sequence[dict] = (),
