@@ -108,7 +108,7 @@ class Scorer:
     def __init__(self, model: str | os.PathLike | Bundle | None = None, backend: str = "auto",
                  device: str = "cpu", batch_size: int = 16, threads: int | None = None,
                  decode_workers: int | None = None, verify: bool = True, crops: int = 1,
-                 precision: str | None = None, cuda_graphs: bool = False):
+                 precision: str | None = None, cuda_graphs: bool = False, compile: bool = False):
         if isinstance(model, Bundle):
             self.bundle = model
         else:
@@ -118,7 +118,7 @@ class Scorer:
                     raise BundleError("no model given and this build has no embedded default model (pass --model DIR)")
             self.bundle = load_bundle(model, verify=verify)
         self.backend = create_backend(backend, self.bundle, device=device, threads=threads,
-                                      precision=precision, cuda_graphs=cuda_graphs)
+                                      precision=precision, cuda_graphs=cuda_graphs, compile=compile)
         self.head = CompareHeadNP.from_npz(self.bundle.read("heads"))
         self.batch_size = max(1, int(batch_size))
         self.decode_workers = decode_workers or min(4, (os.cpu_count() or 1))

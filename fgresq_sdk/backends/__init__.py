@@ -59,26 +59,25 @@ def _make_onnxruntime(bundle, device, threads, precision):
     return OnnxRuntimeBackend(bundle, device=device, threads=threads)
 
 
-def _make_torch(bundle, device, precision, cuda_graphs):
+def _make_torch(bundle, device, precision, cuda_graphs, compile=False):
     from .torch_backend import TorchBackend
 
-    return TorchBackend(bundle, device=device, precision=precision or "fp32", cuda_graphs=cuda_graphs)
+    return TorchBackend(bundle, device=device, precision=precision or "fp32", cuda_graphs=cuda_graphs,
+                        compile=compile)
 
 
 def _make_tensorrt(bundle, device, precision):
     from .tensorrt_backend import TensorRTBackend
 
-    why = _bundle_precision_ok(bundle, precision, "tensorrt")
-    if why:
-        raise BackendError(why)
-    return TensorRTBackend(bundle, device=device)
+    # The engine's precision (its record), not the bundle's: that is its encoder.onnx's, for onnxruntime.
+    return TensorRTBackend(bundle, device=device, precision=precision)
 
 
 def _why(exc: Exception) -> str:
     return str(exc) if isinstance(exc, BackendError) else f"{type(exc).__name__}: {exc}"
 
 
-def _auto(bundle: Bundle, device: str, threads, precision, cuda_graphs) -> Backend:
+def _auto(bundle: Bundle, device: str, threads, precision, cuda_graphs, compile=False) -> Backend:
     skipped: dict[str, str] = {}
 
     def done(backend: Backend, why: str, summary: str | None = None) -> Backend:
@@ -92,6 +91,8 @@ def _auto(bundle: Bundle, device: str, threads, precision, cuda_graphs) -> Backe
             why += f"; --precision {precision} not applied (onnxruntime runs the bundle's {bundle.precision})"
         if cuda_graphs:
             why += "; CUDA graphs not applied (CPU)"
+        if compile:
+            why += "; torch.compile not applied (onnxruntime)"
         return done(_make_onnxruntime(bundle, "cpu", threads, None), why, summary)
 
     if device == "cpu":
@@ -133,7 +134,7 @@ def _auto(bundle: Bundle, device: str, threads, precision, cuda_graphs) -> Backe
         skipped["torch-cuda"] = "torch/open_clip not installed"
     else:
         try:
-            return done(_make_torch(bundle, gdev, precision, cuda_graphs),
+            return done(_make_torch(bundle, gdev, precision, cuda_graphs, compile),
                         f"torch on CUDA ({precision or 'fp32'})")
         except Exception as exc:  # noqa: BLE001 - auto falls back whatever broke
             skipped["torch-cuda"] = _why(exc)
@@ -144,11 +145,12 @@ def _auto(bundle: Bundle, device: str, threads, precision, cuda_graphs) -> Backe
 
 
 def create_backend(name: str, bundle: Bundle, device: str = "cpu", threads: int | None = None,
-                   precision: str | None = None, cuda_graphs: bool = False) -> Backend:
+                   precision: str | None = None, cuda_graphs: bool = False, compile: bool = False) -> Backend:
     """Instantiate a backend by name (`auto`, `onnxruntime`/`ort`, `torch`, `tensorrt`/`trt`).
 
     precision: None = the bundle's own; fp16/bf16 are run by the torch backend (onnxruntime and TensorRT
-    run what the bundle holds). cuda_graphs: torch backend on CUDA only.
+    run what the bundle holds; TensorRT what its engine record says). cuda_graphs: torch backend on CUDA only.
+    compile: torch.compile with static batch buckets, torch backend only (`auto` applies it if it picks torch).
     """
     name = ALIASES.get(name, name)
     if name not in BACKENDS:
@@ -156,8 +158,10 @@ def create_backend(name: str, bundle: Bundle, device: str = "cpu", threads: int 
     _check_device(device)
     if precision is not None and precision not in PRECISIONS:
         raise BackendError(f"unknown precision '{precision}' (choose from: {', '.join(PRECISIONS)})")
+    if compile and name in ("onnxruntime", "tensorrt"):
+        raise BackendError(f"--compile is torch.compile: it applies to the torch backend, not {name}")
     if name == "auto":
-        return _auto(bundle, device, threads, precision, cuda_graphs)
+        return _auto(bundle, device, threads, precision, cuda_graphs, compile)
     if name == "onnxruntime":
         if device == "auto":
             device = "cuda" if cuda_driver_devices()[0] and _ort_cuda_available()[0] else "cpu"
@@ -173,7 +177,7 @@ def create_backend(name: str, bundle: Bundle, device: str = "cpu", threads: int 
 
                 use_cuda = torch.cuda.is_available()
             device = "cuda" if use_cuda else "cpu"
-        return _make_torch(bundle, device, precision, cuda_graphs)
+        return _make_torch(bundle, device, precision, cuda_graphs, compile)
     return _make_tensorrt(bundle, device, precision)
 
 

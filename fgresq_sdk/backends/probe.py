@@ -53,3 +53,24 @@ def cuda_driver_devices() -> tuple[int, str]:
     if count.value == 0:
         return 0, "the CUDA driver sees no GPU"
     return int(count.value), f"{count.value} CUDA device(s)"
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_driver_version() -> str | None:
+    """The CUDA version the installed NVIDIA driver supports ("13.0"), asked of libcuda; None without one.
+
+    The driver's, not a toolkit's: torch, onnxruntime-gpu and TensorRT each bring their own CUDA runtime,
+    and each needs a driver at least that new."""
+    for name in _DRIVER_LIBS:
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        version = ctypes.c_int(0)
+        try:
+            if lib.cuDriverGetVersion(ctypes.byref(version)) != 0:
+                return None
+        except AttributeError:  # pragma: no cover - not the driver library
+            return None
+        return f"{version.value // 1000}.{(version.value % 1000) // 10}"
+    return None
