@@ -364,3 +364,78 @@ def test_gnome_source_installed():
     assert files and len(files) == len(names) == len(set(names))
     assert all(n.startswith("gnome-") for n in names)
     assert {n for n, _ in ph.list_photo_sources("gnome")} == set(names)
+
+
+# ---------------------------------------------------------------------------- v2: many implementations, junk
+def test_v2_degradations_every_implementation_runs_and_grows_with_strength():
+    x = syn.working_crop(ph.load_photos([s for s in ph.skimage_sources() if s[0] == "skimage-astronaut"],
+                                        max_side=256)[0][1], 64).astype(np.float32)
+    for task in ("super_resolution", "deblurring", "denoising", "dehazing", "deraining"):
+        kinds = set()
+        for seed in range(40):
+            rng = np.random.default_rng(seed)
+            kinds.add(int(np.random.default_rng(seed).integers(4)))
+            f = syn._MAKERS_V2[task](rng, 64)
+            lo, hi = f(x.copy(), 0.1), f(x.copy(), 0.85)
+            assert lo.shape == x.shape and np.isfinite(lo).all() and np.isfinite(hi).all()
+            d_lo, d_hi = np.abs(syn._q(lo) - x).mean(), np.abs(syn._q(hi) - x).mean()
+            assert d_hi >= d_lo - 0.5, (task, seed, d_lo, d_hi)
+        assert len(kinds) >= 3
+    for kind in syn.JUNK_KINDS:
+        j = syn.junk_image(kind, x, np.random.default_rng(0))
+        assert j.shape == x.shape and j.dtype == np.uint8
+
+
+def test_v2_generate_with_junk(clean_photos, tmp_path):
+    m = syn.generate(clean_photos[:2], tmp_path / "a", seed=0, size=SIZE, version=2, junk=True)
+    syn.generate(clean_photos[:2], tmp_path / "b", seed=0, size=SIZE, version=2, junk=True)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")  # seeded: byte-identical
+    assert m.recipe["degradation_version"] == 2 and m.recipe["junk"]["images"] == 2 * len(TASKS)
+    for iid, r in m.images.items():
+        if iid.endswith("/J"):
+            levels = [x for k, x in m.images.items() if k.startswith(iid[:-1]) and not k.endswith("/J")]
+            assert r.mos < min(x.mos for x in levels) and r.strength == 1.0
+    junk_pairs = [p for p in m.pairs if p.a.endswith("/J") or p.b.endswith("/J")]
+    assert len(junk_pairs) == 3 * 2 * len(TASKS)
+    for p in junk_pairs:
+        assert (p.label == "b_better") == p.a.endswith("/J") and p.label != "similar"
+
+
+def test_photo_split_file_and_debian_catalog(tmp_path):
+    from fgresq_sdk.train import debian_photos as dp
+    from fgresq_sdk.train import make_split
+
+    root = Path(__file__).parents[1]
+    d = json.loads((root / "train" / "data" / "split.json").read_text())
+    assert set(d["split"].values()) == {"fit", "val", "test"}
+    assert not any("mate" in (p.get("package") or "") for p in d["photos"])
+    for side, names in make_split.PINNED.items():  # the previous default's photos keep their sides
+        assert all(d["split"][n] == side for n in names)
+    assert make_split.assign(list(d["split"])) == d["split"]
+    # a fake unpacked package: one design in two resolutions -> one entry, licence from DEP-5
+    pkg = tmp_path / "pkgs" / "plasma-workspace-wallpapers"
+    img_dir = pkg / "usr/share/wallpapers/Foo/contents/images"
+    img_dir.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for w, h in ((1024, 640), (1280, 800)):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(img_dir / f"{w}x{h}.png")
+    doc = pkg / "usr/share/doc/plasma-workspace-wallpapers"
+    doc.mkdir(parents=True)
+    (doc / "copyright").write_text("Format: x\n\nFiles: *\nCopyright: a\nLicense: GPL-2+\n")
+    cat = dp.catalog(tmp_path)
+    assert [(e["name"], e["width"], e["licence"]) for e in cat] == [("plasma-Foo", 1280, "GPL-2+")]
+    with pytest.raises(ValueError):
+        dp.fetch(tmp_path, packages=["mate-backgrounds"])
+
+
+def test_subset_keeps_chosen_crops_and_a_seeded_share(clean_photos, tmp_path):
+    from fgresq_sdk.train.subset import select
+
+    photos = syn.expand_crops(clean_photos[:2], 2, seed=0)
+    m = syn.generate(photos, tmp_path / "g", seed=0, size=SIZE, version=2, junk=True)
+    s = select(m, crops=(0,), pair_fraction=0.5, seed=0)
+    assert s.pairs and all(s.images[p.a].content_id.endswith("_c0") for p in s.pairs)
+    n_c0 = sum(m.images[p.a].content_id.endswith("_c0") for p in m.pairs)
+    assert 0.2 * n_c0 < len(s.pairs) < 0.8 * n_c0
+    assert [(p.a, p.b) for p in select(m, (0,), 0.5, 0).pairs] == [(p.a, p.b) for p in s.pairs]
+    assert {p.a for p in s.pairs} | {p.b for p in s.pairs} == set(s.images)

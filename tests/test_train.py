@@ -433,3 +433,39 @@ def test_train_through_the_fgresq_sdk_cli(manifest_dir, tmp_path):
     assert bad.returncode == 2 and bad.stdout == ""  # no manifest anywhere: a usage error
     assert bad.stderr.startswith("error: ") and "manifest" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
     assert not (tmp_path / "x" / "logs.jsonl").exists()
+
+
+def test_default_recipe_smoke_run(tmp_path):
+    """The default model's recipe end to end at toy size: v2 data with hard negatives from the split file's
+    photo sides, both stages with val selection data, export, and the evaluation with baselines, cross-content
+    SRCC and junk-vs-clean (scripts/make_default_model.sh at full size)."""
+    from fgresq_sdk.train import photos as ph
+    from fgresq_sdk.train import synthetic as syn
+    from fgresq_sdk.train.evaluate import evaluate
+    from fgresq_sdk.train.trainer import load_train_config, run_training
+
+    root = Path(__file__).parents[1]
+    split = json.loads((root / "train" / "data" / "split.json").read_text())["split"]
+    srcs = dict(ph.skimage_sources())
+    pick = {side: [n for n in sorted(srcs) if split.get(n) == side][:2] for side in ("fit", "val", "test")}
+    mans = {}
+    for side, names in pick.items():
+        photos = ph.load_photos([(n, srcs[n]) for n in names], max_side=256)
+        syn.generate(photos, tmp_path / side, seed=0, size=64, levels=4, version=2, junk=True)
+        mans[side] = tmp_path / side
+    cfg = load_train_config(root / "train" / "configs" / "default-compact-v2.json")
+    cfg.update(threads=1, log_every=1)
+    cfg["data"]["cache_mb"] = 64
+    cfg["dfl"].update(epochs=1, batch_size=16)
+    cfg["fgresq"].update(epochs=1, batch_size=8, warmup_steps=1)
+    res = run_training(cfg, tmp_path / "run", manifest=mans["fit"], val_manifest=mans["val"], progress=False,
+                       export=True)
+    recs = [json.loads(line) for line in (tmp_path / "run" / "logs.jsonl").read_text().splitlines()]
+    ep = [r for r in recs if r["event"] == "epoch" and r["stage"] == "fgresq"]
+    assert ep and "acc" in ep[-1]["val"]
+    out = evaluate(tmp_path / "run" / "bundle", mans["test"])
+    assert set(out["methods"]) >= {"FGResQ", "PSNR", "SSIM", "LapVar (NR)"}
+    assert out["cross_content_srcc"]["FGResQ"]["all"] is not None
+    jv = out["junk_vs_clean"]
+    assert jv["n_clean"] == 2 and jv["n_junk"] == 10 and 0.0 <= jv["clean_wins"] <= 1.0
+    assert Path(res["model"]).is_file()

@@ -38,7 +38,7 @@ TASK_TITLES = {
     "deblurring": "Deblurring", "denoising": "Denoising", "deraining": "Deraining", "dehazing": "Dehazing",
     "mixture": "MixtureRestoration", "super_resolution": "SuperResolution",
 }
-METHODS = ("FGResQ", "PSNR", "SSIM")
+METHODS = ("FGResQ", "PSNR", "SSIM", "LapVar (NR)")
 MIN_SCENE_ITEMS = 3
 
 __all__ = ["evaluate", "write_report", "render_markdown", "eval_main", "scene_weighted_correlations",
@@ -58,6 +58,12 @@ PROTOCOL_NOTES = [
     "Range SRCC: MOS min-max normalised per scene (observed min/max of the scene's images in the "
     "manifest, not the declared mos_range), items pooled across the scenes of a task (or all tasks), "
     "SRCC within each range; '-' = fewer than 3 items or not available.",
+    "LapVar (NR): no-reference classical baseline, variance of the Laplacian of the luma (higher = sharper); "
+    "a no-reference model should also be compared with no-reference peers.",
+    "Cross-content SRCC: SRCC over all images of a task pooled across contents and scenes, MOS scaled to [0, 1] "
+    "by each scene's declared mos_range.",
+    "Junk vs clean: every clean reference against five hard negatives made from every reference (pure noise, "
+    "flat frame, extreme blur, extreme JPEG, banding), share of pairs where the clean photo scores higher.",
     "Average: mean over the tasks that have a value.",
 ]
 
@@ -182,6 +188,77 @@ def _fr_scores(manifest, ids: list[str], errors: list[dict], log: Callable[[str]
     return out
 
 
+# -- no-reference classical baseline -------------------------------------------------------------------
+def laplacian_variance(luma: np.ndarray) -> float:
+    """No-reference sharpness statistic: variance of the 4-neighbour Laplacian of the luma (0-255 scale).
+
+    Higher reads as sharper/better. Blind to noise (noise raises it) - a classical NR peer, not a good metric."""
+    from scipy import ndimage
+
+    return float(ndimage.laplace(np.asarray(luma, np.float64), mode="reflect").var())
+
+
+def _nr_scores(manifest, ids: list[str], errors: list[dict]) -> dict[str, float]:
+    out = {}
+    for iid in ids:
+        try:
+            out[iid] = laplacian_variance(_luma_of(str(manifest.image_path(iid))))
+        except Exception as exc:
+            errors.append({"image_id": iid, "stage": "nr_baseline", "error": str(exc).splitlines()[0]})
+    _luma_of.cache_clear()
+    return out
+
+
+def cross_content_srcc(scores: dict[str, float], manifest, ids: list[str], tasks: list[str]) -> dict:
+    """SRCC over all images of a task pooled across contents (and over everything), MOS mapped to [0, 1]
+    by each scene's declared mos_range (quality direction respected): an absolute-scale check, unlike the
+    per-scene SRCC which the paper averages."""
+    from scipy.stats import spearmanr
+
+    scenes = getattr(manifest, "scenes", None) or {}
+
+    def norm(i):
+        r = manifest.images[i]
+        meta = scenes.get(r.scene) or {}
+        lo, hi = (meta.get("mos_range") or [0.0, 1.0])[:2]
+        v = (float(r.mos) - lo) / ((hi - lo) or 1.0)
+        return v if meta.get("higher_is_better", True) else 1.0 - v
+
+    out = {}
+    for t in list(tasks) + ["all"]:
+        tid = [i for i in ids if i in scores and (t == "all" or manifest.images[i].task == t)]
+        if len({manifest.images[i].content_id for i in tid}) < 2:
+            out[t] = None
+            continue
+        out[t] = float(spearmanr([scores[i] for i in tid], [norm(i) for i in tid]).statistic)
+    return out
+
+
+def junk_vs_clean(scorer, manifest, seed: int = 0) -> dict:
+    """Clean references against hard negatives made from every reference (pure noise, flat frame, extreme
+    blur, extreme JPEG, heavy banding; train.synthetic.junk_image): share of (clean, junk) pairs over all
+    contents in which the clean photo scores higher."""
+    from fgresq_sdk.preprocess import load_image
+
+    from .synthetic import JUNK_KINDS, _crc, junk_image
+
+    refs = sorted({str(manifest.reference_path(i)) for i in manifest.images if manifest.reference_path(i)})
+    if not refs:
+        return {}
+    clean = [np.asarray(load_image(r, name=r)) for r in refs]
+    c_sc = np.asarray(scorer.score(clean), np.float64)
+    per_kind, j_all = {}, []
+    for kind in JUNK_KINDS:
+        junk = [junk_image(kind, c.astype(np.float32), np.random.default_rng([seed, _crc(r), 7]))
+                for c, r in zip(clean, refs)]
+        j = np.asarray(scorer.score(junk), np.float64)
+        j_all.append(j)
+        per_kind[kind] = {"clean_wins": float((c_sc[:, None] > j[None, :]).mean()), "junk_mean_score": float(j.mean())}
+    j = np.concatenate(j_all)
+    return {"n_clean": len(refs), "n_junk": int(j.size), "clean_wins": float((c_sc[:, None] > j[None, :]).mean()),
+            "clean_mean_score": float(c_sc.mean()), "per_kind": per_kind}
+
+
 # -- the evaluation ---------------------------------------------------------------------------------------
 def evaluate(bundle_or_scorer, manifest, backend: str = "onnxruntime", *, device: str = "cpu",
              batch_size: int = 16, baselines: bool = True,
@@ -261,6 +338,7 @@ def evaluate(bundle_or_scorer, manifest, backend: str = "onnxruntime", *, device
     if baselines:
         method_scores["PSNR"] = {i: v["PSNR"] for i, v in fr.items()}
         method_scores["SSIM"] = {i: v["SSIM"] for i, v in fr.items()}
+        method_scores["LapVar (NR)"] = _nr_scores(manifest, ids, errors)
     scene_range = _scene_mos_ranges(ids, mos_of, scene_of)
 
     methods_out: dict[str, dict] = {}
@@ -315,6 +393,11 @@ def evaluate(bundle_or_scorer, manifest, backend: str = "onnxruntime", *, device
             "n_similar_pairs": sum(p.label == "similar" for p in tp),
         }
 
+    cross = {name: cross_content_srcc(sc, manifest, ids, present) for name, sc in method_scores.items()}
+    try:
+        junk = junk_vs_clean(scorer, manifest) if baselines else {}
+    except Exception as exc:  # informational; never stops the evaluation
+        junk = {"error": str(exc).splitlines()[0]}
     try:
         model_desc = scorer.describe()
     except Exception:  # pragma: no cover - describe is informational only
@@ -331,6 +414,8 @@ def evaluate(bundle_or_scorer, manifest, backend: str = "onnxruntime", *, device
         "tasks": tasks_out,
         "methods": methods_out,
         "range_srcc": range_out,
+        "cross_content_srcc": cross,
+        "junk_vs_clean": junk,
         "protocol": {"notes": PROTOCOL_NOTES + ([f"MOS negated (lower is better) for scenes: {', '.join(flipped)}."]
                                                 if flipped else []),
                      "lower_is_better_scenes": flipped, "min_scene_items": MIN_SCENE_ITEMS,
@@ -453,6 +538,22 @@ def render_markdown(result: dict) -> str:
                                                                            str(d["n"]["overall"])])
     lines += _table(["Scope", "Method"] + labs + ["Overall", "n"], rows)
     lines.append("")
+    cross = result.get("cross_content_srcc") or {}
+    if cross:
+        lines.append("## Cross-content SRCC (all images of a task pooled over contents, MOS scaled by scene range)")
+        lines.append("")
+        rows = [["pooled", m] + [_fmt((cross.get(m) or {}).get(t)) for t in present]
+                + [_fmt((cross.get(m) or {}).get("all"))] for m in methods if m in cross]
+        lines += _table(["Scope", "Method"] + [TASK_TITLES.get(t, t) for t in present] + ["All tasks"], rows)
+        lines.append("")
+    junk = result.get("junk_vs_clean") or {}
+    if junk.get("per_kind"):
+        lines.append("## Junk vs clean (clean references against hard negatives made from every reference)")
+        lines.append("")
+        rows = [[k, _fmt(v["clean_wins"]), _fmt(v["junk_mean_score"])] for k, v in junk["per_kind"].items()]
+        rows.append(["all", _fmt(junk["clean_wins"]), f"clean mean {_fmt(junk['clean_mean_score'])}"])
+        lines += _table(["Junk kind", "clean wins", "mean score"], rows)
+        lines.append("")
     lines.append("## Notes")
     lines.append("")
     lines += [f"- {n}" for n in result["protocol"]["notes"]]

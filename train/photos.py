@@ -12,6 +12,8 @@ Sources (all offline, nothing is downloaded):
   variants (``*-l`` / ``*-d``) of one design count as one content and only the light one is used;
   SVGs and tiny placeholders (< 512 px) are skipped.
 * any folder of clean photos: ``photos_from_folder(path)`` (recursive; jpg/jpeg/png/webp/bmp/tif).
+* a catalogue of Debian wallpaper packages (``fgresq_sdk.train.debian_photos``, ``photos.json``):
+  ``catalog_sources(path)``; names like ``plasma-Autumn``, ``ukui-calla``. mate-backgrounds is refused.
 
 Each source is a list of ``(name, loader)`` where ``loader()`` returns the full-size ``uint8`` RGB
 array. Names are stable, file-system safe ids (``skimage-astronaut``, ``gnome-adwaita``, and for a
@@ -170,6 +172,19 @@ def photos_from_folder(folder: str | os.PathLike) -> list[tuple[str, Loader]]:
             name, k = f"{base}_{k}", k + 1
         seen.add(name)
         out.append((name, partial(load_image_file, p)))
+    return out
+
+
+def catalog_sources(catalog: str | os.PathLike) -> list[tuple[str, Loader]]:
+    """(name, loader) for every photo of a ``debian_photos`` catalogue (``photos.json``)."""
+    import json
+
+    entries = json.loads(Path(catalog).read_text())
+    out = []
+    for e in entries:
+        if e.get("package") in ("mate-backgrounds",):
+            raise ValueError("mate-backgrounds is reserved for the independent check")
+        out.append((e["name"], partial(load_image_file, e["file"])))
     return out
 
 

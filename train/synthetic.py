@@ -48,7 +48,7 @@ from scipy import ndimage
 
 from .manifest import TASKS, ImageRecord, Manifest, PairRecord
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DEFAULT_LEVELS = 6
 STRENGTH_RANGE = (0.1, 0.85)
 DEFAULT_JND_SCALE = 0.3
@@ -341,6 +341,188 @@ def _make_derain(rng: np.random.Generator, size: int) -> Degrade:
     return f
 
 
+# -- version 2: several implementations per task (chosen per (content, task) by the flavour rng), so the
+# model learns the artefact and not one generator.
+
+def _jpeg(x: np.ndarray, quality: int) -> np.ndarray:
+    import io
+    buf = io.BytesIO()
+    Image.fromarray(_q(x)).save(buf, format="JPEG", quality=int(max(1, min(95, quality))))
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return np.asarray(im.convert("RGB"), np.float32)
+
+
+def disk_kernel(radius: float) -> np.ndarray:
+    r = max(float(radius), 0.5)
+    n = int(np.ceil(r)) + 1
+    yy, xx = np.mgrid[-n:n + 1, -n:n + 1].astype(np.float64)
+    k = np.clip(r + 0.5 - np.sqrt(xx ** 2 + yy ** 2), 0.0, 1.0)
+    return (k / k.sum()).astype(np.float32)
+
+
+def _make_sr2(rng: np.random.Generator, size: int) -> Degrade:
+    kind = int(rng.integers(4))  # 0: v1 resampling, 1: nearest-ish up + blur, 2: JPEG in the loop, 3: halos
+    if kind == 0:
+        return _make_sr(rng, size)
+    down, up = _DOWN[rng.integers(3)], (Image.NEAREST, Image.BILINEAR, Image.BICUBIC, Image.LANCZOS)[rng.integers(4)]
+    max_factor = rng.uniform(2.5, 4.5)
+    q0 = rng.uniform(70, 95)
+    halo = rng.uniform(0.8, 2.0)
+    sc = size / 256.0
+
+    def f(x: np.ndarray, s: float) -> np.ndarray:
+        h, w = x.shape[:2]
+        fac = 1.0 + (max_factor - 1.0) * s
+        lw, lh = max(4, int(round(w / fac))), max(4, int(round(h / fac)))
+        lo = _resize_f(x, lw, lh, down)
+        if kind == 2:
+            lo = _jpeg(lo, q0 - 60.0 * s)
+        y = _resize_f(lo, w, h, up)
+        if kind == 1:
+            y = _gauss(y, 0.4 * s * sc)
+        if kind == 3:
+            y = _unsharp(y, halo * s, 1.5 * sc)
+        return y
+    return f
+
+
+def _make_deblur2(rng: np.random.Generator, size: int) -> Degrade:
+    kind = int(rng.integers(3))  # 0: v1 gaussian/motion, 1: defocus disk, 2: deconvolution ringing
+    if kind == 0:
+        return _make_deblur(rng, size)
+    max_r = rng.uniform(2.5, 5.0)
+    ring = rng.uniform(0.5, 1.5)
+    angle = rng.uniform(0.0, 180.0)
+    sc = size / 256.0
+
+    def f(x: np.ndarray, s: float) -> np.ndarray:
+        if kind == 1:
+            return _conv(x, disk_kernel((0.3 + max_r * s) * sc))
+        # residual blur after a non-blind deconvolution: blur, then over-sharpen -> ringing at edges
+        y = _conv(x, motion_kernel(1.0 + 10.0 * s * sc, angle))
+        return _unsharp(_unsharp(y, ring * s, 1.0 * sc), 0.5 * ring * s, 3.0 * sc)
+    return f
+
+
+def _make_denoise2(rng: np.random.Generator, size: int) -> Degrade:
+    kind = int(rng.integers(4))  # 0: v1, 1: poisson/shot noise, 2: colour (chroma) noise, 3: waxy over-smoothing
+    if kind == 0:
+        return _make_denoise(rng, size)
+    seed = int(rng.integers(2**31))
+    peak = rng.uniform(8.0, 25.0)
+    max_sigma = rng.uniform(8.0, 16.0)
+    filt = int(rng.integers(3))
+    sc = size / 256.0
+
+    def f(x: np.ndarray, s: float) -> np.ndarray:
+        g = np.random.default_rng([seed, int(round(s * 1e6))])
+        if kind == 1:
+            lam = np.maximum(x, 0.0) / 255.0 * (peak / max(s, 0.02) ** 2)
+            return g.poisson(lam).astype(np.float32) / (peak / max(s, 0.02) ** 2) * 255.0
+        if kind == 2:
+            n = _gauss(g.standard_normal(x.shape).astype(np.float32), 1.0 * sc)
+            n -= n.mean(axis=-1, keepdims=True)
+            return x + max_sigma * 2.0 * s * n / max(float(n.std()), 1e-6)
+        # waxy: edge-preserving smoothing that wipes texture (median / bilateral-like / TV)
+        if filt == 0:
+            k = 1 + 2 * int(round(1 + 3 * s * sc))
+            return ndimage.median_filter(x, size=(k, k, 1), mode="reflect")
+        if filt == 1:
+            sig = 0.5 + 3.5 * s * sc
+            base = _gauss(x, sig)
+            w = np.exp(-((x - base) ** 2).sum(-1, keepdims=True) / (2 * (12.0 + 30.0 * s) ** 2))
+            return w * base + (1 - w) * x if s < 0.05 else (1 - 0.15) * (w * base + (1 - w) * x) + 0.15 * base
+        from skimage.restoration import denoise_tv_chambolle
+        return 255.0 * denoise_tv_chambolle(x / 255.0, weight=0.02 + 0.25 * s, channel_axis=-1).astype(np.float32)
+    return f
+
+
+def _make_dehaze2(rng: np.random.Generator, size: int) -> Degrade:
+    kind = int(rng.integers(3))  # 0: v1 ramp depth, 1: luminance depth proxy, 2: residual veil + strong cast
+    if kind == 0:
+        return _make_dehaze(rng, size)
+    air = 255.0 * (rng.uniform(0.75, 0.95) + rng.uniform(-0.06, 0.06, 3))
+    max_h = rng.uniform(0.55, 0.85)
+    cast = rng.uniform(-0.15, 0.15, 3)
+    beta = rng.uniform(0.8, 2.0)
+
+    def f(x: np.ndarray, s: float) -> np.ndarray:
+        if kind == 1:  # brighter, smoother regions read as far (sky): t = exp(-beta d)
+            d = _gauss(x.mean(-1) / 255.0, size / 32.0)
+            t = np.exp(-beta * s * (0.3 + d))[..., None]
+            h = np.clip(1.0 - t, 0.0, max_h)
+            y = x * (1.0 - h) + air.astype(np.float32) * h
+        else:
+            h = max_h * s * 0.8
+            y = x * (1.0 - h) + air.astype(np.float32) * h
+        return y * (1.0 + s * cast).astype(np.float32)
+    return f
+
+
+def _make_derain2(rng: np.random.Generator, size: int) -> Degrade:
+    kind = int(rng.integers(3))  # 0: v1 streaks, 1: two layers of different angle/width, 2: drops
+    if kind == 0:
+        return _make_derain(rng, size)
+    sc = size / 256.0
+    u1, u2 = rng.random((size, size)).astype(np.float32), rng.random((size, size)).astype(np.float32)
+    a1, a2 = 90.0 + rng.uniform(-30, 30), 90.0 + rng.uniform(-30, 30)
+    k1 = motion_kernel(rng.uniform(6, 24) * sc, a1, normalize="max")
+    k2 = motion_kernel(rng.uniform(4, 12) * sc, a2, normalize="max")
+    width = rng.uniform(0.4, 1.2) * sc
+    dens = rng.uniform(0.004, 0.012)
+    alpha = rng.uniform(0.4, 0.8)
+    drops_xy = rng.random((60, 2)) * size
+    drops_r = rng.uniform(2, 7, 60) * sc
+
+    def f(x: np.ndarray, s: float) -> np.ndarray:
+        H, W = x.shape[:2]
+        if kind == 1:
+            st = _conv((u1 < dens * s).astype(np.float32)[:H, :W], k1) + 0.7 * _conv(
+                (u2 < 0.6 * dens * s).astype(np.float32)[:H, :W], k2)
+            st = np.clip(_gauss(st, width), 0.0, 1.0)
+            return x + (255.0 - x) * (alpha * (0.4 + 0.6 * s) * st)[..., None]
+        n = int(round(60 * s))
+        y = x.copy()
+        blurred = _gauss(x, 3.0 * sc)
+        yy, xx = np.mgrid[0:H, 0:W]
+        for (cx, cy), r in zip(drops_xy[:n], drops_r[:n]):
+            m = (((xx - cx) ** 2 + (yy - cy) ** 2) <= r * r)
+            y[m] = 0.6 * blurred[m] + 0.4 * 235.0
+        return y
+    return f
+
+
+_MAKERS_V2 = {
+    "super_resolution": _make_sr2,
+    "deblurring": _make_deblur2,
+    "denoising": _make_denoise2,
+    "dehazing": _make_dehaze2,
+    "deraining": _make_derain2,
+}
+
+JUNK_KINDS = ("noise", "flat", "extreme_blur", "extreme_jpeg", "banding")
+
+
+def junk_image(kind: str, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Hard negatives: far below any restored output, whatever the content."""
+    h, w = x.shape[:2]
+    if kind == "noise":
+        return _q(rng.uniform(0, 255, (h, w, 3)) if rng.random() < 0.5 else 128 + 60 * rng.standard_normal((h, w, 3)))
+    if kind == "flat":
+        return _q(np.ones_like(x) * (x.reshape(-1, 3).mean(0) if rng.random() < 0.5 else rng.uniform(0, 255, 3)))
+    if kind == "extreme_blur":
+        return _q(_gauss(x, rng.uniform(8.0, 16.0) * h / 256.0))
+    if kind == "extreme_jpeg":
+        lo = _resize_f(x, w // 4, h // 4, Image.BILINEAR) if rng.random() < 0.5 else x
+        return _q(_resize_f(_jpeg(lo, int(rng.integers(1, 4))), w, h, Image.NEAREST))
+    if kind == "banding":
+        levels = int(rng.integers(2, 5))
+        y = np.round(_gauss(x, 2.0) / 255.0 * (levels - 1)) / (levels - 1) * 255.0
+        return _q(y)
+    raise ValueError(kind)
+
+
 _MAKERS: dict[str, Callable[[np.random.Generator, int], Degrade]] = {
     "super_resolution": _make_sr,
     "deblurring": _make_deblur,
@@ -372,9 +554,22 @@ def _make_mixture(rng: np.random.Generator, size: int) -> Degrade:
 _MAKERS["mixture"] = _make_mixture
 
 
-def degrader(task: str, content_id: str, seed: int, size: int) -> Degrade:
-    """The degradation of one (content, task): its flavour is fixed by (seed, content_id, task)."""
+def degrader(task: str, content_id: str, seed: int, size: int, version: int = 1) -> Degrade:
+    """The degradation of one (content, task): its flavour is fixed by (seed, content_id, task).
+
+    version 1: one implementation per task; version 2: several per task (``_MAKERS_V2``), mixture of those."""
     rng = np.random.default_rng([seed, _crc(content_id), TASKS.index(task), 1])
+    if version >= 2:
+        if task == "mixture":
+            combo = _MIXES[rng.integers(len(_MIXES))]
+            parts = [(_MAKERS_V2[t](rng, size), rng.uniform(0.6, 0.9)) for t in combo]
+
+            def f(x: np.ndarray, s: float) -> np.ndarray:
+                for g, wgt in parts:
+                    x = g(x, s * wgt)
+                return x
+            return f
+        return _MAKERS_V2[task](rng, size)
     return _MAKERS[task](rng, size)
 
 
@@ -404,7 +599,7 @@ def _save_png(arr: np.ndarray, path: Path) -> None:
 def generate(photos: Sequence[tuple[str, np.ndarray]], out_dir, seed: int = 0, size: int = 256,
              levels: int | Sequence[float] = DEFAULT_LEVELS, tasks: Sequence[str] = TASKS,
              jnd_scale: float = DEFAULT_JND_SCALE, scenes: dict[str, dict] | None = None,
-             recipe_extra: dict | None = None) -> Manifest:
+             recipe_extra: dict | None = None, version: int = 1, junk: bool = False) -> Manifest:
     """Generate a synthetic FGRestore-style dataset from clean photos into ``out_dir``; returns the saved Manifest.
 
     ``photos``: (name, uint8 image) pairs; names become content ids. Identical crops are dropped
@@ -451,7 +646,7 @@ def generate(photos: Sequence[tuple[str, np.ndarray]], out_dir, seed: int = 0, s
 
     images: dict[str, ImageRecord] = {}
     pairs: list[PairRecord] = []
-    n_candidates = n_coarse = 0
+    n_candidates = n_coarse = n_junk = 0
     used_scenes: set[str] = set()
     for cid in content_ids:
         ref_rel = f"references/{cid}.png"
@@ -465,7 +660,7 @@ def generate(photos: Sequence[tuple[str, np.ndarray]], out_dir, seed: int = 0, s
             sc = scenes[scene]
             rng = np.random.default_rng([seed, _crc(cid), ti, 2])
             mos = mos_curve(strengths, sc["mos_range"], rng)
-            f = degrader(t, cid, seed, size)
+            f = degrader(t, cid, seed, size, version)
             stats, ids = [], []
             for k, s in enumerate(strengths):
                 y = _q(f(x, s))
@@ -489,6 +684,22 @@ def generate(photos: Sequence[tuple[str, np.ndarray]], out_dir, seed: int = 0, s
                     else:
                         a, b, lab = ids[j], ids[i], "b_better"
                     pairs.append(PairRecord(a=a, b=b, label="similar" if similar else lab))
+            if junk:  # hard negative of this (content, task): far below every level, paired across the range
+                jrng = np.random.default_rng([seed, _crc(cid), ti, 3])
+                kind = JUNK_KINDS[int(jrng.integers(len(JUNK_KINDS)))]
+                lo, hi = float(sc["mos_range"][0]), float(sc["mos_range"][1])
+                jmos = round(lo + (hi - lo) * float(jrng.uniform(0.0, 0.03)), 6)
+                jmos = min(jmos, mos[-1] - 1e-3 * (hi - lo))
+                iid, rel = f"{cid}/{t}/J", f"images/{cid}/{t}/J.png"
+                _save_png(junk_image(kind, x, jrng), out_dir / rel)
+                images[iid] = ImageRecord(image_id=iid, path=rel, scene=scene, task=t, content_id=cid,
+                                          mos=jmos, reference=ref_rel, strength=1.0)
+                n_junk += 1
+                for k in sorted({0, len(strengths) // 2, len(strengths) - 1}):
+                    if jrng.random() < 0.5:
+                        pairs.append(PairRecord(a=ids[k], b=iid, label="a_better"))
+                    else:
+                        pairs.append(PairRecord(a=iid, b=ids[k], label="b_better"))
 
     scene_meta = {n: {"mos_range": [float(v) for v in scenes[n]["mos_range"]],
                       "coarse_threshold": float(scenes[n]["coarse_threshold"]),
@@ -513,6 +724,10 @@ def generate(photos: Sequence[tuple[str, np.ndarray]], out_dir, seed: int = 0, s
             "rule": "pair SSIM >= ssim_threshold -> label 'similar'",
         },
         "coarse_rule": "pairs with |MOS_a - MOS_b| > scene coarse_threshold dropped",
+        "degradation_version": int(version),
+        "junk": ({"kinds": list(JUNK_KINDS), "rule": "one hard negative J per (content, task), MOS in the bottom 3 % "
+                  "of the scene range, paired with the lowest, middle and highest strength (exempt from the coarse "
+                  "filter: they teach the absolute end of the scale)", "images": n_junk} if junk else None),
         "counts": {"candidate_pairs": n_candidates, "coarse_dropped": n_coarse, "pairs": len(pairs),
                    "similar": n_sim, "images": len(images)},
     }
@@ -559,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--source", default=None, choices=("skimage", "gnome", "all", "none"),
                     help="built-in photo source (default: skimage, or none when --photos is given)")
     ap.add_argument("--photos", default=None, help="a folder of clean photos (recursive)")
-    ap.add_argument("--photo-split", default="all", choices=("all", "train", "held_out", "fit", "val"),
+    ap.add_argument("--photo-split", default="all", choices=("all", "train", "held_out", "fit", "val", "test"),
                     help="use all photos, or one side of photos.split_photos; fit/val split the train side "
                          "again (--val-fraction) so a schedule can be chosen without touching held_out")
     ap.add_argument("--val-fraction", type=float, default=0.2, help="share of the train photos for 'val'")
@@ -568,15 +783,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jnd-scale", type=float, default=DEFAULT_JND_SCALE)
     ap.add_argument("--crops-per-photo", type=int, default=1,
                     help="contents per photo: seeded crops at several positions and scales (default 1)")
+    ap.add_argument("--degradations", type=int, default=1, choices=(1, 2),
+                    help="1: one implementation per task (legacy); 2: several implementations per task")
+    ap.add_argument("--junk", action="store_true", help="add hard negatives (noise, flat, extreme blur/JPEG, banding)")
+    ap.add_argument("--catalog", default=None,
+                    help="photos.json from fgresq_sdk.train.debian_photos: adds those photos as a source")
+    ap.add_argument("--split-file", default=None, help="a JSON {name: fit|val|test} split (overrides the hash split)")
     args = ap.parse_args(argv)
 
     source = args.source or ("none" if args.photos else "skimage")
     sources = ph.list_photo_sources(source, args.photos)
+    if args.catalog:
+        sources += ph.catalog_sources(args.catalog)
     if source in ("gnome", "all") and not ph.gnome_files():
         print("note: gnome-backgrounds not installed (apt-get install -y gnome-backgrounds)", file=sys.stderr)
     split = ph.split_photos([n for n, _ in sources], args.held_out_fraction)
     inner = ph.split_photos(split["train"], args.val_fraction, salt="fgresq-val")
     split["fit"], split["val"] = inner["train"], inner["held_out"]
+    if args.split_file:
+        assigned = json.loads(Path(args.split_file).read_text())["split"]
+        split = {k: sorted(n for n, v in assigned.items() if v == k) for k in ("fit", "val", "test")}
+        split["held_out"] = split["test"]
+        split["train"] = sorted(split["fit"] + split["val"])
+        missing = [n for n, _ in sources if n not in assigned]
+        if missing:
+            ap.error(f"{len(missing)} photos not in the split file, e.g. {missing[:3]}")
     if args.photo_split != "all":
         keep = set(split[args.photo_split])
         sources = [(n, l) for n, l in sources if n in keep]
@@ -590,7 +821,7 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.perf_counter()
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     m = generate(photos, args.out, seed=args.seed, size=args.size, levels=args.levels, tasks=tasks,
-                 jnd_scale=args.jnd_scale,
+                 jnd_scale=args.jnd_scale, version=args.degradations, junk=args.junk,
                  recipe_extra={"photo_source": source, "photo_folder": args.photos, "photo_split": args.photo_split,
                                "crops_per_photo": args.crops_per_photo,
                                "photo_split_names": split})

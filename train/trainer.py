@@ -688,11 +688,14 @@ def run_training(config: str | os.PathLike | dict | None, out: str | os.PathLike
                  manifest: str | os.PathLike | None = None, stage: str = "all", resume: bool = False,
                  pretrained: str | os.PathLike | None = None, epochs: int | None = None,
                  threads: int | None = None, export: bool | None = None, val_manifest=None,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, init_checkpoint: str | os.PathLike | None = None) -> dict[str, Any]:
     """Run stage 1 then stage 2 (or one of them) into `out`; returns a summary dict.
 
-    epochs overrides the epoch count of every stage that runs. Raises TrainError for usage problems.
+    epochs overrides the epoch count of every stage that runs. init_checkpoint (stage "fgresq" only): start
+    stage 2 from that model instead of ``out/dfl``. Raises TrainError for usage problems.
     """
+    if init_checkpoint is not None and stage != "fgresq":
+        raise TrainError("init_checkpoint needs stage='fgresq'")
     from fgresq_sdk.model import FGResQ, load_checkpoint, save_checkpoint
 
     t0 = time.perf_counter()
@@ -767,6 +770,10 @@ def run_training(config: str | os.PathLike | dict | None, out: str | os.PathLike
                                     progress=prog, cache=cache, text_state=text_state,
                                     pretrained_logit_scale=(pre_report or {}).get("logit_scale"), init=init)
             init = f"stage 1 ({dfl_final})"
+        elif init_checkpoint is not None and "fgresq" in stages:
+            # continue stage 2 from a finished model (a second cosine cycle on more data; "warm restart")
+            load_weights_into(model, Path(init_checkpoint))
+            init = f"checkpoint ({init_checkpoint})"
         elif dfl_final.is_file() and "fgresq" in stages:
             load_weights_into(model, dfl_final)
             init = f"stage 1 ({dfl_final})"
@@ -812,11 +819,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int)
     ap.add_argument("--export", action="store_true", default=None)
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--init-checkpoint", help="with --stage fgresq: start stage 2 from this model checkpoint")
     a = ap.parse_args(argv)
     try:
         res = run_training(a.config, a.out, manifest=a.manifest, stage=a.stage, resume=a.resume,
                            pretrained=a.pretrained, epochs=a.epochs, threads=a.threads, export=a.export,
-                           val_manifest=a.val_manifest, progress=not a.no_progress)
+                           val_manifest=a.val_manifest, progress=not a.no_progress,
+                           init_checkpoint=a.init_checkpoint)
     except (TrainError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,53 @@
+"""A smaller training manifest for the CPU budget: pairs of the chosen crops, a seeded share of them.
+
+``python -m fgresq_sdk.train.subset --src data/v2-fit --out data/v2-fit-s --crops 0 --pair-fraction 0.5 --seed 0``
+keeps the pairs whose content is crop ``~c0`` of its photo (all photos stay represented) and, of those, a
+fraction chosen by a seeded sha256 of the pair (reproducible, order-free); images are those the pairs use.
+The manifest's ``root`` points at the source folder's images (nothing is copied).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+
+from .manifest import Manifest
+
+
+def select(m: Manifest, crops=(0,), pair_fraction: float = 1.0, seed: int = 0) -> Manifest:
+    want = {f"_c{c}" for c in crops}
+    keep = []
+    for i, p in enumerate(m.pairs):
+        cid = m.images[p.a].content_id
+        mm = re.search(r"_c\d+$", cid)
+        if mm and mm.group(0) not in want:
+            continue
+        u = int(hashlib.sha256(f"{seed}:{p.a}:{p.b}".encode()).hexdigest()[:8], 16) / 2**32
+        if u < pair_fraction:
+            keep.append(i)
+    out = m.subset(keep)
+    out.recipe["subset"] = {"crops": list(crops), "pair_fraction": pair_fraction, "seed": seed,
+                            "pairs": len(out.pairs), "images": len(out.images)}
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m fgresq_sdk.train.subset")
+    ap.add_argument("--src", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--crops", default="0", help="comma-separated crop indices to keep")
+    ap.add_argument("--pair-fraction", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    m = select(Manifest.load(a.src), tuple(int(c) for c in a.crops.split(",")), a.pair_fraction, a.seed)
+    m.root = Path(a.src).resolve()
+    m.save(a.out)
+    print(json.dumps(m.recipe["subset"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
