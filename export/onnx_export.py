@@ -34,15 +34,18 @@ def head_arrays(model) -> dict[str, np.ndarray]:
     }
 
 
-def _export_graphs(model, out: Path, opset: int) -> None:
+def _export_graphs(model, out: Path, opset: int) -> int:
+    """Both graphs into `out`; returns how many ViT attention blocks were written in the clean form."""
     import torch
 
     from fgresq_sdk.model import CompareHead
 
+    from .fusion import clean_attention
+
     size = int(model.cfg["preprocess"]["size"])
     dim3 = 3 * model.feature_dim
     image = torch.zeros(2, 3, size, size)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), clean_attention(model) as cleaned:
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model, (image,), str(out / ENCODER_FILE), input_names=["image"], output_names=["features", "score"],
@@ -55,6 +58,7 @@ def _export_graphs(model, out: Path, opset: int) -> None:
             dynamic_axes={"q0": {0: "batch"}, "q1": {0: "batch"}, "logits": {0: "batch"}},
             opset_version=opset, dynamo=False,
         )
+    return cleaned
 
 
 def check_graphs(out: Path) -> None:
@@ -72,17 +76,31 @@ def prepare_out_dir(out: str | Path, force: bool) -> Path:
 
 def export_bundle(model, out: str | Path, *, source: str, opset: int = DEFAULT_OPSET,
                   include_checkpoint: bool = True, force: bool = False,
-                  extra: dict[str, Any] | None = None) -> Path:
-    """Write a complete bundle for `model` (an FGResQ in eval mode) into `out` (staged, see staged_bundle)."""
+                  extra: dict[str, Any] | None = None, fuse: bool = False) -> Path:
+    """Write a complete bundle for `model` (an FGResQ in eval mode) into `out` (staged, see staged_bundle).
+
+    The ViT towers' attention is always exported in the clean form (export/fusion.py). fuse=True also runs
+    ONNX Runtime's transformer fusions (Attention, SkipLayerNormalization, QuickGelu) at export time: the
+    encoder then needs ONNX Runtime (com.microsoft operators). It is off by default because on the CPUs
+    measured it was not faster than the clean graph under ONNX Runtime's own session optimizer (README,
+    Performance), while it stops TensorRT's parser and changes what int8 quantizes.
+    """
     from fgresq_sdk.model import save_checkpoint
+
+    from .fusion import fuse_encoder, vit_shape
 
     out = prepare_out_dir(out, force)
     model = model.eval().float().cpu()
     with staged_bundle(out, force) as tmp:
         # Traced with autograd on: under no_grad, nn.MultiheadAttention takes its fused fast path, which
         # has no ONNX symbolic.
-        _export_graphs(model, tmp, opset)
+        cleaned = _export_graphs(model, tmp, opset)
         check_graphs(tmp)
+        graph = {"attention": "clean export (static head shapes, separate q/k/v)" if cleaned else "as traced",
+                 "clean_attention_blocks": cleaned}
+        shape = vit_shape(model)
+        if fuse and shape is not None:
+            graph["fusion"] = fuse_encoder(tmp / ENCODER_FILE, shape)
         np.savez(tmp / HEADS_FILE, **head_arrays(model))
         files = {"encoder": ENCODER_FILE, "compare_head": COMPARE_FILE, "heads": HEADS_FILE}
         if include_checkpoint:
@@ -91,7 +109,8 @@ def export_bundle(model, out: str | Path, *, source: str, opset: int = DEFAULT_O
         meta = {"opset": opset, "feature_dim": model.feature_dim, "score_scale": model.score_scale,
                 "inputs": {"image": ["batch", 3, model.cfg["preprocess"]["size"], model.cfg["preprocess"]["size"]]},
                 "outputs": {"features": ["batch", 3 * model.feature_dim], "score": ["batch"],
-                            "logits": ["batch", 3], "logit_order": ["first_better", "second_better", "similar"]}}
+                            "logits": ["batch", 3], "logit_order": ["first_better", "second_better", "similar"]},
+                "graph": graph}
         meta.update(extra or {})
         write_manifest(tmp, name=model.cfg["name"], config=model.cfg, files=files, precision="fp32",
                        source=source, extra=meta)

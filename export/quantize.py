@@ -11,11 +11,22 @@ measurement (../shared/notes/int8-on-avx2.md, and the closing notes of the harde
   largest error source and a negligible share of the time;
 - only weight×activation products: the attention's activation×activation MatMuls stay fp32.
 The torch checkpoint is not copied: it is the fp32 reference, not this model.
+
+Static QDQ quantization calibrated on photos was measured against this (README, Performance;
+bench/int8_schemes.py): no faster on either kind of CPU, as accurate only when calibrated on photos like
+the ones scored (and ~10× worse when calibrated on other images), so dynamic stays. `--calibration DIR`
+gives the photos the int8 bundle is *validated* on: each export measures int8 against fp32 on this CPU
+(max |Δscore| at batch 1 and 8, pair agreement within groups of blurred versions) and records it in
+model.json under quantization.validation, with the CPU model and ISA and where the photos came from.
 """
 from __future__ import annotations
 
 import platform
 from pathlib import Path
+
+import numpy as np
+
+from fgresq_sdk.errors import BundleError
 
 from .derive import derive_bundle
 
@@ -37,23 +48,101 @@ def _nodes_to_keep_fp32(model) -> list[str]:
     return keep
 
 
-def cpu_isa() -> list[str]:
-    """The x86 ISA extensions that change int8 kernels (empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return []
-    return sorted({"avx2", "avx512f", "avx512_vnni", "avx_vnni"} & set(flags))
+def _validation_images(calibration: Path | None, limit: int, workdir: Path) -> tuple[list, str]:
+    """Photos (paths) to validate on and a description of where they came from.
+
+    With `--calibration DIR`: up to `limit` image files of DIR (sorted by name; subfolders too). Without:
+    the bench's deterministic synthetic photos (seed 0).
+    """
+    from fgresq_sdk.preprocess import is_image_file
+
+    if calibration is not None:
+        root = Path(calibration)
+        if not root.is_dir():
+            raise BundleError(f"--calibration {root}: not a folder of photos")
+        files = sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
+        if not files:
+            raise BundleError(f"--calibration {root}: no image files in it (.jpg, .png, .webp…)")
+        return files[:limit], f"{root.name}/ ({min(len(files), limit)} of {len(files)} photos, sorted by name)"
+    from fgresq_sdk.bench import synthetic_photos
+
+    return synthetic_photos(limit, workdir / "validation-photos", seed=0), \
+        f"synthetic photos (fgresq_sdk.bench.synthetic_photos, seed 0, {limit} images)"
 
 
-def quantize_bundle(src: str | Path, out: str | Path, *, per_channel: bool = True, force: bool = False) -> Path:
+BLUR_LEVELS = (0, 1, 2, 3, 5)  # each photo also blurred: groups with a known quality order, as in ranking
+
+
+def validate_int8(fp32_onnx: Path, int8_onnx: Path, preprocess_spec: dict, heads_npz: bytes, photos: list,
+                  batch_sizes: tuple[int, ...] = (1, 8), min_gap: float = 0.005) -> dict:
+    """int8 against fp32 on `photos` (each at BLUR_LEVELS), on this CPU: max |Δscore| per batch size, and
+    agreement on the pairs of versions of one photo — score order where fp32 separates them by ≥ min_gap,
+    and the comparison head's 3-way verdict on all of them."""
+    import itertools
+
+    import onnxruntime as ort
+    from PIL import ImageFilter
+
+    from fgresq_sdk.backends.onnxruntime_backend import session_options
+    from fgresq_sdk.heads import CompareHeadNP
+    from fgresq_sdk.preprocess import load_image, preprocess
+
+    tensors, groups = [], []
+    for p in photos:
+        img = load_image(p)
+        group = []
+        for radius in BLUR_LEVELS:
+            group.append(len(tensors))
+            tensors.append(preprocess(img.filter(ImageFilter.GaussianBlur(radius)) if radius else img, preprocess_spec))
+        groups.append(group)
+    x = np.stack(tensors).astype(np.float32)
+
+    def run(path: Path, bs: int) -> tuple[np.ndarray, np.ndarray]:
+        sess = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+        out = [sess.run(None, {"image": x[k:k + bs]}) for k in range(0, len(x), bs)]
+        return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
+
+    head = CompareHeadNP.from_npz(heads_npz)
+    q32, s32 = run(fp32_onnx, max(batch_sizes))
+    pairs = [pr for g in groups for pr in itertools.permutations(g, 2)]
+    i, j = map(np.asarray, zip(*pairs))
+    separated = np.abs(s32[i] - s32[j]) >= min_gap
+    v32 = head.all_pairs_probs(q32)[i, j].argmax(-1)
+    per_batch = {}
+    for bs in batch_sizes:
+        q8, s8 = run(int8_onnx, bs)
+        per_batch[str(bs)] = {
+            "max_abs_dscore": round(float(np.max(np.abs(s8 - s32))), 5),
+            "mean_abs_dscore": round(float(np.mean(np.abs(s8 - s32))), 6),
+            "pair_order_agreement": (round(float(((s32[i] > s32[j]) == (s8[i] > s8[j]))[separated].mean()), 5)
+                                     if separated.any() else None),
+            "verdict_agreement": round(float((head.all_pairs_probs(q8)[i, j].argmax(-1) == v32).mean()), 5)}
+    return {"images": len(x), "photos": len(photos), "blur_radii": list(BLUR_LEVELS), "pairs": len(pairs),
+            "pairs_separated": int(separated.sum()), "min_gap": min_gap, "by_batch_size": per_batch}
+
+
+def quantize_bundle(src: str | Path, out: str | Path, *, per_channel: bool = True, force: bool = False,
+                    calibration: str | Path | None = None, validate: bool = True, validation_photos: int = 8) -> Path:
+    """An int8 bundle from fp32 bundle `src`. With `validate` (the default), the result is measured against
+    fp32 on this CPU — on the photos of `calibration` (a folder) or on synthetic ones — and the numbers go
+    into model.json. The scheme is dynamic either way: static (calibrated) QDQ was measured no faster and
+    no more accurate (README, Performance), so the photos validate rather than calibrate."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from fgresq_sdk.bundle import load_bundle
+    from fgresq_sdk.cpu import cpu_isa, cpu_model
+
+    source = load_bundle(src)
+    workdir = Path(out).parent
+    if calibration is not None:
+        _validation_images(Path(calibration), validation_photos, workdir)  # refuse a bad folder before working
 
     def make(src_onnx: Path, dst_onnx: Path) -> None:
         import logging
+        import tempfile
 
         import onnx
+        import onnxruntime
 
         keep = _nodes_to_keep_fp32(onnx.load(str(src_onnx), load_external_data=False))
         details["fp32_nodes"] = len(keep)
@@ -64,10 +153,23 @@ def quantize_bundle(src: str | Path, out: str | Path, *, per_channel: bool = Tru
                              extra_options={"MatMulConstBOnly": True})
         finally:
             logging.disable(logging.NOTSET)
+        if not validate:
+            details["validation"] = None
+            return
+        with tempfile.TemporaryDirectory(prefix="fgresq-int8-") as td:
+            photos, where = _validation_images(None if calibration is None else Path(calibration),
+                                               validation_photos, Path(td))
+            result = validate_int8(src_onnx, dst_onnx, source.preprocess, source.read("heads"), photos)
+        details["calibration"] = {"source": where, "used_for": "validation (dynamic quantization needs no "
+                                  "calibration data)"}
+        details["validation"] = {"cpu": cpu_model(), "isa": cpu_isa(), "onnxruntime": onnxruntime.__version__,
+                                 "reference": "fp32 encoder of the source bundle, ONNX Runtime", **result}
 
     details = {"method": "onnxruntime dynamic", "ops": QUANTIZED_OPS,
                "weights": ("int8 per-channel" if per_channel else "int8 per-tensor") + ", reduce_range (7-bit)",
+               "scheme": {"kind": "dynamic", "activations": "uint8, per batch", "weights": "int8",
+                          "weight_bits": 7, "per_channel": per_channel},
                "fp32": "heads (task_mlp, prompt_mlp, head) and activation×activation MatMuls",
-               "built_on": {"machine": platform.machine(), "isa": cpu_isa()}}
+               "built_on": {"machine": platform.machine(), "cpu": cpu_model(), "isa": cpu_isa()}}
     return derive_bundle(src, out, precision="int8", encoder_file=INT8_ENCODER, make_encoder=make,
                          details_key="quantization", details=details, force=force)

@@ -75,7 +75,7 @@ def variant_bundle(bundle: Bundle, precision: str, workdir: Path) -> Bundle:
     if precision == "int8":
         from .export.quantize import quantize_bundle
 
-        return load_bundle(quantize_bundle(bundle.root, out, force=True))
+        return load_bundle(quantize_bundle(bundle.root, out, force=True, validate=False))  # bench measures its own
     if precision == "fp16":
         from .export.half import half_bundle
 
@@ -231,24 +231,124 @@ def check_rank_baseline(bundle: Bundle) -> None:
                            f"(missing: {', '.join(missing)})")
 
 
-def machine_info() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        import onnxruntime as ort
+def _version(pkg: str) -> str | None:
+    """An installed package's version without importing it (torch takes seconds to import)."""
+    from importlib import metadata
 
-        info["onnxruntime"] = ort.__version__
-    except ImportError:
-        pass
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict:
+    """Where the numbers come from: CPU model and SIMD flags, library versions, thread counts."""
+    import sys
+
+    from .backends.onnxruntime_backend import default_threads
+    from .cpu import cpu_model, simd_flags
+
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "cpu": cpu_model(), "machine": platform.machine(), "isa": simd_flags(),
+            "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"), "torch": _version("torch"),
+            "threads": {"onnxruntime_intra_op": default_threads(), "onnxruntime_inter_op": 1}}
+    if "torch" in sys.modules:  # only if a torch variant (or the torch reference) ran: its thread pool
+        info["threads"]["torch_intra_op"] = sys.modules["torch"].get_num_threads()
+        info["threads"]["torch_inter_op"] = sys.modules["torch"].get_num_interop_threads()
     return info
+
+
+# Flags shown in the text header (the JSON has every SIMD flag): what a reader compares machines by.
+HEADER_ISA = ("sse4_2", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
+              "amx_tile", "asimd", "asimddp", "i8mm", "sve")
+
+
+def header_lines(result: dict, width: int = 80) -> list[str]:
+    """The text header: model and reference, CPU and ISA, library versions and thread counts."""
+    m = result["machine"]
+    isa = " ".join(f for f in HEADER_ISA if f in m.get("isa", [])) or "-"
+    cpus = f"{m.get('usable_cpus') or '?'} of {m.get('cpus') or '?'} CPUs usable"
+    th = m.get("threads", {})
+    ort = (f"onnxruntime {m.get('onnxruntime') or '-'}: {th.get('onnxruntime_intra_op', '?')} intra-op + "
+           f"{th.get('onnxruntime_inter_op', '?')} inter-op threads")
+    torch = "torch " + (m.get("torch") or "not installed")
+    if "torch_intra_op" in th:
+        torch += f": {th['torch_intra_op']} threads"
+    lines = [f"fgresq-sdk bench — {result['model']['name']} (accuracy vs {result['reference']})",
+             f"CPU: {m.get('cpu', '?')} ({m.get('machine', '?')}, {cpus})", f"ISA: {isa}",
+             f"{ort}; {torch}", f"Python {m.get('python', '?')}, {m.get('platform', '?')}"]
+    return [ln if len(ln) <= width else ln[: width - 1] + "…" for ln in lines]
+
+
+def _sig(x: float | None, digits: int = 3) -> str:
+    """`digits` significant digits without exponent for the magnitudes a bench shows (0.0123, 4.56, 1234)."""
+    if x is None or not np.isfinite(x):
+        return "-"
+    if x == 0:
+        return "0"
+    decimals = max(0, digits - 1 - int(np.floor(np.log10(abs(x)))))
+    return f"{x:.{decimals}f}"
+
+
+def _delta(x: float | None) -> str:
+    if x is None or not np.isfinite(x):
+        return "-"
+    return "0" if x == 0 else (f"{x:.4f}" if x >= 1e-4 else f"{x:.0e}")
+
+
+# (header, right-aligned, value from (variant result, row)); the optional ones go first when space is short.
+_COLUMNS = [
+    ("variant", False, lambda r, row: r["variant"]),
+    ("batch", True, lambda r, row: str(row["batch_size"])),
+    ("p50 ms", True, lambda r, row: _sig(row["latency_ms"]["p50"])),
+    ("p90 ms", True, lambda r, row: _sig(row["latency_ms"]["p90"])),
+    ("img/s", True, lambda r, row: _sig(row["throughput_ips"])),
+    ("e2e img/s", True, lambda r, row: _sig(row["end_to_end_ips"])),
+    ("RSS MB", True, lambda r, row: f"{row['peak_rss_mb']:.0f}"),
+    ("max|Δs|", True, lambda r, row: _delta(r["accuracy_vs_reference"]["max_abs_dscore"])),
+    ("agree", True, lambda r, row: f"{100 * r['accuracy_vs_reference']['pair_order_agreement']:.1f}%"),
+]
+_OPTIONAL = ("p90 ms", "RSS MB", "e2e img/s")  # dropped in this order if the table would be wider than 80
+
+
+def table_lines(result: dict, width: int = 80) -> list[str]:
+    """The results as a plain-text table no wider than `width` (for pipes and narrow terminals)."""
+    cells = [[(h, right, fn(r, row)) for h, right, fn in _COLUMNS] for r in result["results"] for row in r["rows"]]
+    if not cells:
+        return []
+    drop: set[str] = set()
+
+    def render() -> list[str]:
+        cols = [i for i, (h, _, _) in enumerate(_COLUMNS) if h not in drop]
+        widths = {i: max(len(_COLUMNS[i][0]), *(len(c[i][2]) for c in cells)) for i in cols}
+
+        def line(values: list[tuple[str, bool]]) -> str:
+            return "  ".join(v.rjust(widths[i]) if right else v.ljust(widths[i])
+                             for i, (v, right) in zip(cols, values)).rstrip()
+
+        out = [line([(_COLUMNS[i][0], _COLUMNS[i][1]) for i in cols])]
+        out.append("  ".join("-" * widths[i] for i in cols))
+        out += [line([(c[i][2], c[i][1]) for i in cols]) for c in cells]
+        return out
+
+    lines = render()
+    for name in _OPTIONAL:
+        if max(map(len, lines)) <= width:
+            break
+        drop.add(name)
+        lines = render()
+    return lines
+
+
+def report_lines(result: dict, width: int = 80) -> list[str]:
+    """Header, a blank line, the table, and a note on the columns (nothing when no variant ran)."""
+    table = table_lines(result, width)
+    if not table:
+        return []
+    notes = ["img/s: model only; e2e: JPEG decode + preprocess + model (pipelined)",
+             f"max|Δs|, agree (pair order): against {result['reference']}"]
+    return header_lines(result, width) + [""] + table + [""] + [n[:width] for n in notes]
 
 
 def table_rows(result: dict) -> list[list]:

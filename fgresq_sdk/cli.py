@@ -137,6 +137,8 @@ DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda[:N], or auto (a GPU 
 PrecisionOpt = typer.Option(None, "--precision", help="torch backend on CUDA: fp16/bf16 weights for the towers "
                             "(default: the bundle's own precision).")
 GraphsOpt = typer.Option(False, "--cuda-graphs", help="torch backend on CUDA: replay CUDA graphs per batch size.")
+CompileOpt = typer.Option(False, "--compile", help="torch backend: torch.compile (Inductor) with static batch "
+                          "buckets; the first batch of each size compiles (cached on disk).")
 BatchOpt = typer.Option(16, "--batch-size", "-b", min=1, help="Images per encoder batch.")
 FmtOpt = typer.Option(Fmt.table, "--format", "-f", help="Output format.")
 CropsOpt = typer.Option(1, "--crops", min=1, help="1: the whole image squashed to 224² (as trained). K>1: K aligned "
@@ -150,12 +152,14 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _scorer(model, backend, device, batch_size, crops: int = 1, precision=None, cuda_graphs: bool = False):
+def _scorer(model, backend, device, batch_size, crops: int = 1, precision=None, cuda_graphs: bool = False,
+            compile_: bool = False):
     from .scorer import Scorer
 
     return Scorer(model, backend=backend.value if isinstance(backend, Enum) else backend,
                   device=device, batch_size=batch_size, crops=crops,
-                  precision=precision.value if isinstance(precision, Enum) else precision, cuda_graphs=cuda_graphs)
+                  precision=precision.value if isinstance(precision, Enum) else precision, cuda_graphs=cuda_graphs,
+                  compile=compile_)
 
 
 def _run_encode(scorer, paths: list, label: str):
@@ -179,11 +183,11 @@ def score(
     images: List[Path] = typer.Argument(..., help="Image files.", show_default=False, readable=False),
     model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt, device: str = DeviceOpt,
     batch_size: int = BatchOpt, fmt: Fmt = FmtOpt, crops: int = CropsOpt,
-    precision: Optional[Precision] = PrecisionOpt, cuda_graphs: bool = GraphsOpt,
+    precision: Optional[Precision] = PrecisionOpt, cuda_graphs: bool = GraphsOpt, compile_: bool = CompileOpt,
 ):
     """Score each image: quality in (0, 1), higher is better."""
     try:
-        scorer = _scorer(model, backend, device, batch_size, crops, precision, cuda_graphs)
+        scorer = _scorer(model, backend, device, batch_size, crops, precision, cuda_graphs, compile_)
         ok, errors = _run_encode(scorer, images, "scoring")
     except FGResQError as exc:
         _fail(str(exc))
@@ -262,7 +266,7 @@ def rank(
                                      help="parent: rank each sub-folder separately (implies --recursive)."),
     top: Optional[int] = typer.Option(None, "--top", min=1, help="Show only the best K of each group."),
     fmt: Fmt = FmtOpt, crops: int = CropsOpt,
-    precision: Optional[Precision] = PrecisionOpt, cuda_graphs: bool = GraphsOpt,
+    precision: Optional[Precision] = PrecisionOpt, cuda_graphs: bool = GraphsOpt, compile_: bool = CompileOpt,
     report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML report: "
                                           "thumbnails best-first, scores, tiers and the pairwise heat map of "
                                           "each group. Never written over an input; an existing other file "
@@ -304,7 +308,7 @@ def rank(
               f"in half of the available memory ({budget / 2**30:.1f} GiB) here (use --group-by parent, or "
               "`score` for plain scores)")
     try:
-        scorer = _scorer(model, backend, device, batch_size, crops, precision, cuda_graphs)
+        scorer = _scorer(model, backend, device, batch_size, crops, precision, cuda_graphs, compile_)
         ok, enc_errors = _run_encode(scorer, files, "ranking")
     except FGResQError as exc:
         _fail(str(exc))
@@ -435,9 +439,10 @@ class ExportFormat(str, Enum):
     onnx_int8 = "onnx-int8"
     onnx_fp16 = "onnx-fp16"
     tensorrt = "tensorrt"
+    triton_repo = "triton-repo"
 
 
-def _derive_from_fp32(checkpoint: Path, out: Path, fmt: ExportFormat, opset: int, force: bool) -> Path:
+def _derive_from_fp32(checkpoint: Path, out: Path, fmt: ExportFormat, opset: int, force: bool, **options) -> Path:
     """int8/fp16 bundles come from an fp32 bundle; a checkpoint is exported to fp32 first (temporarily)."""
     import tempfile
 
@@ -449,10 +454,10 @@ def _derive_from_fp32(checkpoint: Path, out: Path, fmt: ExportFormat, opset: int
     else:
         from .export.half import half_bundle as make
     if checkpoint.is_dir() and (checkpoint / MANIFEST).is_file():
-        return make(checkpoint, out, force=force)
+        return make(checkpoint, out, force=force, **options)
     with tempfile.TemporaryDirectory(prefix="fgresq-export-") as td:
         fp32 = _export_fp32(checkpoint, Path(td) / "fp32", opset, force=False)
-        return make(fp32, out, force=force)
+        return make(fp32, out, force=force, **options)
 
 
 def _export_fp32(checkpoint: Path, out: Path, opset: int, force: bool) -> Path:
@@ -477,7 +482,8 @@ def export_cmd(
                                     help="Our .safetensors checkpoint, or a bundle (with a checkpoint for onnx)."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write."),
     fmt: ExportFormat = typer.Option(ExportFormat.onnx, "--format",
-                                     help="onnx (fp32), onnx-int8 (dynamic int8, CPU), onnx-fp16 (GPU)."),
+                                     help="onnx (fp32), onnx-int8 (dynamic int8, CPU), onnx-fp16 (GPU), "
+                                          "triton-repo (a Triton model repository from a bundle)."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset."),
     fp16: bool = typer.Option(True, "--fp16/--fp32", help="tensorrt: build an FP16 engine (default) or FP32."),
     batch: str = typer.Option("1,8,32", "--batch", help="tensorrt: optimisation profile MIN,OPT,MAX batch."),
@@ -485,14 +491,24 @@ def export_cmd(
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="tensorrt: timing cache file, "
                                                 "reused and updated across builds."),
     device: str = typer.Option("cuda", "--device", help="tensorrt: GPU to build on."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="onnx-int8: a folder of photos to "
+                                               "validate int8 against fp32 on (default: synthetic photos); the "
+                                               "result, this CPU and the photos' source go into model.json."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty output folder."),
+    max_batch_size: int = typer.Option(32, "--max-batch-size", min=1,
+                                       help="triton-repo: max_batch_size of the generated Triton configs."),
 ):
     """Export a checkpoint to a model bundle (ONNX encoder + comparison head + manifest), or derive an
-    int8 / fp16 / TensorRT bundle from an fp32 one."""
+    int8 / fp16 / TensorRT bundle from an fp32 one, or write a Triton model repository from a bundle."""
     from .bundle import MANIFEST
 
+    if calibration is not None and fmt is not ExportFormat.onnx_int8:
+        _fail("--calibration applies to --format onnx-int8 only")
+    if fmt is ExportFormat.triton_repo:
+        _export_triton_repo(checkpoint, out, max_batch_size, opset, force)
+        return
     if fmt is ExportFormat.tensorrt:
-        _require("export --format tensorrt", "trt", ("tensorrt", "torch"))
+        _require("export --format tensorrt", "trt", ("tensorrt", "torch") + (("onnx",) if fp16 else ()))
     elif fmt is not ExportFormat.onnx and checkpoint.is_dir() and (checkpoint / MANIFEST).is_file():
         _require(f"export --format {fmt.value}", "export", ("onnx",))  # derived from the bundle's ONNX files
     else:
@@ -506,6 +522,8 @@ def export_cmd(
                                 log=lambda m: err_console.print(m, markup=False))
         elif fmt is ExportFormat.onnx:
             path = _export_fp32(checkpoint, out, opset, force)
+        elif fmt is ExportFormat.onnx_int8:
+            path = _derive_from_fp32(checkpoint, out, fmt, opset, force, calibration=calibration)
         else:
             path = _derive_from_fp32(checkpoint, out, fmt, opset, force)
     except ImportError as exc:  # a dependency of an extra that is installed but broken
@@ -643,7 +661,7 @@ def bench(
 
     A variant that cannot run here (torch on an ONNX-only bundle, an extra that is not installed) is
     skipped with one line on stderr; the others are still measured. Exit 1 when no variant could run."""
-    from .bench import BENCH_BACKENDS, BENCH_PRECISIONS, CSV_HEADER, TABLE_HEADER, Variant, run_bench, table_rows
+    from .bench import BENCH_BACKENDS, BENCH_PRECISIONS, CSV_HEADER, Variant, run_bench, table_rows
 
     def ints(text: str, option: str, least: int) -> list[int]:
         try:
@@ -682,9 +700,10 @@ def bench(
         emit_json(result)
     elif fmt is Fmt.csv:
         emit_csv(CSV_HEADER, table_rows(result))
-    else:
-        emit_table(f"fgresq-sdk bench — {result['model']['name']} (accuracy vs {result['reference']})",
-                   TABLE_HEADER, table_rows(result))
+    else:  # header (CPU, ISA, versions, threads) + a plain table that fits 80 columns
+        from .bench import report_lines
+
+        sys.stdout.write("".join(line + "\n" for line in report_lines(result)))
     if fmt is not Fmt.json:
         for row in result.get("rank_vs_per_pair", []):
             err_console.print(f"rank N={row['n_images']}: {row['rank_s']:.3f} s vs per-pair baseline "
@@ -731,6 +750,131 @@ def info(
         emit_csv(["key", "value"], _flat_rows(payload))
     else:
         emit_table(None, ["key", "value"], _flat_rows(payload))
+
+
+# -- serving and batch scoring (optional extras: serve, batch / ray) ---------------------------------------
+SERVE_MODULES = ("pytriton",)
+BATCH_MODULES = ("pyarrow",)
+RAY_MODULES = ("pyarrow", "ray")
+
+
+def _export_triton_repo(checkpoint: Path, out: Path, max_batch_size: int, opset: int, force: bool) -> None:
+    """export --format triton-repo: from a bundle (no extra needed), or from a checkpoint via a temporary
+    fp32 bundle (the export extra)."""
+    import tempfile
+
+    from .bundle import MANIFEST
+
+    is_bundle = checkpoint.is_dir() and (checkpoint / MANIFEST).is_file()
+    if not is_bundle:
+        _require("export --format triton-repo from a checkpoint", "export", EXPORT_MODULES)
+    try:
+        from .export.triton_repo import export_triton_repo
+
+        if is_bundle:
+            path = export_triton_repo(checkpoint, out, max_batch_size=max_batch_size, force=force)
+        else:
+            with tempfile.TemporaryDirectory(prefix="fgresq-export-") as td:
+                fp32 = _export_fp32(checkpoint, Path(td) / "fp32", opset, force=False)
+                path = export_triton_repo(fp32, out, max_batch_size=max_batch_size, force=force)
+    except ImportError as exc:
+        _fail(f"export needs the export extra: pip install 'fgresq-sdk[export]' ({exc})")
+    except FGResQError as exc:
+        _fail(str(exc))
+    err_console.print(f"wrote Triton model repository {display_path(path)}", markup=False)
+
+
+@app.command(cls=_Command)
+def serve(
+    model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt, device: str = DeviceOpt,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    http_port: int = typer.Option(8000, "--http-port", min=1, max=65535, help="HTTP (KServe v2) port."),
+    grpc_port: int = typer.Option(8001, "--grpc-port", min=1, max=65535, help="gRPC (KServe v2) port."),
+    metrics_port: int = typer.Option(8002, "--metrics-port", min=1, max=65535, help="Prometheus metrics port."),
+    max_batch_size: int = typer.Option(32, "--max-batch-size", min=1, help="Largest batch dynamic batching forms."),
+    max_queue_delay_us: int = typer.Option(2000, "--max-queue-delay-us", min=0,
+                                           help="How long a request may wait for others to batch with (µs)."),
+    instances: int = typer.Option(1, "--instances", min=1, help="Model instances (concurrent batches)."),
+):
+    """Serve the model with Triton Inference Server (KServe v2 HTTP/gRPC, dynamic batching, metrics).
+
+    Model `fgresq`: input `image` (BYTES, one encoded image file per item) → `score`, `features`, `error`.
+    Model `fgresq_info`: the bundle's identity and comparison head, for clients that compare and rank
+    (fgresq_sdk.client.RemoteScorer). Runs until SIGTERM or Ctrl-C."""
+    _require("serve", "serve", SERVE_MODULES)
+    try:
+        from .serve.server import ServeOptions, main_log, serve as run_serve
+
+        scorer = _scorer(model, backend, device, max_batch_size)
+        opts = ServeOptions(host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                            max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
+                            instances=instances)
+        run_serve(scorer, opts, log=main_log)
+    except ImportError as exc:  # the extra is installed but broken (e.g. numpy ≥ 2 under PyTriton's pin)
+        _fail(f"serve needs the serve extra: pip install 'fgresq-sdk[serve]' ({exc})")
+    except FGResQError as exc:
+        _fail(str(exc))
+
+
+class BatchEngine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+@app.command("batch", cls=_Command)
+def batch_cmd(
+    source: Path = typer.Argument(..., help="A folder (searched recursively), a text file of paths (one per line) "
+                                  "or a Parquet file with a `path` column.", readable=False),
+    out: Path = typer.Option(..., "--out", "-o", help="Parquet dataset folder to write (path, score, error "
+                             "[, features]; one row per input)."),
+    engine: BatchEngine = typer.Option(BatchEngine.local, "--engine", help="local: this process; ray: Ray Data."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="ray: the cluster to join (e.g. "
+                                              "ray://head:10001, or auto); default: a local Ray on this machine."),
+    actors: Optional[int] = typer.Option(None, "--actors", min=1, help="ray: scoring actors (default: one per "
+                                         "4 CPUs, or per --gpus-per-actor share of the GPUs)."),
+    cpus_per_actor: Optional[float] = typer.Option(None, "--cpus-per-actor", min=0.01, help="ray: CPUs per actor "
+                                                   "(ONNX Runtime threads follow; default: the CPUs shared out)."),
+    gpus_per_actor: float = typer.Option(0.0, "--gpus-per-actor", min=0.0, help="ray: GPUs per actor (> 0: GPU "
+                                         "actors on cuda)."),
+    object_store_mb: Optional[int] = typer.Option(None, "--object-store-mb", min=75, help="ray: object store "
+                                                  "size of the local Ray started here (MiB)."),
+    batch_size: int = BatchOpt,
+    model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt, device: str = DeviceOpt,
+    with_features: bool = typer.Option(False, "--with-features", help="Also write the quality features q."),
+    resume: bool = typer.Option(False, "--resume", help="Continue OUT: skip the paths it already holds."),
+):
+    """Score many images into Parquet, on this machine or on a Ray cluster.
+
+    A file that cannot be read or decoded is an error row; the others are still scored. Exit 1 when some
+    rows are errors. Rows are written in whole Parquet parts, so an interrupted run keeps what it wrote
+    (and Ctrl-C/SIGTERM write what was scored first): run again with --resume."""
+    if engine is BatchEngine.ray:
+        _require("batch --engine ray", "ray", RAY_MODULES)
+    else:
+        _require("batch", "batch", BATCH_MODULES)
+    try:
+        from .batch import BatchOptions, run_batch
+
+        opts = BatchOptions(model=None if model is None else str(model), backend=backend.value, device=device,
+                            batch_size=batch_size, with_features=with_features, resume=resume,
+                            engine=engine.value, ray_address=ray_address, actors=actors,
+                            cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
+                            object_store_mb=object_store_mb)
+        res = run_batch(source, out, opts, log=lambda m: err_console.print(m, markup=False))
+    except ImportError as exc:
+        extra = "ray" if engine is BatchEngine.ray else "batch"
+        _fail(f"batch needs the {extra} extra: pip install 'fgresq-sdk[{extra}]' ({exc})")
+    except FGResQError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # a Ray cluster failure (unreachable address, actors that cannot start…)
+        if engine is not BatchEngine.ray:
+            raise
+        _fail(f"ray: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}")
+    rate = res.rows / res.seconds if res.seconds > 0 else 0.0
+    err_console.print(f"wrote {_count(res.rows, 'row')} ({_count(res.errors, 'error')}) to {display_path(out)} "
+                      f"in {res.seconds:.1f} s ({rate:.1f} images/s, engine {res.engine})"
+                      + (f"; {res.skipped} already there" if res.skipped else ""), markup=False)
+    raise typer.Exit(1 if res.errors else 0)
 
 
 def _flat_rows(payload: dict, prefix: str = "") -> list[list]:

@@ -15,7 +15,13 @@ needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="needs torch + open_clip 
 
 # The bundle verification cache goes to a per-run folder, never to the user's ~/.cache (subprocesses
 # inherit it).
-os.environ.setdefault("FGRESQ_CACHE_DIR", tempfile.mkdtemp(prefix="fgresq-test-cache-"))
+if "FGRESQ_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+
+    os.environ["FGRESQ_CACHE_DIR"] = tempfile.mkdtemp(prefix="fgresq-test-cache-")
+    # It can hold optimized ONNX Runtime graphs (~0.7 GB for ViT-B/16): removed when the run ends.
+    atexit.register(shutil.rmtree, os.environ["FGRESQ_CACHE_DIR"], True)
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "cat")
 

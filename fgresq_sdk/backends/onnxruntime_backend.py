@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 import os
+import sys
+import threading
 
 import numpy as np
 
 from ..bundle import Bundle
 from ..errors import BackendError, BundleError
 from .base import Backend
+
+
+def default_threads() -> int:
+    """Intra-op threads when none are asked for: the CPUs this process may run on (container limits too)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def session_options(threads: int | None = None):
@@ -21,9 +28,7 @@ def session_options(threads: int | None = None):
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if not threads:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    so.intra_op_num_threads = int(threads)
+    so.intra_op_num_threads = int(threads or default_threads())
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     return so
@@ -57,6 +62,52 @@ def providers_for(device: str) -> list:
     raise BackendError(f"unknown device '{device}' for onnxruntime (use cpu or cuda)")
 
 
+_warned_lock = threading.Lock()
+_warned: set[str] = set()
+
+
+def int8_scheme_risk(manifest: dict) -> str | None:
+    """Why this bundle's int8 scheme is unsafe on the running CPU, or None.
+
+    ONNX Runtime's u8×s8 kernels without VNNI (AVX2-only x86: e.g. AMD Zen 3, Intel before Ice Lake) add
+    pairs of products in 16 bits, which saturates with full-range int8 weights: the old scheme moved
+    default-model scores by up to 0.24 there. 7-bit weights (reduce_range) or uint8 weights do not
+    saturate; CPUs with VNNI/AMX and non-x86 CPUs use other kernels.
+    """
+    from ..cpu import cpu_isa, cpu_model, has_vnni, is_x86
+
+    q = manifest.get("quantization")
+    if manifest.get("precision") != "int8" or not isinstance(q, dict) or not is_x86() or has_vnni():
+        return None
+    scheme = q.get("scheme")
+    if isinstance(scheme, dict):
+        if scheme.get("weights") != "int8" or scheme.get("weight_bits", 8) < 8:
+            return None
+    else:  # bundles written before `scheme`: only the weights text says how they were quantized
+        text = str(q.get("weights", "")).lower()
+        if "reduce_range" in text or "7-bit" in text or "uint8" in text:
+            return None
+    isa = ", ".join(cpu_isa()) or "no AVX2"
+    return (f"its int8 weights use the full 8-bit range (ONNX Runtime U8S8), which saturates on x86 CPUs without "
+            f"VNNI such as this one ({cpu_model()}: {isa}); scores can move by ~0.2 and decisions flip. "
+            "Re-derive it with `fgresq-sdk export --format onnx-int8` (7-bit weights) or use the fp32 bundle")
+
+
+def warn_int8_scheme(bundle: Bundle) -> None:
+    """One line on stderr, once per process and bundle, when int8_scheme_risk says so."""
+    why = int8_scheme_risk(bundle.manifest)
+    if why is None:
+        return
+    key = bundle.entry("encoder").get("sha256", str(bundle.root))
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    from ..errors import display_path
+
+    print(f"warning: {display_path(bundle.root)}: {why}", file=sys.stderr, flush=True)
+
+
 class OnnxRuntimeBackend(Backend):
     """ONNX Runtime on the CPU (default) or on a GPU through the CUDA execution provider.
 
@@ -77,10 +128,9 @@ class OnnxRuntimeBackend(Backend):
         self.precision = bundle.precision
         providers = providers_for(device)
         so = session_options(threads)
+        warn_int8_scheme(bundle)
         try:
-            # ONNX Runtime reads the very descriptor that was verified (no re-open by name, no extra copy).
-            with bundle.opened("encoder") as encoder_path:
-                self.encoder = ort.InferenceSession(encoder_path, so, providers=providers)
+            self.encoder, self.graph_cache = _encoder_session(bundle, device, threads, providers)
             self.compare = (ort.InferenceSession(bundle.read("compare_head"), so, providers=providers)
                             if bundle.has("compare_head") else None)
         except BundleError:
@@ -110,4 +160,50 @@ class OnnxRuntimeBackend(Backend):
         return logits.astype(np.float32, copy=False)
 
     def details(self) -> dict:
-        return {"providers": self.providers, "precision": self.precision}
+        return {"providers": self.providers, "precision": self.precision, "graph_cache": self.graph_cache}
+
+
+def _encoder_session(bundle: Bundle, device: str, threads: int | None, providers: list):
+    """The encoder's session and how the optimized-graph cache was used: "hit" (loaded from the cache),
+    "written" (optimized now and stored), or "off" (not a CPU session, verify=False, FGRESQ_ORT_CACHE=0,
+    no /proc/self/fd, or the cache folder is unusable)."""
+    import onnxruntime as ort
+
+    from .. import ort_cache
+
+    # ONNX Runtime reads the very descriptor that was verified (no re-open by name, no extra copy). The
+    # bundle's encoder is verified even when the cached graph is used: a corrupted bundle is refused.
+    with bundle.opened("encoder") as encoder_path:
+        use_cache = (device == "cpu" and bundle.verify and ort_cache.enabled()
+                     and encoder_path.startswith("/proc/self/fd/"))
+        if not use_cache:
+            return ort.InferenceSession(encoder_path, session_options(threads), providers=providers), "off"
+        cache = ort_cache.GraphCache()
+        level = "ORT_ENABLE_ALL"
+        key = ort_cache.cache_key(bundle.entry("encoder")["sha256"], ort.__version__, level)
+
+        def from_cache(graph: bytes, folder: str):
+            so = session_options(threads)
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimized already
+            so.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+            return ort.InferenceSession(graph, so, providers=providers)
+
+        session = cache.load(key, from_cache)
+        if session is not None:
+            return session, "hit"
+        if not cache.may_write(key):
+            return ort.InferenceSession(encoder_path, session_options(threads), providers=providers), "off"
+        with cache.staging() as staged:
+            if staged is None:
+                return ort.InferenceSession(encoder_path, session_options(threads), providers=providers), "off"
+            so = session_options(threads)
+            so.optimized_model_filepath = str(staged / ort_cache.GRAPH_FILE)
+            so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                        ort_cache.WEIGHTS_FILE)
+            try:
+                session = ort.InferenceSession(encoder_path, so, providers=providers)
+            except Exception:  # noqa: BLE001 - e.g. the cache's disk is full: run without the cache
+                return ort.InferenceSession(encoder_path, session_options(threads), providers=providers), "off"
+            record = {"encoder_sha256": bundle.entry("encoder")["sha256"], "bundle": str(bundle.root),
+                      "onnxruntime": ort.__version__, "optimization": level}
+            return session, ("written" if cache.commit(key, staged, record) else "off")

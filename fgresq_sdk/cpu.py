@@ -1,0 +1,59 @@
+"""What the running CPU is, as far as ONNX Runtime's kernels care (Linux /proc/cpuinfo; empty elsewhere).
+
+Used to key the optimized-graph cache (ort_cache.py), to record where an int8 bundle was built and
+validated, to warn when an int8 scheme is unsafe on this CPU, and in `fgresq-sdk bench`'s header.
+"""
+from __future__ import annotations
+
+import functools
+import platform
+
+# SIMD extensions that change which ONNX Runtime (MLAS) kernels run, and so the optimized graph (NCHWc
+# block sizes) and int8 numerics (VNNI: no 16-bit saturation in u8×s8 dot products).
+SIMD_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq",
+              "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16",
+              "avx_vnni_int8", "asimd", "asimddp", "i8mm", "sve", "sve2", "bf16")
+# The ones a reader looks at first (bench header, int8 records).
+INT8_ISA = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> tuple[str | None, frozenset]:
+    model, flags = None, frozenset()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if model is None and key in ("model name", "Processor", "cpu model"):
+                    model = value.strip()
+                elif not flags and key in ("flags", "Features"):
+                    flags = frozenset(value.split())
+                if model is not None and flags:
+                    break
+    except OSError:
+        pass
+    return model, flags
+
+
+def cpu_model() -> str:
+    return _cpuinfo()[0] or platform.processor() or platform.machine() or "unknown"
+
+
+def simd_flags() -> list[str]:
+    """The SIMD_FLAGS this CPU has, sorted."""
+    return sorted(set(SIMD_FLAGS) & _cpuinfo()[1])
+
+
+def cpu_isa() -> list[str]:
+    """The x86 extensions that matter for int8 (avx2, avx512f, avx512_vnni, avx_vnni, amx_int8 present here)."""
+    return sorted(set(INT8_ISA) & _cpuinfo()[1])
+
+
+def has_vnni() -> bool:
+    """u8×s8 dot products without 16-bit intermediate saturation (AVX-512 VNNI, AVX-VNNI or AMX)."""
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpuinfo()[1])
+
+
+def is_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")

@@ -1,0 +1,116 @@
+"""int8 bundles say what they are: the scheme, where they were validated and how close they stay to fp32
+(quantization.validation in model.json), and the runtime warns once when a scheme is unsafe on this CPU."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fgresq_sdk import cpu
+from fgresq_sdk.backends.onnxruntime_backend import int8_scheme_risk
+from fgresq_sdk.bundle import default_bundle_path, load_bundle
+
+EXE = Path(sys.executable).parent / "fgresq-sdk"
+OLD_SCHEME = {"method": "onnxruntime dynamic", "ops": ["MatMul", "Gemm"], "weights": "int8 per-channel"}
+NEW_SCHEME = {"method": "onnxruntime dynamic", "weights": "int8 per-channel, reduce_range (7-bit)",
+              "scheme": {"kind": "dynamic", "weights": "int8", "weight_bits": 7}}
+ZEN3 = ("AMD Ryzen 9 5950X 16-Core Processor", frozenset({"sse4_2", "avx", "avx2", "fma", "f16c"}))
+VNNI = ("AMD EPYC", frozenset({"avx2", "fma", "avx512f", "avx512_vnni"}))
+
+
+@pytest.fixture()
+def on_cpu(monkeypatch):
+    def use(info, machine="x86_64"):
+        monkeypatch.setattr(cpu, "_cpuinfo", lambda: info)
+        monkeypatch.setattr(cpu.platform, "machine", lambda: machine)
+    return use
+
+
+@pytest.mark.parametrize("quant,info,machine,unsafe", [
+    (OLD_SCHEME, ZEN3, "x86_64", True),         # full-range U8S8 without VNNI: saturates
+    (OLD_SCHEME, VNNI, "x86_64", False),        # VNNI: no 16-bit saturation
+    (OLD_SCHEME, ZEN3, "aarch64", False),       # other kernels on ARM
+    (NEW_SCHEME, ZEN3, "x86_64", False),        # 7-bit weights do not saturate
+    ({**NEW_SCHEME, "scheme": {"weights": "int8", "weight_bits": 8}}, ZEN3, "x86_64", True),
+    ({"weights": "uint8 per-channel"}, ZEN3, "x86_64", False),
+])
+def test_int8_scheme_risk(on_cpu, quant, info, machine, unsafe):
+    on_cpu(info, machine)
+    why = int8_scheme_risk({"precision": "int8", "quantization": quant})
+    assert (why is not None) == unsafe, why
+    if unsafe:
+        assert "\n" not in why and "VNNI" in why and info[0] in why and "export --format onnx-int8" in why
+    assert int8_scheme_risk({"precision": "fp32", "quantization": quant}) is None
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tmp_path_factory):
+    from fgresq_sdk.export.quantize import quantize_bundle
+
+    if default_bundle_path() is None:
+        pytest.skip("this build has no embedded default model")
+    photos = tmp_path_factory.mktemp("photos")
+    from conftest import photo
+
+    from PIL import Image
+
+    for name in ("astronaut", "coffee", "chelsea"):
+        Image.fromarray(photo(name)).save(photos / f"{name}.png")
+    (photos / "notes.txt").write_text("not an image")
+    out = quantize_bundle(default_bundle_path(), tmp_path_factory.mktemp("int8") / "b", calibration=photos)
+    return out, photos
+
+
+def test_int8_manifest_records_scheme_photos_cpu_and_accuracy(int8_bundle):
+    out, photos = int8_bundle
+    q = load_bundle(out).manifest["quantization"]
+    assert q["scheme"] == {"kind": "dynamic", "activations": "uint8, per batch", "weights": "int8",
+                           "weight_bits": 7, "per_channel": True}
+    assert q["calibration"]["source"].startswith(f"{photos.name}/ (3 of 3 photos")
+    v = q["validation"]
+    assert v["cpu"] == cpu.cpu_model() and v["isa"] == cpu.cpu_isa()
+    assert (v["photos"], v["images"], v["pairs"]) == (3, 15, 3 * 5 * 4)
+    assert set(v["by_batch_size"]) == {"1", "8"}
+    for res in v["by_batch_size"].values():
+        # tests/test_int8.py's tolerance for this scheme (measured 0.0028–0.0094 on AVX-512 VNNI)
+        assert 0 < res["max_abs_dscore"] <= 0.03 and res["mean_abs_dscore"] <= res["max_abs_dscore"]
+        assert res["verdict_agreement"] >= 0.95
+        assert res["pair_order_agreement"] is None or res["pair_order_agreement"] >= 0.9
+
+
+def test_unsafe_bundle_warns_once_in_one_line(int8_bundle, tmp_path):
+    old = tmp_path / "old-int8"
+    shutil.copytree(int8_bundle[0], old)
+    m = json.loads((old / "model.json").read_text())
+    m["quantization"] = OLD_SCHEME
+    (old / "model.json").write_text(json.dumps(m))
+    code = (
+        "import fgresq_sdk.cpu as c, sys\n"
+        f"c._cpuinfo = lambda: ({ZEN3[0]!r}, frozenset({sorted(ZEN3[1])!r}))\n"
+        "from fgresq_sdk.scorer import Scorer\n"
+        f"a = Scorer({str(old)!r}); b = Scorer({str(old)!r})\n"
+        f"Scorer({str(int8_bundle[0])!r})\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"warning: {old}: ") and "VNNI" in lines[0], res.stderr
+
+
+def test_calibration_folder_errors_are_one_line(tmp_path):
+    bundle = default_bundle_path()
+    if bundle is None:
+        pytest.skip("this build has no embedded default model")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for extra, want in ((["--format", "onnx-int8", "--calibration", str(empty)], "no image files"),
+                        (["--format", "onnx-int8", "--calibration", str(tmp_path / "missing")], "not a folder"),
+                        (["--calibration", str(empty)], "--calibration applies to --format onnx-int8 only")):
+        res = subprocess.run([str(EXE), "export", "-c", str(bundle), "-o", str(tmp_path / "out")] + extra,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 2 and want in res.stderr, res.stderr
+        assert len([ln for ln in res.stderr.splitlines() if ln.strip()]) == 1, res.stderr
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
