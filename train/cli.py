@@ -1,4 +1,4 @@
-"""Typer command functions for training (registered into the main `fgresq-sdk` CLI by its owner).
+"""Typer command functions for training; fgresq_sdk.cli registers them as `fgresq-sdk train`:
 
     from fgresq_sdk.train.cli import train_cmd
     app.command("train")(train_cmd)

@@ -70,7 +70,7 @@ PROTOCOL_NOTES = [
 
 def _tasks_tuple() -> tuple[str, ...]:
     try:
-        from .manifest import TASKS  # noqa: WPS433 (the colleague's module, optional here)
+        from .manifest import TASKS  # the task list of the data manifests; imported late: optional here
 
         return tuple(TASKS)
     except Exception:  # pragma: no cover - manifest module absent or broken
