@@ -37,19 +37,25 @@ def _listed_names(folder: Path) -> set[str] | None:
         return None
 
 
-def check_out_dir(out: str | Path, force: bool) -> Path:
-    """Refuse any target whose replacement could destroy something that is not a bundle (BundleError)."""
-    out = Path(out)
+def refuse_protected_target(out: Path, what: str) -> None:
+    """Targets no writer may ever replace: a symlink, the current folder or a parent of it, the home folder."""
     shown = display_path(out)
     if out.is_symlink():
         raise BundleError(f"{shown}: output is a symlink; pass the folder itself")
     real = Path(os.path.realpath(out))
     cwd = Path(os.path.realpath(os.getcwd()))
     if real == cwd or real in cwd.parents:
-        raise BundleError(f"{shown}: refusing to write a bundle over the current folder or one of its parents "
+        raise BundleError(f"{shown}: refusing to write {what} over the current folder or one of its parents "
                           "(pass a new folder, e.g. --out my-bundle)")
     if real == Path(os.path.realpath(os.path.expanduser("~"))):
-        raise BundleError(f"{shown}: refusing to write a bundle over your home folder")
+        raise BundleError(f"{shown}: refusing to write {what} over your home folder")
+
+
+def check_out_dir(out: str | Path, force: bool) -> Path:
+    """Refuse any target whose replacement could destroy something that is not a bundle (BundleError)."""
+    out = Path(out)
+    shown = display_path(out)
+    refuse_protected_target(out, "a bundle")
     if not out.exists():
         return out
     if not out.is_dir():

@@ -27,7 +27,7 @@ from typing import Any
 from fgresq_sdk.bundle import load_bundle
 from fgresq_sdk.errors import BundleError, display_path
 
-from .staging import copy_verified, swap_into_place
+from .staging import copy_verified, refuse_protected_target, swap_into_place
 
 ENCODER_MODEL = "fgresq_encoder"
 COMPARE_MODEL = "fgresq_compare"
@@ -127,12 +127,7 @@ def trt_config(bundle, max_batch_size: int, queue_delay_us: int, encoder_inputs,
 
 def _check_out(out: Path, force: bool) -> None:
     shown = display_path(out)
-    if out.is_symlink():
-        raise BundleError(f"{shown}: output is a symlink; pass the folder itself")
-    real = Path(os.path.realpath(out))
-    cwd = Path(os.path.realpath(os.getcwd()))
-    if real == cwd or real in cwd.parents:
-        raise BundleError(f"{shown}: refusing to write a model repository over the current folder or a parent")
+    refuse_protected_target(out, "a model repository")
     if not out.exists():
         return
     if not out.is_dir():

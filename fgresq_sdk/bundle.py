@@ -49,7 +49,8 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _sha256_fd(fd: int, chunk: int = 1 << 20) -> str:
+def sha256_fd(fd: int, chunk: int = 1 << 22) -> str:
+    """sha256 of an open descriptor's whole content (pread: the descriptor's offset is left alone)."""
     h = hashlib.sha256()
     offset = 0
     while True:
@@ -228,7 +229,7 @@ class Bundle:
         try:
             identity = file_identity(os.fstat(fd))
             if self.verify:
-                self._check_digest(role, p, identity, lambda: _sha256_fd(fd))
+                self._check_digest(role, p, identity, lambda: sha256_fd(fd))
             yield f"/proc/self/fd/{fd}"
             if file_identity(os.fstat(fd)) != identity:
                 raise BundleError(f"{display_path(p)}: file changed while it was being loaded (refused)")

@@ -28,7 +28,7 @@ import numpy as np
 from .errors import FGResQError, InputError
 from .heads import CompareHeadNP, softmax
 from .preprocess import ImageInput, load_image
-from .scorer import Comparison, Encoded, RankResult, _name_of
+from .scorer import Comparison, Encoded, RankResult, _name_of, rank_encoded
 from .serve import INFO_INPUT, INFO_MODEL, INFO_OUTPUT, INPUT, MODEL, OUTPUTS, PROTOCOL, PROTOCOL_VERSION
 from .verdict import symmetrise
 
@@ -285,13 +285,7 @@ class RemoteScorer:
         return Comparison(a, b, float(p[0]), float(p[1]), float(p[2]), raw=raw)
 
     def rank_features(self, names: list[str], feats: np.ndarray, scores: np.ndarray) -> RankResult:
-        from .heads import PairTerms
-        from .ranking import rank_pairs
-
-        names = list(names)
-        scores = np.asarray(scores, np.float64).reshape(-1)
-        pairs = self.head.pair_terms(feats) if names else PairTerms(np.zeros((0, 3)), np.zeros((0, 3)))
-        return RankResult(names=names, scores=scores, ranking=rank_pairs(pairs, scores))
+        return rank_encoded(self.head, names, feats, scores)
 
     def rank(self, images: Sequence[ImageInput], names: Sequence[str] | None = None) -> RankResult:
         """Rank images best-first: one server encode per image, all pairs compared here from the features."""

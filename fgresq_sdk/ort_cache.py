@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .bundle import sha256_fd
 from .cpu import simd_flags
 from .verify_cache import VerifyCache, cache_dir, file_identity
 
@@ -65,17 +66,6 @@ def _private_dir(path: Path) -> bool:
 
     owner_ok = not hasattr(os, "geteuid") or st.st_uid == os.geteuid()
     return stat.S_ISDIR(st.st_mode) and owner_ok and not (st.st_mode & 0o022)
-
-
-def _sha256_fd(fd: int, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    offset = 0
-    while True:
-        block = os.pread(fd, chunk, offset)
-        if not block:
-            return h.hexdigest()
-        h.update(block)
-        offset += len(block)
 
 
 class GraphCache:
@@ -149,7 +139,7 @@ class GraphCache:
     def _verified(self, fd: int, expected: str) -> str:
         """The identity of an open file whose sha256 is `expected` (raises ValueError otherwise)."""
         identity = file_identity(os.fstat(fd))
-        digest = self.verify_cache.get(identity) or _sha256_fd(fd)
+        digest = self.verify_cache.get(identity) or sha256_fd(fd)
         if digest != expected:
             raise ValueError("sha256 mismatch")
         self.verify_cache.put(identity, digest)
@@ -233,7 +223,7 @@ class GraphCache:
             for name, p in (("graph_sha256", graph), ("weights_sha256", weights)):
                 fd = os.open(p, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
                 try:
-                    digests[name] = _sha256_fd(fd)
+                    digests[name] = sha256_fd(fd)
                     identity = file_identity(os.fstat(fd))
                 finally:
                     os.close(fd)

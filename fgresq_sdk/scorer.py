@@ -89,6 +89,19 @@ class RankResult:
         return self.ranking.pair_probs(i, j)
 
 
+def rank_encoded(head: CompareHeadNP, names: Sequence[str], feats: np.ndarray, scores: np.ndarray) -> RankResult:
+    """All-pairs ranking from features, for local and remote scorers alike. Memory: O(N) head terms plus the
+    fit's float32 N×N Hessian (`ranking.rank_memory_bytes`); no input (N = 0) gives an empty result."""
+    from .heads import PairTerms
+    from .ranking import rank_pairs
+
+    names = list(names)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    # Empty features may come in any shape (np.empty(0)): no image, no pairs.
+    pairs = head.pair_terms(feats) if names else PairTerms(np.zeros((0, 3)), np.zeros((0, 3)))
+    return RankResult(names=names, scores=scores, ranking=rank_pairs(pairs, scores))
+
+
 def _name_of(item: ImageInput, index: int) -> str:
     if isinstance(item, (str, os.PathLike)):
         return display_path(item)
@@ -228,16 +241,8 @@ class Scorer:
         return Comparison(a, b, float(p[0]), float(p[1]), float(p[2]), raw=raw)
 
     def rank_features(self, names: list[str], feats: np.ndarray, scores: np.ndarray) -> RankResult:
-        """`rank` on already encoded images. Memory: O(N) head terms plus the fit's float32 N×N Hessian
-        (`ranking.rank_memory_bytes`); no input (N = 0) gives an empty result."""
-        from .heads import PairTerms
-        from .ranking import rank_pairs
-
-        names = list(names)
-        scores = np.asarray(scores, np.float64).reshape(-1)
-        # Empty features may come in any shape (np.empty(0)): no image, no pairs.
-        pairs = self.head.pair_terms(feats) if names else PairTerms(np.zeros((0, 3)), np.zeros((0, 3)))
-        return RankResult(names=names, scores=scores, ranking=rank_pairs(pairs, scores))
+        """`rank` on already encoded images (see rank_encoded)."""
+        return rank_encoded(self.head, names, feats, scores)
 
     def rank(self, images: Sequence[ImageInput], names: Sequence[str] | None = None) -> RankResult:
         """Rank images best-first: one encoder pass per image, all pairs compared from the features."""
