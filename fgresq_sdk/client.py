@@ -26,11 +26,10 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from .errors import FGResQError, InputError
-from .heads import CompareHeadNP, softmax
+from .heads import CompareHeadNP
 from .preprocess import ImageInput, load_image
-from .scorer import Comparison, Encoded, RankResult, _name_of, rank_encoded
+from .scorer import Encoded, ScoringMethods, _name_of
 from .serve import INFO_INPUT, INFO_MODEL, INFO_OUTPUT, INPUT, MODEL, OUTPUTS, PROTOCOL, PROTOCOL_VERSION
-from .verdict import symmetrise
 
 DEFAULT_PORTS = {"http": 8000, "https": 8000, "grpc": 8001, "grpcs": 8001}
 
@@ -57,7 +56,7 @@ def _payload(item: ImageInput, name: str) -> bytes:
     return buf.getvalue()
 
 
-class RemoteScorer:
+class RemoteScorer(ScoringMethods):
     """Score, compare and rank with a remote `fgresq-sdk serve` (Triton) server.
 
     url: `http://host:8000`, `grpc://host:8001` (or `host:port` with `protocol`); https/grpcs for TLS.
@@ -269,29 +268,9 @@ class RemoteScorer:
         return (np.stack(feats) if feats else np.zeros((0, self.feature_dim), np.float32)), \
             np.asarray(scores, np.float32)
 
-    def score(self, images: Sequence[ImageInput]) -> np.ndarray:
-        """Quality score in (0, 1) per image, higher is better."""
-        return self.encode(images)[1]
-
-    def compare(self, a: ImageInput, b: ImageInput, raw: bool = False) -> Comparison:
-        """As `Scorer.compare`: order-symmetrised by default, raw=True for the head on (a, b) only."""
-        q, _ = self.encode([a, b])
-        return self.compare_features(_name_of(a, 0), _name_of(b, 1), q[0], q[1], raw=raw)
-
-    def compare_features(self, a: str, b: str, fa: np.ndarray, fb: np.ndarray, raw: bool = False) -> Comparison:
-        logits = self.head.pair_logits(np.stack([fa, fb]), np.stack([fb, fa]))
-        p = softmax(logits.astype(np.float64))
-        p = p[0] if raw else symmetrise(p[0], p[1])
-        return Comparison(a, b, float(p[0]), float(p[1]), float(p[2]), raw=raw)
-
-    def rank_features(self, names: list[str], feats: np.ndarray, scores: np.ndarray) -> RankResult:
-        return rank_encoded(self.head, names, feats, scores)
-
-    def rank(self, images: Sequence[ImageInput], names: Sequence[str] | None = None) -> RankResult:
-        """Rank images best-first: one server encode per image, all pairs compared here from the features."""
-        feats, scores = self.encode(images)
-        names = list(names) if names is not None else [_name_of(x, i) for i, x in enumerate(images)]
-        return self.rank_features(names, feats, scores)
+    def pair_logits(self, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
+        """The comparison head on feature pairs, in numpy from the server's head weights."""
+        return self.head.pair_logits(q0, q1)
 
     def describe(self) -> dict:
         return {"url": self.url, "protocol": self.protocol, "model": self.info["bundle"],

@@ -108,7 +108,50 @@ def _name_of(item: ImageInput, index: int) -> str:
     return f"<input {index}>"
 
 
-class Scorer:
+class ScoringMethods:
+    """score / compare / rank, defined once on top of `encode`, `pair_logits` and `head` (a CompareHeadNP):
+    the local `Scorer` and `client.RemoteScorer` answer the same questions the same way."""
+
+    head: CompareHeadNP
+
+    def encode(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def pair_logits(self, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def score(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Quality score in (0, 1) per image, higher is better."""
+        return self.encode(images)[1]
+
+    def compare(self, a: ImageInput, b: ImageInput, raw: bool = False) -> Comparison:
+        """Probabilities that a is better, b is better, or both are of similar quality.
+
+        Default: order-symmetrised (compare(a, b) mirrors compare(b, a); identical images are `similar`),
+        the quantity `rank` uses. raw=True: the head on (a, b) only, as the authors' predict_pair."""
+        q, _ = self.encode([a, b])
+        return self.compare_features(_name_of(a, 0), _name_of(b, 1), q[0], q[1], raw=raw)
+
+    def compare_features(self, a: str, b: str, fa: np.ndarray, fb: np.ndarray, raw: bool = False) -> Comparison:
+        """`compare` on already encoded images (the CLI encodes first to report every bad input)."""
+        logits = self.pair_logits(np.stack([fa, fb]), np.stack([fb, fa]))
+        p = softmax(logits.astype(np.float64))
+        p = p[0] if raw else symmetrise(p[0], p[1])
+        return Comparison(a, b, float(p[0]), float(p[1]), float(p[2]), raw=raw)
+
+    def rank_features(self, names: list[str], feats: np.ndarray, scores: np.ndarray) -> RankResult:
+        """`rank` on already encoded images (see rank_encoded)."""
+        return rank_encoded(self.head, names, feats, scores)
+
+    def rank(self, images: Sequence[ImageInput], names: Sequence[str] | None = None) -> RankResult:
+        """Rank images best-first: one encode per image, all pairs compared from the features."""
+        feats, scores = self.encode(images)
+        names = list(names) if names is not None else [_name_of(x, i) for i, x in enumerate(images)]
+        return self.rank_features(names, feats, scores)
+
+
+
+class Scorer(ScoringMethods):
     """Loads a model bundle once and runs it on batches of images (paths, PIL images or uint8 arrays).
 
     Threads: one Scorer may be shared by any number of threads. Each call keeps its own decode pool and
@@ -220,35 +263,10 @@ class Scorer:
         return (np.stack(feats) if feats else np.zeros((0, dim), np.float32)), np.asarray(scores, np.float32)
 
     # -- the three jobs ----------------------------------------------------------------------------------
-    def score(self, images: Sequence[ImageInput]) -> np.ndarray:
-        """Quality score in (0, 1) per image, higher is better."""
-        return self.encode(images)[1]
-
-    def compare(self, a: ImageInput, b: ImageInput, raw: bool = False) -> Comparison:
-        """Probabilities that a is better, b is better, or both are of similar quality.
-
-        Default: order-symmetrised (compare(a, b) mirrors compare(b, a); identical images are `similar`),
-        the quantity `rank` uses. raw=True: the head on (a, b) only, as the authors' predict_pair."""
-        q, _ = self.encode([a, b])
-        return self.compare_features(_name_of(a, 0), _name_of(b, 1), q[0], q[1], raw=raw)
-
-    def compare_features(self, a: str, b: str, fa: np.ndarray, fb: np.ndarray, raw: bool = False) -> Comparison:
-        """`compare` on already encoded images (the CLI encodes first to report every bad input)."""
+    def pair_logits(self, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
+        """The comparison head on feature pairs, through the backend (its compare graph)."""
         with self._backend_lock:
-            logits = self.backend.compare_logits(np.stack([fa, fb]), np.stack([fb, fa]))
-        p = softmax(logits.astype(np.float64))
-        p = p[0] if raw else symmetrise(p[0], p[1])
-        return Comparison(a, b, float(p[0]), float(p[1]), float(p[2]), raw=raw)
-
-    def rank_features(self, names: list[str], feats: np.ndarray, scores: np.ndarray) -> RankResult:
-        """`rank` on already encoded images (see rank_encoded)."""
-        return rank_encoded(self.head, names, feats, scores)
-
-    def rank(self, images: Sequence[ImageInput], names: Sequence[str] | None = None) -> RankResult:
-        """Rank images best-first: one encoder pass per image, all pairs compared from the features."""
-        feats, scores = self.encode(images)
-        names = list(names) if names is not None else [_name_of(x, i) for i, x in enumerate(images)]
-        return self.rank_features(names, feats, scores)
+            return self.backend.compare_logits(q0, q1)
 
     def describe(self) -> dict:
         return {"model": self.bundle.describe(), **self.backend.describe(), "thread_safe": self.thread_safe}
