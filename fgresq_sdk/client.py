@@ -257,17 +257,6 @@ class RemoteScorer(ScoringMethods):
                 self._pool = cf.ThreadPoolExecutor(self.concurrency, thread_name_prefix="fgresq-remote")
             return self._pool
 
-    def encode(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, np.ndarray]:
-        """Strict variant: all inputs must be usable, else InputError for the first that is not."""
-        feats, scores = [], []
-        for enc in self.iter_encode(images):
-            if enc.error is not None:
-                raise InputError(enc.name, enc.error)
-            feats.append(enc.features)
-            scores.append(enc.score)
-        return (np.stack(feats) if feats else np.zeros((0, self.feature_dim), np.float32)), \
-            np.asarray(scores, np.float32)
-
     def pair_logits(self, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
         """The comparison head on feature pairs, in numpy from the server's head weights."""
         return self.head.pair_logits(q0, q1)

@@ -114,8 +114,19 @@ class ScoringMethods:
 
     head: CompareHeadNP
 
-    def encode(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, np.ndarray]:
+    def iter_encode(self, items: Iterable[ImageInput], names: Sequence[str] | None = None) -> Iterator[Encoded]:
         raise NotImplementedError
+
+    def encode(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, np.ndarray]:
+        """Strict variant: all inputs must be usable, else InputError for the first that is not."""
+        feats, scores = [], []
+        for enc in self.iter_encode(images):
+            if enc.error is not None:
+                raise InputError(enc.name, enc.error)
+            feats.append(enc.features)
+            scores.append(enc.score)
+        width = self.head.dim  # quality features q = [f, t, f + t]: the head's half-width
+        return (np.stack(feats) if feats else np.zeros((0, width), np.float32)), np.asarray(scores, np.float32)
 
     def pair_logits(self, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -250,17 +261,6 @@ class Scorer(ScoringMethods):
             if len(out) == self.batch_size:
                 break
         return out
-
-    def encode(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, np.ndarray]:
-        """Strict variant: all inputs must be usable, else InputError for the first that is not."""
-        feats, scores = [], []
-        for enc in self.iter_encode(images):
-            if enc.error is not None:
-                raise InputError(enc.name, enc.error)
-            feats.append(enc.features)
-            scores.append(enc.score)
-        dim = 3 * int(self.bundle.manifest.get("feature_dim", self.head.dim // 3))
-        return (np.stack(feats) if feats else np.zeros((0, dim), np.float32)), np.asarray(scores, np.float32)
 
     # -- the three jobs ----------------------------------------------------------------------------------
     def pair_logits(self, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
