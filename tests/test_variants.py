@@ -123,3 +123,32 @@ def test_fp16_onnx_bundle_on_cpu_within_fp16_tolerance(tiny_bundle, photo_paths,
     s32 = Scorer(tiny_bundle).score(photo_paths)
     s16 = Scorer(half).score(photo_paths)
     assert np.max(np.abs(s16 - s32)) <= 5e-3
+
+
+@needs_torch
+def test_fp16_graph_that_crashes_the_ort_cpu_optimizer_loads(tmp_path):
+    """onnxruntime 1.32's CPU optimizer segfaults on an fp16 encoder whose head is fp32 (ConstantSharing then
+    NchwcTransformer). The backend disables that pass for fp16 encoders on the CPU; run in a child process
+    so a crash fails this test, not the whole suite."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from fgresq_sdk.bundle import default_bundle_path, write_manifest
+    from fgresq_sdk.export.half import half_file
+
+    src = default_bundle_path()
+    dst = tmp_path / "fp16-fp32head"
+    dst.mkdir()
+    half_file(src / "encoder.onnx", dst / "encoder.onnx", fp32_head=True)
+    for f in ("compare_head.onnx", "heads.npz"):
+        shutil.copy(src / f, dst / f)
+    m = json.loads((src / "model.json").read_text())
+    write_manifest(dst, name=m["name"], config=m["config"], precision="fp16", source="test",
+                   files={"encoder": "encoder.onnx", "compare_head": "compare_head.onnx", "heads": "heads.npz"})
+    code = ("import numpy as np\nfrom fgresq_sdk.scorer import Scorer\n"
+            f"s = Scorer({str(dst)!r}).score([np.full((64, 64, 3), 128, np.uint8)])\nprint(float(s[0]))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, f"exit {res.returncode}: {res.stderr[-500:]}"
+    assert 0 < float(res.stdout.strip()) < 1

@@ -171,13 +171,20 @@ def _encoder_session(bundle: Bundle, device: str, threads: int | None, providers
 
     from .. import ort_cache
 
+    # onnxruntime 1.32's CPU optimizer can crash the process (segfault) on fp16 graphs when ConstantSharing is
+    # followed by NchwcTransformer; the NCHWc layout pass is of no use to these transformer graphs anyway.
+    extra = {"disabled_optimizers": ["NchwcTransformer"]} if device == "cpu" and bundle.precision == "fp16" else {}
+
+    def new_session(src, so):
+        return ort.InferenceSession(src, so, providers=providers, **extra)
+
     # ONNX Runtime reads the very descriptor that was verified (no re-open by name, no extra copy). The
     # bundle's encoder is verified even when the cached graph is used: a corrupted bundle is refused.
     with bundle.opened("encoder") as encoder_path:
         use_cache = (device == "cpu" and bundle.verify and ort_cache.enabled()
                      and encoder_path.startswith("/proc/self/fd/"))
         if not use_cache:
-            return ort.InferenceSession(encoder_path, session_options(threads), providers=providers), "off"
+            return new_session(encoder_path, session_options(threads)), "off"
         cache = ort_cache.GraphCache()
         level = "ORT_ENABLE_ALL"
         key = ort_cache.cache_key(bundle.entry("encoder")["sha256"], ort.__version__, level)
@@ -192,18 +199,18 @@ def _encoder_session(bundle: Bundle, device: str, threads: int | None, providers
         if session is not None:
             return session, "hit"
         if not cache.may_write(key):
-            return ort.InferenceSession(encoder_path, session_options(threads), providers=providers), "off"
+            return new_session(encoder_path, session_options(threads)), "off"
         with cache.staging() as staged:
             if staged is None:
-                return ort.InferenceSession(encoder_path, session_options(threads), providers=providers), "off"
+                return new_session(encoder_path, session_options(threads)), "off"
             so = session_options(threads)
             so.optimized_model_filepath = str(staged / ort_cache.GRAPH_FILE)
             so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
                                         ort_cache.WEIGHTS_FILE)
             try:
-                session = ort.InferenceSession(encoder_path, so, providers=providers)
+                session = new_session(encoder_path, so)
             except Exception:  # noqa: BLE001 - e.g. the cache's disk is full: run without the cache
-                return ort.InferenceSession(encoder_path, session_options(threads), providers=providers), "off"
+                return new_session(encoder_path, session_options(threads)), "off"
             record = {"encoder_sha256": bundle.entry("encoder")["sha256"], "bundle": str(bundle.root),
                       "onnxruntime": ort.__version__, "optimization": level}
             return session, ("written" if cache.commit(key, staged, record) else "off")
