@@ -187,7 +187,6 @@ class Bundle:
     def read(self, role: str) -> bytes:
         """The file's bytes, read once and (unless verify=False) checked against the manifest's sha256."""
         p = self.path(role)
-        expected = self.entry(role)["sha256"]
         try:
             with open(p, "rb") as f:
                 before = file_identity(os.fstat(f.fileno()))
@@ -196,14 +195,7 @@ class Bundle:
         except OSError as exc:
             raise BundleError(f"{display_path(p)}: cannot read ({exc.strerror})") from None
         if self.verify:
-            known = self.cache.get(before) if self.cache is not None and before == after else None
-            digest = known or hashlib.sha256(data).hexdigest()
-            if digest != expected:
-                raise BundleError(f"{display_path(p)}: sha256 mismatch (file is corrupted or was replaced; "
-                                  f"expected {expected[:12]}…, got {digest[:12]}…)")
-            if known is None and self.cache is not None and before == after:
-                self.cache.put(before, digest)
-            self.verified_roles.add(role)
+            self._check_digest(role, p, before, lambda: hashlib.sha256(data).hexdigest(), lambda: before == after)
         return data
 
     @contextlib.contextmanager
@@ -222,46 +214,47 @@ class Bundle:
                 copy.write_bytes(self.read(role))
                 yield str(copy)
             return
+        with self._descriptor(p) as fd:
+            identity = file_identity(os.fstat(fd))
+            if self.verify:
+                self._check_fd(role, p, fd, identity)
+            yield f"/proc/self/fd/{fd}"
+            if file_identity(os.fstat(fd)) != identity:
+                raise BundleError(f"{display_path(p)}: file changed while it was being loaded (refused)")
+
+    def verify_file(self, role: str) -> None:
+        """Check one file without keeping its bytes (used before handing a path to a converter)."""
+        p = self.path(role)
+        with self._descriptor(p) as fd:
+            self._check_fd(role, p, fd, file_identity(os.fstat(fd)))
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _descriptor(p: Path) -> Iterator[int]:
         try:
             fd = os.open(p, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
             raise BundleError(f"{display_path(p)}: cannot read ({exc.strerror})") from None
         try:
-            identity = file_identity(os.fstat(fd))
-            if self.verify:
-                self._check_digest(role, p, identity, lambda: sha256_fd(fd))
-            yield f"/proc/self/fd/{fd}"
-            if file_identity(os.fstat(fd)) != identity:
-                raise BundleError(f"{display_path(p)}: file changed while it was being loaded (refused)")
+            yield fd
         finally:
             os.close(fd)
 
-    def _check_digest(self, role: str, p: Path, identity: str, compute) -> None:
+    def _check_fd(self, role: str, p: Path, fd: int, identity: str) -> None:
+        self._check_digest(role, p, identity, lambda: sha256_fd(fd),
+                           lambda: file_identity(os.fstat(fd)) == identity)
+
+    def _check_digest(self, role: str, p: Path, identity: str, compute, unchanged) -> None:
+        """The one sha256 check of a bundle file. The verification cache is consulted and fed only while
+        `unchanged()` says the file still has the identity it had when it was opened."""
         expected = self.entry(role)["sha256"]
-        known = self.cache.get(identity) if self.cache is not None else None
+        known = self.cache.get(identity) if self.cache is not None and unchanged() else None
         digest = known or compute()
         if digest != expected:
             raise BundleError(f"{display_path(p)}: sha256 mismatch (file is corrupted or was replaced; "
                               f"expected {expected[:12]}…, got {digest[:12]}…)")
-        if known is None and self.cache is not None:
+        if known is None and self.cache is not None and unchanged():
             self.cache.put(identity, digest)
-        self.verified_roles.add(role)
-
-    def verify_file(self, role: str) -> None:
-        """Check one file without keeping its bytes (used before handing a path to a converter)."""
-        p = self.path(role)
-        expected = self.entry(role)["sha256"]
-        try:
-            st = os.stat(p)
-            known = self.cache.get(file_identity(st)) if self.cache is not None else None
-            digest = known or sha256_file(p)
-        except OSError as exc:
-            raise BundleError(f"{display_path(p)}: cannot read ({exc.strerror})") from None
-        if digest != expected:
-            raise BundleError(f"{display_path(p)}: sha256 mismatch (file is corrupted or was replaced; "
-                              f"expected {expected[:12]}…, got {digest[:12]}…)")
-        if known is None and self.cache is not None and file_identity(os.stat(p)) == file_identity(st):
-            self.cache.put(file_identity(st), digest)
         self.verified_roles.add(role)
 
     def verify_all(self) -> None:
