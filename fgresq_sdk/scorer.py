@@ -9,7 +9,7 @@ import concurrent.futures as cf
 import contextlib
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -64,7 +64,6 @@ class RankResult:
     names: list[str]
     scores: np.ndarray
     ranking: Ranking
-    probs: np.ndarray | None = field(default=None, repr=False)  # [N,N,3] only if the caller built one
 
     def entries(self, top: int | None = None) -> list[dict]:
         """Best first; win_rate is NaN for a single image (no others to win against)."""
@@ -83,9 +82,7 @@ class RankResult:
 
     def pair_probs(self, i, j) -> np.ndarray:
         """Head probabilities [..., 3] (first better, second better, similar) for the pairs (i first, j second),
-        indices into `names`; computed from the per-image head terms, not from a stored [N, N, 3]."""
-        if self.probs is not None:
-            return np.asarray(self.probs)[i, j]
+        indices into `names`; from the ranking's pair source (the per-image head terms), not a stored [N, N, 3]."""
         return self.ranking.pair_probs(i, j)
 
 

@@ -231,8 +231,7 @@ def _rank_group(names: list[str], seed: int = 0):
     probs /= probs.sum(-1, keepdims=True)
     scores = rng.uniform(size=n)
     imgs = [np.full((40, 60, 3), 40 * k % 255, np.uint8) for k in range(n)]
-    return RankGroup("g", RankResult(names=names, scores=scores, ranking=rank_from_probs(probs, scores),
-                                     probs=probs), imgs)
+    return RankGroup("g", RankResult(names=names, scores=scores, ranking=rank_from_probs(probs, scores)), imgs)
 
 
 def test_contact_sheet_labels_each_tile_with_its_file_name():

@@ -298,7 +298,7 @@ def test_rank_result_gives_pair_probabilities_on_demand():
     q = rng.normal(size=(9, 8))
     res = RankResult(names=[str(i) for i in range(9)], scores=np.zeros(9),
                      ranking=rank_pairs(head.pair_terms(q), np.zeros(9)))
-    assert res.probs is None
+    assert not hasattr(res, "probs")  # no [N, N, 3] array is kept
     assert np.allclose(res.pair_probs([1, 8], [8, 1]), head.all_pairs_probs(q)[[1, 8], [8, 1]], rtol=0, atol=1e-12)
 
 

@@ -272,7 +272,7 @@ def test_tiers_and_big_heat_maps_without_a_model():
     assert sorted(ranking.tier.tolist()) == [1, 2, 2, 3]
     imgs = [rng.integers(0, 255, (40, 60, 3), dtype=np.uint8) for _ in range(n)]
     names = [f"im{i}" for i in range(n)]
-    res = RankResult(names=names, scores=strength, ranking=ranking, probs=probs)
+    res = RankResult(names=names, scores=strength, ranking=ranking)
     page = Page(rank_report_html([RankGroup("g", res, imgs)]))
     multi = [a for a in page.find("div") if "multi" in a.get("class", "").split()]
     assert [a["data-tier"] for a in multi] == ["2"]
@@ -282,7 +282,7 @@ def test_tiers_and_big_heat_maps_without_a_model():
     probs = rng.uniform(0, 1, (big, big, 3))
     probs /= probs.sum(-1, keepdims=True)
     res = RankResult(names=[f"b{i}" for i in range(big)], scores=rng.uniform(size=big),
-                     ranking=rank_from_probs(probs, rng.uniform(size=big)), probs=probs)
+                     ranking=rank_from_probs(probs, rng.uniform(size=big)))
     text = rank_report_html([RankGroup("big", res, [imgs[0]] * big)])
     page = Page(text)
     assert not page.groups()[0][2]  # no table cells
