@@ -248,6 +248,12 @@ _DOWN = (Image.BOX, Image.BILINEAR, Image.BICUBIC)
 _UP = (Image.BILINEAR, Image.BICUBIC, Image.LANCZOS)
 
 
+def _low_resolution(w: int, h: int, max_factor: float, s: float) -> tuple[int, int]:
+    """The SR input size at strength s: downscaled by 1 (s = 0) up to max_factor (s = 1), at least 4 px."""
+    fac = 1.0 + (max_factor - 1.0) * s
+    return max(4, int(round(w / fac))), max(4, int(round(h / fac)))
+
+
 def _make_sr(rng: np.random.Generator, size: int) -> Degrade:
     down, up = _DOWN[rng.integers(3)], _UP[rng.integers(3)]
     max_factor = rng.uniform(3.0, 4.5)
@@ -256,8 +262,7 @@ def _make_sr(rng: np.random.Generator, size: int) -> Degrade:
 
     def f(x: np.ndarray, s: float) -> np.ndarray:
         h, w = x.shape[:2]
-        fac = 1.0 + (max_factor - 1.0) * s
-        lw, lh = max(4, int(round(w / fac))), max(4, int(round(h / fac)))
+        lw, lh = _low_resolution(w, h, max_factor, s)
         y = _resize_f(_resize_f(x, lw, lh, down), w, h, up)
         return _unsharp(y, sharp * s, 1.0 * sc)
     return f
@@ -373,8 +378,7 @@ def _make_sr2(rng: np.random.Generator, size: int) -> Degrade:
 
     def f(x: np.ndarray, s: float) -> np.ndarray:
         h, w = x.shape[:2]
-        fac = 1.0 + (max_factor - 1.0) * s
-        lw, lh = max(4, int(round(w / fac))), max(4, int(round(h / fac)))
+        lw, lh = _low_resolution(w, h, max_factor, s)
         lo = _resize_f(x, lw, lh, down)
         if kind == 2:
             lo = _jpeg(lo, q0 - 60.0 * s)
