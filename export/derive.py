@@ -12,8 +12,8 @@ from typing import Callable
 from fgresq_sdk.bundle import load_bundle, write_manifest
 from fgresq_sdk.errors import BundleError
 
-from .onnx_export import COMPARE_FILE, HEADS_FILE, prepare_out_dir
-from .staging import copy_verified, staged_bundle
+from .onnx_export import COMPARE_FILE, HEADS_FILE
+from .staging import check_out_dir, copy_verified, staged_bundle
 
 SOURCE_ENCODER = ".source-encoder.onnx"  # the verified fp32 graph, converted from, then removed
 
@@ -26,7 +26,7 @@ def derive_bundle(src: str | Path, out: str | Path, *, precision: str, encoder_f
     if bundle.precision != "fp32":
         raise BundleError(f"{bundle.root}: can only derive {precision} from an fp32 bundle "
                           f"(this one is {bundle.precision})")
-    out = prepare_out_dir(out, force)
+    out = check_out_dir(out, force)
     with staged_bundle(out, force) as tmp:
         # Converters read a path: hand them a private copy of the bytes that were verified.
         src_onnx = copy_verified(bundle, "encoder", tmp / SOURCE_ENCODER)

@@ -235,9 +235,10 @@ def import_official(path: str | Path, out: str | Path, *, config: str | dict = "
     Defaults reproduce the authors' current inference code (see RELEASE_SCORE_SCALE, release_preprocess)."""
     from fgresq_sdk.config import load_config
 
-    from .onnx_export import export_bundle, prepare_out_dir
+    from .onnx_export import export_bundle
+    from .staging import check_out_dir
 
-    prepare_out_dir(out, force)  # refuse before the slow part
+    check_out_dir(out, force)  # refuse before the slow part
     if not (isinstance(score_scale, (int, float)) and 0 < score_scale < float("inf")):
         raise BundleError(f"--score-scale must be a positive number (got {score_scale})")
     cfg = load_config(config)

@@ -69,11 +69,6 @@ def check_graphs(out: Path) -> None:
         onnx.checker.check_model(str(out / fname), full_check=True)
 
 
-def prepare_out_dir(out: str | Path, force: bool) -> Path:
-    """Refuse a target that is not a new/empty folder or a bundle (see staging.check_out_dir)."""
-    return check_out_dir(out, force)
-
-
 def export_bundle(model, out: str | Path, *, source: str, opset: int = DEFAULT_OPSET,
                   include_checkpoint: bool = True, force: bool = False,
                   extra: dict[str, Any] | None = None, fuse: bool = False) -> Path:
@@ -89,7 +84,7 @@ def export_bundle(model, out: str | Path, *, source: str, opset: int = DEFAULT_O
 
     from .fusion import fuse_encoder, vit_shape
 
-    out = prepare_out_dir(out, force)
+    out = check_out_dir(out, force)
     model = model.eval().float().cpu()
     with staged_bundle(out, force) as tmp:
         # Traced with autograd on: under no_grad, nn.MultiheadAttention takes its fused fast path, which

@@ -45,8 +45,8 @@ from fgresq_sdk.backends.probe import cuda_driver_version
 from fgresq_sdk.bundle import Bundle, load_bundle, sha256_file, write_manifest
 from fgresq_sdk.errors import BackendError, BundleError
 
-from .onnx_export import COMPARE_FILE, ENCODER_FILE, HEADS_FILE, prepare_out_dir
-from .staging import copy_verified, staged_bundle
+from .onnx_export import COMPARE_FILE, ENCODER_FILE, HEADS_FILE
+from .staging import check_out_dir, copy_verified, staged_bundle
 
 ENGINE_RECORD_FILE = "engine.json"
 
@@ -210,7 +210,7 @@ def build_engine(bundle_dir: str | Path, out: str | Path, *, fp16: bool = True,
                           f"{bundle.precision}); fp16 engines are built from an fp16 graph made from the fp32 one")
     index = cuda_device_index(device)
     gpu = gpu_identity(index)
-    out = prepare_out_dir(out, force)
+    out = check_out_dir(out, force)
     if out.resolve() == bundle.root.resolve():
         raise BundleError(f"{out}: write the engine bundle to a new folder, not over its source")
     precision = "fp16" if fp16 else "fp32"
