@@ -11,8 +11,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from .errors import BundleError
+from .preprocess import PreprocessSpec
 
 
 class ConfigError(ValueError):
@@ -47,9 +47,6 @@ def load_config(name_or_path: str | Path | dict[str, Any]) -> dict[str, Any]:
     for key in ("name", "embed_dim", "vision_cfg", "preprocess"):
         if key not in cfg:
             raise ConfigError(f"config {cfg.get('name', name_or_path)}: missing key '{key}'")
-    from .errors import BundleError
-    from .preprocess import PreprocessSpec  # imported here: preprocess imports this module
-
     try:  # the preprocess section follows docs/preprocess-spec.md (legacy form or resize/crop)
         PreprocessSpec.from_dict(cfg["preprocess"])
     except BundleError as exc:

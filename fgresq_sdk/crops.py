@@ -13,8 +13,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from .config import CLIP_MEAN, CLIP_STD
-from .preprocess import PreprocessSpec
+from .preprocess import CLIP_MEAN, CLIP_STD, PreprocessSpec
 
 
 def crop_centres(k: int) -> list[tuple[float, float]]:

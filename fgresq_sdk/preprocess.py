@@ -24,8 +24,11 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .config import CLIP_MEAN, CLIP_STD
 from .errors import BundleError, InputError, display_path
+
+# OpenAI CLIP's normalisation: the legacy spec's default and what every shipped config names.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 

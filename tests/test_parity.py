@@ -69,7 +69,7 @@ def test_preprocessing_matches_torchvision(photo_paths):
     from PIL import Image
     from torchvision import transforms
 
-    from fgresq_sdk.config import CLIP_MEAN, CLIP_STD
+    from fgresq_sdk.preprocess import CLIP_MEAN, CLIP_STD
     from fgresq_sdk.preprocess import preprocess
 
     tv = transforms.Compose([transforms.Resize((224, 224)), transforms.ToTensor(),

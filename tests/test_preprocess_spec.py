@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fgresq_sdk.config import CLIP_MEAN, CLIP_STD
+from fgresq_sdk.preprocess import CLIP_MEAN, CLIP_STD
 from fgresq_sdk.errors import BundleError
 from fgresq_sdk.preprocess import (PreprocessSpec, Step, center_crop, load_image, normalize, preprocess,
                                    resize_bilinear_cv2)

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from fgresq_sdk.config import CLIP_MEAN, CLIP_STD
+from fgresq_sdk.preprocess import CLIP_MEAN, CLIP_STD
 from fgresq_sdk.errors import BundleError
 from fgresq_sdk.preprocess import PreprocessSpec, Step, load_image, normalize
 
