@@ -27,13 +27,13 @@ $PY -m fgresq_sdk.train.synthetic --out "$WORK/v2-test" "${common[@]}" --photo-s
 # 3. training (stage 1 DFL, stage 2 FGResQ; val metrics logged every epoch) on the CPU-budget subset: the
 #    centre crop (~c0) of every fit photo and a seeded half of its pairs (the ~c1 crops are kept for longer runs)
 $PY -m fgresq_sdk.train.subset --src "$WORK/v2-fit" --out "$WORK/v2-fit-s" --crops 0 --pair-fraction 0.5 --seed 0
-$PY -m fgresq_sdk.train.trainer --config train/configs/default-compact-v2.json --manifest "$WORK/v2-fit-s" \
+.venv/bin/fgresq-sdk train --config train/configs/default-compact-v2.json --manifest "$WORK/v2-fit-s" \
     --val-manifest "$WORK/v2-val" --out "$WORK/run-v2" --threads 2 --no-progress
 #    second stage-2 cycle (warm restart from the first cycle's final model) on a different, seeded 35 % of the
 #    pairs of both crops of every fit photo
 $PY -m fgresq_sdk.train.subset --src "$WORK/v2-fit" --out "$WORK/v2-fit-s2" --crops 0,1 --pair-fraction 0.35 --seed 1
 mkdir -p "$WORK/run-v2b" && cp -r "$WORK/run-v2/dfl" "$WORK/run-v2b/"
-$PY -m fgresq_sdk.train.trainer --config train/configs/default-compact-v2.json --manifest "$WORK/v2-fit-s2" \
+.venv/bin/fgresq-sdk train --config train/configs/default-compact-v2.json --manifest "$WORK/v2-fit-s2" \
     --val-manifest "$WORK/v2-val" --out "$WORK/run-v2b" --threads 2 --no-progress --stage fgresq --resume \
     --init-checkpoint "$WORK/run-v2/model.safetensors"
 # 4. the stage-2 epoch with the best pair ACC on the val photos, exported; then the held-out test (README table)

@@ -125,10 +125,10 @@ def test_labels_follow_strength_and_jnd_threshold(man):
             assert s >= thr - 1e-12
         else:
             assert s < thr + 1e-12
-            better, worse = (a, b) if p.label == "a_better" else (b, a)
+            better, worse = (a, b) if p.label == "first" else (b, a)
             assert better.strength < worse.strength
             assert better.mos > worse.mos
-    assert labels["similar"] > 0 and labels["a_better"] > 0 and labels["b_better"] > 0
+    assert labels["similar"] > 0 and labels["first"] > 0 and labels["second"] > 0
     assert man.recipe["counts"]["similar"] == labels["similar"]
 
 
@@ -197,7 +197,7 @@ def _toy(n_contents: int = 40, seed: int = 0) -> Manifest:
             iid = f"c{c}/i{i}"
             images[iid] = ImageRecord(iid, f"{iid}.png", "s", "denoising", f"c{c}", float(10 - i))
         for i in range(k - 1):
-            pairs.append(PairRecord(f"c{c}/i{i}", f"c{c}/i{i + 1}", "a_better"))
+            pairs.append(PairRecord(f"c{c}/i{i}", f"c{c}/i{i + 1}", "first"))
     images["lonely/0"] = ImageRecord("lonely/0", "l.png", "s", "dehazing", "lonely", 1.0)
     return Manifest(root=Path("/nowhere"), images=images, pairs=pairs,
                     scenes={"s": {"mos_range": [0, 10], "coarse_threshold": 3.0, "higher_is_better": True}})
@@ -266,6 +266,20 @@ def test_load_rejects_duplicate_ids_and_bad_labels(tmp_path):
     with pytest.raises(ValueError, match=r"pairs.csv row 1 .*unknown label 'A>B'"):
         Manifest.load(tmp_path / "m")
     assert len(Manifest.load(tmp_path / "m", validate=False).pairs) == len(m.pairs)
+
+
+def test_pairs_csv_keeps_its_label_spelling(tmp_path):
+    """In memory a pair label is a runtime verdict (first/second/similar); pairs.csv keeps a_better/b_better."""
+    m = _toy(2)
+    m.pairs[0].label, m.pairs[1].label = "second", "similar"
+    m.save(tmp_path / "m")
+    rows = (tmp_path / "m" / "pairs.csv").read_text().splitlines()
+    assert rows[0] == "a,b,label"
+    assert [r.rsplit(",", 1)[1] for r in rows[1:]] == ["b_better", "similar"] + ["a_better"] * (len(m.pairs) - 2)
+    assert [p.label for p in Manifest.load(tmp_path / "m").pairs] == [p.label for p in m.pairs]
+    m.pairs[0].label = "b_better"  # the file spelling is not a label in memory
+    with pytest.raises(ValueError, match="unknown label 'b_better'"):
+        m.validate()
 
 
 # ---------------------------------------------------------------------------- photos
@@ -398,7 +412,7 @@ def test_v2_generate_with_junk(clean_photos, tmp_path):
     junk_pairs = [p for p in m.pairs if p.a.endswith("/J") or p.b.endswith("/J")]
     assert len(junk_pairs) == 3 * 2 * len(TASKS)
     for p in junk_pairs:
-        assert (p.label == "b_better") == p.a.endswith("/J") and p.label != "similar"
+        assert (p.label == "second") == p.a.endswith("/J") and p.label != "similar"
 
 
 def test_photo_split_file_and_debian_catalog(tmp_path):

@@ -95,7 +95,7 @@ def test_scene_weighted_correlations():
 
 # -- pairs ---------------------------------------------------------------------------------------------------
 def test_pair_accuracy_hand_made():
-    labels = ["a_better", "b_better", "a_better", "similar", "b_better"]
+    labels = ["first", "second", "first", "similar", "second"]
     p_a = np.array([0.9, 0.2, 0.4, 0.99, 0.5])  # right, right, wrong, (ignored), tie
     assert M.pair_accuracy(p_a, labels) == pytest.approx((1 + 1 + 0 + 0.5) / 4)
     scores = np.array([[3.0, 1.0], [0.0, 2.0], [1.0, 1.5], [9.0, 0.0], [2.0, 2.0]])
@@ -113,7 +113,7 @@ def test_pair_accuracy_hand_made():
 
 def test_three_way_accuracy_hand_made():
     probs = np.array([[0.6, 0.1, 0.3], [0.2, 0.7, 0.1], [0.3, 0.5, 0.2], [0.1, 0.1, 0.8], [0.5, 0.1, 0.4]])
-    labels = ["a_better", "b_better", "a_better", "similar", "similar"]
+    labels = ["first", "second", "first", "similar", "similar"]
     assert M.three_way_accuracy(probs, labels) == pytest.approx(3 / 5)
 
 
@@ -220,8 +220,8 @@ def build_tiny_manifest(root: Path):
                                       content_id=name, mos=mos, reference=ref_rel, strength=float(s))
             ids.append(iid)
         for k in range(len(ids) - 1):
-            pairs.append(PairRecord(ids[k], ids[k + 1], "a_better"))
-            pairs.append(PairRecord(ids[k + 1], ids[k], "b_better"))
+            pairs.append(PairRecord(ids[k], ids[k + 1], "first"))
+            pairs.append(PairRecord(ids[k + 1], ids[k], "second"))
         pairs.append(PairRecord(ids[0], ids[1], "similar"))
     return Manifest(root=root, images=images, pairs=pairs, scenes={"blur": {"mos_range": [0, 100], "higher_is_better": True},
                             "noise": {"mos_range": [1, 5], "higher_is_better": False}}, recipe={"test": True})
@@ -316,7 +316,7 @@ def _independent_metrics(bundle_dir: Path, man: Manifest) -> dict:
         rgb = np.asarray(Image.open(path).convert("RGB"), np.float64)
         return 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
 
-    label_index = {"a_better": 0, "b_better": 1, "similar": 2}
+    label_index = {"first": 0, "second": 1, "similar": 2}
     out: dict = {"FGResQ": {}, "PSNR": {}, "counts": {}}
     for task in ("deblurring", "denoising"):
         tid = [i for i in ids if man.images[i].task == task]
@@ -337,7 +337,7 @@ def _independent_metrics(bundle_dir: Path, man: Manifest) -> dict:
             pref = 0.5 * (p_ab[0] + 0.5 * p_ab[2] + 1 - (p_ba[0] + 0.5 * p_ba[2]))  # P̃(a ≻ b)
             d_fg = pref - 0.5
             d_ps = ps[tid.index(p.a)] - ps[tid.index(p.b)]
-            sign = 1 if p.label == "a_better" else -1
+            sign = 1 if p.label == "first" else -1
             right_fg.append(0.5 if d_fg == 0 else float(sign * d_fg > 0))
             right_ps.append(0.5 if d_ps == 0 else float(sign * d_ps > 0))
         out["FGResQ"][task] = {"srcc": stats.spearmanr(fg, quality)[0], "plcc": stats.pearsonr(fg, quality)[0],

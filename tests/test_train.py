@@ -99,7 +99,7 @@ def test_rank_loss_by_hand():
     from fgresq_sdk.train.losses import rank_loss
 
     logits = [[2.0, 0.5, -1.0], [0.1, 0.3, 0.2], [-0.5, 1.0, 3.0]]
-    labels = ["a_better", "b_better", "similar"]
+    labels = ["first", "second", "similar"]
     want = 0.0
     for row, k in zip(logits, (0, 1, 2)):
         want += -(row[k] - math.log(sum(math.exp(v) for v in row)))
@@ -147,7 +147,7 @@ def test_stage2_loss_combines_with_lambdas():
     from fgresq_sdk.train.losses import rank_loss, scene_fidelity_loss, stage2_loss
 
     s, m = torch.tensor([0.2, 0.9, 0.4, 0.5]), torch.tensor([1.0, 2.0, 3.0, 3.0])
-    lg, lab = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 1.0]]), ["a_better", "similar"]
+    lg, lab = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 1.0]]), ["first", "similar"]
     out = stage2_loss(s, m, [0, 0, 0, 0], lg, lab, 5.0, 1.0)
     want = 5 * scene_fidelity_loss(s, m, [0, 0, 0, 0]) + rank_loss(lg, lab)
     assert float(out["loss"]) == pytest.approx(float(want), abs=1e-6)
@@ -194,7 +194,7 @@ def make_manifest(root: Path, scenes=("s1", "s2"), contents=2, levels=(0, 1, 2, 
                 ids.append(iid)
             for a in range(len(ids)):
                 for b in range(a + 1, len(ids)):
-                    pairs.append(PairRecord(ids[a], ids[b], "a_better" if b - a > 1 else "similar"))
+                    pairs.append(PairRecord(ids[a], ids[b], "first" if b - a > 1 else "similar"))
     m = Manifest(root=root, images=images, pairs=pairs, scenes={s: {"mos_range": [0, 100]} for s in scenes})
     m.save(root)
     return Manifest.load(root)
@@ -290,7 +290,8 @@ def test_stage2_steps_lower_the_loss_on_a_fixed_batch(manifest_dir):
     from fgresq_sdk.model import FGResQ
     from fgresq_sdk.train.datasets import PairDataset, TransformSpec
     from fgresq_sdk.train.manifest import Manifest
-    from fgresq_sdk.train.trainer import freeze_for_stage2, make_optimizer, set_seed, stage2_step
+    from fgresq_sdk.train.loop import make_optimizer, set_seed
+    from fgresq_sdk.train.stage2 import freeze_for_stage2, stage2_step
 
     set_seed(0)
     m = Manifest.load(manifest_dir)
@@ -326,7 +327,8 @@ def _steps(log: Path) -> dict[tuple[str, int], float]:
 
 def test_two_stage_run_logs_checkpoints_and_exact_resume(manifest_dir, tmp_path):
     from fgresq_sdk.model import load_checkpoint
-    from fgresq_sdk.train.trainer import TrainError, run_training
+    from fgresq_sdk.train.config import TrainError
+    from fgresq_sdk.train.run import run_training
 
     cfg = {"name": "t", "model": "fgresq-vit-tiny", "log_every": 1, "keep_checkpoints": None, "threads": 1,
            "data": {"resize": 256, "crop": 224, "hflip": True},
@@ -383,7 +385,7 @@ def test_train_configs_load_and_cli_signature():
     import inspect
 
     from fgresq_sdk.train.cli import train_cmd
-    from fgresq_sdk.train.trainer import TrainError, list_train_configs, load_train_config
+    from fgresq_sdk.train.config import TrainError, list_train_configs, load_train_config
 
     assert {"compact-synthetic", "paper"} <= set(list_train_configs())
     paper = load_train_config("paper")
@@ -435,6 +437,34 @@ def test_train_through_the_fgresq_sdk_cli(manifest_dir, tmp_path):
     assert not (tmp_path / "x" / "logs.jsonl").exists()
 
 
+def test_cli_warm_restart_of_stage2(manifest_dir, tmp_path):
+    """The recipe's second stage-2 cycle (scripts/make_default_model.sh) through the one training CLI:
+    --stage fgresq --resume --init-checkpoint on a run folder that holds only a copied dfl/."""
+    from typer.testing import CliRunner
+
+    from fgresq_sdk.cli import app
+    from fgresq_sdk.model import FGResQ, save_checkpoint
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"name": "warm", "model": "fgresq-vit-tiny", "threads": 1,
+                               "fgresq": {"epochs": 1, "batch_size": 8, "lr": 1e-4}}))
+    torch.manual_seed(0)
+    init = save_checkpoint(FGResQ("fgresq-vit-tiny").eval(), tmp_path / "first-cycle.safetensors", source="test")
+    out = tmp_path / "run"
+    (out / "dfl").mkdir(parents=True)  # the script copies the first cycle's dfl/ here
+    args = ["train", "--config", str(cfg), "--manifest", str(manifest_dir), "--val-manifest", str(manifest_dir),
+            "--out", str(out), "--threads", "1", "--no-progress"]
+    bad = CliRunner().invoke(app, args + ["--init-checkpoint", str(init)])
+    assert bad.exit_code == 2 and "init_checkpoint needs stage='fgresq'" in bad.stderr
+    r = CliRunner().invoke(app, args + ["--stage", "fgresq", "--resume", "--init-checkpoint", str(init)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["stages"] == ["fgresq"]
+    recs = [json.loads(x) for x in (out / "logs.jsonl").read_text().splitlines()]
+    start = next(x for x in recs if x["event"] == "stage_start")
+    assert start["stage"] == "fgresq" and start["init"] == f"checkpoint ({init})"
+    assert [x["val"]["acc"] is not None for x in recs if x["event"] == "epoch"] == [True]
+
+
 def test_default_recipe_smoke_run(tmp_path):
     """The default model's recipe end to end at toy size: v2 data with hard negatives from the split file's
     photo sides, both stages with val selection data, export, and the evaluation with baselines, cross-content
@@ -442,7 +472,8 @@ def test_default_recipe_smoke_run(tmp_path):
     from fgresq_sdk.train import photos as ph
     from fgresq_sdk.train import synthetic as syn
     from fgresq_sdk.train.evaluate import evaluate
-    from fgresq_sdk.train.trainer import load_train_config, run_training
+    from fgresq_sdk.train.config import load_train_config
+    from fgresq_sdk.train.run import run_training
 
     root = Path(__file__).parents[1]
     split = json.loads((root / "train" / "data" / "split.json").read_text())["split"]

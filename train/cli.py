@@ -1,4 +1,4 @@
-"""Typer command functions for training; fgresq_sdk.cli registers them as `fgresq-sdk train`:
+"""The one command line of training; fgresq_sdk.cli registers it as `fgresq-sdk train`:
 
     from fgresq_sdk.train.cli import train_cmd
     app.command("train")(train_cmd)
@@ -42,23 +42,29 @@ def train_cmd(
     val_manifest: Optional[Path] = typer.Option(None, "--val-manifest",
                                                 help="Validation manifest, evaluated after every epoch."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+    init_checkpoint: Optional[Path] = typer.Option(
+        None, "--init-checkpoint",
+        help="With --stage fgresq: start stage 2 from this model checkpoint (a further cycle on a finished model)."),
 ) -> None:
     """Train FGResQ: stage 1 (degradation-aware feature learning), then stage 2 (score + compare heads)."""
-    from .trainer import TrainError, _jsonable, run_training
+    from .config import TrainError
+    from .logs import jsonable
+    from .run import run_training
 
     try:
         res = run_training(config, out, manifest=manifest, stage=stage.value if isinstance(stage, Enum) else stage,
                            resume=resume, pretrained=pretrained, epochs=epochs, threads=threads,
-                           export=True if export else None, val_manifest=val_manifest, progress=progress)
+                           export=True if export else None, val_manifest=val_manifest, progress=progress,
+                           init_checkpoint=init_checkpoint)
     except (TrainError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(2)
-    typer.echo(json.dumps(_jsonable(res), indent=2))
+    typer.echo(json.dumps(jsonable(res), indent=2))
 
 
 def list_train_configs_cmd() -> None:
     """List the training configs shipped with the SDK (train/configs/*.json)."""
-    from .trainer import list_train_configs, load_train_config
+    from .config import list_train_configs, load_train_config
 
     for name in list_train_configs():
         cfg = load_train_config(name)

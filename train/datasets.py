@@ -31,13 +31,9 @@ from fgresq_sdk.errors import BundleError
 from fgresq_sdk.preprocess import PreprocessSpec, Step, load_image, normalize
 
 from .losses import LABEL_INDEX
+from .manifest import TASKS
 
-try:  # the manifest module owns the task list; the fallback keeps this importable on its own
-    from .manifest import TASKS
-except ImportError:  # pragma: no cover - only while train/manifest.py is missing
-    TASKS = ("super_resolution", "deblurring", "denoising", "dehazing", "deraining", "mixture")
-
-__all__ = ["TASKS", "TransformSpec", "ImageCache", "PairDataset", "ImageTaskDataset", "scene_codes",
+__all__ = ["TransformSpec", "ImageCache", "PairDataset", "ImageTaskDataset", "scene_codes",
            "task_index"]
 
 

@@ -20,7 +20,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from fgresq_sdk.model import CHECKPOINT_FORMAT, build_text_tower, read_checkpoint_metadata, save_checkpoint
+
+from .checkpoints import FINAL_NAME, load_weights_into
+from .config import TrainError
+from .datasets import ImageCache, ImageTaskDataset, TransformSpec
+from .loop import count_trainable, fit, stage_optimization
 from .losses import dfl_loss
+from .manifest import TASKS
+from .sampler import ShuffledBatchSampler
 
 __all__ = ["task_prompts", "tokenize", "build_frozen_text_tower", "text_embeddings", "degradation_embed",
            "load_pretrained", "map_open_clip_state", "run_dfl", "validate_tasks"]
@@ -31,8 +39,6 @@ TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_fin
 
 def task_prompts(tcfg: dict) -> list[str]:
     """The prompts in TASKS order."""
-    from .datasets import TASKS
-
     prompts = tcfg["dfl"]["prompts"]
     return [prompts[t] for t in TASKS]
 
@@ -46,8 +52,6 @@ def tokenize(prompts: list[str], context_length: int) -> torch.Tensor:
 
 def build_frozen_text_tower(model_cfg: dict, seed: int = 0, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """The text tower, seeded random init (or `state`), frozen and in eval mode."""
-    from fgresq_sdk.model import build_text_tower
-
     if "text_cfg" not in model_cfg:
         raise ValueError(f"model config {model_cfg.get('name')} has no text_cfg (needed for stage 1)")
     with torch.random.fork_rng(devices=[]):
@@ -120,10 +124,6 @@ def load_pretrained(model, path: str | Path) -> dict[str, Any]:
     Returns a report {"kind", "loaded", "ignored", "logit_scale", "text_state"}; text_state holds the text
     tower weights for stage 1 (None for our checkpoints).
     """
-    from fgresq_sdk.model import CHECKPOINT_FORMAT, read_checkpoint_metadata
-
-    from .trainer import TrainError
-
     path = Path(path)
     if not path.is_file():
         raise TrainError(f"pretrained weights {path}: not found")
@@ -133,8 +133,6 @@ def load_pretrained(model, path: str | Path) -> dict[str, Any]:
         except Exception:  # noqa: BLE001
             meta = {}
         if meta.get("format") == CHECKPOINT_FORMAT:
-            from .trainer import load_weights_into
-
             load_weights_into(model, path)
             return {"kind": "fgresq", "path": str(path), "loaded": len(model.state_dict()), "ignored": [],
                     "logit_scale": None, "text_state": None}
@@ -165,8 +163,6 @@ def load_pretrained(model, path: str | Path) -> dict[str, Any]:
 @torch.no_grad()
 def validate_tasks(model, text_feats: torch.Tensor, manifest, spec, cache=None, batch_size: int = 32) -> dict:
     """Task-recognition accuracy of the degradation features (nearest prompt) on a manifest."""
-    from .datasets import ImageTaskDataset
-
     was = model.degradation_tower.training
     model.degradation_tower.eval()
     ds = ImageTaskDataset(manifest, spec, train=False, cache=cache)
@@ -186,12 +182,6 @@ def run_dfl(model, train_m, tcfg: dict, stage_dir: Path, logger, *, val_m=None, 
             progress=None, cache=None, text_state: dict[str, torch.Tensor] | None = None,
             pretrained_logit_scale: float | None = None, init: str = "") -> Path:
     """Stage 1 on the images of a training manifest; returns the path of the stage's final model."""
-    from fgresq_sdk.model import save_checkpoint
-
-    from .datasets import ImageCache, ImageTaskDataset, TransformSpec
-    from .sampler import ShuffledBatchSampler
-    from .trainer import FINAL_NAME, TrainError, fit, stage_optimization
-
     dc = tcfg["dfl"]
     seed = int(tcfg["seed"])
     # text_state / pretrained_logit_scale: from load_pretrained's report (the towers are already loaded).
@@ -245,7 +235,7 @@ def run_dfl(model, train_m, tcfg: dict, stage_dir: Path, logger, *, val_m=None, 
         val_cache = ImageCache(tcfg["data"]["cache_mb"] / 4)
         val_fn = lambda: validate_tasks(model, text_feats, val_m, spec, val_cache)  # noqa: E731
     logger.log("stage_start", stage="dfl", start_epoch=start_epoch, epochs=epochs, steps_per_epoch=len(sampler),
-               total_steps=total, n_train=len(dataset), n_trainable_params=int(sum(p.numel() for p in params)),
+               total_steps=total, n_train=len(dataset), n_trainable_params=count_trainable(params),
                init=init, prompts=task_prompts(tcfg), logit_scale=logit_scale,
                text_tower="pretrained" if text_state else "random init (frozen)")
     fit(stage="dfl", model=model, optimizer=optimizer, scheduler=scheduler, sampler=sampler, dataset=dataset,

@@ -6,7 +6,7 @@ What is measured, per restoration task and averaged over the tasks present:
   annotate on their own scales), so both are computed within each scene and then averaged over the
   task's scenes weighted by image count. Scenes with fewer than 3 images are left out. PLCC uses the
   4-parameter logistic mapping; where a scene cannot be fitted, raw Pearson is used (counted per method).
-* ACC of the comparison head on ranked pairs (labels a_better / b_better): each pair is run in both
+* ACC of the comparison head on ranked pairs (labels first / second): each pair is run in both
   orders and the symmetrised preference P̃ = ½(P(a≻b) + 1 − P(b≻a)), P(x≻y) = p_first + ½·p_similar,
   decides; exact ties count half. Also a 3-way accuracy (a better / b better / similar, `similar`
   pairs included) from the order-averaged probabilities.
@@ -25,13 +25,14 @@ import sys
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
 from . import metrics as M
+from .logs import jsonable
+from .manifest import TASKS, Manifest
 
-TASKS_DEFAULT = ("super_resolution", "deblurring", "denoising", "dehazing", "deraining", "mixture")
 # Column order of the paper's Table 3.
 PAPER_TASK_ORDER = ("deblurring", "denoising", "deraining", "dehazing", "mixture", "super_resolution")
 TASK_TITLES = {
@@ -68,19 +69,8 @@ PROTOCOL_NOTES = [
 ]
 
 
-def _tasks_tuple() -> tuple[str, ...]:
-    try:
-        from .manifest import TASKS  # the task list of the data manifests; imported late: optional here
-
-        return tuple(TASKS)
-    except Exception:  # pragma: no cover - manifest module absent or broken
-        return TASKS_DEFAULT
-
-
 def _load_manifest(manifest):
     if isinstance(manifest, (str, Path)):
-        from .manifest import Manifest
-
         return Manifest.load(Path(manifest))
     return manifest
 
@@ -91,22 +81,6 @@ def _make_scorer(bundle_or_scorer, backend: str, device: str, batch_size: int):
     if isinstance(bundle_or_scorer, Scorer):
         return bundle_or_scorer
     return Scorer(bundle_or_scorer, backend=backend, device=device, batch_size=batch_size)
-
-
-def _nan_to_none(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, (np.floating,)):
-        return _nan_to_none(float(x))
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, dict):
-        return {str(k): _nan_to_none(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_nan_to_none(v) for v in x]
-    if isinstance(x, Path):
-        return str(x)
-    return x
 
 
 def _finite_mean(values) -> float:
@@ -276,7 +250,7 @@ def evaluate(bundle_or_scorer, manifest, backend: str = "onnxruntime", *, device
 
     ids = list(manifest.images.keys())
     recs = [manifest.images[i] for i in ids]
-    known = _tasks_tuple()
+    known = TASKS
     present = [t for t in PAPER_TASK_ORDER if any(r.task == t for r in recs)]
     present += sorted({r.task for r in recs} - set(present))  # tasks outside the six, after them
     unknown_tasks = sorted({r.task for r in recs} - set(known))
@@ -426,7 +400,7 @@ def evaluate(bundle_or_scorer, manifest, backend: str = "onnxruntime", *, device
                      "metrics": round(time.perf_counter() - t_all - t0, 3),
                      "total": round(time.perf_counter() - t0, 3)},
     }
-    return _nan_to_none(result)
+    return jsonable(result)
 
 
 def _scene_mos_ranges(ids, mos_of, scene_of) -> dict[str, tuple[float, float]]:
@@ -569,7 +543,7 @@ def write_report(result: dict, out_dir) -> tuple[Path, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jp, mp = out / "eval.json", out / "eval.md"
-    jp.write_text(json.dumps(_nan_to_none(result), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    jp.write_text(json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     mp.write_text(render_markdown(result), encoding="utf-8")
     return jp, mp
 

@@ -8,7 +8,7 @@
   scenes that contribute at least one pair. Only orderings inside a scene matter, so MOS scales of
   different source datasets never meet.
 * ``rank_loss`` — cross-entropy of the 3-way comparison logits against the pair labels
-  (a_better → 0, b_better → 1, similar → 2, the model's logit order).
+  (first → 0, second → 1, similar → 2: manifest.LABELS, the model's logit order).
 * ``dfl_loss`` — the bidirectional contrastive loss of degradation-aware feature learning (eq. 4):
   ½[CE(s·I·Tᵀ, Y) + CE(s·T·Iᵀ, Yᵀ)] with L2-normalised image features I (one row per image) and text
   features T (one row per restoration-task prompt), Y[i, k] = 1 when image i is of task k. Several images
@@ -26,7 +26,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-LABEL_INDEX = {"a_better": 0, "b_better": 1, "similar": 2}
+from .manifest import LABELS
+
+LABEL_INDEX = {label: i for i, label in enumerate(LABELS)}
 FIDELITY_EPS = 1e-12  # inside the square roots: finite gradients, a 1e-6 bias at p in {0, 1}
 
 __all__ = ["LABEL_INDEX", "FIDELITY_EPS", "normal_cdf", "fidelity", "pairwise_fidelity",
@@ -100,7 +102,7 @@ def scene_fidelity_loss(scores: torch.Tensor, mos: torch.Tensor, scenes: Sequenc
 
 
 def label_tensor(labels: Sequence[str] | torch.Tensor, device=None) -> torch.Tensor:
-    """Pair labels ("a_better", "b_better", "similar" or their indices) as a long tensor."""
+    """Pair labels (manifest.LABELS or their indices) as a long tensor."""
     if isinstance(labels, torch.Tensor):
         return labels.to(device=device, dtype=torch.long)
     return torch.tensor([LABEL_INDEX[x] if isinstance(x, str) else int(x) for x in labels],
@@ -108,7 +110,7 @@ def label_tensor(labels: Sequence[str] | torch.Tensor, device=None) -> torch.Ten
 
 
 def rank_loss(logits: torch.Tensor, labels: Sequence[str] | torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of [B, 3] comparison logits vs labels (a_better 0, b_better 1, similar 2)."""
+    """Mean cross-entropy of [B, 3] comparison logits vs labels (first 0, second 1, similar 2)."""
     return F.cross_entropy(logits, label_tensor(labels, logits.device))
 
 

@@ -37,7 +37,8 @@ A *manifest* is a folder holding three files::
 ``pairs.csv`` (header row, one fine-grained pair per row)::
 
     a, b         image ids; both must share content_id and task (hence normally also scene)
-    label        one of LABELS: a_better, b_better, similar
+    label        a_better, b_better or similar (FILE_LABELS; in memory the runtime's LABELS: first, second,
+                 similar; ``load``/``save`` convert, so this file spelling stays the format's)
 
 Pairs follow the paper's FGRestore construction: only pairs with the same content and the same
 restoration task, with coarse pairs (MOS gap above the scene's ``coarse_threshold``) removed, and
@@ -63,12 +64,19 @@ from pathlib import Path
 
 import numpy as np
 
+from fgresq_sdk.verdict import VERDICTS
+
 FORMAT = "fgresq-manifest"
 VERSION = 1
 MANIFEST_FILE = "manifest.json"
 
+# The restoration tasks: the one list that data, stage-1 prompts and the evaluation use.
 TASKS = ("super_resolution", "deblurring", "denoising", "dehazing", "deraining", "mixture")
-LABELS = ("a_better", "b_better", "similar")
+# Pair labels in memory are the runtime's verdicts (a pair (a, b): "first" = a is better), in the comparison
+# head's logit order; pairs.csv keeps the FGRestore-style spelling. This mapping is the only place the two meet.
+LABELS = VERDICTS
+FILE_LABELS = dict(zip(LABELS, ("a_better", "b_better", "similar")))
+_LABEL_OF_FILE = {v: k for k, v in FILE_LABELS.items()}
 
 IMAGE_COLUMNS = ("image_id", "path", "scene", "task", "content_id", "mos", "reference", "strength")
 PAIR_COLUMNS = ("a", "b", "label")
@@ -143,8 +151,11 @@ class Manifest:
         with open(folder / "pairs.csv", "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f, lineterminator="\n")
             w.writerow(PAIR_COLUMNS)
-            for p in self.pairs:
-                w.writerow([p.a, p.b, p.label])
+            for i, p in enumerate(self.pairs, start=1):
+                if p.label not in FILE_LABELS:
+                    raise ValueError(f"pair {i} (a={p.a!r}, b={p.b!r}): unknown label {p.label!r} "
+                                     f"(expected one of {LABELS})")
+                w.writerow([p.a, p.b, FILE_LABELS[p.label]])
         meta = {
             "format": FORMAT,
             "version": VERSION,
@@ -202,9 +213,12 @@ class Manifest:
             missing = [c for c in PAIR_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
                 raise ValueError(f"{ppath.name}: missing columns {missing}")
-            for row in reader:
-                pairs.append(PairRecord(a=(row["a"] or "").strip(), b=(row["b"] or "").strip(),
-                                        label=(row["label"] or "").strip()))
+            for i, row in enumerate(reader, start=1):
+                a, b, label = ((row[c] or "").strip() for c in PAIR_COLUMNS)
+                if label not in _LABEL_OF_FILE and validate:
+                    raise ValueError(f"{ppath.name} row {i} (a={a!r}, b={b!r}, label={label!r}): unknown label "
+                                     f"{label!r} (expected one of {tuple(FILE_LABELS.values())})")
+                pairs.append(PairRecord(a=a, b=b, label=_LABEL_OF_FILE.get(label, label)))
         m = cls(root=root, images=images, pairs=pairs, scenes=dict(meta.get("scenes", {})),
                 recipe=dict(meta.get("recipe", {})))
         if validate:
@@ -266,7 +280,7 @@ class Manifest:
             "images": len(self.images),
             "pairs": n,
             "contents": len({r.content_id for r in self.images.values()}),
-            "labels": {k: labels.get(k, 0) for k in LABELS},
+            "labels": {FILE_LABELS[k]: labels.get(k, 0) for k in LABELS},  # as pairs.csv spells them
             "similar_share": (labels.get("similar", 0) / n) if n else 0.0,
             "images_per_task": dict(Counter(r.task for r in self.images.values())),
             "pairs_per_task": dict(Counter(self.images[p.a].task for p in self.pairs)),
@@ -325,6 +339,6 @@ def split_manifest(m: Manifest, train_fraction: float = 0.8, seed: int = 0) -> t
 
 
 __all__ = [
-    "FORMAT", "VERSION", "TASKS", "LABELS", "IMAGE_COLUMNS", "PAIR_COLUMNS",
+    "FORMAT", "VERSION", "TASKS", "LABELS", "FILE_LABELS", "IMAGE_COLUMNS", "PAIR_COLUMNS",
     "ImageRecord", "PairRecord", "Manifest", "split_manifest",
 ]

@@ -15,7 +15,7 @@ Score metrics follow common IQA practice:
 
 Pair metrics follow the paper (FGResQ, Table 3):
 
-* ACC (``pair_accuracy``): over the pairs labelled ``a_better`` / ``b_better`` only, the fraction
+* ACC (``pair_accuracy``): over the pairs labelled ``first`` / ``second`` only, the fraction
   where the model prefers the right image. Ties (exactly equal preference) count as half right.
 * ``three_way_accuracy``: argmax of (a better, b better, similar) against the label, ``similar`` included.
 
@@ -34,7 +34,8 @@ from scipy import optimize, stats
 
 from fgresq_sdk.ranking import preference
 
-LABELS = ("a_better", "b_better", "similar")
+from .manifest import LABELS
+
 RANGE_EDGES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; capped so that correlations stay finite
 # Below this many points a 4-parameter logistic nearly interpolates the data and PLCC means little;
@@ -179,7 +180,7 @@ def plcc(pred, target, signed: bool = True) -> float:
 
 # -- pairs ------------------------------------------------------------------------------------------------
 def label_indices(labels: Sequence) -> np.ndarray:
-    """Labels as indices 0 = a_better, 1 = b_better, 2 = similar (accepts the strings or ints)."""
+    """Labels as indices 0 = first, 1 = second, 2 = similar (accepts the strings or ints)."""
     out = np.empty(len(labels), dtype=np.int64)
     for i, lab in enumerate(labels):
         if isinstance(lab, (int, np.integer)) and 0 <= int(lab) <= 2:
@@ -220,7 +221,7 @@ def _prefers_a(pred) -> np.ndarray:
 
 
 def pair_accuracy(pred, labels) -> float:
-    """The paper's ACC: over pairs labelled a_better / b_better, the fraction the model orders right.
+    """The paper's ACC: over pairs labelled first / second, the fraction the model orders right.
 
     pred: [N] P(a ≻ b); or [N, 2] (score of a, score of b), higher is better; or [N, 3] probabilities
     (a better, b better, similar), compared on the first two. Pairs labelled ``similar`` are ignored;

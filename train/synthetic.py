@@ -22,8 +22,8 @@ paper assembled FGRestore:
   ``I' = I + jnd_scale * S * JND(I)`` (S random +-1 per pixel, JND from a simple luminance-adaptation
   + texture-masking model with the NAMM combination), take the median SSIM(I, I') (Eq. 2); pairs
   whose SSIM(restored_a, restored_b) is >= that threshold are unnoticeable (Eq. 3) and are kept with
-  the label ``similar``; the rest get ``a_better`` / ``b_better`` (lower strength is better), with
-  a/b order randomised.
+  the label ``similar``; the rest get ``first`` / ``second`` (lower strength is better; ``a_better`` /
+  ``b_better`` in pairs.csv), with a/b order randomised.
 
 Everything is seeded: the same photos, seed and options give byte-identical images and CSVs.
 
@@ -684,9 +684,9 @@ def generate(photos: Sequence[tuple[str, np.ndarray]], out_dir, seed: int = 0, s
                         continue
                     similar = stats[i].ssim(stats[j]) >= thr  # Eq. 3: unnoticeable -> "similar"
                     if rng.random() < 0.5:  # i (lower strength) is the better one
-                        a, b, lab = ids[i], ids[j], "a_better"
+                        a, b, lab = ids[i], ids[j], "first"
                     else:
-                        a, b, lab = ids[j], ids[i], "b_better"
+                        a, b, lab = ids[j], ids[i], "second"
                     pairs.append(PairRecord(a=a, b=b, label="similar" if similar else lab))
             if junk:  # hard negative of this (content, task): far below every level, paired across the range
                 jrng = np.random.default_rng([seed, _crc(cid), ti, 3])
@@ -701,9 +701,9 @@ def generate(photos: Sequence[tuple[str, np.ndarray]], out_dir, seed: int = 0, s
                 n_junk += 1
                 for k in sorted({0, len(strengths) // 2, len(strengths) - 1}):
                     if jrng.random() < 0.5:
-                        pairs.append(PairRecord(a=ids[k], b=iid, label="a_better"))
+                        pairs.append(PairRecord(a=ids[k], b=iid, label="first"))
                     else:
-                        pairs.append(PairRecord(a=iid, b=ids[k], label="b_better"))
+                        pairs.append(PairRecord(a=iid, b=ids[k], label="second"))
 
     scene_meta = {n: {"mos_range": [float(v) for v in scenes[n]["mos_range"]],
                       "coarse_threshold": float(scenes[n]["coarse_threshold"]),

@@ -1,0 +1,167 @@
+"""Stage 2: dual-branch quality prediction.
+
+Stage 1 (``dfl.py``) has aligned the degradation tower with the task prompts; stage 2 freezes that tower
+(eval mode) and trains the image tower, prompt, task/prompt MLPs, regression head and comparison head with
+
+    L = λ1·L_scene + λ2·L_rank          (paper: λ1 = 5, λ2 = 1)
+
+on scene-aware batches of pairs: each step takes pairs of one scene, scores both images of every pair
+(``score_from_features``), applies the scene-aware fidelity loss over all images of the batch (their MOS)
+and the cross-entropy ranking loss over the pairs (``compare_logits``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fgresq_sdk.model import save_checkpoint
+from fgresq_sdk.preprocess import normalize
+
+from . import metrics as M
+from .checkpoints import FINAL_NAME
+from .config import TrainError
+from .datasets import ImageCache, PairDataset, TransformSpec
+from .evaluate import scene_weighted_correlations
+from .logs import JsonlLogger, Progress
+from .losses import stage2_loss
+from .loop import count_trainable, fit, stage_optimization
+from .sampler import SceneBatchSampler
+
+__all__ = ["freeze_for_stage2", "stage2_step", "validate_pairs", "run_fgresq"]
+
+
+def freeze_for_stage2(model: nn.Module, train_image_tower: bool = True, degradation_trainable_blocks: int = 0):
+    """requires_grad as stage 2 wants it; returns a function that sets train/eval modes for a step."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    for p in model.degradation_tower.parameters():
+        p.requires_grad_(False)
+    if model.degradation_proj is not None:
+        model.degradation_proj.requires_grad_(False)  # only stage 1 reads it
+    if not train_image_tower:
+        for p in model.image_tower.parameters():
+            p.requires_grad_(False)
+    unfrozen = []
+    if degradation_trainable_blocks:
+        blocks = getattr(getattr(model.degradation_tower, "transformer", None), "resblocks", None)
+        if blocks is None:
+            raise TrainError("degradation_trainable_blocks needs a ViT degradation tower")
+        unfrozen = list(blocks[-int(degradation_trainable_blocks):])
+        for mod in unfrozen + [model.degradation_tower.ln_post]:
+            for p in mod.parameters():
+                p.requires_grad_(True)
+
+    def train_mode() -> None:
+        model.train()
+        model.degradation_tower.eval()
+        for b in unfrozen:
+            b.train()
+        if not train_image_tower:
+            model.image_tower.eval()
+
+    return train_mode
+
+
+def stage2_step(model, batch: dict, lambda_scene: float = 5.0, lambda_rank: float = 1.0) -> dict[str, Any]:
+    """One stage-2 forward: scores of both images of every pair, fidelity over all images, CE over pairs."""
+    n = batch["a"].shape[0]
+    q = model.quality_features(torch.cat([batch["a"], batch["b"]]))
+    scores = model.score_from_features(q)
+    logits = model.compare_logits(q[:n], q[n:])
+    scenes = torch.as_tensor(batch["scene"])
+    out = stage2_loss(scores, torch.cat([batch["mos_a"], batch["mos_b"]]), torch.cat([scenes, scenes]),
+                      logits, torch.as_tensor(batch["label"]), lambda_scene, lambda_rank,
+                      ids=torch.cat([torch.as_tensor(batch["id_a"]), torch.as_tensor(batch["id_b"])]))
+    out["pairs"] = int(n)
+    out["scene"] = int(scenes[0])
+    return out
+
+
+@torch.no_grad()
+def validate_pairs(model, manifest, spec, cache=None, batch_size: int = 32) -> dict[str, Any]:
+    """Val metrics with the live torch model and the eval transform (= inference preprocessing).
+
+    Metrics come from train/metrics.py and train/evaluate.py (scene-weighted SRCC/PLCC, the paper's
+    symmetrised pair ACC, 3-way ACC).
+    """
+    was_training = model.training
+    model.eval()
+    cache = cache if cache is not None else ImageCache(0)
+    ids = sorted(manifest.images)
+    qs, ss = [], []
+    device = next(model.parameters()).device
+    for s in range(0, len(ids), batch_size):
+        chunk = ids[s:s + batch_size]
+        x = torch.stack([torch.from_numpy(normalize(cache.get(manifest.image_path(k), spec.eval_view), spec.size,
+                                                    spec.mean, spec.std)) for k in chunk]).to(device)
+        q = model.quality_features(x)
+        qs.append(q)
+        ss.append(model.score_from_features(q).float().cpu())
+    q = torch.cat(qs) if qs else torch.zeros(0)
+    scores = torch.cat(ss).numpy() if ss else np.zeros(0)
+    recs = [manifest.images[k] for k in ids]
+    corr = scene_weighted_correlations(scores, [r.mos for r in recs], [r.scene for r in recs])
+    out: dict[str, Any] = {"srcc": corr["srcc"], "plcc": corr["plcc"], "n_images": len(ids),
+                           "n_pairs": len(manifest.pairs)}
+    if manifest.pairs:
+        pos = {k: i for i, k in enumerate(ids)}
+        ia = torch.tensor([pos[p.a] for p in manifest.pairs])
+        ib = torch.tensor([pos[p.b] for p in manifest.pairs])
+        ia, ib = ia.to(device), ib.to(device)
+        p_ab = torch.softmax(model.compare_logits(q[ia], q[ib]), dim=1).float().cpu().numpy()
+        p_ba = torch.softmax(model.compare_logits(q[ib], q[ia]), dim=1).float().cpu().numpy()
+        pref, three = M.symmetrised_pair_probs(p_ab, p_ba)
+        labels = [p.label for p in manifest.pairs]
+        out["acc"] = M.pair_accuracy(pref, labels)
+        out["acc3"] = M.three_way_accuracy(three, labels)
+    model.train(was_training)
+    return out
+
+
+def run_fgresq(model, train_m, tcfg: dict, stage_dir: Path, logger: JsonlLogger, *, val_m=None,
+               resume: bool = False, progress: Progress | None = None, cache=None, init: str = "") -> Path:
+    """Stage 2 on a training manifest; returns the path of the stage's final model."""
+    sc = tcfg["fgresq"]
+    seed = int(tcfg["seed"])
+    spec = TransformSpec.from_config(model.cfg, tcfg["data"])
+    cache = cache if cache is not None else ImageCache(tcfg["data"]["cache_mb"])
+    dataset = PairDataset(train_m, spec, train=True, seed=seed, cache=cache)
+    if len(dataset) == 0:
+        raise TrainError("stage fgresq: the training manifest has no pairs")
+    sampler = SceneBatchSampler(dataset.pair_scenes, sc["batch_size"], seed=seed)
+    if int(tcfg["data"]["num_workers"]) > 0:
+        dataset.prefill()
+    train_mode = freeze_for_stage2(model, sc["train_image_tower"], sc["degradation_trainable_blocks"])
+    epochs = int(sc["epochs"])
+    total = epochs * len(sampler)
+    optimizer, scheduler, start_epoch, step, resumed = stage_optimization(
+        model, model.parameters(), sc, total, stage_dir, resume)
+    init = resumed or init
+    val_eval_cache = ImageCache(tcfg["data"]["cache_mb"] / 4) if val_m is not None else None
+    val_fn = (lambda: validate_pairs(model, val_m, spec, val_eval_cache)) if val_m is not None else None
+    logger.log("stage_start", stage="fgresq", start_epoch=start_epoch, epochs=epochs,
+               steps_per_epoch=len(sampler), total_steps=total, n_train=len(dataset),
+               n_trainable_params=count_trainable(model.parameters()), init=init)
+    lam1, lam2 = float(sc["lambda_scene"]), float(sc["lambda_rank"])
+    scene_names = {v: k for k, v in dataset.scene_index.items()}
+
+    def step_fn(batch: dict) -> dict[str, Any]:
+        out = stage2_step(model, batch, lam1, lam2)
+        out["scene"] = scene_names[out["scene"]]
+        return out
+
+    fit(stage="fgresq", model=model, optimizer=optimizer, scheduler=scheduler, sampler=sampler, dataset=dataset,
+        step_fn=step_fn, train_mode=train_mode, epochs=epochs,
+        stage_dir=stage_dir, logger=logger, start_epoch=start_epoch, global_step=step,
+        log_every=int(tcfg["log_every"]), progress=progress, grad_clip=sc["grad_clip"], val_fn=val_fn,
+        keep_checkpoints=tcfg["keep_checkpoints"], num_workers=int(tcfg["data"]["num_workers"]),
+        train_config=tcfg)
+    model.eval()
+    final = save_checkpoint(model, stage_dir / FINAL_NAME, source="fgresq-sdk train (fgresq, final)",
+                            extra={"stage": "fgresq", "epochs": str(epochs)})
+    logger.log("stage_end", stage="fgresq", model=str(final), epochs=epochs)
+    return final
