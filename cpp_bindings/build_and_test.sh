@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Build cpp_bindings (library, example CLI, tests) and run its ctest suite: the single entry point CI uses.
+# Build cpp_bindings (library, examples, tests) and run its ctest suite: the single entry point CI uses.
 #
 #   cpp_bindings/build_and_test.sh
 #
-# Steps: ONNX Runtime headers (fetch_ort_headers.sh, unless FGRESQ_ORT_INCLUDE_DIR is set), libpng/libjpeg
-# development packages (apt-get, when missing and possible), cmake configure + build, ctest.
+# Steps: ONNX Runtime headers (fetch_ort_headers.sh, unless FGRESQ_ORT_INCLUDE_DIR is set), cmake configure +
+# build, ctest.
 # Env: FGRESQ_PYTHON   python with fgresq_sdk + torch + scikit-image (default: the repo's .venv)
 #      FGRESQ_BUILD_DIR build folder (default: cpp_bindings/build)
 #      FGRESQ_JOBS      parallel build jobs (default: 2)
@@ -27,22 +27,6 @@ cxx="${CXX:-$(command -v c++ || command -v g++ || command -v clang++ || true)}"
 [ -n "$cxx" ] || skip "no C++ compiler found (c++, g++ or clang++)"
 [ -x "$python" ] || python="$(command -v python3 || true)"
 [ -n "$python" ] || skip "no python for the test data"
-
-# libpng/libjpeg headers for the example CLI (Debian packages).
-missing=()
-for pkg in libpng-dev libjpeg-dev; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    echo "build_and_test: installing ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null ||
-      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null; } ||
-      echo "build_and_test: could not install ${missing[*]}; fgresq-cli and its test will be skipped" >&2
-  else
-    echo "build_and_test: ${missing[*]} missing (not root or no apt-get); fgresq-cli and its test will be skipped" >&2
-  fi
-fi
 
 cmake_args=(-S "$here" -B "$build" -DCMAKE_BUILD_TYPE=Release "-DFGRESQ_PYTHON=$python" "-DCMAKE_CXX_COMPILER=$cxx")
 if [ -n "${FGRESQ_ORT_INCLUDE_DIR:-}" ]; then

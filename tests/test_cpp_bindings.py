@@ -1,7 +1,7 @@
 """The C/C++ bindings (cpp_bindings/): build them and run their ctest suite through build_and_test.sh.
 
-The suite compares the C API with this Python SDK on the same pixels (scores, preprocessing, ranking,
-comparison), checks error paths and concurrent use, and runs the example CLI against `fgresq-sdk`.
+The suite compares the C API with this Python SDK on the same pixels and on the pixels of the same image files
+(scores, preprocessing, ranking, comparison), checks error paths and concurrent use, and runs the examples.
 Skipped only when the build cannot be attempted here (no cmake or C++ compiler, or the ONNX Runtime
 headers cannot be downloaded): build_and_test.sh then exits 77 with a "SKIP: reason" line.
 """

@@ -12,8 +12,14 @@ Writes into OUT:
   rank_features/           a larger ranking from features alone: feats.f32 (N × F float32), scores.f32 (N),
                            rank.tsv as above (Scorer.rank_features: blockwise soft wins + Newton fit)
   heads_compressed.npz     the bundle's heads saved with np.savez_compressed (an error-path test)
-  photos/                  PNG/JPEG files in two folders + one broken file, for the CLI test
-  single/rocket.png        a folder of one image (rank: win rate null)
+  files/                   the same checks from image FILES, as `fgresq-sdk` scores them: photos/ holds PNG (8-bit
+                           RGB, gray, RGBA, palette) and JPEG files in the folders scene_a, scene_b and single;
+                           images/<name>.raw is each file as fgresq_sdk.preprocess.load_image decodes it (EXIF
+                           orientation, RGB), cases.tsv their Scorer scores from the files, groups.tsv
+                           `group  index,index,...` (all = both scenes, scene_a, scene_b, single: one image),
+                           rank_<group>.tsv the Scorer.rank of each group's files (indices into the group),
+                           compare.tsv / compare_raw.tsv a pair both ways (indices into cases.tsv)
+  example/                 binary PNM images (P6 RGB, P5 gray) for the fgresq-example smoke test
   bundle_official/         the same bundle whose model.json declares the official preprocess spec
                            (docs/preprocess-spec.md: resize bilinear-cv2 256x256, center crop 224)
   bundle_squash/           the same bundle with the explicit legacy spec (resize bilinear-antialias 224x224)
@@ -287,18 +293,81 @@ def write_rank_features(out: Path, scorer, feats: np.ndarray, n: int = 400) -> N
     (d / "scores.f32").write_bytes(scores.astype("<f4").tobytes())
     r = scorer.rank_features([str(i) for i in range(n)], q, scores).ranking
     assert r.converged, "the Python fit did not converge"
-    with open(d / "rank.tsv", "w") as f:
+    write_rank(d / "rank.tsv", scores, r)
+    print(f"rank_features: n = {n}, {r.iterations} Newton steps, strengths {r.strength.min():.3f}..{r.strength.max():.3f}")
+
+
+def write_rank(path: Path, scores: np.ndarray, r) -> None:
+    """rank.tsv rows: rank, input index, score, win rate, tier, strength (repr: the exact doubles)."""
+    with open(path, "w") as f:
         for pos, idx in enumerate(r.order):
             f.write(f"{pos + 1}\t{idx}\t{float(scores[idx])!r}\t{float(r.win_rate[idx])!r}\t{int(r.tier[idx])}\t"
                     f"{float(r.strength[idx])!r}\n")
-    print(f"rank_features: n = {n}, {r.iterations} Newton steps, strengths {r.strength.min():.3f}..{r.strength.max():.3f}")
+
+
+def write_compare(path: Path, scorer, items: list, pairs, raw: bool) -> None:
+    """compare.tsv rows: a, b, p_first, p_second, p_similar of Scorer.compare(items[a], items[b], raw)."""
+    with open(path, "w") as f:
+        for a, b in pairs:
+            c = scorer.compare(items[a], items[b], raw=raw)
+            f.write(f"{a}\t{b}\t{c.p_first_better!r}\t{c.p_second_better!r}\t{c.p_similar!r}\n")
+
+
+FILE_PAIRS = ((2, 3), (3, 2), (0, 5))  # astronaut_rgba.png vs coffee_p.png both ways, astronaut.png vs coffee.jpg
+
+
+def write_file_data(out: Path, scorer, imgs: dict[str, np.ndarray]) -> None:
+    """The parity checks from files: the Python SDK reads the PNG/JPEG files itself (as `fgresq-sdk score`,
+    `compare` and `rank --group-by parent` do); the C library gets the pixels its loader decodes from them."""
+    from fgresq_sdk.preprocess import load_image
+
+    d = out / "files"
+    shutil.rmtree(d, ignore_errors=True)
+    for sub in ("photos/scene_a", "photos/scene_b", "photos/single", "images"):
+        (d / sub).mkdir(parents=True)
+    photos = d / "photos"
+    files = [photos / "scene_a" / "astronaut.png", photos / "scene_a" / "camera.png",
+             photos / "scene_a" / "astronaut_rgba.png", photos / "scene_b" / "coffee_p.png",
+             photos / "scene_b" / "chelsea.jpg", photos / "scene_b" / "coffee.jpg", photos / "single" / "rocket.png"]
+    Image.fromarray(imgs["astronaut_512x384"]).save(files[0])
+    Image.fromarray(imgs["camera_gray_640x150"]).save(files[1])
+    Image.fromarray(imgs["astronaut_rgba_200x300"]).save(files[2])
+    Image.fromarray(imgs["coffee_300x200"]).convert("P", palette=Image.ADAPTIVE).save(files[3])
+    Image.fromarray(imgs["chelsea_100x80"]).save(files[4], quality=92)
+    Image.fromarray(imgs["coffee_224x500"]).save(files[5], quality=90)
+    Image.fromarray(imgs["rocket_224x224"]).save(files[6])
+    paths = [str(p) for p in files]
+    names = [f"{p.parent.name}_{p.name.replace('.', '_')}" for p in files]
+    scores = scorer.score(paths)
+    with open(d / "cases.tsv", "w") as f:
+        for name, path, s in zip(names, paths, scores):
+            rgb = np.ascontiguousarray(np.asarray(load_image(path)))
+            (d / "images" / f"{name}.raw").write_bytes(rgb.tobytes())
+            f.write(f"{name}\t{rgb.shape[1]}\t{rgb.shape[0]}\t3\t{float(s)!r}\n")
+    groups = {"all": [0, 1, 2, 3, 4, 5], "scene_a": [0, 1, 2], "scene_b": [3, 4, 5], "single": [6]}
+    (d / "groups.tsv").write_text("".join(f"{g}\t{','.join(map(str, m))}\n" for g, m in groups.items()))
+    for g, members in groups.items():
+        res = scorer.rank([paths[i] for i in members])
+        write_rank(d / f"rank_{g}.tsv", res.scores, res.ranking)
+    for fname, raw in (("compare.tsv", False), ("compare_raw.tsv", True)):
+        write_compare(d / fname, scorer, paths, FILE_PAIRS, raw)
+
+
+def write_example_images(out: Path, imgs: dict[str, np.ndarray]) -> None:
+    """Binary PPM/PGM files, the format examples/fgresq_example.cpp reads."""
+    d = out / "example"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir()
+    Image.fromarray(imgs["astronaut_512x384"]).save(d / "astronaut.ppm")
+    Image.fromarray(imgs["camera_gray_640x150"]).save(d / "camera.pgm")
+    Image.fromarray(imgs["coffee_300x200"]).save(d / "coffee.ppm")
 
 
 def main() -> int:
     out = Path(sys.argv[1])
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
-    for sub in ("images", "pre", "photos"):
+    for sub in ("images", "pre"):
         shutil.rmtree(out / sub, ignore_errors=True)
         (out / sub).mkdir()
     bundle = build_bundle(out / "bundle")
@@ -323,37 +392,17 @@ def main() -> int:
             (out / "pre" / f"{name}.u8").write_bytes(np.ascontiguousarray(u8, dtype=np.uint8).tobytes())
             (out / "pre" / f"{name}.f32").write_bytes(preprocess(arr, pre_cfg).astype("<f4").tobytes())
 
-    res = scorer.rank(arrays, names=names)
-    r = res.ranking
-    with open(out / "rank.tsv", "w") as f:
-        for pos, idx in enumerate(r.order):
-            f.write(f"{pos + 1}\t{idx}\t{float(scores[idx])!r}\t{float(r.win_rate[idx])!r}\t{int(r.tier[idx])}\t"
-                    f"{float(r.strength[idx])!r}\n")
+    write_rank(out / "rank.tsv", scores, scorer.rank(arrays, names=names).ranking)
     for fname, raw in (("compare.tsv", False), ("compare_raw.tsv", True)):
-        with open(out / fname, "w") as f:
-            for a, b in ((0, 1), (1, 0), (2, 5), (3, 7), (4, 4)):
-                c = scorer.compare(arrays[a], arrays[b], raw=raw)
-                f.write(f"{a}\t{b}\t{c.p_first_better!r}\t{c.p_second_better!r}\t{c.p_similar!r}\n")
+        write_compare(out / fname, scorer, arrays, ((0, 1), (1, 0), (2, 5), (3, 7), (4, 4)), raw)
     write_rank_features(out, scorer, scorer.encode(arrays)[0])
 
     # heads.npz as np.savez_compressed would write it (refused by the C++ reader, which wants stored members).
     with np.load(bundle / "heads.npz") as z:
         np.savez_compressed(out / "heads_compressed.npz", **{k: z[k] for k in z.files})
 
-    # Files for the CLI test: PNG (8-bit RGB, gray, RGBA, palette) and JPEG, two scene folders, one broken file.
-    photos = out / "photos"
-    for sub in ("scene_a", "scene_b"):
-        (photos / sub).mkdir()
-    Image.fromarray(imgs["astronaut_512x384"]).save(photos / "scene_a" / "astronaut.png")
-    Image.fromarray(imgs["camera_gray_640x150"]).save(photos / "scene_a" / "camera.png")
-    Image.fromarray(imgs["astronaut_rgba_200x300"]).save(photos / "scene_a" / "astronaut_rgba.png")
-    Image.fromarray(imgs["coffee_300x200"]).convert("P", palette=Image.ADAPTIVE).save(photos / "scene_b" / "coffee_p.png")
-    Image.fromarray(imgs["chelsea_100x80"]).save(photos / "scene_b" / "chelsea.jpg", quality=92)
-    Image.fromarray(imgs["coffee_224x500"]).save(photos / "scene_b" / "coffee.jpg", quality=90)
-    (photos / "scene_b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png")
-    shutil.rmtree(out / "single", ignore_errors=True)  # a folder of one image: rank gives no win rate
-    (out / "single").mkdir()
-    Image.fromarray(imgs["rocket_224x224"]).save(out / "single" / "rocket.png")
+    write_file_data(out, scorer, imgs)
+    write_example_images(out, imgs)
 
     # The official preprocess spec (import-official's default) and the explicit legacy one, on the same model.
     base = {k: v for k, v in pre_cfg.items() if k in ("size", "mean", "std")}

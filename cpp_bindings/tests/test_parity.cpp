@@ -54,14 +54,8 @@ int main(int argc, char** argv) {
   }
 
   // (a) scores.
-  std::vector<float> scores(cases.size());
-  CHECK(fgresq_score(m, images.data(), images.size(), scores.data()) == FGRESQ_OK);
-  double max_score = 0.0;
-  for (size_t i = 0; i < cases.size(); ++i) {
-    const double d = std::fabs(double(scores[i]) - cases[i].expected_score);
-    max_score = std::max(max_score, d);
-    CHECK_MSG(d <= 1e-4, "%s: score %.8f, Python %.8f", cases[i].name.c_str(), scores[i], cases[i].expected_score);
-  }
+  std::vector<float> scores;
+  const double max_score = check_scores(m, cases, scores, 1e-4);
   // One at a time and in batches of 3: same scores (batching must not matter beyond float noise).
   for (size_t i = 0; i < cases.size(); ++i) {
     float s1 = -1;
@@ -84,60 +78,28 @@ int main(int argc, char** argv) {
   // Ranking: same order and tiers; scores within 1e-4, win rates and strengths (both fits converge to their
   // tolerance) within 1e-6.
   const size_t n = cases.size();
-  std::vector<int32_t> order(n), tier(n);
-  std::vector<float> rscores(n);
-  std::vector<double> win(n);
-  CHECK(fgresq_rank(m, images.data(), n, order.data(), rscores.data(), win.data(), tier.data()) == FGRESQ_OK);
+  const Ranked ranked = rank_images(m, images);
+  const auto& order = ranked.order;
+  const RankDiff rank_diff = check_ranking("parity", ranked, testing::read_tsv(dir + "/rank.tsv"), 1e-6);
   std::vector<float> feats(n * size_t(fgresq_feature_size(m))), fscores(n);
   CHECK(fgresq_encode(m, images.data(), n, feats.data(), fscores.data()) == FGRESQ_OK);
-  std::vector<int32_t> order2(n), tier2(n);
-  std::vector<double> win2(n), strength(n);
-  CHECK(fgresq_rank_features(m, feats.data(), fscores.data(), n, order2.data(), win2.data(), tier2.data(),
-                             strength.data()) == FGRESQ_OK);
-  CHECK(order2 == order);
-  CHECK(tier2 == tier);
-  const auto expected = testing::read_tsv(dir + "/rank.tsv");
-  CHECK(expected.size() == n);
-  double max_win = 0.0, max_strength = 0.0;
-  for (size_t k = 0; k < n && k < expected.size(); ++k) {
-    const int idx = std::stoi(expected[k][1]);
-    CHECK_MSG(order[k] == idx, "rank %zu: C++ has input %d, Python %d", k + 1, order[k], idx);
-    const double w = std::stod(expected[k][3]), s = std::stod(expected[k][5]);
-    const int ti = std::stoi(expected[k][4]);
-    max_win = std::max(max_win, std::fabs(win[idx] - w));
-    max_strength = std::max(max_strength, std::fabs(strength[idx] - s));
-    CHECK_MSG(std::fabs(win[idx] - w) <= 1e-6, "input %d: win rate %.12g, Python %.12g", idx, win[idx], w);
-    CHECK_MSG(std::fabs(strength[idx] - s) <= 1e-6, "input %d: strength %.12g, Python %.12g", idx, strength[idx], s);
-    CHECK_MSG(tier[idx] == ti, "input %d: tier %d, Python %d", idx, tier[idx], ti);
-    CHECK(std::fabs(double(rscores[idx]) - std::stod(expected[k][2])) <= 1e-4);
-  }
 
   // A larger ranking from features alone (Python's Scorer.rank_features on the same float32 features): the
   // Newton fits agree within 1e-6.
-  double max_strength_n = 0.0, max_win_n = 0.0;
+  RankDiff big_diff;
   size_t n_big = 0;
   {
     const size_t f = size_t(fgresq_feature_size(m));
     const auto bf = testing::read_f32(dir + "/rank_features/feats.f32");
     const auto bs = testing::read_f32(dir + "/rank_features/scores.f32");
-    const auto want = testing::read_tsv(dir + "/rank_features/rank.tsv");
     n_big = bs.size();
-    CHECK(n_big >= 100 && bf.size() == n_big * f && want.size() == n_big);
-    std::vector<int32_t> o(n_big), t(n_big);
-    std::vector<double> w(n_big), st(n_big);
-    CHECK(fgresq_rank_features(m, bf.data(), bs.data(), n_big, o.data(), w.data(), t.data(), st.data()) == FGRESQ_OK);
-    size_t order_diff = 0, tier_diff = 0;
-    for (size_t k = 0; k < n_big && k < want.size(); ++k) {
-      const size_t idx = size_t(std::stoi(want[k][1]));
-      order_diff += size_t(o[k]) != idx;
-      tier_diff += t[idx] != std::stoi(want[k][4]);
-      max_win_n = std::max(max_win_n, std::fabs(w[idx] - std::stod(want[k][3])));
-      max_strength_n = std::max(max_strength_n, std::fabs(st[idx] - std::stod(want[k][5])));
-    }
-    CHECK_MSG(order_diff == 0 && tier_diff == 0, "n = %zu: %zu ranks and %zu tiers differ from Python", n_big,
-              order_diff, tier_diff);
-    CHECK_MSG(max_strength_n <= 1e-6, "n = %zu: max |dstrength| = %.3g", n_big, max_strength_n);
-    CHECK_MSG(max_win_n <= 1e-6, "n = %zu: max |dwin_rate| = %.3g", n_big, max_win_n);
+    CHECK(n_big >= 100 && bf.size() == n_big * f);
+    Ranked big{std::vector<int32_t>(n_big), std::vector<int32_t>(n_big), bs, std::vector<double>(n_big),
+               std::vector<double>(n_big)};
+    CHECK(fgresq_rank_features(m, bf.data(), bs.data(), n_big, big.order.data(), big.win.data(), big.tier.data(),
+                               big.strength.data()) == FGRESQ_OK);
+    big_diff = check_ranking("rank_features n = " + std::to_string(n_big), big,
+                             testing::read_tsv(dir + "/rank_features/rank.tsv"), 1e-6);
   }
 
   // A single image: no others to win against, so no win rate (NaN, as the Python SDK), tier 1, strength 0.
@@ -153,23 +115,8 @@ int main(int argc, char** argv) {
   }
 
   // Comparison: symmetrised (default) and raw (the head on (a, b) only), against Scorer.compare(raw=...).
-  double max_cmp = 0.0, max_raw = 0.0;
-  for (const char* kind : {"compare", "compare_raw"}) {
-    const bool raw = std::string(kind) == "compare_raw";
-    for (const auto& row : testing::read_tsv(dir + "/" + kind + ".tsv")) {
-      const int a = std::stoi(row[0]), b = std::stoi(row[1]);
-      double p[3];
-      CHECK((raw ? fgresq_compare_raw(m, &images[a], &images[b], p) : fgresq_compare(m, &images[a], &images[b], p)) ==
-            FGRESQ_OK);
-      for (int r = 0; r < 3; ++r) {
-        const double d = std::fabs(p[r] - std::stod(row[2 + r]));
-        double& worst = raw ? max_raw : max_cmp;
-        worst = std::max(worst, d);
-        CHECK_MSG(d <= 1e-4, "%s(%d, %d)[%d] = %.8f, Python %s", kind, a, b, r, p[r], row[2 + r].c_str());
-      }
-      CHECK(std::fabs(p[0] + p[1] + p[2] - 1.0) < 1e-12);
-    }
-  }
+  const double max_cmp = check_compare(m, images, dir + "/compare.tsv", false);
+  const double max_raw = check_compare(m, images, dir + "/compare_raw.tsv", true);
 
   // Order-symmetrised, as Scorer.compare: swapping the images swaps p_first and p_second exactly, and an image
   // against itself is a tie with the verdict "similar".
@@ -210,8 +157,8 @@ int main(int argc, char** argv) {
   std::printf("parity: %zu images, max |dscore| = %.3g, max preprocessing d (0-1 pixel scale) = %.3g "
               "(normalised: %.3g, %zu/%zu values bit-identical), max |dwin_rate| = %.3g, max |dstrength| = %.3g, "
               "max |dprob| = %.3g (raw %.3g); rank_features n = %zu: max |dstrength| = %.3g, max |dwin_rate| = %.3g\n",
-              n, max_score, max_pre, max_norm, exact, total, max_win, max_strength, max_cmp, max_raw, n_big,
-              max_strength_n, max_win_n);
+              n, max_score, max_pre, max_norm, exact, total, rank_diff.win, rank_diff.strength, max_cmp, max_raw, n_big,
+              big_diff.strength, big_diff.win);
   fgresq_close(m);
   return testing::finish("test_parity");
 }
