@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fgresq_sdk.errors import BundleError
+from fgresq_sdk.verdict import LOGIT_ORDER
 
 # What the authors' current inference code (model/FGResQ.py, FGResQ._preprocess_image and the score path)
 # does, as data: cv2 INTER_LINEAR to 256×256, torchvision CenterCrop 224, CLIP mean/std; score =
@@ -182,6 +183,7 @@ def convert_official(sd: dict[str, Any], degradation_sd: dict[str, Any] | None =
 # second better, similar), so "released" swaps rows 0 and 1 of compare_head; "stored" keeps them as saved
 # (the reading of the earlier sxfly99/FGRestore inference code).
 COMPARE_ORDERS = ("released", "stored")
+RELEASED_ROWS = [1, 0, 2]  # our logit row k is the release's row RELEASED_ROWS[k] (and back: a swap)
 
 
 def _reorder_compare_head(ours: dict[str, Any], order: str) -> None:
@@ -190,7 +192,7 @@ def _reorder_compare_head(ours: dict[str, Any], order: str) -> None:
     if order == "released":
         for key in ("compare_head.weight", "compare_head.bias"):
             if key in ours and ours[key].shape[0] == 3:
-                ours[key] = ours[key][[1, 0, 2]].clone()
+                ours[key] = ours[key][RELEASED_ROWS].clone()
 
 
 def load_official(path: str | Path, config: str | dict = "fgresq-vit-b16",
@@ -252,5 +254,5 @@ def import_official(path: str | Path, out: str | Path, *, config: str | dict = "
                                            "release_behaviour": release_behaviour(preprocess, float(score_scale),
                                                                                   compare_order),
                                            "logit_order_in_checkpoint":
-                                           ["second_better", "first_better", "similar"] if compare_order == "released"
-                                           else ["first_better", "second_better", "similar"]}})
+                                           [LOGIT_ORDER[k] for k in RELEASED_ROWS] if compare_order == "released"
+                                           else list(LOGIT_ORDER)}})

@@ -1,9 +1,10 @@
-"""Trace FGResQ into a model bundle: encoder graph, comparison-head graph, numpy head weights, manifest.
+"""Trace FGResQ into a model bundle: encoder graph, numpy head weights, manifest.
 
 The encoder graph maps an image batch [B,3,S,S] to quality features q [B,3D] and score [B] with a
-dynamic batch axis. The comparison head is its own tiny graph (q0, q1 → 3 logits) so a pair never
-re-runs an encoder; its weights are also stored as .npz because ranking N images evaluates all N²
-pairs in numpy from per-image terms (the head is linear in [q0, q1]).
+dynamic batch axis. The comparison head is not a graph: its weights go to heads.npz, which every backend,
+the remote client and the C++ library evaluate from the features (fgresq_sdk.heads; the head is linear in
+[q0, q1], so ranking N images needs N encodes and per-image terms). Bundles written before this listed a
+compare_head.onnx as well; readers still accept such bundles and ignore that graph.
 """
 from __future__ import annotations
 
@@ -14,14 +15,18 @@ from typing import Any
 import numpy as np
 
 from fgresq_sdk.bundle import write_manifest
+from fgresq_sdk.verdict import LOGIT_ORDER
 
 from .staging import check_out_dir, staged_bundle
 
 DEFAULT_OPSET = 17
 ENCODER_FILE = "encoder.onnx"
-COMPARE_FILE = "compare_head.onnx"
 HEADS_FILE = "heads.npz"
 CHECKPOINT_FILE = "model.safetensors"
+# Manifest keys describing the graph and the heads, carried unchanged into bundles derived from this one.
+CARRIED_KEYS = ("opset", "feature_dim", "inputs", "outputs", "logit_order")
+# What older manifests listed among "outputs" for their compare_head.onnx graph.
+_LEGACY_COMPARE_OUTPUTS = ("logits", "logit_order")
 
 
 def head_arrays(model) -> dict[str, np.ndarray]:
@@ -34,16 +39,25 @@ def head_arrays(model) -> dict[str, np.ndarray]:
     }
 
 
-def _export_graphs(model, out: Path, opset: int) -> int:
-    """Both graphs into `out`; returns how many ViT attention blocks were written in the clean form."""
-    import torch
+def carried_meta(manifest: dict[str, Any]) -> dict[str, Any]:
+    """CARRIED_KEYS of a source manifest, for a derived bundle's. A source written before heads.npz became the
+    only comparison head lists its compare graph's `logits` and `logit_order` among the outputs; the derived
+    bundle has no such graph, so they become the current form (the order at the top level)."""
+    extra = {k: manifest[k] for k in CARRIED_KEYS if k in manifest}
+    outputs = extra.get("outputs")
+    if isinstance(outputs, dict) and any(k in outputs for k in _LEGACY_COMPARE_OUTPUTS):
+        extra["outputs"] = {k: v for k, v in outputs.items() if k not in _LEGACY_COMPARE_OUTPUTS}
+        extra.setdefault("logit_order", outputs.get("logit_order", list(LOGIT_ORDER)))
+    return extra
 
-    from fgresq_sdk.model import CompareHead
+
+def _export_encoder(model, out: Path, opset: int) -> int:
+    """The encoder graph into `out`; returns how many ViT attention blocks were written in the clean form."""
+    import torch
 
     from .fusion import clean_attention
 
     size = int(model.cfg["preprocess"]["size"])
-    dim3 = 3 * model.feature_dim
     image = torch.zeros(2, 3, size, size)
     with warnings.catch_warnings(), clean_attention(model) as cleaned:
         warnings.simplefilter("ignore")
@@ -52,21 +66,14 @@ def _export_graphs(model, out: Path, opset: int) -> int:
             dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}, "score": {0: "batch"}},
             opset_version=opset, dynamo=False, do_constant_folding=True,
         )
-        q = torch.zeros(2, dim3)
-        torch.onnx.export(
-            CompareHead(model), (q, q), str(out / COMPARE_FILE), input_names=["q0", "q1"], output_names=["logits"],
-            dynamic_axes={"q0": {0: "batch"}, "q1": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=opset, dynamo=False,
-        )
     return cleaned
 
 
-def check_graphs(out: Path) -> None:
-    """onnx.checker on both graphs (full check, including shape inference)."""
+def check_encoder(out: Path) -> None:
+    """onnx.checker on the encoder graph (full check, including shape inference)."""
     import onnx
 
-    for fname in (ENCODER_FILE, COMPARE_FILE):
-        onnx.checker.check_model(str(out / fname), full_check=True)
+    onnx.checker.check_model(str(out / ENCODER_FILE), full_check=True)
 
 
 def export_bundle(model, out: str | Path, *, source: str, opset: int = DEFAULT_OPSET,
@@ -89,22 +96,22 @@ def export_bundle(model, out: str | Path, *, source: str, opset: int = DEFAULT_O
     with staged_bundle(out, force) as tmp:
         # Traced with autograd on: under no_grad, nn.MultiheadAttention takes its fused fast path, which
         # has no ONNX symbolic.
-        cleaned = _export_graphs(model, tmp, opset)
-        check_graphs(tmp)
+        cleaned = _export_encoder(model, tmp, opset)
+        check_encoder(tmp)
         graph = {"attention": "clean export (static head shapes, separate q/k/v)" if cleaned else "as traced",
                  "clean_attention_blocks": cleaned}
         shape = vit_shape(model)
         if fuse and shape is not None:
             graph["fusion"] = fuse_encoder(tmp / ENCODER_FILE, shape)
         np.savez(tmp / HEADS_FILE, **head_arrays(model))
-        files = {"encoder": ENCODER_FILE, "compare_head": COMPARE_FILE, "heads": HEADS_FILE}
+        files = {"encoder": ENCODER_FILE, "heads": HEADS_FILE}
         if include_checkpoint:
             save_checkpoint(model, tmp / CHECKPOINT_FILE, source=source)
             files["checkpoint"] = CHECKPOINT_FILE
         meta = {"opset": opset, "feature_dim": model.feature_dim, "score_scale": model.score_scale,
                 "inputs": {"image": ["batch", 3, model.cfg["preprocess"]["size"], model.cfg["preprocess"]["size"]]},
-                "outputs": {"features": ["batch", 3 * model.feature_dim], "score": ["batch"],
-                            "logits": ["batch", 3], "logit_order": ["first_better", "second_better", "similar"]},
+                "outputs": {"features": ["batch", 3 * model.feature_dim], "score": ["batch"]},
+                "logit_order": list(LOGIT_ORDER),  # the rows of heads.npz's compare_weight and compare_bias
                 "graph": graph}
         meta.update(extra or {})
         write_manifest(tmp, name=model.cfg["name"], config=model.cfg, files=files, precision="fp32",

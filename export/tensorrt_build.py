@@ -1,6 +1,6 @@
 """TensorRT engines: build a serialized engine for this GPU from an fp32 bundle's encoder graph.
 
-The result is a derived bundle: the source's fp32 encoder.onnx, compare_head.onnx and heads.npz, plus
+The result is a derived bundle: the source's fp32 encoder.onnx and heads.npz, plus
 the engine (role ``engine``) and its record (role ``engine_record``, ``engine.json``), all listed in
 model.json with their sha256. The bundle's `precision` stays that of its encoder.onnx (fp32): that is what
 onnxruntime runs wherever the engine cannot (`auto` falls back to it), and what `--precision fp32` gets.
@@ -45,7 +45,7 @@ from fgresq_sdk.backends.probe import cuda_driver_version
 from fgresq_sdk.bundle import Bundle, load_bundle, sha256_file, write_manifest
 from fgresq_sdk.errors import BackendError, BundleError
 
-from .onnx_export import COMPARE_FILE, ENCODER_FILE, HEADS_FILE
+from .onnx_export import ENCODER_FILE, HEADS_FILE, carried_meta
 from .staging import check_out_dir, copy_verified, staged_bundle
 
 ENGINE_RECORD_FILE = "engine.json"
@@ -176,16 +176,15 @@ def write_engine_bundle(bundle: Bundle, tmp: Path, *, engine_bytes: bytes, recor
     engine_file = engine_file_name(precision)
     (tmp / engine_file).write_bytes(engine_bytes)
     (tmp / ENGINE_RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    copy_verified(bundle, "compare_head", tmp / COMPARE_FILE)
     copy_verified(bundle, "heads", tmp / HEADS_FILE)
     m = bundle.manifest
-    extra = {k: m[k] for k in ("opset", "feature_dim", "inputs", "outputs") if k in m}
+    extra = carried_meta(m)
     extra["tensorrt"] = {"engine_precision": precision, "record": ENGINE_RECORD_FILE,
                          "note": f"{ENCODER_FILE} is the {bundle.precision} graph the engine was made from; "
                                  "onnxruntime runs it where the engine does not fit"}
     write_manifest(tmp, name=bundle.name, config=bundle.config,
-                   files={"encoder": ENCODER_FILE, "compare_head": COMPARE_FILE, "heads": HEADS_FILE,
-                          "engine": engine_file, "engine_record": ENGINE_RECORD_FILE},
+                   files={"encoder": ENCODER_FILE, "heads": HEADS_FILE, "engine": engine_file,
+                          "engine_record": ENGINE_RECORD_FILE},
                    precision=bundle.precision,
                    source=f"{m.get('source')}; TensorRT {trt_version} {precision} engine "
                           f"for {gpu_name} from {bundle.root.name}",

@@ -3,8 +3,8 @@ users who run a full `tritonserver` (ONNX Runtime backend; TensorRT for a bundle
 
 Layout of OUT:
     fgresq_encoder/config.pbtxt, 1/model.onnx    image [3,S,S] FP32 (preprocessed) → features [3D], score
-    fgresq_encoder/model.json, heads.npz         the bundle's manifest and numpy heads, for clients
-    fgresq_compare/config.pbtxt, 1/model.onnx    q0, q1 [3D] → logits [3] (first better, second better, similar)
+    fgresq_encoder/model.json, heads.npz         the bundle's manifest and numpy heads: clients compare and rank
+                                                 from `features` with them (fgresq_sdk.heads, the one head)
     fgresq_encoder_trt/config.pbtxt, 1/model.plan  only when the bundle has a TensorRT engine (GPU- and
                                                    TensorRT-version-specific, like the engine itself)
     fgresq_triton_repo.json                      what was exported from what (Triton reads folders only)
@@ -30,7 +30,6 @@ from fgresq_sdk.errors import BundleError, display_path
 from .staging import copy_verified, refuse_protected_target, swap_into_place
 
 ENCODER_MODEL = "fgresq_encoder"
-COMPARE_MODEL = "fgresq_compare"
 TRT_MODEL = "fgresq_encoder_trt"
 REPO_RECORD = "fgresq_triton_repo.json"
 DEFAULT_MAX_BATCH = 32
@@ -170,16 +169,6 @@ def export_triton_repo(bundle_dir: str | Path, out: str | Path, *, max_batch_siz
         copy_verified(bundle, "heads", enc / "heads.npz")
         (enc / "model.json").write_bytes((bundle.root / "model.json").read_bytes())
         record["models"][ENCODER_MODEL] = {"platform": "onnxruntime_onnx", "max_batch_size": max_batch_size}
-        if bundle.has("compare_head"):
-            head = bundle.read("compare_head")
-            h_in, h_out = _io(head)
-            cmp_dir = tmp / COMPARE_MODEL
-            (cmp_dir / "1").mkdir(parents=True)
-            (cmp_dir / "1" / "model.onnx").write_bytes(head)
-            (cmp_dir / "config.pbtxt").write_text(
-                model_config(COMPARE_MODEL, "onnxruntime_onnx", max_batch_size, h_in, h_out,
-                             queue_delay_us=None, parameters={"fgresq.bundle": bundle.name}), encoding="utf-8")
-            record["models"][COMPARE_MODEL] = {"platform": "onnxruntime_onnx", "max_batch_size": max_batch_size}
         if bundle.has("engine") and bundle.has("engine_record"):
             trt_dir = tmp / TRT_MODEL
             (trt_dir / "1").mkdir(parents=True)

@@ -202,9 +202,6 @@ def score(
     raise typer.Exit(1 if errors else 0)
 
 
-COMPARE_FIELDS = ("a", "b", "p_first_better", "p_second_better", "p_similar", "verdict")
-
-
 @app.command(cls=_Command)
 def compare(
     a: Path = typer.Argument(..., help="First image.", readable=False),
@@ -222,6 +219,9 @@ def compare(
 
     Verdict: `similar` when that is the most likely outcome or when neither image is preferred by more than
     0.02; otherwise the image with the larger probability."""
+    from .verdict import PROB_KEYS  # numpy: not at the CLI's startup
+
+    fields = ("a", "b", *PROB_KEYS, "verdict")
     if report is not None:
         _check_out(report, [a, b], "report")
     try:
@@ -233,10 +233,9 @@ def compare(
         # stdout still parses: the JSON object (no probabilities, the errors), or the CSV header.
         names = {"a": display_path(a), "b": display_path(b)}
         if fmt is Fmt.json:
-            emit_json({**names, "p_first_better": None, "p_second_better": None, "p_similar": None,
-                       "verdict": None, "errors": errors})
+            emit_json({**names, **dict.fromkeys(PROB_KEYS), "verdict": None, "errors": errors})
         elif fmt is Fmt.csv:
-            emit_csv(list(COMPARE_FIELDS), [])
+            emit_csv(list(fields), [])
         report_errors(errors)
         if report is not None:
             _write_compare_report(report, a, b, None, errors, scorer)
@@ -247,11 +246,10 @@ def compare(
     if fmt is Fmt.json:
         emit_json(res)
     elif fmt is Fmt.csv:
-        emit_csv(list(COMPARE_FIELDS), [[res[k] for k in COMPARE_FIELDS]])
+        emit_csv(list(fields), [[res[k] for k in fields]])
     else:
         emit_table(None, ["a", "b", "P(a better)", "P(b better)", "P(similar)", "verdict"],
-                   [[res["a"], res["b"], res["p_first_better"], res["p_second_better"], res["p_similar"],
-                     res["verdict"]]])
+                   [[res[k] for k in fields]])
     if report is not None:
         _write_compare_report(report, a, b, comparison, errors, scorer)
 

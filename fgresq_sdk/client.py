@@ -257,10 +257,6 @@ class RemoteScorer(ScoringMethods):
                 self._pool = cf.ThreadPoolExecutor(self.concurrency, thread_name_prefix="fgresq-remote")
             return self._pool
 
-    def pair_logits(self, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
-        """The comparison head on feature pairs, in numpy from the server's head weights."""
-        return self.head.pair_logits(q0, q1)
-
     def describe(self) -> dict:
         return {"url": self.url, "protocol": self.protocol, "model": self.info["bundle"],
                 "backend": self.info.get("backend"), "max_batch_size": self.info.get("max_batch_size")}

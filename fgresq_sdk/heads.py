@@ -2,6 +2,10 @@
 
 compare_head is Linear(6D, 3) on [q_i, q_j]: logits_ij = W_a·q_i + W_b·q_j + b with W = [W_a | W_b].
 So each image contributes two 3-vectors (its "first" and "second" terms) and all N² pairs are sums.
+
+This is the only implementation of the head at inference time: compare, rank and bench, local with every
+backend and remote (server features, head weights sent once), all evaluate it here in float64 from the
+bundle's heads.npz, so the same features give the same answer wherever they were encoded.
 """
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-LOGIT_ORDER = ("first_better", "second_better", "similar")
+from .verdict import LOGIT_ORDER, symmetrise
+
+__all__ = ["LOGIT_ORDER", "CompareHeadNP", "PairTerms", "softmax"]
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -46,6 +52,13 @@ class CompareHeadNP:
         d = self.dim
         return np.asarray(q0, np.float64) @ self.weight[:, :d].T + np.asarray(q1, np.float64) @ self.weight[:, d:].T \
             + self.bias
+
+    def compare(self, fa: np.ndarray, fb: np.ndarray, raw: bool = False) -> np.ndarray:
+        """Probabilities [3] (LOGIT_ORDER) that a is better, b is better, or both similar: the decision path
+        of every `compare`. raw=True: the head on (a, b) only; else (a, b) and (b, a) symmetrised."""
+        logits = self.pair_logits(np.stack([fa, fb]), np.stack([fb, fa]))
+        p = softmax(logits)
+        return p[0] if raw else symmetrise(p[0], p[1])
 
     def all_pairs_probs(self, q: np.ndarray) -> np.ndarray:
         """[N, N, 3] probabilities for every ordered pair (i first, j second).

@@ -90,17 +90,6 @@ class FGResQ(nn.Module):
         return q, self.score_from_features(q)
 
 
-class CompareHead(nn.Module):
-    """The comparison head alone, as exported to its own graph."""
-
-    def __init__(self, model: FGResQ):
-        super().__init__()
-        self.compare_head = model.compare_head
-
-    def forward(self, q0: torch.Tensor, q1: torch.Tensor) -> torch.Tensor:
-        return self.compare_head(torch.cat([q0, q1], dim=1))
-
-
 # -- checkpoints (safetensors + JSON config in its metadata) -----------------------------------------------
 def save_checkpoint(model: FGResQ, path: str | Path, source: str, extra: dict[str, str] | None = None) -> Path:
     """Write our checkpoint: safetensors weights, the full JSON config and provenance in the header."""

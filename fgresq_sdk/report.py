@@ -63,6 +63,7 @@ from PIL import Image
 from .errors import FGResQError, InputError, display_path
 from .output import one_line
 from .preprocess import load_image, load_thumbnail
+from .verdict import PROB_KEYS, VERDICTS
 
 THUMB_SIDE = 160
 THUMB_QUALITY = 70
@@ -496,11 +497,10 @@ def compare_report_html(a: Any, b: Any, comparison=None, errors: Sequence[dict] 
             "<main>"]
     if comparison is not None:
         c = comparison.to_dict()
-        words = {"first": "A is better", "second": "B is better", "similar": "similar quality"}
+        words = dict(zip(VERDICTS, ("A is better", "B is better", "similar quality")))
         body.append(f"<div class=\"verdict\" id=\"verdict\" data-verdict=\"{esc(c['verdict'])}\">Verdict: "
                     f"{words.get(c['verdict'], esc(c['verdict']))}</div><table class=\"probs\" id=\"probs\">")
-        for key, label in (("p_first_better", "P(A better)"), ("p_second_better", "P(B better)"),
-                           ("p_similar", "P(similar quality)")):
+        for key, label in zip(PROB_KEYS, ("P(A better)", "P(B better)", "P(similar quality)")):
             v = float(c[key])
             body.append(f"<tr><th>{label}</th><td class=\"p\" data-key=\"{key}\" data-value=\"{v!r}\">{v:.4f}</td>"
                         f"<td><span class=\"pbar\" style=\"width:{max(1, round(200 * v))}px\"></span></td></tr>")

@@ -18,11 +18,11 @@ import numpy as np
 from .backends import create_backend
 from .bundle import Bundle, default_bundle_path, load_bundle
 from .errors import BundleError, InputError, display_path
-from .heads import CompareHeadNP, softmax
+from .heads import CompareHeadNP
 from .crops import crop_views
 from .preprocess import ImageInput, load_image, preprocess
 from .ranking import Ranking
-from .verdict import symmetrise, verdict
+from .verdict import PROB_KEYS, verdict
 
 
 
@@ -47,13 +47,17 @@ class Comparison:
     raw: bool = False  # True: the single forward order (a, b), as the authors' predict_pair computes it
 
     @property
+    def probs(self) -> tuple[float, float, float]:
+        """The three probabilities in the head's order; the fields above are named by verdict.PROB_KEYS."""
+        return tuple(getattr(self, k) for k in PROB_KEYS)
+
+    @property
     def verdict(self) -> str:
         """See fgresq_sdk.verdict: `similar` also when neither image is preferred by more than a margin."""
-        return verdict(self.p_first_better, self.p_second_better, self.p_similar)
+        return verdict(*self.probs)
 
     def to_dict(self) -> dict:
-        return {"a": self.a, "b": self.b, "p_first_better": self.p_first_better,
-                "p_second_better": self.p_second_better, "p_similar": self.p_similar, "verdict": self.verdict}
+        return {"a": self.a, "b": self.b, **dict(zip(PROB_KEYS, self.probs)), "verdict": self.verdict}
 
 
 @dataclass
@@ -106,8 +110,9 @@ def _name_of(item: ImageInput, index: int) -> str:
 
 
 class ScoringMethods:
-    """score / compare / rank, defined once on top of `encode`, `pair_logits` and `head` (a CompareHeadNP):
-    the local `Scorer` and `client.RemoteScorer` answer the same questions the same way."""
+    """score / compare / rank, defined once on top of `iter_encode` and `head` (the bundle's CompareHeadNP,
+    the one comparison head): the local `Scorer` and `client.RemoteScorer` answer the same questions the
+    same way, and differ only in where the features come from."""
 
     head: CompareHeadNP
 
@@ -125,9 +130,6 @@ class ScoringMethods:
         width = self.head.dim  # quality features q = [f, t, f + t]: the head's half-width
         return (np.stack(feats) if feats else np.zeros((0, width), np.float32)), np.asarray(scores, np.float32)
 
-    def pair_logits(self, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
     def score(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Quality score in (0, 1) per image, higher is better."""
         return self.encode(images)[1]
@@ -142,9 +144,7 @@ class ScoringMethods:
 
     def compare_features(self, a: str, b: str, fa: np.ndarray, fb: np.ndarray, raw: bool = False) -> Comparison:
         """`compare` on already encoded images (the CLI encodes first to report every bad input)."""
-        logits = self.pair_logits(np.stack([fa, fb]), np.stack([fb, fa]))
-        p = softmax(logits.astype(np.float64))
-        p = p[0] if raw else symmetrise(p[0], p[1])
+        p = self.head.compare(fa, fb, raw=raw)
         return Comparison(a, b, float(p[0]), float(p[1]), float(p[2]), raw=raw)
 
     def rank_features(self, names: list[str], feats: np.ndarray, scores: np.ndarray) -> RankResult:
@@ -258,12 +258,6 @@ class Scorer(ScoringMethods):
             if len(out) == self.batch_size:
                 break
         return out
-
-    # -- the three jobs ----------------------------------------------------------------------------------
-    def pair_logits(self, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
-        """The comparison head on feature pairs, through the backend (its compare graph)."""
-        with self._backend_lock:
-            return self.backend.compare_logits(q0, q1)
 
     def describe(self) -> dict:
         return {"model": self.bundle.describe(), **self.backend.describe(), "thread_safe": self.thread_safe}

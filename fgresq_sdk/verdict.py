@@ -15,15 +15,23 @@ from __future__ import annotations
 
 import numpy as np
 
+# The three outcomes of a pair, in the order of the comparison head's logits. Every other name of them is
+# derived from this one tuple: the head's logit names (LOGIT_ORDER), the probability keys of `compare`'s JSON
+# and of `Comparison` (PROB_KEYS), and the report's wording.
 VERDICTS = ("first", "second", "similar")
+FIRST, SECOND, SIMILAR = VERDICTS
+# "first_better", "second_better", "similar": an image that wins is "better", the tie keeps its name.
+LOGIT_ORDER = tuple(v if v == SIMILAR else f"{v}_better" for v in VERDICTS)
+# "p_first_better", "p_second_better", "p_similar": a public contract (CLI JSON/CSV, Comparison, C++ CLI).
+PROB_KEYS = tuple(f"p_{name}" for name in LOGIT_ORDER)
 # |p_first − p_second| below this reads `similar`.
 TIE_MARGIN = 0.02
 
 
 def verdict(p_first: float, p_second: float, p_similar: float) -> str:
     if p_similar >= max(p_first, p_second) or abs(p_first - p_second) < TIE_MARGIN:
-        return "similar"
-    return "first" if p_first > p_second else "second"
+        return SIMILAR
+    return FIRST if p_first > p_second else SECOND
 
 
 def similar_mask(p_first: np.ndarray, p_second: np.ndarray, p_similar: np.ndarray) -> np.ndarray:

@@ -92,14 +92,15 @@ $PY - "$WORK/default-bundle" "$best" <<'PYEOF'
 import json, shutil, sys
 from pathlib import Path
 from fgresq_sdk.bundle import load_bundle, write_manifest
+from fgresq_sdk.export.onnx_export import carried_meta
 src = load_bundle(sys.argv[1])
 dst = Path("fgresq_sdk/default_model")
 files = {}
-for role in ("encoder", "compare_head", "heads"):
+for role in ("encoder", "heads"):
     shutil.copy2(src.path(role), dst / src.path(role).name)
     files[role] = src.path(role).name
 m = src.manifest
-extra = {k: m[k] for k in ("opset", "feature_dim", "inputs", "outputs") if k in m}
+extra = carried_meta(m)
 extra["training"] = {"recipe": "train/configs/default-compact-v2.json", "script": "scripts/make_default_model.sh",
                      "checkpoint": Path(sys.argv[2]).name, "selected_by": "best pair ACC on the val photos",
                      "data": "synthetic FGRestore-style (degradations v2 + hard negatives) from the fit photos of "

@@ -36,7 +36,7 @@ def _write_manifest(root: Path, m: dict) -> None:
 def test_manifest_lists_files_with_sha256(tiny_bundle):
     b = load_bundle(tiny_bundle)
     files = b.manifest["files"]
-    assert {"encoder", "compare_head", "heads", "checkpoint"} <= set(files)
+    assert set(files) == {"encoder", "heads", "checkpoint"}  # no compare_head.onnx: heads.npz is the one head
     assert all(len(v["sha256"]) == 64 for v in files.values())
     assert b.manifest["opset"] == 17 and b.preprocess["size"] == 224
     assert b.config["name"] == "fgresq-vit-tiny"
@@ -48,7 +48,7 @@ def _flip_byte(path: Path):
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("role_file", ["encoder.onnx", "heads.npz", "compare_head.onnx"])
+@pytest.mark.parametrize("role_file", ["encoder.onnx", "heads.npz"])
 def test_corrupted_file_is_refused_by_name(bundle_copy, role_file):
     from fgresq_sdk.scorer import Scorer
 

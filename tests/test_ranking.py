@@ -2,7 +2,7 @@
 
 The fit is checked against a plain reference (Hunter's MM as documented, run until it really converges, on
 the dense [N, N] matrix) and by stationarity of the log-likelihood; the blockwise pair matrices against the
-dense [N, N, 3] head output. No test times anything: speed is measured in benchmarks/.
+dense [N, N, 3] head output. No test times anything: speed is measured in bench/.
 """
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def test_fit_needs_a_prior():
 
 def test_large_group_converges_to_a_stationary_point():
     """N = 2000 from a random head: converges, and the gradient at the result is ~0 (checked here
-    independently of the fit's own bookkeeping). No timing: see benchmarks/test_throughput.py."""
+    independently of the fit's own bookkeeping). No timing: see bench/test_throughput.py."""
     rng = np.random.default_rng(11)
     head = _random_head(rng)
     pairs = head.pair_terms(rng.normal(size=(2000, 8)))
@@ -336,7 +336,7 @@ def test_rank_runs_the_encoder_once_per_image(tiny_bundle, photo_paths):
 
     scorer = Scorer(tiny_bundle, batch_size=4)
     calls = {"encoded": 0, "compare": 0}
-    enc, cmp_ = scorer.backend.encode, scorer.backend.compare_logits
+    enc, cmp_ = scorer.backend.encode, scorer.head.pair_logits
 
     def counting_encode(x):
         calls["encoded"] += x.shape[0]
@@ -346,12 +346,12 @@ def test_rank_runs_the_encoder_once_per_image(tiny_bundle, photo_paths):
         calls["compare"] += 1
         return cmp_(a, b)
 
-    scorer.backend.encode, scorer.backend.compare_logits = counting_encode, counting_compare
+    scorer.backend.encode, scorer.head.pair_logits = counting_encode, counting_compare
     result = scorer.rank(photo_paths)
     n = len(photo_paths)
     assert calls == {"encoded": n, "compare": 0}
     assert sorted(result.ranking.order) == list(range(n))
-    # and the ranking agrees with pairwise comparisons made through the comparison graph
+    # and the ranking agrees with pairwise comparisons made through the comparison head
     best, worst = result.ranking.order[0], result.ranking.order[-1]
     c = scorer.compare(photo_paths[best], photo_paths[worst])
     assert c.p_first_better + 0.5 * c.p_similar > 0.5

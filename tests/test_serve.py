@@ -445,7 +445,8 @@ def test_triton_repo_validates_against_tritons_schema(tiny_bundle, tmp_path, loc
                   "--max-batch-size", "16", cwd=tmp_path)
     assert run.rc == 0, run.err
     bundle = load_bundle(tiny_bundle)
-    assert sorted(p.name for p in repo.iterdir()) == ["fgresq_compare", "fgresq_encoder", "fgresq_triton_repo.json"]
+    # No compare model: clients compare from `features` with heads.npz, the one head.
+    assert sorted(p.name for p in repo.iterdir()) == ["fgresq_encoder", "fgresq_triton_repo.json"]
     enc = _parse_config(repo / "fgresq_encoder" / "config.pbtxt")
     assert enc.name == "fgresq_encoder" and enc.platform == "onnxruntime_onnx" and enc.max_batch_size == 16
     assert enc.dynamic_batching.max_queue_delay_microseconds == 2000
@@ -471,9 +472,6 @@ def test_triton_repo_validates_against_tritons_schema(tiny_bundle, tmp_path, loc
 
     head = CompareHeadNP.from_npz((repo / "fgresq_encoder" / "heads.npz").read_bytes())
     assert head.weight.shape == local.head.weight.shape and np.array_equal(head.weight, local.head.weight)
-    cmp_cfg = _parse_config(repo / "fgresq_compare" / "config.pbtxt")
-    assert [i.name for i in cmp_cfg.input] == ["q0", "q1"] and [o.name for o in cmp_cfg.output] == ["logits"]
-    assert list(cmp_cfg.output[0].dims) == [3] and not cmp_cfg.HasField("dynamic_batching")
     # Replacing: only a repository this SDK wrote, and only with --force.
     again = run_cli("export", "--format", "triton-repo", "--checkpoint", tiny_bundle, "--out", repo, cwd=tmp_path)
     assert again.rc == 2 and "--force" in again.err

@@ -92,7 +92,7 @@ def test_multicrop_averages_features_and_scores_exactly(tiny_bundle, photo_paths
         assert abs(s[i] - st.mean().item()) <= 1e-4
     # Comparisons average the comparison logits over the K aligned crop pairs (crop c of a with crop c
     # of b), which is what averaged features give, the head being linear. Expected: the torch head on
-    # each crop pair, logits averaged, softmax — against Scorer.compare (ONNX head) and against the
+    # each crop pair, logits averaged, softmax — against Scorer.compare (numpy head) and against the
     # symmetrised preference P̃ = ½(P(a≻b) + 1 − P(b≻a)), P(x≻y) = p_first + ½·p_similar, that
     # Scorer.rank uses (numpy head terms of the averaged features).
     def expected(a, b):
@@ -142,11 +142,10 @@ def test_fp16_graph_that_crashes_the_ort_cpu_optimizer_loads(tmp_path):
     dst = tmp_path / "fp16-fp32head"
     dst.mkdir()
     half_file(src / "encoder.onnx", dst / "encoder.onnx", fp32_head=True)
-    for f in ("compare_head.onnx", "heads.npz"):
-        shutil.copy(src / f, dst / f)
+    shutil.copy(src / "heads.npz", dst / "heads.npz")
     m = json.loads((src / "model.json").read_text())
     write_manifest(dst, name=m["name"], config=m["config"], precision="fp16", source="test",
-                   files={"encoder": "encoder.onnx", "compare_head": "compare_head.onnx", "heads": "heads.npz"})
+                   files={"encoder": "encoder.onnx", "heads": "heads.npz"})
     code = ("import numpy as np\nfrom fgresq_sdk.scorer import Scorer\n"
             f"s = Scorer({str(dst)!r}).score([np.full((64, 64, 3), 128, np.uint8)])\nprint(float(s[0]))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -1,4 +1,8 @@
-"""What every backend offers: encode an image batch, and run the comparison head on feature pairs."""
+"""What every backend offers: encode an image batch into quality features and scores.
+
+The comparison head is not a backend's job: it is one 6D×3 matrix product, evaluated for every backend by
+fgresq_sdk.heads from the bundle's heads.npz, so that a comparison depends on the features only.
+"""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -11,7 +15,7 @@ class Backend(ABC):
 
     name: str = "?"
     device: str = "cpu"
-    # Whether encode/compare_logits may run from several threads at once; Scorer serialises the calls of
+    # Whether encode may run from several threads at once; Scorer serialises the calls of
     # a backend that says False.
     thread_safe: bool = False
     # Set by `create_backend("auto", …)`: why this backend was picked and why the others were skipped.
@@ -21,10 +25,6 @@ class Backend(ABC):
     @abstractmethod
     def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[B,3,S,S] normalised images → (quality features q [B,3D], scores [B])."""
-
-    @abstractmethod
-    def compare_logits(self, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
-        """[B,3D], [B,3D] → logits [B,3] of (first better, second better, similar)."""
 
     def details(self) -> dict:
         """Backend-specific facts for `describe()` (providers, precision, engine…)."""

@@ -121,22 +121,21 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, bundle: Bundle, device: str = "cpu", threads: int | None = None):
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401 - here only to say "not installed" before anything else
         except ImportError as exc:  # pragma: no cover - a runtime dependency
             raise BackendError(f"onnxruntime is not installed ({exc})") from None
         self.device = device
         self.precision = bundle.precision
         providers = providers_for(device)
-        so = session_options(threads)
         warn_int8_scheme(bundle)
         try:
+            # Only the encoder: a bundle written before heads.npz became the one head may still list a
+            # compare_head.onnx; it is validated with the manifest but not loaded (fgresq_sdk.heads).
             self.encoder, self.graph_cache = _encoder_session(bundle, device, threads, providers)
-            self.compare = (ort.InferenceSession(bundle.read("compare_head"), so, providers=providers)
-                            if bundle.has("compare_head") else None)
         except BundleError:
             raise
         except Exception as exc:  # noqa: BLE001 - ORT raises several types for a bad graph
-            raise BackendError(f"{bundle.root}: onnxruntime cannot load the bundle's graphs ({exc})") from None
+            raise BackendError(f"{bundle.root}: onnxruntime cannot load the bundle's encoder ({exc})") from None
         self.providers = self.encoder.get_providers()
         if device.startswith("cuda") and "CUDAExecutionProvider" not in self.providers:
             # ORT falls back to the CPU when the CUDA provider fails to load (driver, CUDA or cuDNN
@@ -151,13 +150,6 @@ class OnnxRuntimeBackend(Backend):
         x = images.astype(np.float16 if "float16" in self.input_type else np.float32, copy=False)
         q, s = self.encoder.run(None, {self.input_name: x})
         return q.astype(np.float32, copy=False), s.astype(np.float32, copy=False)
-
-    def compare_logits(self, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
-        if self.compare is None:
-            raise BackendError("bundle has no compare_head graph")
-        dtype = np.float16 if "float16" in self.compare.get_inputs()[0].type else np.float32
-        (logits,) = self.compare.run(None, {"q0": q0.astype(dtype), "q1": q1.astype(dtype)})
-        return logits.astype(np.float32, copy=False)
 
     def details(self) -> dict:
         return {"providers": self.providers, "precision": self.precision, "graph_cache": self.graph_cache}

@@ -25,9 +25,6 @@ engine's.
 Threads: one execution context holds per-call state (input shape, tensor addresses), so calls are
 serialised by a lock and `thread_safe` is False (Scorer serialises such backends too). One context per
 thread would let calls overlap on the GPU, at the cost of each context's activation memory.
-
-The comparison head runs in numpy from the bundle's ``heads.npz`` (as the ranking does for every backend):
-it is one 6D×3 matrix product, not worth a GPU round trip.
 """
 from __future__ import annotations
 
@@ -40,7 +37,6 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..errors import BackendError
-from ..heads import CompareHeadNP
 from .base import Backend
 
 TRT_MISSING = "TensorRT is not installed; pip install 'fgresq-sdk[trt]'"
@@ -255,7 +251,6 @@ class TensorRTBackend(Backend):
         self.max_batch = self.profile["max"][0]
         self.image_shape = self.profile["opt"][1:]
         self.feature_dim = int(self.engine.get_tensor_shape("features")[-1])
-        self.head = CompareHeadNP.from_npz(bundle.read("heads"))
 
     def _run_chunk(self, x):
         """One enqueue for min ≤ len(x) ≤ max rows; x and the outputs live on the caller's current stream."""
@@ -303,9 +298,6 @@ class TensorRTBackend(Backend):
     def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         q, s = self.encode_tensor(self.torch.from_numpy(np.ascontiguousarray(images, np.float32)))
         return q.cpu().numpy(), s.cpu().numpy()
-
-    def compare_logits(self, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
-        return self.head.pair_logits(q0, q1).astype(np.float32)
 
     def details(self) -> dict:
         return {"precision": self.precision, "tensorrt": self.trt.__version__, "gpu": self.gpu,

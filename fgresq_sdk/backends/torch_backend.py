@@ -1,5 +1,10 @@
 """torch backend: the reference model itself (needs the [torch] extra and a bundle with a checkpoint).
 
+It encodes only. Comparisons go through the bundle's heads.npz in numpy (fgresq_sdk.heads), as for every
+backend: the export writes those arrays from this checkpoint's comparison head, and one float64 head for
+all backends means the same features give the same answer whichever backend made them (the model's
+torch head in float32 differed by ~1e-7; training and export keep using it).
+
 On a GPU it also runs in reduced precision and, optionally, through CUDA graphs:
 
 * ``precision="fp16" | "bf16"`` casts the weights of the two image towers (the ViTs: ~all of the
@@ -319,13 +324,6 @@ class TorchBackend(Backend):
         x = self.torch.from_numpy(np.ascontiguousarray(images, np.float32))
         q, s = self.encode_tensor(x)
         return q.cpu().numpy(), s.cpu().numpy()
-
-    def compare_logits(self, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
-        t = self.torch
-        with t.inference_mode():
-            out = self.model.compare_logits(t.from_numpy(np.asarray(q0, np.float32)).to(self.device),
-                                            t.from_numpy(np.asarray(q1, np.float32)).to(self.device))
-        return out.float().cpu().numpy()
 
     def details(self) -> dict:
         out = {"precision": self.precision}
