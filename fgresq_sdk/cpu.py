@@ -1,5 +1,10 @@
 """What the running CPU is, as far as ONNX Runtime's kernels care (Linux /proc/cpuinfo; empty elsewhere).
 
+/proc/cpuinfo is the kernel's view of the machine; a process can see less through CPUID (a hypervisor that
+masks features, or an emulator such as `qemu-x86_64 -cpu EPYC-Milan`, which is how this project measures
+the AVX2-only int8 path on an AVX-512 machine). ONNX Runtime's kernels dispatch on CPUID, so where numpy's
+runtime CPUID probe knows a flag, a flag counts only if CPUID reports it to this process too.
+
 Used to key the optimized-graph cache (ort_cache.py), to record where an int8 bundle was built and
 validated, to warn when an int8 scheme is unsafe on this CPU, and in `fgresq-sdk bench`'s header.
 """
@@ -15,6 +20,25 @@ SIMD_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx5
               "avx_vnni_int8", "asimd", "asimddp", "i8mm", "sve", "sve2", "bf16")
 # The ones a reader looks at first (bench header, int8 records).
 INT8_ISA = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+# /proc/cpuinfo flag -> numpy's name for the same CPUID bit (numpy probes CPUID in-process at import).
+_NUMPY_NAMES = {"avx": "AVX", "avx2": "AVX2", "fma": "FMA3", "f16c": "F16C", "sse4_1": "SSE41",
+                "sse4_2": "SSE42", "avx512f": "AVX512F", "avx512bw": "AVX512BW", "avx512vl": "AVX512VL",
+                "avx512dq": "AVX512DQ", "avx512_vnni": "AVX512VNNI", "avx512_bf16": "AVX512BF16",
+                "avx512_fp16": "AVX512FP16"}
+
+
+def _cpuid_hidden() -> set[str]:
+    """/proc/cpuinfo flags that CPUID does not report to this process (empty when numpy cannot tell)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as seen
+    except ImportError:  # numpy < 2
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__ as seen
+        except ImportError:
+            return set()
+    return {flag for flag, name in _NUMPY_NAMES.items() if name in seen and not seen[name]}
 
 
 @functools.lru_cache(maxsize=1)
@@ -33,6 +57,8 @@ def _cpuinfo() -> tuple[str | None, frozenset]:
                     break
     except OSError:
         pass
+    if is_x86():
+        flags = flags - _cpuid_hidden()
     return model, flags
 
 

@@ -114,3 +114,26 @@ def test_calibration_folder_errors_are_one_line(tmp_path):
         assert res.returncode == 2 and want in res.stderr, res.stderr
         assert len([ln for ln in res.stderr.splitlines() if ln.strip()]) == 1, res.stderr
         assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_flags_hidden_from_this_process_by_cpuid_do_not_count(monkeypatch):
+    """/proc/cpuinfo lists the host's flags; under an emulator or a masking hypervisor CPUID (what ONNX Runtime
+    dispatches on) reports fewer. A flag numpy's CPUID probe says is absent must not count."""
+    import io
+
+    from fgresq_sdk import cpu
+
+    text = "model name\t: AMD EPYC 9R14\nflags\t\t: fpu sse4_1 avx avx2 fma avx512f avx512bw avx512_vnni\n"
+    monkeypatch.setattr("builtins.open", lambda *a, **k: io.StringIO(text))
+    monkeypatch.setattr(cpu, "is_x86", lambda: True)
+    cpu._cpuinfo.cache_clear()
+    try:
+        monkeypatch.setattr(cpu, "_cpuid_hidden", lambda: {"avx512f", "avx512bw", "avx512_vnni"})
+        assert cpu.cpu_isa() == ["avx2"] and not cpu.has_vnni()
+        cpu._cpuinfo.cache_clear()
+        monkeypatch.setattr(cpu, "_cpuid_hidden", lambda: set())
+        assert cpu.cpu_isa() == ["avx2", "avx512_vnni", "avx512f"] and cpu.has_vnni()
+    finally:
+        monkeypatch.undo()
+        cpu._cpuinfo.cache_clear()
+
