@@ -199,7 +199,7 @@ def build_engine(bundle_dir: str | Path, out: str | Path, *, fp16: bool = True,
 
     Raises BackendError when TensorRT (or a GPU) is missing, BundleError for a bad source or profile.
     """
-    from fgresq_sdk.backends.tensorrt_backend import cuda_device_index
+    from fgresq_sdk.backends.device import gpu_index
 
     trt = import_tensorrt()  # first: the clearest message when TensorRT is absent
     batch = parse_batch(batch)
@@ -207,7 +207,7 @@ def build_engine(bundle_dir: str | Path, out: str | Path, *, fp16: bool = True,
     if bundle.precision != "fp32":
         raise BundleError(f"{bundle.root}: build TensorRT engines from an fp32 bundle (this one is "
                           f"{bundle.precision}); fp16 engines are built from an fp16 graph made from the fp32 one")
-    index = cuda_device_index(device)
+    index = gpu_index(device, "TensorRT")
     gpu = gpu_identity(index)
     out = check_out_dir(out, force)
     if out.resolve() == bundle.root.resolve():

@@ -13,25 +13,14 @@ from __future__ import annotations
 
 from ..bundle import Bundle
 from ..errors import BackendError
+from ..formats import RUN_BACKENDS, RUN_PRECISIONS
 from .base import Backend
+from .device import gpu_device, parse_device
 from .probe import cuda_driver_devices, importable
 
-BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt")
+BACKENDS = ("auto",) + RUN_BACKENDS
 ALIASES = {"ort": "onnxruntime", "trt": "tensorrt"}
-PRECISIONS = ("fp32", "fp16", "bf16")
-
-
-def _check_device(device: str) -> None:
-    if device in ("cpu", "auto", "cuda"):
-        return
-    head, _, idx = device.partition(":")
-    if head == "cuda" and idx.isdigit():
-        return
-    raise BackendError(f"unknown device '{device}' (use cpu, cuda, cuda:N or auto)")
-
-
-def _gpu_device(device: str) -> str:
-    return "cuda" if device == "auto" else device
+PRECISIONS = RUN_PRECISIONS
 
 
 def _ort_cuda_available() -> tuple[bool, str]:
@@ -99,7 +88,7 @@ def _auto(bundle: Bundle, device: str, threads, precision, cuda_graphs, compile=
         # Not probed at all: the default must stay exactly as fast and torch-free as plain onnxruntime.
         return cpu_fallback("onnxruntime on the CPU because --device cpu was asked for (GPU backends not probed)")
     n_gpus, gpu_why = cuda_driver_devices()
-    gdev = _gpu_device(device)
+    gdev = gpu_device(device)
     if n_gpus == 0:
         for k in ("tensorrt", "onnxruntime-cuda", "torch-cuda"):
             skipped[k] = f"no CUDA device: {gpu_why}"
@@ -155,7 +144,7 @@ def create_backend(name: str, bundle: Bundle, device: str = "cpu", threads: int 
     name = ALIASES.get(name, name)
     if name not in BACKENDS:
         raise BackendError(f"unknown backend '{name}' (choose from: {', '.join(BACKENDS)})")
-    _check_device(device)
+    parse_device(device)
     if precision is not None and precision not in PRECISIONS:
         raise BackendError(f"unknown precision '{precision}' (choose from: {', '.join(PRECISIONS)})")
     if compile and name in ("onnxruntime", "tensorrt"):

@@ -10,6 +10,8 @@ import numpy as np
 from ..bundle import Bundle
 from ..errors import BackendError, BundleError
 from .base import Backend
+from ..formats import export_command
+from .device import parse_device
 
 
 def default_threads() -> int:
@@ -34,25 +36,15 @@ def session_options(threads: int | None = None):
     return so
 
 
-def cuda_index(device: str) -> int:
-    """`cuda` → 0, `cuda:N` → N; anything else is a BackendError."""
-    if device == "cuda":
-        return 0
-    head, _, idx = device.partition(":")
-    if head != "cuda" or not idx.isdigit():
-        raise BackendError(f"unknown device '{device}' (use cpu, cuda or cuda:N)")
-    return int(idx)
-
-
 def providers_for(device: str) -> list:
     """ORT providers for a device: plain names for the CPU, (name, options) for CUDA on GPU N."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    if device == "cpu":
+    kind, index = parse_device(device)
+    if kind == "cpu":
         return ["CPUExecutionProvider"]
-    if device.startswith("cuda"):
-        index = cuda_index(device)
+    if kind == "cuda":
         if "CUDAExecutionProvider" not in available:
             raise BackendError("onnxruntime has no CUDA execution provider here "
                                "(install the [gpu] extra: onnxruntime-gpu, and a CUDA driver)")
@@ -90,7 +82,7 @@ def int8_scheme_risk(manifest: dict) -> str | None:
     isa = ", ".join(cpu_isa()) or "no AVX2"
     return (f"its int8 weights use the full 8-bit range (ONNX Runtime U8S8), which saturates on x86 CPUs without "
             f"VNNI such as this one ({cpu_model()}: {isa}); scores can move by ~0.2 and decisions flip. "
-            "Re-derive it with `fgresq-sdk export --format onnx-int8` (7-bit weights) or use the fp32 bundle")
+            f"Re-derive it with `{export_command('onnxruntime', 'int8')}` (7-bit weights) or use the fp32 bundle")
 
 
 def warn_int8_scheme(bundle: Bundle) -> None:

@@ -28,7 +28,6 @@ thread would let calls overlap on the GPU, at the cost of each context's activat
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import threading
@@ -37,25 +36,21 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..errors import BackendError
+from ..formats import export_command, run_precisions
 from .base import Backend
+from .device import gpu_index
+from .probe import importable
 
 TRT_MISSING = "TensorRT is not installed; pip install 'fgresq-sdk[trt]'"
 SUPPORTED_MAJORS = (10, 11)
 ENGINE_RECORD_FORMAT = "fgresq-trt-engine-record"
-ENGINE_PRECISIONS = ("fp32", "fp16")
+ENGINE_PRECISIONS = run_precisions("tensorrt")
+BUILD_ENGINE = export_command("tensorrt")
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("features", "score")
 
 _LOGGER = None
 _LOGGER_LOCK = threading.Lock()
-
-
-def tensorrt_importable() -> bool:
-    """Whether `import tensorrt` can be tried, without importing it (cheap, no CUDA initialisation)."""
-    try:
-        return importlib.util.find_spec("tensorrt") is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def tensorrt_major(version: str) -> int:
@@ -85,15 +80,6 @@ def trt_logger(trt):
         if _LOGGER is None:
             _LOGGER = trt.Logger(trt.Logger.WARNING)
         return _LOGGER
-
-
-def cuda_device_index(device: str) -> int:
-    if device in ("cuda", "auto"):
-        return 0
-    head, _, idx = device.partition(":")
-    if head != "cuda" or not idx.isdigit():
-        raise BackendError(f"TensorRT runs on CUDA GPUs only (got --device {device}; use cuda or cuda:N)")
-    return int(idx)
 
 
 def gpu_identity(index: int = 0) -> dict:
@@ -175,7 +161,7 @@ def engine_precision_problem(record: dict, precision: str | None, bundle_precisi
     if precision is None or precision == record.get("precision"):
         return None
     return (f"the bundle's TensorRT engine is {record.get('precision')}, not {precision} (build a {precision} "
-            f"engine with `fgresq-sdk export --format tensorrt`, or run the bundle's {bundle_precision} "
+            f"engine with `{BUILD_ENGINE}`, or run the bundle's {bundle_precision} "
             "encoder.onnx with --backend onnxruntime)")
 
 
@@ -194,12 +180,11 @@ class TensorRTBackend(Backend):
 
     def __init__(self, bundle: Bundle, device: str = "cuda", precision: str | None = None):
         problems = []
-        if not tensorrt_importable():
+        if not importable("tensorrt"):
             problems.append(TRT_MISSING)
         record = None
         if not bundle.has("engine") or not bundle.has("engine_record"):
-            problems.append(f"{bundle.root}: bundle has no TensorRT engine (build one with "
-                            "`fgresq-sdk export --format tensorrt`)")
+            problems.append(f"{bundle.root}: bundle has no TensorRT engine (build one with `{BUILD_ENGINE}`)")
         else:
             record = read_engine_record(bundle)
             why = engine_precision_problem(record, precision, bundle.precision)
@@ -210,7 +195,7 @@ class TensorRTBackend(Backend):
         if problems:
             raise BackendError("; ".join(problems))
         trt = import_tensorrt()
-        self.index = cuda_device_index(device)
+        self.index = gpu_index(device, "TensorRT")
         self.device = f"cuda:{self.index}"
         gpu = gpu_identity(self.index)
         import torch
@@ -219,7 +204,7 @@ class TensorRTBackend(Backend):
         if mismatch:
             raise BackendError(f"{bundle.path('engine')}: refusing a TensorRT engine built elsewhere: "
                                + "; ".join(mismatch) + ". Engines are not portable across GPU models or TensorRT "
-                               "versions: rebuild it on this machine (fgresq-sdk export --format tensorrt)")
+                               f"versions: rebuild it on this machine ({BUILD_ENGINE})")
         self.torch = torch
         self.trt = trt
         self.record = record

@@ -43,9 +43,10 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..errors import BackendError
+from ..formats import run_precisions
 from .base import Backend
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = run_precisions("torch")
 DEFAULT_GRAPH_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
