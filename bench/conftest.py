@@ -1,6 +1,6 @@
-"""pytest-benchmark suite (not part of the default test run).
+"""pytest-benchmark suites (not part of the default test run: pytest's testpaths is tests/).
 
-Run:  .venv/bin/pytest benchmarks/ --benchmark-only [--benchmark-json out.json]
+Run:  .venv/bin/pytest bench/ --benchmark-only [--benchmark-json out.json]
 Model: $FGRESQ_BENCH_MODEL (a bundle folder), else the embedded default model.
 """
 from __future__ import annotations
@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fgresq_sdk.bench import synthetic_photos, variant_bundle
+from fgresq_sdk.bench import Variant, variant_bundle
 from fgresq_sdk.bundle import default_bundle_path, load_bundle
+from fgresq_sdk.photos import synthetic_photos
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +31,7 @@ def bench_images(tmp_path_factory) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def int8_bundle(bench_bundle, tmp_path_factory):
-    return variant_bundle(bench_bundle, "int8", tmp_path_factory.mktemp("int8"))
+    return variant_bundle(bench_bundle, Variant("onnxruntime", "int8").format, tmp_path_factory.mktemp("int8"))
 
 
 @pytest.fixture(scope="session")

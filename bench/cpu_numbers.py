@@ -25,8 +25,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
-    from fgresq_sdk.bench import Variant, rank_vs_per_pair, run_bench, synthetic_photos
+    from fgresq_sdk.bench import Variant, rank_vs_per_pair, run_bench
     from fgresq_sdk.bundle import load_bundle
+    from fgresq_sdk.photos import synthetic_photos
     from fgresq_sdk.scorer import Scorer
     from fgresq_sdk.train.evaluate import evaluate
 

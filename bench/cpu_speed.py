@@ -119,7 +119,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
-    from fgresq_sdk.bench import machine_info, synthetic_photos
+    from fgresq_sdk.bench import machine_info
+    from fgresq_sdk.photos import synthetic_photos
 
     skip = set(filter(None, args.skip.split(",")))
     out: dict = {"machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M"),

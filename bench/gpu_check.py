@@ -85,7 +85,7 @@ def _version(dist: str):
 # ================================================================ stage: env
 def software_versions() -> dict:
     """Versions of everything a GPU number depends on (also written into each bench stage)."""
-    import importlib.util
+    from fgresq_sdk.backends.probe import importable  # gpu_check.sh installs the package before this runs
 
     out = {"python": platform.python_version(), "platform": platform.platform()}
     import torch
@@ -99,7 +99,7 @@ def software_versions() -> dict:
 
     out["cuda_driver"] = cuda_driver_version()
     out["tensorrt"] = None
-    if importlib.util.find_spec("tensorrt") is not None:
+    if importable("tensorrt"):
         try:
             import tensorrt as trt
 
@@ -113,7 +113,7 @@ def software_versions() -> dict:
 
 
 def stage_env(args, out: dict) -> None:
-    import importlib.util
+    from fgresq_sdk.backends.probe import importable
 
     out.update(software_versions(), cpus=os.cpu_count())
     try:
@@ -133,7 +133,7 @@ def stage_env(args, out: dict) -> None:
     import onnxruntime as ort
 
     out["onnxruntime_providers"] = ort.get_available_providers()
-    out["modules"] = {m: importlib.util.find_spec(m) is not None
+    out["modules"] = {m: importable(m)
                       for m in ("open_clip", "torchvision", "skimage", "pytest", "tensorrt", "triton")}
     from fgresq_sdk.backends.probe import cuda_driver_devices
 
@@ -252,7 +252,7 @@ def stage_bench(args, out: dict, config_key: str, flush) -> None:
     import torch
 
     from fgresq_sdk.backends.probe import importable
-    from fgresq_sdk.bench import synthetic_photos
+    from fgresq_sdk.photos import synthetic_photos
     from fgresq_sdk.heads import CompareHeadNP
     from fgresq_sdk.preprocess import preprocess
 

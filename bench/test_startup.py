@@ -1,7 +1,7 @@
 """Start-up: the encoder session from ONNX Runtime's cached optimized graph vs optimizing the bundle's graph.
 
 Both keep the verification cache warm (no re-hashing); only the graph cache differs. For the paper config
-(FGRESQ_BENCH_MODEL=<ViT-B/16 bundle>) the whole-process numbers are in bench/cpu_speed.py.
+(FGRESQ_BENCH_MODEL=<ViT-B/16 bundle>) the whole-process numbers are in cpu_speed.py (next to this file).
 """
 from __future__ import annotations
 

@@ -2,16 +2,16 @@
 ranking stage alone (soft wins + Bradley–Terry fit + tiers) at thousands of images."""
 from __future__ import annotations
 
-import importlib.util
 import itertools
 
 import numpy as np
 import pytest
 
+from fgresq_sdk.backends.probe import importable
 from fgresq_sdk.ranking import fit_bradley_terry, soft_wins
 from fgresq_sdk.scorer import Scorer
 
-HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_TORCH = importable("torch")
 
 
 def test_model_onnxruntime_fp32(benchmark, bench_bundle, batch):

@@ -52,7 +52,7 @@ def _validation_images(calibration: Path | None, limit: int, workdir: Path) -> t
     """Photos (paths) to validate on and a description of where they came from.
 
     With `--calibration DIR`: up to `limit` image files of DIR (sorted by name; subfolders too). Without:
-    the bench's deterministic synthetic photos (seed 0).
+    the deterministic synthetic photos of fgresq_sdk.photos (seed 0).
     """
     from fgresq_sdk.preprocess import is_image_file
 
@@ -64,10 +64,10 @@ def _validation_images(calibration: Path | None, limit: int, workdir: Path) -> t
         if not files:
             raise BundleError(f"--calibration {root}: no image files in it (.jpg, .png, .webp…)")
         return files[:limit], f"{root.name}/ ({min(len(files), limit)} of {len(files)} photos, sorted by name)"
-    from fgresq_sdk.bench import synthetic_photos
+    from fgresq_sdk.photos import synthetic_photos
 
     return synthetic_photos(limit, workdir / "validation-photos", seed=0), \
-        f"synthetic photos (fgresq_sdk.bench.synthetic_photos, seed 0, {limit} images)"
+        f"synthetic photos (fgresq_sdk.photos.synthetic_photos, seed 0, {limit} images)"
 
 
 BLUR_LEVELS = (0, 1, 2, 3, 5)  # each photo also blurred: groups with a known quality order, as in ranking

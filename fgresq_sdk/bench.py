@@ -5,6 +5,9 @@ through the real pipeline (decode + preprocess in the thread pool, then the mode
 accuracy is measured against the fp32 torch model on the same fixed image set (or the fp32 ONNX Runtime
 bundle when torch is absent), so a faster variant's cost in accuracy sits in the same table.
 Machines are noisy: compare ratios from one run, not absolute numbers across runs.
+
+Which variants exist, how the bundle for each is obtained (the given one, or derived on the fly) and which
+model is the reference all come from the formats table (fgresq_sdk/formats.py).
 """
 from __future__ import annotations
 
@@ -18,17 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .backends.probe import importable
 from .bundle import Bundle, load_bundle
 from .errors import BackendError, BundleError
+from .formats import BENCH_DERIVED, FP32, REFERENCES, Format, bench_format, by_backend
+from .photos import synthetic_photos
 from .ranking import preference
-
-BENCH_BACKENDS = ("onnxruntime", "torch", "tensorrt")
-BENCH_PRECISIONS = ("fp32", "fp16", "int8")
-# What `--rank-sizes` needs: the per-pair baseline runs the fp32 torch model from the bundle's checkpoint.
-RANK_BASELINE_MODULES = ("torch", "torchvision", "open_clip", "safetensors")
 
 
 @dataclass
@@ -41,46 +40,36 @@ class Variant:
     def label(self) -> str:
         return f"{self.backend}-{self.precision}" + ("" if self.device == "cpu" else f"@{self.device}")
 
-
-def synthetic_photos(n: int, folder: Path, seed: int = 0, size: tuple[int, int] = (640, 480)) -> list[Path]:
-    """Photo-like JPEGs (smooth shading, edges, texture) so decode cost is realistic; deterministic."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    w, h = size
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    paths = []
-    for i in range(n):
-        base = np.stack([np.sin(xx / rng.uniform(20, 90) + rng.uniform(0, 6)) *
-                         np.cos(yy / rng.uniform(20, 90) + rng.uniform(0, 6)) for _ in range(3)], -1)
-        img = 127 + 90 * base + rng.normal(0, 12, size=(h, w, 3))
-        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(30, 160)
-        img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] *= rng.uniform(0.4, 1.2)
-        p = folder / f"bench_{i:05d}.jpg"
-        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(p, quality=90)
-        paths.append(p)
-    return paths
+    @property
+    def format(self) -> Format | None:
+        return bench_format(self.backend, self.precision)
 
 
-def variant_bundle(bundle: Bundle, precision: str, workdir: Path) -> Bundle:
-    """The bundle to run for a precision: the given one, or an int8/fp16 copy made on the fly."""
-    if precision == bundle.precision:
+def variants(backends: list[str], precisions: list[str], device: str) -> list[Variant]:
+    """Every backend × precision that a format offers on this kind of device, backends first. Pairs no format
+    offers (torch int8) and precisions its backend runs only on a GPU (torch fp16 on the CPU) are left out."""
+    out = []
+    for b in backends:
+        for p in precisions:
+            fmt = bench_format(b, p)
+            if fmt is not None and fmt.runs_on(p, device):
+                out.append(Variant(b, p, device))
+    return out
+
+
+def variant_bundle(bundle: Bundle, fmt: Format, workdir: Path) -> Bundle:
+    """The bundle to run for a format: the given one, or a copy derived on the fly with the format's builder
+    (from an fp32 bundle)."""
+    if fmt.precision == bundle.precision:
         return bundle
-    if bundle.precision != "fp32":
-        raise BundleError(f"{bundle.root}: cannot derive {precision} from a {bundle.precision} bundle")
-    if precision not in BENCH_PRECISIONS:
-        raise BundleError(f"unknown precision '{precision}' ({', '.join(BENCH_PRECISIONS)})")
-    if not importable("onnx"):  # onnxruntime's quantizer and fp16 converter both import onnx
-        raise BundleError(f"deriving the {precision} bundle needs the export extra: pip install 'fgresq-sdk[export]'")
-    out = workdir / f"{bundle.root.name}-{precision}"
-    if precision == "int8":
-        from .export.quantize import quantize_bundle
-
-        return load_bundle(quantize_bundle(bundle.root, out, force=True, validate=False))  # bench measures its own
-    if precision == "fp16":
-        from .export.half import half_bundle
-
-        return load_bundle(half_bundle(bundle.root, out, force=True))
-    raise BundleError(f"unknown precision '{precision}' (fp32, fp16, int8)")
+    if fmt.bench != BENCH_DERIVED or bundle.precision != FP32:
+        raise BundleError(f"{bundle.root}: cannot derive {fmt.precision} from a {bundle.precision} bundle")
+    if not all(importable(m) for m in fmt.modules):  # onnxruntime's quantizer and fp16 converter import onnx
+        raise BundleError(f"deriving the {fmt.precision} bundle needs the {fmt.extra} extra: "
+                          f"pip install 'fgresq-sdk[{fmt.extra}]'")
+    out = workdir / f"{bundle.root.name}-{fmt.precision}"
+    # bench_options: e.g. no int8 validation at build time, bench measures its own accuracy
+    return load_bundle(fmt.load_builder()(bundle.root, out, force=True, **fmt.bench_options))
 
 
 def _percentiles(xs: list[float]) -> dict[str, float]:
@@ -144,16 +133,21 @@ def accuracy_against(reference: tuple[np.ndarray, np.ndarray], scorer, x: np.nda
 
 
 def reference_outputs(bundle: Bundle, x: np.ndarray) -> tuple[str, tuple[np.ndarray, np.ndarray]]:
+    """(label, outputs) of the first reference format (formats.REFERENCES) that runs the bundle on the CPU."""
     from .backends import create_backend
 
-    try:
-        ref = create_backend("torch", bundle, device="cpu")
-        name = "torch-fp32"
-    except BackendError:
-        ref = create_backend("onnxruntime", bundle, device="cpu")
-        name = "onnxruntime-fp32"
+    *fallbacks, last = REFERENCES
+    for fmt in fallbacks:
+        try:
+            ref = create_backend(fmt.backend, bundle, device="cpu")
+            break
+        except BackendError:  # torch not installed, no checkpoint…: the next reference
+            continue
+    else:
+        fmt, ref = last, create_backend(last.backend, bundle, device="cpu")
     out = [ref.encode(x[k:k + 8]) for k in range(0, len(x), 8)]
-    return name, (np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out]))
+    return Variant(fmt.backend, fmt.precision).label, (np.concatenate([o[0] for o in out]),
+                                                       np.concatenate([o[1] for o in out]))
 
 
 def run_bench(model: str | Path | None, variants: list[Variant], batch_sizes: list[int], n_images: int = 64,
@@ -184,8 +178,13 @@ def run_bench(model: str | Path | None, variants: list[Variant], batch_sizes: li
             if log:
                 log(f"bench: {v.label}")
             try:
-                vb = variant_bundle(base, v.precision, work)
-                scorer = Scorer(vb, backend=v.backend, device=v.device, batch_size=max(batch_sizes))
+                fmt = v.format
+                if fmt is None:
+                    raise BundleError(f"no format runs {v.precision} on {v.backend}")
+                vb = variant_bundle(base, fmt, work)
+                # A precision the backend runs the bundle at (torch fp16, a TensorRT engine's), not the bundle's own.
+                scorer = Scorer(vb, backend=v.backend, device=v.device, batch_size=max(batch_sizes),
+                                precision=v.precision if fmt.run_precisions else None)
             except (BackendError, BundleError, ImportError) as exc:  # torch on an ONNX-only bundle, an extra
                 # that is not installed…: say so, go on with the other variants
                 why = str(exc) if not isinstance(exc, ImportError) else \
@@ -225,9 +224,10 @@ def check_rank_baseline(bundle: Bundle) -> None:
     if not bundle.has("checkpoint"):
         raise BundleError(f"{bundle.name}: --rank-sizes needs a bundle with a torch checkpoint (the per-pair "
                           "baseline runs the torch model); this bundle has none")
-    missing = [m for m in RANK_BASELINE_MODULES if not importable(m)]
+    torch = by_backend("torch")
+    missing = [m for m in torch.modules if not importable(m)]
     if missing:
-        raise BackendError(f"--rank-sizes needs the torch extra: pip install 'fgresq-sdk[torch]' "
+        raise BackendError(f"--rank-sizes needs the {torch.extra} extra: pip install 'fgresq-sdk[{torch.extra}]' "
                            f"(missing: {', '.join(missing)})")
 
 

@@ -20,6 +20,7 @@ from typing import List, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from . import formats
 from .errors import FGResQError, display_path
 from .output import emit_csv, emit_json, emit_table, err_console, one_line, progress, report_errors
 
@@ -49,8 +50,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Fine-grained quality assessment of restored images with FGResQ.")
 
 # Optional extras (pyproject.toml) → the modules a command imports from them.
-TORCH_MODULES = ("torch", "torchvision", "open_clip", "safetensors")
-EXPORT_MODULES = TORCH_MODULES + ("onnx",)
+TORCH_MODULES, EXPORT_MODULES = formats.TORCH_MODULES, formats.EXPORT_MODULES
 TRAIN_MODULES = TORCH_MODULES + ("scipy", "skimage")
 EVAL_MODULES = ("scipy", "skimage")
 
@@ -120,10 +120,7 @@ class BackendName(str, Enum):
     tensorrt = "tensorrt"
 
 
-class Precision(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    bf16 = "bf16"
+Precision = Enum("Precision", [(p, p) for p in formats.RUN_PRECISIONS], type=str)
 
 
 class GroupBy(str, Enum):
@@ -432,104 +429,81 @@ def _emit_rank(fmt: Fmt, out_groups: list[dict], errors: list[dict]) -> None:
     report_errors(errors)
 
 
-class ExportFormat(str, Enum):
-    onnx = "onnx"
-    onnx_int8 = "onnx-int8"
-    onnx_fp16 = "onnx-fp16"
-    tensorrt = "tensorrt"
-    triton_repo = "triton-repo"
+# `export --format`: the formats table's exported rows (fgresq_sdk/formats.py).
+ExportFormat = Enum("ExportFormat", [(f.name.replace("-", "_"), f.name) for f in formats.EXPORT_FORMATS], type=str)
 
 
-def _derive_from_fp32(checkpoint: Path, out: Path, fmt: ExportFormat, opset: int, force: bool, **options) -> Path:
-    """int8/fp16 bundles come from an fp32 bundle; a checkpoint is exported to fp32 first (temporarily)."""
-    import tempfile
-
+def _is_bundle(path: Path) -> bool:
     from .bundle import MANIFEST
 
-    derive = {ExportFormat.onnx_int8: "quantize", ExportFormat.onnx_fp16: "half"}[fmt]
-    if derive == "quantize":
-        from .export.quantize import quantize_bundle as make
-    else:
-        from .export.half import half_bundle as make
-    if checkpoint.is_dir() and (checkpoint / MANIFEST).is_file():
-        return make(checkpoint, out, force=force, **options)
+    return path.is_dir() and (path / MANIFEST).is_file()
+
+
+def _build(fmt: "formats.Format", src: Path, out: Path, options: dict, force: bool) -> Path:
+    """Run the format's builder on `src` with the export options that apply to it; a format built from a bundle
+    that was given a checkpoint is built from a temporary fp32 bundle exported first."""
+    import tempfile
+
+    kwargs = {k: options[k] for k in fmt.options}
+    if not fmt.via_fp32 or _is_bundle(src):
+        return fmt.load_builder()(src, out, force=force, **kwargs)
     with tempfile.TemporaryDirectory(prefix="fgresq-export-") as td:
-        fp32 = _export_fp32(checkpoint, Path(td) / "fp32", opset, force=False)
-        return make(fp32, out, force=force, **options)
+        fp32 = _build(formats.DEFAULT_EXPORT, src, Path(td) / "fp32", options, force=False)
+        return fmt.load_builder()(fp32, out, force=force, **kwargs)
 
 
-def _export_fp32(checkpoint: Path, out: Path, opset: int, force: bool) -> Path:
-    from .export.onnx_export import export_bundle
-    from .model import load_checkpoint
-
-    ckpt = checkpoint
-    if checkpoint.is_dir():
-        from .bundle import load_bundle
-
-        bundle = load_bundle(checkpoint)
-        ckpt = bundle.path("checkpoint")
-        model = load_checkpoint(bundle.read("checkpoint"), name=display_path(ckpt))  # verified, read once
-    else:
-        model = load_checkpoint(ckpt)
-    return export_bundle(model, out, source=f"exported from {ckpt.name}", opset=opset, force=force)
+def _require_for(fmt: "formats.Format", src: Path, precision: str | None) -> None:
+    """Usage error naming the extra when a module the build needs is missing, before any work."""
+    what = "export" if fmt is formats.DEFAULT_EXPORT else f"export --format {fmt.name}"
+    if fmt.via_fp32 and not _is_bundle(src):
+        first = formats.DEFAULT_EXPORT
+        _require(f"{what} from a checkpoint", first.extra, first.build_modules())
+    if fmt.extra is not None:
+        _require(what, fmt.extra, fmt.build_modules(precision))
 
 
 @app.command("export", cls=_Command)
 def export_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c",
-                                    help="Our .safetensors checkpoint, or a bundle (with a checkpoint for onnx)."),
+                                    help="Our .safetensors checkpoint, or a bundle (with a checkpoint for "
+                                         f"{formats.DEFAULT_EXPORT.name})."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write."),
-    fmt: ExportFormat = typer.Option(ExportFormat.onnx, "--format",
-                                     help="onnx (fp32), onnx-int8 (dynamic int8, CPU), onnx-fp16 (GPU), "
-                                          "triton-repo (a Triton model repository from a bundle)."),
+    fmt: ExportFormat = typer.Option(formats.DEFAULT_EXPORT.name, "--format", help=formats.export_help()),
     opset: int = typer.Option(17, "--opset", help="ONNX opset."),
-    fp16: bool = typer.Option(True, "--fp16/--fp32", help="tensorrt: build an FP16 engine (default) or FP32."),
-    batch: str = typer.Option("1,8,32", "--batch", help="tensorrt: optimisation profile MIN,OPT,MAX batch."),
-    workspace_gb: float = typer.Option(4.0, "--workspace-gb", help="tensorrt: builder workspace limit (GiB)."),
-    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="tensorrt: timing cache file, "
-                                                "reused and updated across builds."),
-    device: str = typer.Option("cuda", "--device", help="tensorrt: GPU to build on."),
-    calibration: Optional[Path] = typer.Option(None, "--calibration", help="onnx-int8: a folder of photos to "
-                                               "validate int8 against fp32 on (default: synthetic photos); the "
-                                               "result, this CPU and the photos' source go into model.json."),
+    fp16: bool = typer.Option(True, "--fp16/--fp32", help=f"{formats.owners('fp16')}: build an FP16 engine "
+                              "(default) or FP32."),
+    batch: str = typer.Option("1,8,32", "--batch", help=f"{formats.owners('batch')}: optimisation profile "
+                              "MIN,OPT,MAX batch."),
+    workspace_gb: float = typer.Option(4.0, "--workspace-gb", help=f"{formats.owners('workspace_gb')}: builder "
+                                       "workspace limit (GiB)."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help=f"{formats.owners('timing_cache')}: "
+                                                "timing cache file, reused and updated across builds."),
+    device: str = typer.Option("cuda", "--device", help=f"{formats.owners('device')}: GPU to build on."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help=f"{formats.owners('calibration')}: a "
+                                               "folder of photos to validate int8 against fp32 on (default: "
+                                               "synthetic photos); the result, this CPU and the photos' source "
+                                               "go into model.json."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty output folder."),
-    max_batch_size: int = typer.Option(32, "--max-batch-size", min=1,
-                                       help="triton-repo: max_batch_size of the generated Triton configs."),
+    max_batch_size: int = typer.Option(32, "--max-batch-size", min=1, help=f"{formats.owners('max_batch_size')}: "
+                                       "max_batch_size of the generated Triton configs."),
 ):
     """Export a checkpoint to a model bundle (ONNX encoder + comparison head + manifest), or derive an
     int8 / fp16 / TensorRT bundle from an fp32 one, or write a Triton model repository from a bundle."""
-    from .bundle import MANIFEST
-
-    if calibration is not None and fmt is not ExportFormat.onnx_int8:
-        _fail("--calibration applies to --format onnx-int8 only")
-    if fmt is ExportFormat.triton_repo:
-        _export_triton_repo(checkpoint, out, max_batch_size, opset, force)
-        return
-    if fmt is ExportFormat.tensorrt:
-        _require("export --format tensorrt", "trt", ("tensorrt", "torch") + (("onnx",) if fp16 else ()))
-    elif fmt is not ExportFormat.onnx and checkpoint.is_dir() and (checkpoint / MANIFEST).is_file():
-        _require(f"export --format {fmt.value}", "export", ("onnx",))  # derived from the bundle's ONNX files
-    else:
-        _require("export", "export", EXPORT_MODULES)
+    spec = formats.BY_NAME[ExportFormat(fmt).value]
+    if calibration is not None and "calibration" not in spec.options:
+        _fail(f"--calibration applies to --format {formats.owners('calibration')} only")
+    _require_for(spec, checkpoint, formats.FP16 if fp16 else formats.FP32)
+    options = {"opset": opset, "fp16": fp16, "batch": batch, "workspace_gb": workspace_gb,
+               "timing_cache": timing_cache, "device": device, "calibration": calibration,
+               "max_batch_size": max_batch_size, "log": lambda m: err_console.print(m, markup=False)}
     try:
-        if fmt is ExportFormat.tensorrt:
-            from .export.tensorrt_build import build_engine, parse_batch
-
-            path = build_engine(checkpoint, out, fp16=fp16, batch=parse_batch(batch), workspace_gb=workspace_gb,
-                                timing_cache=timing_cache, device=device, force=force,
-                                log=lambda m: err_console.print(m, markup=False))
-        elif fmt is ExportFormat.onnx:
-            path = _export_fp32(checkpoint, out, opset, force)
-        elif fmt is ExportFormat.onnx_int8:
-            path = _derive_from_fp32(checkpoint, out, fmt, opset, force, calibration=calibration)
-        else:
-            path = _derive_from_fp32(checkpoint, out, fmt, opset, force)
+        path = _build(spec, checkpoint, out, options, force)
     except ImportError as exc:  # a dependency of an extra that is installed but broken
-        extra = "trt" if fmt is ExportFormat.tensorrt else "export"
+        extra = spec.extra or formats.DEFAULT_EXPORT.extra
         _fail(f"export needs the {extra} extra: pip install 'fgresq-sdk[{extra}]' ({exc})")
     except FGResQError as exc:
         _fail(str(exc))
-    err_console.print(f"wrote bundle {display_path(path)}", markup=False)
+    err_console.print(f"wrote {spec.wrote} {display_path(path)}", markup=False)
 
 
 def _not_a_torch_file(path: Path) -> str | None:
@@ -643,9 +617,9 @@ _register_train()
 def bench(
     model: Optional[Path] = ModelOpt,
     backend: str = typer.Option("onnxruntime,torch", "--backend",
-                                help="Comma-separated: onnxruntime, torch, tensorrt."),
-    precision: str = typer.Option("fp32,int8", "--precision", help="Comma-separated: fp32, fp16, int8 (fp16 and "
-                                  "int8 are derived from an fp32 bundle: the export extra)."),
+                                help=f"Comma-separated: {', '.join(formats.BENCH_BACKENDS)}."),
+    precision: str = typer.Option("fp32,int8", "--precision", help=f"Comma-separated: "
+                                  f"{', '.join(formats.BENCH_PRECISIONS)} ({formats.derived_by_bench()})."),
     device: str = DeviceOpt,
     batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Comma-separated batch sizes."),
     images: int = typer.Option(64, "--images", min=1, help="Images for the end-to-end pass."),
@@ -659,7 +633,7 @@ def bench(
 
     A variant that cannot run here (torch on an ONNX-only bundle, an extra that is not installed) is
     skipped with one line on stderr; the others are still measured. Exit 1 when no variant could run."""
-    from .bench import BENCH_BACKENDS, BENCH_PRECISIONS, CSV_HEADER, Variant, run_bench, table_rows
+    from .bench import CSV_HEADER, run_bench, table_rows, variants
 
     def ints(text: str, option: str, least: int) -> list[int]:
         try:
@@ -677,20 +651,14 @@ def bench(
             _fail(f"{option}: unknown value '{bad[0] if bad else text}' (choose from: {', '.join(known)})")
         return vals
 
-    backends = names(backend, "--backend", BENCH_BACKENDS)
-    precisions = names(precision, "--precision", BENCH_PRECISIONS)
+    backends = names(backend, "--backend", formats.BENCH_BACKENDS)
+    precisions = names(precision, "--precision", formats.BENCH_PRECISIONS)
     sizes = ints(batch_sizes, "--batch-sizes", 1)
     if not sizes:
         _fail(f"--batch-sizes: expected comma-separated integers of at least 1, got '{batch_sizes}'")
     ranks = ints(rank_sizes, "--rank-sizes", 2)
-    variants = []
-    for b in backends:
-        for p in precisions:
-            if b == "torch" and p != "fp32" and not device.startswith("cuda"):
-                continue  # the torch backend's reduced precisions are for GPUs
-            variants.append(Variant(b, p, device))
     try:
-        result = run_bench(model, variants, sizes, n_images=images, repeats=repeats,
+        result = run_bench(model, variants(backends, precisions, device), sizes, n_images=images, repeats=repeats,
                            rank_sizes=ranks, log=lambda m: err_console.print(m, markup=False))
     except FGResQError as exc:
         _fail(str(exc))
@@ -736,7 +704,9 @@ def info(
                "onnxruntime": ort.__version__, "onnxruntime_providers": ort.get_available_providers(),
                "torch": ver("torch") if importable("torch") else None,
                "open_clip": ver("open_clip_torch"), "tensorrt": ver("tensorrt"),
-               "numpy": ver("numpy"), "pillow": ver("pillow")}
+               "numpy": ver("numpy"), "pillow": ver("pillow"),
+               # what `export --format` can build from a bundle with the packages installed here
+               "export_formats": [f.name for f in formats.EXPORT_FORMATS if all(map(importable, f.build_modules()))]}
     try:
         scorer = _scorer(model, backend, device, 1)
         payload.update(scorer.describe())
@@ -754,32 +724,6 @@ def info(
 SERVE_MODULES = ("pytriton",)
 BATCH_MODULES = ("pyarrow",)
 RAY_MODULES = ("pyarrow", "ray")
-
-
-def _export_triton_repo(checkpoint: Path, out: Path, max_batch_size: int, opset: int, force: bool) -> None:
-    """export --format triton-repo: from a bundle (no extra needed), or from a checkpoint via a temporary
-    fp32 bundle (the export extra)."""
-    import tempfile
-
-    from .bundle import MANIFEST
-
-    is_bundle = checkpoint.is_dir() and (checkpoint / MANIFEST).is_file()
-    if not is_bundle:
-        _require("export --format triton-repo from a checkpoint", "export", EXPORT_MODULES)
-    try:
-        from .export.triton_repo import export_triton_repo
-
-        if is_bundle:
-            path = export_triton_repo(checkpoint, out, max_batch_size=max_batch_size, force=force)
-        else:
-            with tempfile.TemporaryDirectory(prefix="fgresq-export-") as td:
-                fp32 = _export_fp32(checkpoint, Path(td) / "fp32", opset, force=False)
-                path = export_triton_repo(fp32, out, max_batch_size=max_batch_size, force=force)
-    except ImportError as exc:
-        _fail(f"export needs the export extra: pip install 'fgresq-sdk[export]' ({exc})")
-    except FGResQError as exc:
-        _fail(str(exc))
-    err_console.print(f"wrote Triton model repository {display_path(path)}", markup=False)
 
 
 @app.command(cls=_Command)

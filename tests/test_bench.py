@@ -31,10 +31,10 @@ def _independent_accuracy(bundle_dir, tmp_path):
     encoder through its backend, and the comparison head from heads.npz by hand."""
     import torch
 
-    from fgresq_sdk.bench import synthetic_photos
     from fgresq_sdk.bundle import load_bundle
     from fgresq_sdk.export.quantize import quantize_bundle
     from fgresq_sdk.model import load_checkpoint
+    from fgresq_sdk.photos import synthetic_photos
     from fgresq_sdk.preprocess import preprocess
     from fgresq_sdk.scorer import Scorer
 
@@ -124,13 +124,13 @@ def test_bench_table_output(tiny_bundle):
 
 @needs_torch
 def test_pytest_benchmark_suite_runs_ci_sized(tiny_bundle, tmp_path):
-    """The benchmarks/ suite (not in the default run) executes and reports every benchmark."""
+    """The bench/ pytest-benchmark suites (not in the default run) execute and report every benchmark."""
     import os
 
     report = tmp_path / "bench.json"
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, FGRESQ_BENCH_MODEL=str(tiny_bundle))
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "benchmarks"),
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "bench"),
                           "--benchmark-only", "--benchmark-min-rounds=1", "--benchmark-max-time=0.05",
                           "--benchmark-warmup=off", f"--benchmark-json={report}"],
                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)

@@ -85,7 +85,7 @@ def gpu_photos(request, tmp_path_factory) -> list:
     photos: the GPU machine's image may lack scikit-image, and these tests are about the model, not the data."""
     if importable("skimage"):
         return request.getfixturevalue("photo_paths")
-    from fgresq_sdk.bench import synthetic_photos
+    from fgresq_sdk.photos import synthetic_photos
 
     return synthetic_photos(6, tmp_path_factory.mktemp("synthetic-photos"))
 
