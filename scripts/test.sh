@@ -4,13 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-# System packages the tests use: headless Chromium (HTML report screenshots), libpng/libjpeg and cmake for
-# the C/C++ library (cpp_bindings/build_and_test.sh also installs what it misses).
+# System packages the tests use: headless Chromium (HTML report screenshots) and cmake for the C/C++ library
+# (cpp_bindings/build_and_test.sh also installs what it misses).
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v cmake >/dev/null || need+=(cmake)
-dpkg -s libpng-dev >/dev/null 2>&1 || need+=(libpng-dev)
-dpkg -s libjpeg-dev >/dev/null 2>&1 || need+=(libjpeg-dev)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null \
     || echo "scripts/test.sh: could not install ${need[*]}; the tests that need them will say so" >&2
