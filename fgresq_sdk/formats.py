@@ -87,7 +87,7 @@ FORMATS: tuple[Format, ...] = (
            run_precisions=(FP32, FP16, BF16), gpu_precisions=(FP16, BF16), bench=BENCH_GIVEN, reference=1),
     Format("onnx-int8", "ONNX int8", "dynamic int8, CPU", "encoder.int8.onnx (heads copied)", "CPU", INT8,
            "onnxruntime", "export", ("onnx",), "fgresq_sdk.export.quantize:quantize_bundle", via_fp32=True,
-           options=("calibration",), bench=BENCH_DERIVED, bench_options={"validate": False}),
+           options=("calibration", "log"), bench=BENCH_DERIVED, bench_options={"validate": False}),
     Format("onnx-fp16", "ONNX fp16", "GPU", "encoder.fp16.onnx (heads copied)", "GPU (CPU runs it too)", FP16,
            "onnxruntime", "export", ("onnx",), "fgresq_sdk.export.half:half_bundle", via_fp32=True,
            bench=BENCH_DERIVED),

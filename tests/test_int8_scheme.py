@@ -73,6 +73,10 @@ def test_int8_manifest_records_scheme_photos_cpu_and_accuracy(int8_bundle):
     assert q["calibration"]["source"].startswith(f"{photos.name}/ (3 of 3 photos")
     v = q["validation"]
     assert v["cpu"] == cpu.cpu_model() and v["isa"] == cpu.cpu_isa()
+    # the fp32 rung kept is the first that met the bound, or the last one tried (and then it says so)
+    worst = max(r["max_abs_dscore"] for r in v["by_batch_size"].values())
+    assert v["max_abs_dscore_bound"] == 0.01 and v["meets_bound"] == (worst <= 0.01)
+    assert q["fp32_rung"] == "image-attention-in" if v["meets_bound"] else q["fp32_rung"] == "attention-in"
     assert (v["photos"], v["images"], v["pairs"]) == (3, 15, 3 * 5 * 4)
     assert set(v["by_batch_size"]) == {"1", "8"}
     for res in v["by_batch_size"].values():
@@ -137,3 +141,23 @@ def test_flags_hidden_from_this_process_by_cpuid_do_not_count(monkeypatch):
         monkeypatch.undo()
         cpu._cpuinfo.cache_clear()
 
+
+
+def test_a_bundle_that_misses_the_bound_escalates_and_says_so(monkeypatch, tmp_path):
+    """With a bound no int8 model can meet, both fp32 rungs are tried; the last one is kept, model.json says
+    the bound was missed and the export's log line is a one-line warning."""
+    import onnx
+
+    from fgresq_sdk.export import quantize
+
+    monkeypatch.setattr(quantize, "MAX_SCORE_DELTA", 0.0)
+    lines = []
+    out = quantize.quantize_bundle(default_bundle_path(), tmp_path / "b", log=lines.append)
+    q = load_bundle(out).manifest["quantization"]
+    assert q["fp32_rung"] == "attention-in" and q["validation"]["meets_bound"] is False
+    assert len(lines) == 1 and lines[0].startswith("warning: int8 vs fp32 on synthetic photos") and "\n" not in lines[0]
+    # what stayed fp32: the heads, the act×act MatMuls and every tower's attention in-projection
+    graph = onnx.load(str(out / "encoder.int8.onnx"))
+    fp32_in_proj = {n.name for n in graph.graph.node if n.op_type == "MatMul" and n.name.endswith("/attn/MatMul")}
+    layers = load_bundle(out).config["vision_cfg"]["layers"]
+    assert len(fp32_in_proj) == 2 * layers  # not replaced by MatMulInteger: both towers, every block
