@@ -1,4 +1,4 @@
-"""int8 against fp32 on the CPU this process sees: the measurement behind issue 12's accuracy target.
+"""int8 against fp32 on the CPU this process sees: the measurement behind the README's int8 accuracy rows.
 
 ONNX Runtime's int8 numerics depend on the instruction set its kernels dispatch to (u8×s8 dot products
 saturate at 16 bits without VNNI), so the same int8 bundle must be judged on each kind of CPU. Where only an
