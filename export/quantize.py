@@ -10,22 +10,25 @@ measurement (../shared/notes/int8-on-avx2.md; README, Performance; bench/int8_ac
 - the small heads after the towers (task MLP, prompt MLP, score head) stay fp32: they are the next
   largest error source and a negligible share of the time;
 - only weight×activation products: the attention's activation×activation MatMuls stay fp32;
-- the image tower's attention in-projections (q, k, v) stay fp32 too: on the trained default model they are
-  where int8's error comes from (max |Δscore| on 40 held-out photos 0.0165 → 0.0087 at batch 1 and 0.0118 →
-  0.0094 at batch 8, identical on AVX-512 VNNI and on the AVX2-only kernels reached under qemu's Zen 3 CPUID;
-  quantizing the degradation tower's projections or the MLPs changed nothing measurable). They are ~12 % of
-  a ViT-B/16's weight×activation work.
-Validation then checks the result: when max |Δscore| on the validation photos exceeds MAX_SCORE_DELTA at any
-batch size, the next rung of FP32_RUNGS (every attention in-projection in fp32) is tried, and model.json says
-which rung was kept and whether it met the bound.
+- where that is not close enough, the attention in-projections (q, k, v) stay fp32 too, first the image
+  tower's, then both towers'. Measured on the trained default model, 40 held-out photos at 5 blur levels:
+  max |Δscore| 0.0165 / 0.0118 at batch 1 / 8 with every tower weight in int8, 0.0087 / 0.0094 with the image
+  tower's in-projections in fp32 — identical on AVX-512 VNNI and on the AVX2-only kernels reached under
+  qemu's Zen 3 CPUID (7-bit weights: no saturation, the same integers); quantizing the degradation tower or
+  the MLPs changed nothing measurable. The price: `score` of 30 photos with a ViT-B/16 bundle ran 2.1× faster
+  than fp32 with the image tower's in-projections in fp32, against ~3× with none (README, Performance).
+So each export validates (on `--calibration` photos, or synthetic ones) and keeps the fastest rung of
+FP32_RUNGS whose max |Δscore| stays within MAX_SCORE_DELTA at every batch size; model.json names the rung
+and says whether the bound was met (the last rung is kept when none meets it, and export warns).
 The torch checkpoint is not copied: it is the fp32 reference, not this model.
 
 Static QDQ quantization calibrated on photos was measured against this (README, Performance;
 bench/int8_schemes.py): no faster on either kind of CPU, as accurate only when calibrated on photos like
 the ones scored (and ~10× worse when calibrated on other images), so dynamic stays. `--calibration DIR`
-gives the photos the int8 bundle is *validated* on: each export measures int8 against fp32 on this CPU
-(max |Δscore| at batch 1 and 8, pair agreement within groups of blurred versions) and records it in
-model.json under quantization.validation, with the CPU model and ISA and where the photos came from.
+gives the photos the int8 bundle is *validated* on (and its rung chosen by): each export measures int8
+against fp32 on this CPU (max |Δscore| at batch 1 and 8, pair agreement within groups of blurred versions)
+and records it in model.json under quantization.validation, with the CPU model and ISA and where the photos
+came from.
 """
 from __future__ import annotations
 
@@ -42,11 +45,13 @@ INT8_ENCODER = "encoder.int8.onnx"
 QUANTIZED_OPS = ["MatMul", "Gemm"]
 # Graph nodes outside the two vision towers (their names come from the torch module path).
 FP32_PREFIXES = ("/task_mlp/", "/prompt_mlp/", "/head/")
-# The attention in-projection (q, k, v in one weight) of a transformer block, as the exporter names it.
-ATTENTION_IN = "/attn/MatMul"
-# What stays fp32 besides the heads and the activation×activation MatMuls, mildest first: (name, tower
-# prefixes whose attention in-projections stay fp32). The first rung is the default (measured, see above).
-FP32_RUNGS = (("image-attention-in", ("/image_tower/",)),
+# The attention in-projections of a transformer block as the exporter names them: q, k and v apart (the
+# current export), or one packed in_proj MatMul (bundles exported before it, e.g. the embedded default).
+# A name also used by an activation×activation MatMul is kept fp32 by the weight rule anyway.
+ATTENTION_IN = ("/attn/q/MatMul", "/attn/k/MatMul", "/attn/v/MatMul", "/attn/MatMul")
+# What stays fp32 besides the heads and the activation×activation MatMuls, fastest first: (name, tower
+# prefixes whose attention in-projections stay fp32). Validation keeps the first rung that meets the bound.
+FP32_RUNGS = (("none", ()), ("image-attention-in", ("/image_tower/",)),
               ("attention-in", ("/image_tower/", "/degradation_tower/")))
 # The accuracy an int8 bundle must keep against fp32 on its validation photos: far below the score gaps
 # between versions of one photo that ranking separates (README, Performance).
@@ -200,8 +205,8 @@ def quantize_bundle(src: str | Path, out: str | Path, *, per_channel: bool = Tru
                "scheme": {"kind": "dynamic", "activations": "uint8, per batch", "weights": "int8",
                           "weight_bits": 7, "per_channel": per_channel},
                "fp32": "heads (task_mlp, prompt_mlp, head), activation×activation MatMuls and the attention "
-                       "in-projections named by fp32_rung (image-attention-in: the image tower's; attention-in: "
-                       "both towers')",
+                       "in-projections named by fp32_rung (none; image-attention-in: the image tower's; "
+                       "attention-in: both towers')",
                "built_on": {"machine": platform.machine(), "cpu": cpu_model(), "isa": cpu_isa()}}
     path = derive_bundle(src, out, precision="int8", encoder_file=INT8_ENCODER, make_encoder=make,
                          details_key="quantization", details=details, force=force)
