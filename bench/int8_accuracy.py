@@ -10,7 +10,7 @@ reports a Zen 3 CPUID to the process (accuracy only: emulated timings mean nothi
 
 The int8 bundle is built (natively, once) when --int8 names a folder that does not exist yet; quantization
 itself does not depend on the CPU. Prints one JSON object: the CPU as this process sees it, then
-export/quantize.validate_int8's numbers (max |Δscore| per batch size; score order kept on the pairs of
+export/quantize.Int8Validation's numbers (max |Δscore| per batch size; score order kept on the pairs of
 versions of one photo that fp32 separates by ≥ 0.005; 3-way verdict agreement).
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main() -> int:
 
     from fgresq_sdk.bundle import default_bundle_path, load_bundle
     from fgresq_sdk.cpu import cpu_isa, cpu_model
-    from fgresq_sdk.export.quantize import quantize_bundle, validate_int8
+    from fgresq_sdk.export.quantize import Int8Validation, quantize_bundle
     from fgresq_sdk.preprocess import is_image_file
 
     fp32 = load_bundle(args.model or default_bundle_path())
@@ -46,12 +46,12 @@ def main() -> int:
     if not photos:
         print(f"error: --photos {args.photos}: no images", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory() as td:  # validate_int8 wants plain files; bundles are verified on read
+    with tempfile.TemporaryDirectory() as td:  # ONNX Runtime gets plain files; bundles are verified on read
         enc32, enc8 = Path(td) / "fp32.onnx", Path(td) / "int8.onnx"
         enc32.write_bytes(fp32.read("encoder"))
         enc8.write_bytes(int8.read("encoder"))
-        result = validate_int8(enc32, enc8, fp32.preprocess, fp32.read("heads"), photos,
-                               batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")))
+        result = Int8Validation(enc32, fp32.preprocess, fp32.read("heads"), photos,
+                                batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")))(enc8)
     out = {"cpu": cpu_model(), "isa_seen_by_this_process": cpu_isa(), "onnxruntime": onnxruntime.__version__,
            "fp32_bundle": fp32.manifest.get("name"), "int8_scheme": int8.manifest.get("quantization", {}).get("weights"),
            "photo_folder": args.photos, **result}

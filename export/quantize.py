@@ -101,52 +101,64 @@ def _validation_images(calibration: Path | None, limit: int, workdir: Path) -> t
 BLUR_LEVELS = (0, 1, 2, 3, 5)  # each photo also blurred: groups with a known quality order, as in ranking
 
 
-def validate_int8(fp32_onnx: Path, int8_onnx: Path, preprocess_spec: dict, heads_npz: bytes, photos: list,
-                  batch_sizes: tuple[int, ...] = (1, 8), min_gap: float = 0.005) -> dict:
+class Int8Validation:
     """int8 against fp32 on `photos` (each at BLUR_LEVELS), on this CPU: max |Δscore| per batch size, and
     agreement on the pairs of versions of one photo — score order where fp32 separates them by ≥ min_gap,
-    and the comparison head's 3-way verdict on all of them."""
-    import itertools
+    and the comparison head's 3-way verdict on all of them.
 
-    import onnxruntime as ort
-    from PIL import ImageFilter
+    The fp32 side (decoded photos, fp32 features and scores, the pairs) is computed once here; calling the
+    object measures one int8 graph against it, so the export's rungs share one reference."""
 
-    from fgresq_sdk.backends.onnxruntime_backend import session_options
-    from fgresq_sdk.heads import CompareHeadNP
-    from fgresq_sdk.preprocess import load_image, preprocess
+    def __init__(self, fp32_onnx: Path, preprocess_spec: dict, heads_npz: bytes, photos: list,
+                 batch_sizes: tuple[int, ...] = (1, 8), min_gap: float = 0.005):
+        import itertools
 
-    tensors, groups = [], []
-    for p in photos:
-        img = load_image(p)
-        group = []
-        for radius in BLUR_LEVELS:
-            group.append(len(tensors))
-            tensors.append(preprocess(img.filter(ImageFilter.GaussianBlur(radius)) if radius else img, preprocess_spec))
-        groups.append(group)
-    x = np.stack(tensors).astype(np.float32)
+        from PIL import ImageFilter
 
-    def run(path: Path, bs: int) -> tuple[np.ndarray, np.ndarray]:
+        from fgresq_sdk.heads import CompareHeadNP
+        from fgresq_sdk.preprocess import load_image, preprocess
+
+        tensors, groups = [], []
+        for p in photos:
+            img = load_image(p)
+            group = []
+            for radius in BLUR_LEVELS:
+                group.append(len(tensors))
+                tensors.append(preprocess(img.filter(ImageFilter.GaussianBlur(radius)) if radius else img,
+                                          preprocess_spec))
+            groups.append(group)
+        self.x = np.stack(tensors).astype(np.float32)
+        self.batch_sizes, self.min_gap, self.n_photos = batch_sizes, min_gap, len(photos)
+        self.head = CompareHeadNP.from_npz(heads_npz)
+        q32, self.s32 = self._run(fp32_onnx, max(batch_sizes))
+        pairs = [pr for g in groups for pr in itertools.permutations(g, 2)]
+        self.i, self.j = map(np.asarray, zip(*pairs))
+        self.separated = np.abs(self.s32[self.i] - self.s32[self.j]) >= min_gap
+        self.v32 = self.head.all_pairs_probs(q32)[self.i, self.j].argmax(-1)
+
+    def _run(self, path: Path, bs: int) -> tuple[np.ndarray, np.ndarray]:
+        import onnxruntime as ort
+
+        from fgresq_sdk.backends.onnxruntime_backend import session_options
+
         sess = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
-        out = [sess.run(None, {"image": x[k:k + bs]}) for k in range(0, len(x), bs)]
+        out = [sess.run(None, {"image": self.x[k:k + bs]}) for k in range(0, len(self.x), bs)]
         return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
 
-    head = CompareHeadNP.from_npz(heads_npz)
-    q32, s32 = run(fp32_onnx, max(batch_sizes))
-    pairs = [pr for g in groups for pr in itertools.permutations(g, 2)]
-    i, j = map(np.asarray, zip(*pairs))
-    separated = np.abs(s32[i] - s32[j]) >= min_gap
-    v32 = head.all_pairs_probs(q32)[i, j].argmax(-1)
-    per_batch = {}
-    for bs in batch_sizes:
-        q8, s8 = run(int8_onnx, bs)
-        per_batch[str(bs)] = {
-            "max_abs_dscore": round(float(np.max(np.abs(s8 - s32))), 5),
-            "mean_abs_dscore": round(float(np.mean(np.abs(s8 - s32))), 6),
-            "pair_order_agreement": (round(float(((s32[i] > s32[j]) == (s8[i] > s8[j]))[separated].mean()), 5)
-                                     if separated.any() else None),
-            "verdict_agreement": round(float((head.all_pairs_probs(q8)[i, j].argmax(-1) == v32).mean()), 5)}
-    return {"images": len(x), "photos": len(photos), "blur_radii": list(BLUR_LEVELS), "pairs": len(pairs),
-            "pairs_separated": int(separated.sum()), "min_gap": min_gap, "by_batch_size": per_batch}
+    def __call__(self, int8_onnx: Path) -> dict:
+        i, j, s32, separated = self.i, self.j, self.s32, self.separated
+        per_batch = {}
+        for bs in self.batch_sizes:
+            q8, s8 = self._run(int8_onnx, bs)
+            per_batch[str(bs)] = {
+                "max_abs_dscore": round(float(np.max(np.abs(s8 - s32))), 5),
+                "mean_abs_dscore": round(float(np.mean(np.abs(s8 - s32))), 6),
+                "pair_order_agreement": (round(float(((s32[i] > s32[j]) == (s8[i] > s8[j]))[separated].mean()), 5)
+                                         if separated.any() else None),
+                "verdict_agreement": round(float((self.head.all_pairs_probs(q8)[i, j].argmax(-1) == self.v32).mean()),
+                                           5)}
+        return {"images": len(self.x), "photos": self.n_photos, "blur_radii": list(BLUR_LEVELS), "pairs": len(i),
+                "pairs_separated": int(separated.sum()), "min_gap": self.min_gap, "by_batch_size": per_batch}
 
 
 def quantize_bundle(src: str | Path, out: str | Path, *, per_channel: bool = True, force: bool = False,
@@ -174,31 +186,38 @@ def quantize_bundle(src: str | Path, out: str | Path, *, per_channel: bool = Tru
         import onnxruntime
 
         graph = onnx.load(str(src_onnx), load_external_data=False)
+
+        def quantize(rung: str, towers: tuple[str, ...]) -> None:
+            keep = _nodes_to_keep_fp32(graph, towers)
+            logging.disable(logging.WARNING)  # the quantizer's advice on the root logger is not for our users
+            try:
+                quantize_dynamic(str(src_onnx), str(dst_onnx), weight_type=QuantType.QInt8, per_channel=per_channel,
+                                 reduce_range=True, op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=keep,
+                                 extra_options={"MatMulConstBOnly": True})
+            finally:
+                logging.disable(logging.NOTSET)
+            details.update(fp32_nodes=len(keep), fp32_rung=rung)
+
+        if not validate:
+            quantize(*FP32_RUNGS[0])
+            details["validation"] = None
+            return
         with tempfile.TemporaryDirectory(prefix="fgresq-int8-") as td:
-            photos, where = (_validation_images(None if calibration is None else Path(calibration),
-                                                validation_photos, Path(td)) if validate else (None, None))
-            for rung, towers in FP32_RUNGS if validate else FP32_RUNGS[:1]:
-                keep = _nodes_to_keep_fp32(graph, towers)
-                logging.disable(logging.WARNING)  # the quantizer's advice on the root logger is not for our users
-                try:
-                    quantize_dynamic(str(src_onnx), str(dst_onnx), weight_type=QuantType.QInt8,
-                                     per_channel=per_channel, reduce_range=True, op_types_to_quantize=QUANTIZED_OPS,
-                                     nodes_to_exclude=keep, extra_options={"MatMulConstBOnly": True})
-                finally:
-                    logging.disable(logging.NOTSET)
-                details.update(fp32_nodes=len(keep), fp32_rung=rung)
-                if not validate:
-                    details["validation"] = None
-                    return
-                result = validate_int8(src_onnx, dst_onnx, source.preprocess, source.read("heads"), photos)
-                if _worst_delta(result) <= MAX_SCORE_DELTA:
-                    break
+            photos, where = _validation_images(None if calibration is None else Path(calibration),
+                                               validation_photos, Path(td))
+            measure = Int8Validation(src_onnx, source.preprocess, source.read("heads"), photos)
+        for rung, towers in FP32_RUNGS:
+            quantize(rung, towers)
+            result = measure(dst_onnx)
+            meets = _worst_delta(result) <= MAX_SCORE_DELTA
+            if meets:
+                break
         details["calibration"] = {"source": where, "used_for": "validation (dynamic quantization needs no "
                                   "calibration data)"}
         details["validation"] = {"cpu": cpu_model(), "isa": cpu_isa(), "onnxruntime": onnxruntime.__version__,
                                  "reference": "fp32 encoder of the source bundle, ONNX Runtime",
                                  "max_abs_dscore_bound": MAX_SCORE_DELTA,
-                                 "meets_bound": _worst_delta(result) <= MAX_SCORE_DELTA, **result}
+                                 "meets_bound": meets, **result}
 
     details = {"method": "onnxruntime dynamic", "ops": QUANTIZED_OPS,
                "weights": ("int8 per-channel" if per_channel else "int8 per-tensor") + ", reduce_range (7-bit)",

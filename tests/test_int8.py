@@ -93,9 +93,16 @@ def test_validation_keeps_the_fastest_rung_that_meets_the_bound(monkeypatch, tmp
     from fgresq_sdk.export import quantize
 
     deltas = iter([0.02, 0.004])
-    monkeypatch.setattr(quantize, "validate_int8", lambda *a, **k: {"by_batch_size": {"1": {
-        "max_abs_dscore": next(deltas), "mean_abs_dscore": 0.001, "pair_order_agreement": 1.0,
-        "verdict_agreement": 1.0}}})
+
+    class Measured:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __call__(self, int8_onnx):
+            return {"by_batch_size": {"1": {"max_abs_dscore": next(deltas), "mean_abs_dscore": 0.001,
+                                            "pair_order_agreement": 1.0, "verdict_agreement": 1.0}}}
+
+    monkeypatch.setattr(quantize, "Int8Validation", Measured)
     out = quantize.quantize_bundle(default_bundle_path(), tmp_path / "b")
     q = load_bundle(out).manifest["quantization"]
     assert q["fp32_rung"] == "image-attention-in" and q["validation"]["meets_bound"]
