@@ -544,9 +544,12 @@ _MIXES = (
 )
 
 
-def _make_mixture(rng: np.random.Generator, size: int) -> Degrade:
+def _make_mixture(rng: np.random.Generator, size: int, makers: dict | None = None) -> Degrade:
+    """A seeded combination of `makers`' single-task degradations (default: the version-1 ones), each at a
+    seeded share of the strength."""
+    makers = _MAKERS if makers is None else makers
     combo = _MIXES[rng.integers(len(_MIXES))]
-    parts = [(_MAKERS[t](rng, size), rng.uniform(0.6, 0.9)) for t in combo]
+    parts = [(makers[t](rng, size), rng.uniform(0.6, 0.9)) for t in combo]
 
     def f(x: np.ndarray, s: float) -> np.ndarray:
         for g, wgt in parts:
@@ -565,14 +568,7 @@ def degrader(task: str, content_id: str, seed: int, size: int, version: int = 1)
     rng = np.random.default_rng([seed, _crc(content_id), TASKS.index(task), 1])
     if version >= 2:
         if task == "mixture":
-            combo = _MIXES[rng.integers(len(_MIXES))]
-            parts = [(_MAKERS_V2[t](rng, size), rng.uniform(0.6, 0.9)) for t in combo]
-
-            def f(x: np.ndarray, s: float) -> np.ndarray:
-                for g, wgt in parts:
-                    x = g(x, s * wgt)
-                return x
-            return f
+            return _make_mixture(rng, size, _MAKERS_V2)
         return _MAKERS_V2[task](rng, size)
     return _MAKERS[task](rng, size)
 
