@@ -281,9 +281,9 @@ def test_interrupted_run_keeps_what_it_wrote_and_resume_completes(images, tiny_b
     (["batch", "x", "--out", "o", "--engine", "ray"], ("ray",), "ray", "batch --engine ray", "ray"),
 ])
 def test_batch_without_its_extra_names_it(tmp_path, argv, blocked, extra, command, missing):
-    from test_serve import runtime_only_code
+    from test_runtime_only import runtime_only_code
 
-    res = subprocess.run([sys.executable, "-c", runtime_only_code(blocked, argv)], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-c", runtime_only_code(argv, blocked)], capture_output=True, text=True,
                          cwd=tmp_path, timeout=120)
     assert res.returncode == 2 and res.stdout == "" and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines() == [

@@ -18,21 +18,34 @@ from fgresq_sdk.bundle import default_bundle_path
 from test_torch_free import BLOCKER as TORCH_BLOCKER
 
 BLOCKED_EXTRAS = ("onnx", "onnxscript", "scipy", "skimage", "tensorrt")
-BLOCKER = TORCH_BLOCKER + f'''
-class _BlockExtras(importlib.abc.MetaPathFinder):
+
+
+def block(packages) -> str:
+    """Interpreter code that makes the top-level `packages` unimportable (after test_torch_free's BLOCKER)."""
+    return f'''
+class _Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {BLOCKED_EXTRAS!r}:
+        if name.split(".")[0] in {tuple(packages)!r}:
             raise ImportError(f"{{name}} is blocked in this test")
         return None
-sys.meta_path.insert(0, _BlockExtras())
+sys.meta_path.insert(0, _Block())
 '''
+
+
+BLOCKER = TORCH_BLOCKER + block(BLOCKED_EXTRAS)
+
+
+def runtime_only_code(argv: list[str], also_blocked: tuple[str, ...] = ()) -> str:
+    """A fresh interpreter running `fgresq-sdk ARGV` with torch, the other extras and `also_blocked`
+    unimportable."""
+    return (BLOCKER + (block(also_blocked) if also_blocked else "")
+            + f"import sys\nfrom fgresq_sdk.cli import main\nsys.argv = ['fgresq-sdk'] + {argv!r}\nmain()\n")
 
 
 def run_runtime_only(args: list[str], cwd) -> subprocess.CompletedProcess:
     """`fgresq-sdk ARGS` (its console-script entry point) with every extra unimportable."""
-    code = BLOCKER + ("import sys\nfrom fgresq_sdk.cli import main\n"
-                      f"sys.argv = ['fgresq-sdk'] + {args!r}\nmain()\n")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=300)
+    res = subprocess.run([sys.executable, "-c", runtime_only_code(args)], capture_output=True, text=True, cwd=cwd,
+                         timeout=300)
     assert "Traceback" not in res.stdout + res.stderr, res.stderr
     return res
 

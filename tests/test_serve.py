@@ -507,25 +507,10 @@ def test_tensorrt_plan_config_validates(tiny_bundle):
 
 
 # -- without the extra ------------------------------------------------------------------------------------
-def runtime_only_code(blocked: tuple[str, ...], argv: list[str]) -> str:
-    """A fresh interpreter running `fgresq-sdk ARGV` with torch, the other extras and `blocked` unimportable."""
-    from test_runtime_only import BLOCKER
-
-    return BLOCKER + f'''
-class _BlockMore(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {blocked!r}:
-            raise ImportError(f"{{name}} is blocked in this test")
-        return None
-sys.meta_path.insert(0, _BlockMore())
-from fgresq_sdk.cli import main
-sys.argv = ["fgresq-sdk"] + {argv!r}
-main()
-'''
-
-
 def test_serve_without_the_extra_names_it(tmp_path):
-    code = runtime_only_code(("pytriton", "tritonclient"), ["serve"])
+    from test_runtime_only import runtime_only_code
+
+    code = runtime_only_code(["serve"], ("pytriton", "tritonclient"))
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert res.returncode == 2 and res.stdout == "" and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines() == [
