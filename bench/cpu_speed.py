@@ -1,10 +1,10 @@
 """CPU speed numbers of the README's Performance section, measured side by side in one run.
 
-  .venv/bin/python bench/cpu_speed.py --fp32 B16_DIR --int8 B16_INT8_DIR [--graph NAME=ONNX ...] --out F.json
+  .venv/bin/python bench/cpu_speed.py --fp32 B16_DIR --int8 B16_INT8_DIR [--int8 ...] [--graph NAME=ONNX ...] --out F.json
 
 1. model only: ONNX Runtime fp32 (the bundle's encoder, plus any --graph variants, e.g. an export-time fused
    graph) vs torch eager fp32 from the bundle's checkpoint, at batch 1 and 8, rounds interleaved;
-2. `fgresq-sdk score` of 30 photos (JPEG, 640×480), fp32 vs int8 bundle, wall time of the whole CLI process,
+2. `fgresq-sdk score` of 30 photos (JPEG, 640×480), fp32 vs each int8 bundle, wall time of the whole CLI process,
    runs alternating;
 3. start-up: `fgresq-sdk score` of one image, first call (a fresh user cache folder: bundle hashing, graph
    optimization and the optimized-graph cache written) vs second call (both caches warm); and, with the
@@ -82,15 +82,22 @@ def _cli(args: list[str], env: dict) -> float:
     return wall
 
 
-def cli_30(fp32: Path, int8: Path, photos: list[Path], rounds: int, env: dict) -> dict:
-    walls: dict[str, list[float]] = {"fp32": [], "int8": []}
-    for b in (fp32, int8):  # warm both caches (verification and optimized graph) first
+def cli_30(fp32: Path, int8: list[Path], photos: list[Path], rounds: int, env: dict) -> dict:
+    """fp32 against each int8 bundle (named by the fp32 rung it keeps), runs alternating."""
+    from fgresq_sdk.bundle import load_bundle
+
+    bundles = {"fp32": fp32}
+    for b in int8:
+        bundles[f"int8 {load_bundle(b).manifest.get('quantization', {}).get('fp32_rung', b.name)}"] = b
+    walls: dict[str, list[float]] = {name: [] for name in bundles}
+    for b in bundles.values():  # warm every cache (verification and optimized graph) first
         _cli(["score", str(photos[0]), "--model", str(b)], env)
     for _ in range(rounds):
-        for name, b in (("fp32", fp32), ("int8", int8)):
+        for name, b in bundles.items():
             walls[name].append(_cli(["score", *map(str, photos), "--model", str(b), "-f", "json"], env))
     med = {k: statistics.median(v) for k, v in walls.items()}
-    return {"images": len(photos), "wall_s": walls, "median_s": med, "int8_speedup": med["fp32"] / med["int8"]}
+    return {"images": len(photos), "wall_s": walls, "median_s": med,
+            "speedup_vs_fp32": {k: med["fp32"] / m for k, m in med.items() if k != "fp32"}}
 
 
 def startup(bundle: Path, image: Path, rounds: int, env: dict) -> dict:
@@ -112,7 +119,8 @@ def startup(bundle: Path, image: Path, rounds: int, env: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fp32", type=Path, required=True, help="fp32 bundle with a torch checkpoint (ViT-B/16)")
-    ap.add_argument("--int8", type=Path, required=True, help="its int8 bundle (export --format onnx-int8)")
+    ap.add_argument("--int8", type=Path, action="append", required=True,
+                    help="its int8 bundle (export --format onnx-int8); repeat to time several rungs side by side")
     ap.add_argument("--graph", action="append", default=[], help="NAME=ONNX: another encoder graph to time")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: model,cli,startup")

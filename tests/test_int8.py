@@ -68,8 +68,10 @@ def test_int8_keeps_fp32_decisions_on_the_default_model(int8_default, batch):
 
 
 
-def _in_projections(bundle_dir) -> dict[str, str]:
-    """Attention in-projection node → op type per tower ("MatMul" fp32, "MatMulInteger" int8)."""
+def _in_projections(bundle_dir) -> dict[tuple[str, int], set[str]]:
+    """Attention in-projection op types per (tower, block): "MatMul" fp32, "MatMulInteger" int8."""
+    import re
+
     import onnx
 
     from fgresq_sdk.export.quantize import ATTENTION_IN
@@ -79,20 +81,20 @@ def _in_projections(bundle_dir) -> dict[str, str]:
     for n in graph.graph.node:
         name = n.name.removesuffix("_quant")  # the quantizer's name for the int8 replacement
         if name.endswith(ATTENTION_IN) and n.op_type in ("MatMul", "MatMulInteger"):
-            tower = n.name.split("/")[1]
-            ops.setdefault(tower, set()).add(n.op_type)
+            key = (n.name.split("/")[1], int(re.search(r"/resblocks\.(\d+)/", n.name).group(1)))
+            ops.setdefault(key, set()).add(n.op_type)
     return ops
 
 
 @needs_torch
 def test_validation_keeps_the_fastest_rung_that_meets_the_bound(monkeypatch, tmp_path):
-    """The ladder: every tower weight int8 first; when validation misses the bound, the image tower's
-    in-projections go fp32, and that rung is kept once it meets it (validation results stubbed here, the
-    quantization and graphs are real)."""
+    """The ladder: every tower weight int8 first; while validation misses the bound, the image tower's first
+    1, 2… blocks keep their in-projections fp32, and the first rung that meets it is kept (validation results
+    stubbed here, the quantization and graphs are real)."""
     from fgresq_sdk.bundle import default_bundle_path, load_bundle
     from fgresq_sdk.export import quantize
 
-    deltas = iter([0.02, 0.004])
+    deltas = iter([0.02, 0.015, 0.004])
 
     class Measured:
         def __init__(self, *args, **kwargs):
@@ -105,10 +107,15 @@ def test_validation_keeps_the_fastest_rung_that_meets_the_bound(monkeypatch, tmp
     monkeypatch.setattr(quantize, "Int8Validation", Measured)
     out = quantize.quantize_bundle(default_bundle_path(), tmp_path / "b")
     q = load_bundle(out).manifest["quantization"]
-    assert q["fp32_rung"] == "image-attention-in" and q["validation"]["meets_bound"]
+    assert q["fp32_rung"] == "image-attention-in:2" and q["validation"]["meets_bound"]
+    assert [t["rung"] for t in q["validation"]["rungs_tried"]] == ["none", "image-attention-in:1",
+                                                                   "image-attention-in:2"]
     ops = _in_projections(out)
-    # image tower: q/k/v projection fp32 (its QKᵀ/AV products are fp32 in every rung); degradation tower: int8
-    assert ops["image_tower"] == {"MatMul"} and "MatMulInteger" in ops["degradation_tower"]
+    layers = load_bundle(out).config["vision_cfg"]["layers"]
+    assert layers > 2 and len(ops) == 2 * layers
+    # image tower blocks 0 and 1: q/k/v projection fp32 (QKᵀ/AV products are fp32 in every rung); the rest int8
+    for (tower, block), kinds in ops.items():
+        assert kinds == ({"MatMul"} if tower == "image_tower" and block < 2 else {"MatMulInteger"}), (tower, block)
     fast = quantize.quantize_bundle(default_bundle_path(), tmp_path / "fast", validate=False)
     assert load_bundle(fast).manifest["quantization"]["fp32_rung"] == "none"
-    assert "MatMulInteger" in _in_projections(fast)["image_tower"]
+    assert all(kinds == {"MatMulInteger"} for kinds in _in_projections(fast).values())

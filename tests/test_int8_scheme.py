@@ -77,8 +77,14 @@ def test_int8_manifest_records_scheme_photos_cpu_and_accuracy(int8_bundle):
     # the fp32 rung kept is the first that met the bound, or the last one tried (and then it says so)
     worst = max(r["max_abs_dscore"] for r in v["by_batch_size"].values())
     assert v["max_abs_dscore_bound"] == 0.01 and v["meets_bound"] == (worst <= 0.01)
-    rungs = [name for name, _ in quantize.FP32_RUNGS]
+    import onnx
+
+    graph = onnx.load(str(default_bundle_path() / "encoder.onnx"), load_external_data=False)
+    rungs = [name for name, _ in quantize.fp32_rungs(graph)]
     assert q["fp32_rung"] in rungs and (v["meets_bound"] or q["fp32_rung"] == rungs[-1])
+    # every rung up to the one kept was measured, in the ladder's order
+    assert [t["rung"] for t in v["rungs_tried"]] == rungs[:rungs.index(q["fp32_rung"]) + 1]
+    assert v["rungs_tried"][-1]["max_abs_dscore"] == worst
     assert (v["photos"], v["images"], v["pairs"]) == (3, 15, 3 * 5 * 4)
     assert set(v["by_batch_size"]) == {"1", "8"}
     for res in v["by_batch_size"].values():
@@ -161,3 +167,36 @@ def test_a_bundle_that_misses_the_bound_escalates_and_says_so(monkeypatch, tmp_p
     fp32_in_proj = {n.name for n in graph.graph.node if n.op_type == "MatMul" and n.name.endswith("/attn/MatMul")}
     layers = load_bundle(out).config["vision_cfg"]["layers"]
     assert len(fp32_in_proj) == 2 * layers  # not replaced by MatMulInteger: both towers, every block
+
+
+def test_the_ladder_of_a_deep_tower_keeps_leading_blocks_fp32_first():
+    """A 12-block image tower (the paper's ViT-B/16): the image tower's first 1, 2, 4, 8 blocks, then all 12,
+    then both towers; each rung keeps exactly those in-projections (q/k/v apart, or one packed MatMul) fp32."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes, inits = [], []
+    for tower, packed in (("image_tower", False), ("degradation_tower", True)):
+        for b in range(12):
+            for proj in (["attn/MatMul"] if packed else ["attn/q/MatMul", "attn/k/MatMul", "attn/v/MatMul"]):
+                w = f"{tower}.{b}.{proj}.w"
+                inits.append(helper.make_tensor(w, TensorProto.FLOAT, [1, 1], [1.0]))
+                nodes.append(helper.make_node("MatMul", ["x", w], [w + ".out"],
+                                              name=f"/{tower}/transformer/resblocks.{b}/{proj}"))
+            nodes.append(helper.make_node("MatMul", ["x", "x"], [f"{tower}.{b}.qk"],
+                                          name=f"/{tower}/transformer/resblocks.{b}/attn/MatMul_1"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+                              [helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, [1, 1]) for n in nodes],
+                              initializer=inits)
+    model = helper.make_model(graph)
+    rungs = quantize.fp32_rungs(model)
+    assert [name for name, _ in rungs] == ["none", "image-attention-in:1", "image-attention-in:2",
+                                           "image-attention-in:4", "image-attention-in:8", "image-attention-in",
+                                           "attention-in"]
+    sizes = [len(in_proj) for _, in_proj in rungs]
+    assert sizes == [0, 3, 6, 12, 24, 36, 48]
+    four = rungs[3][1]
+    assert all(n.startswith("/image_tower/") and int(n.split("resblocks.")[1].split("/")[0]) < 4 for n in four)
+    keep = set(quantize._nodes_to_keep_fp32(model, four))
+    # the act×act products stay fp32 in every rung; the kept in-projections are exactly the rung's
+    assert {n.name for n in nodes if n.name.endswith("MatMul_1")} | four == keep
