@@ -316,6 +316,40 @@ def test_stage2_steps_lower_the_loss_on_a_fixed_batch(manifest_dir):
         assert torch.equal(v, deg[k])
 
 
+def test_fidelity_on_logit_compares_the_score_heads_logits(manifest_dir):
+    """fgresq.fidelity_on "logit": the scene loss is the fidelity of the head's logits (unbounded), not of
+    sigmoid(logit); the rank loss and the runtime score are unchanged. A bad value is refused at load."""
+    from torch.utils.data import default_collate
+
+    from fgresq_sdk.model import FGResQ
+    from fgresq_sdk.train.config import TrainError, load_train_config
+    from fgresq_sdk.train.datasets import PairDataset, TransformSpec
+    from fgresq_sdk.train.losses import scene_fidelity_loss
+    from fgresq_sdk.train.loop import set_seed
+    from fgresq_sdk.train.manifest import Manifest
+    from fgresq_sdk.train.stage2 import stage2_step
+
+    set_seed(0)
+    m = Manifest.load(manifest_dir)
+    model = FGResQ("fgresq-vit-tiny").eval()
+    with torch.no_grad():
+        model.head.weight.mul_(40.0)  # logits of a few units: sigmoid and logit fidelity clearly differ
+    ds = PairDataset(m, TransformSpec(224, 256, 224), train=False)
+    batch = default_collate([ds[k] for k, p in enumerate(ds.pairs) if m.images[p.a].scene == "s1"][:4])
+    with torch.no_grad():
+        by_score, by_logit = stage2_step(model, batch), stage2_step(model, batch, fidelity_on="logit")
+        logits = model.head(model.quality_features(torch.cat([batch["a"], batch["b"]]))).squeeze(-1)
+    scenes = torch.cat([torch.as_tensor(batch["scene"])] * 2)
+    ids = torch.cat([torch.as_tensor(batch["id_a"]), torch.as_tensor(batch["id_b"])])
+    expected = scene_fidelity_loss(logits, torch.cat([batch["mos_a"], batch["mos_b"]]), scenes, ids=ids)
+    assert float(by_logit["loss_scene"]) == pytest.approx(float(expected), abs=1e-6)
+    assert abs(float(by_logit["loss_scene"]) - float(by_score["loss_scene"])) > 1e-3
+    assert float(by_logit["loss_rank"]) == pytest.approx(float(by_score["loss_rank"]), abs=1e-6)
+    assert load_train_config({"fgresq": {"fidelity_on": "logit"}})["fgresq"]["fidelity_on"] == "logit"
+    with pytest.raises(TrainError, match="fidelity_on"):
+        load_train_config({"fgresq": {"fidelity_on": "probability"}})
+
+
 def _steps(log: Path) -> dict[tuple[str, int], float]:
     out = {}
     for line in log.read_text().splitlines():

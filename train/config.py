@@ -77,6 +77,12 @@ DEFAULTS: dict[str, Any] = {
         "lambda_rank": 1.0,
         "train_image_tower": True,    # False: image tower frozen too (heads/prompt only)
         "degradation_trainable_blocks": 0,  # > 0: also train the last N blocks of the degradation tower
+        # What the scene-aware fidelity loss compares: "score" = sigmoid(head), the paper's predicted score;
+        # "logit" = head before the sigmoid. Φ(Δ/√2) of two scores in [0, 1] never exceeds Φ(1/√2) = 0.76, so
+        # with "score" every ordered pair keeps pushing both images to the sigmoid's ends (saturated scores,
+        # ties at ~0.99); with "logit" a pair is done once its logits differ by a few units. The runtime
+        # score is sigmoid(k·logit) either way: the same order.
+        "fidelity_on": "score",
     },
 }
 _FREE_KEYS = {"description", "notes", "paper"}
@@ -129,6 +135,9 @@ def load_train_config(src: str | os.PathLike | dict | None) -> dict[str, Any]:
             raise TrainError(f"training config {src}: invalid JSON ({exc})") from None
     cfg = _merge(DEFAULTS, user)
     prompts = cfg["dfl"]["prompts"]
+    if cfg["fgresq"]["fidelity_on"] not in ("score", "logit"):
+        raise TrainError(f"training config: fgresq.fidelity_on must be 'score' or 'logit', "
+                         f"not {cfg['fgresq']['fidelity_on']!r}")
     missing = [t for t in TASKS if t not in prompts]
     if missing:
         raise TrainError(f"training config: dfl.prompts lacks a prompt for {', '.join(missing)}")

@@ -66,11 +66,14 @@ def freeze_for_stage2(model: nn.Module, train_image_tower: bool = True, degradat
     return train_mode
 
 
-def stage2_step(model, batch: dict, lambda_scene: float = 5.0, lambda_rank: float = 1.0) -> dict[str, Any]:
-    """One stage-2 forward: scores of both images of every pair, fidelity over all images, CE over pairs."""
+def stage2_step(model, batch: dict, lambda_scene: float = 5.0, lambda_rank: float = 1.0,
+                fidelity_on: str = "score") -> dict[str, Any]:
+    """One stage-2 forward: scores of both images of every pair, fidelity over all images, CE over pairs.
+
+    fidelity_on "logit": the fidelity loss sees the score head's logit instead of its sigmoid (config.py)."""
     n = batch["a"].shape[0]
     q = model.quality_features(torch.cat([batch["a"], batch["b"]]))
-    scores = model.score_from_features(q)
+    scores = model.head(q).squeeze(-1) if fidelity_on == "logit" else model.score_from_features(q)
     logits = model.compare_logits(q[:n], q[n:])
     scenes = torch.as_tensor(batch["scene"])
     out = stage2_loss(scores, torch.cat([batch["mos_a"], batch["mos_b"]]), torch.cat([scenes, scenes]),
@@ -146,11 +149,11 @@ def run_fgresq(model, train_m, tcfg: dict, stage_dir: Path, logger: JsonlLogger,
     logger.log("stage_start", stage="fgresq", start_epoch=start_epoch, epochs=epochs,
                steps_per_epoch=len(sampler), total_steps=total, n_train=len(dataset),
                n_trainable_params=count_trainable(model.parameters()), init=init)
-    lam1, lam2 = float(sc["lambda_scene"]), float(sc["lambda_rank"])
+    lam1, lam2, fidelity_on = float(sc["lambda_scene"]), float(sc["lambda_rank"]), sc["fidelity_on"]
     scene_names = {v: k for k, v in dataset.scene_index.items()}
 
     def step_fn(batch: dict) -> dict[str, Any]:
-        out = stage2_step(model, batch, lam1, lam2)
+        out = stage2_step(model, batch, lam1, lam2, fidelity_on)
         out["scene"] = scene_names[out["scene"]]
         return out
 
