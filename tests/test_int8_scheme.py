@@ -172,7 +172,6 @@ def test_a_bundle_that_misses_the_bound_escalates_and_says_so(monkeypatch, tmp_p
 def test_the_ladder_of_a_deep_tower_keeps_leading_blocks_fp32_first():
     """A 12-block image tower (the paper's ViT-B/16): the image tower's first 1, 2, 4, 8 blocks, then all 12,
     then both towers; each rung keeps exactly those in-projections (q/k/v apart, or one packed MatMul) fp32."""
-    import onnx
     from onnx import TensorProto, helper
 
     nodes, inits = [], []

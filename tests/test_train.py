@@ -316,9 +316,10 @@ def test_stage2_steps_lower_the_loss_on_a_fixed_batch(manifest_dir):
         assert torch.equal(v, deg[k])
 
 
-def test_fidelity_on_logit_compares_the_score_heads_logits(manifest_dir):
+def test_fidelity_options_change_what_the_scene_loss_compares(manifest_dir):
     """fgresq.fidelity_on "logit": the scene loss is the fidelity of the head's logits (unbounded), not of
-    sigmoid(logit); the rank loss and the runtime score are unchanged. A bad value is refused at load."""
+    sigmoid(logit); fidelity_groups "content": only images of one content are compared. The rank loss is
+    unchanged by either; bad values are refused at load."""
     from torch.utils.data import default_collate
 
     from fgresq_sdk.model import FGResQ
@@ -335,19 +336,32 @@ def test_fidelity_on_logit_compares_the_score_heads_logits(manifest_dir):
     with torch.no_grad():
         model.head.weight.mul_(40.0)  # logits of a few units: sigmoid and logit fidelity clearly differ
     ds = PairDataset(m, TransformSpec(224, 256, 224), train=False)
-    batch = default_collate([ds[k] for k, p in enumerate(ds.pairs) if m.images[p.a].scene == "s1"][:4])
+    chosen = [k for k, p in enumerate(ds.pairs) if m.images[p.a].scene == "s1"]
+    contents = [m.images[ds.pairs[k].a].content_id for k in chosen]
+    assert len(set(contents)) > 1, "the fixture's scene s1 should hold several contents"
+    batch = default_collate([ds[k] for k in chosen])
     with torch.no_grad():
         by_score, by_logit = stage2_step(model, batch), stage2_step(model, batch, fidelity_on="logit")
-        logits = model.head(model.quality_features(torch.cat([batch["a"], batch["b"]]))).squeeze(-1)
-    scenes = torch.cat([torch.as_tensor(batch["scene"])] * 2)
+        by_content = stage2_step(model, batch, fidelity_groups="content")
+        q = model.quality_features(torch.cat([batch["a"], batch["b"]]))
+        logits, scores = model.head(q).squeeze(-1), model.score_from_features(q)
+    mos = torch.cat([batch["mos_a"], batch["mos_b"]])
     ids = torch.cat([torch.as_tensor(batch["id_a"]), torch.as_tensor(batch["id_b"])])
-    expected = scene_fidelity_loss(logits, torch.cat([batch["mos_a"], batch["mos_b"]]), scenes, ids=ids)
+    scenes = ["s1"] * len(ids)
+    expected = scene_fidelity_loss(logits, mos, scenes, ids=ids)
     assert float(by_logit["loss_scene"]) == pytest.approx(float(expected), abs=1e-6)
     assert abs(float(by_logit["loss_scene"]) - float(by_score["loss_scene"])) > 1e-3
-    assert float(by_logit["loss_rank"]) == pytest.approx(float(by_score["loss_rank"]), abs=1e-6)
-    assert load_train_config({"fgresq": {"fidelity_on": "logit"}})["fgresq"]["fidelity_on"] == "logit"
+    per_content = scene_fidelity_loss(scores, mos, contents + contents, ids=ids)  # groups from the manifest
+    assert float(by_content["loss_scene"]) == pytest.approx(float(per_content), abs=1e-6)
+    assert abs(float(by_content["loss_scene"]) - float(by_score["loss_scene"])) > 1e-4
+    for out in (by_logit, by_content):
+        assert float(out["loss_rank"]) == pytest.approx(float(by_score["loss_rank"]), abs=1e-6)
+    cfg = load_train_config({"fgresq": {"fidelity_on": "logit", "fidelity_groups": "content"}})["fgresq"]
+    assert (cfg["fidelity_on"], cfg["fidelity_groups"]) == ("logit", "content")
     with pytest.raises(TrainError, match="fidelity_on"):
         load_train_config({"fgresq": {"fidelity_on": "probability"}})
+    with pytest.raises(TrainError, match="fidelity_groups"):
+        load_train_config({"fgresq": {"fidelity_groups": "photo"}})
 
 
 def _steps(log: Path) -> dict[tuple[str, int], float]:

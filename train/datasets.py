@@ -151,6 +151,7 @@ class _Base(Dataset):
         self.image_ids = sorted(manifest.images)
         self.image_index = {k: i for i, k in enumerate(self.image_ids)}
         self.scene_index = scene_codes(manifest)
+        self.content_index = {c: i for i, c in enumerate(sorted({r.content_id for r in manifest.images.values()}))}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -207,6 +208,7 @@ class PairDataset(_Base):
             "mos_a": torch.tensor(float(ra.mos), dtype=torch.float32),
             "mos_b": torch.tensor(float(rb.mos), dtype=torch.float32),
             "scene": self.scene_index[ra.scene],
+            "content": self.content_index[ra.content_id],
             "label": LABEL_INDEX[p.label],
             "id_a": self.image_index[p.a], "id_b": self.image_index[p.b],
             "index": k,

@@ -86,7 +86,7 @@ def _dep5(path: Path) -> list[tuple[list[str], str]]:
     """(file patterns, licence) stanzas of a DEP-5 copyright file, in order."""
     if not path.is_file():
         return []
-    out, files, lic = [], None, None
+    out = []
     for para in re.split(r"\n\s*\n", path.read_text(errors="replace")):
         m_f = re.search(r"^Files:\s*(.+(?:\n\s+.+)*)", para, re.M)
         m_l = re.search(r"^License:\s*(.+)", para, re.M)

@@ -67,16 +67,20 @@ def freeze_for_stage2(model: nn.Module, train_image_tower: bool = True, degradat
 
 
 def stage2_step(model, batch: dict, lambda_scene: float = 5.0, lambda_rank: float = 1.0,
-                fidelity_on: str = "score") -> dict[str, Any]:
+                fidelity_on: str = "score", fidelity_groups: str = "scene") -> dict[str, Any]:
     """One stage-2 forward: scores of both images of every pair, fidelity over all images, CE over pairs.
 
-    fidelity_on "logit": the fidelity loss sees the score head's logit instead of its sigmoid (config.py)."""
+    fidelity_on "logit": the fidelity loss sees the score head's logit instead of its sigmoid;
+    fidelity_groups "content": it compares images of one content (and scene) only (config.py)."""
     n = batch["a"].shape[0]
     q = model.quality_features(torch.cat([batch["a"], batch["b"]]))
     scores = model.head(q).squeeze(-1) if fidelity_on == "logit" else model.score_from_features(q)
     logits = model.compare_logits(q[:n], q[n:])
     scenes = torch.as_tensor(batch["scene"])
-    out = stage2_loss(scores, torch.cat([batch["mos_a"], batch["mos_b"]]), torch.cat([scenes, scenes]),
+    groups = scenes
+    if fidelity_groups == "content":  # one code per (scene, content); a pair's two images share both
+        groups = scenes * (int(torch.as_tensor(batch["content"]).max()) + 1) + torch.as_tensor(batch["content"])
+    out = stage2_loss(scores, torch.cat([batch["mos_a"], batch["mos_b"]]), torch.cat([groups, groups]),
                       logits, torch.as_tensor(batch["label"]), lambda_scene, lambda_rank,
                       ids=torch.cat([torch.as_tensor(batch["id_a"]), torch.as_tensor(batch["id_b"])]))
     out["pairs"] = int(n)
@@ -149,11 +153,12 @@ def run_fgresq(model, train_m, tcfg: dict, stage_dir: Path, logger: JsonlLogger,
     logger.log("stage_start", stage="fgresq", start_epoch=start_epoch, epochs=epochs,
                steps_per_epoch=len(sampler), total_steps=total, n_train=len(dataset),
                n_trainable_params=count_trainable(model.parameters()), init=init)
-    lam1, lam2, fidelity_on = float(sc["lambda_scene"]), float(sc["lambda_rank"]), sc["fidelity_on"]
+    lam1, lam2 = float(sc["lambda_scene"]), float(sc["lambda_rank"])
+    fidelity = {"fidelity_on": sc["fidelity_on"], "fidelity_groups": sc["fidelity_groups"]}
     scene_names = {v: k for k, v in dataset.scene_index.items()}
 
     def step_fn(batch: dict) -> dict[str, Any]:
-        out = stage2_step(model, batch, lam1, lam2, fidelity_on)
+        out = stage2_step(model, batch, lam1, lam2, **fidelity)
         out["scene"] = scene_names[out["scene"]]
         return out
 
