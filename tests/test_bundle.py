@@ -284,18 +284,25 @@ def test_interrupt_during_the_swap_leaves_the_new_bundle(tmp_path, monkeypatch, 
     _write_tiny(out, "old")
     real_rename, real_exchange = os.rename, staging._exchange
 
+    # Ctrl-C as a user's shell delivers it, whatever an earlier test in this process installed; raised in this
+    # thread (a process-directed kill may land on a library's native thread and be handled later).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+
     def rename(a, b):
-        os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C between the two steps
+        signal.raise_signal(signal.SIGINT)  # a Ctrl-C between the two steps
         return real_rename(a, b)
 
     def exch(a, b):
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
         return real_exchange(a, b) if exchange else False
 
     monkeypatch.setattr(staging, "_exchange", exch)
     monkeypatch.setattr(staging.os, "rename", rename)
-    with pytest.raises(KeyboardInterrupt):
-        _write_tiny(out, "new")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _write_tiny(out, "new")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     monkeypatch.undo()
     assert (out / "encoder.onnx").read_text() == "new"
     assert (out / "model.json").is_file()
