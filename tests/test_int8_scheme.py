@@ -199,3 +199,14 @@ def test_the_ladder_of_a_deep_tower_keeps_leading_blocks_fp32_first():
     keep = set(quantize._nodes_to_keep_fp32(model, four))
     # the act×act products stay fp32 in every rung; the kept in-projections are exactly the rung's
     assert {n.name for n in nodes if n.name.endswith("MatMul_1")} | four == keep
+
+
+def test_a_graph_without_attention_blocks_has_one_rung():
+    """CNN towers have no in-projections: every rung would be the same graph, so only `none` is tried."""
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [1, 1], [1.0])
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="/image_tower/layer1/conv/MatMul")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])], initializer=[w])
+    assert quantize.fp32_rungs(helper.make_model(graph)) == [("none", frozenset())]
