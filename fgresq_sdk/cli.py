@@ -480,9 +480,10 @@ def export_cmd(
                                                 "timing cache file, reused and updated across builds."),
     device: str = typer.Option("cuda", "--device", help=f"{formats.owners('device')}: GPU to build on."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help=f"{formats.owners('calibration')}: a "
-                                               "folder of photos to validate int8 against fp32 on (default: "
-                                               "synthetic photos); the result, this CPU and the photos' source "
-                                               "go into model.json."),
+                                               "folder of photos (the first 24 by name) to validate int8 against "
+                                               "fp32 on and choose which attention weights stay fp32 (default: "
+                                               "synthetic photos, which understate the error on real ones); the "
+                                               "result, this CPU and the photos' source go into model.json."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty output folder."),
     max_batch_size: int = typer.Option(32, "--max-batch-size", min=1, help=f"{formats.owners('max_batch_size')}: "
                                        "max_batch_size of the generated Triton configs."),

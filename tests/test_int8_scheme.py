@@ -210,3 +210,13 @@ def test_a_graph_without_attention_blocks_has_one_rung():
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])], initializer=[w])
     assert quantize.fp32_rungs(helper.make_model(graph)) == [("none", frozenset())]
+
+
+def test_export_help_names_the_number_of_validation_photos():
+    import typer
+
+    from fgresq_sdk.cli import app
+
+    export = typer.main.get_command(app).commands["export"]
+    help_text = next(p.help for p in export.params if p.name == "calibration")
+    assert f"the first {quantize.VALIDATION_PHOTOS} by name" in help_text
