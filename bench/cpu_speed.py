@@ -88,7 +88,8 @@ def cli_30(fp32: Path, int8: list[Path], photos: list[Path], rounds: int, env: d
 
     bundles = {"fp32": fp32}
     for b in int8:
-        bundles[f"int8 {load_bundle(b).manifest.get('quantization', {}).get('fp32_rung', b.name)}"] = b
+        name = f"int8 {load_bundle(b).manifest.get('quantization', {}).get('fp32_rung', b.name)}"
+        bundles[name if name not in bundles else f"{name} ({b})"] = b  # two bundles of one rung both run
     walls: dict[str, list[float]] = {name: [] for name in bundles}
     for b in bundles.values():  # warm every cache (verification and optimized graph) first
         _cli(["score", str(photos[0]), "--model", str(b)], env)

@@ -232,8 +232,9 @@ def quantize_bundle(src: str | Path, out: str | Path, *, per_channel: bool = Tru
                 logging.disable(logging.NOTSET)
             details.update(fp32_nodes=len(keep), fp32_rung=rung)
 
+        rungs = fp32_rungs(graph)
         if not validate:
-            quantize("none", frozenset())
+            quantize(*rungs[0])
             details["validation"] = None
             return
         with tempfile.TemporaryDirectory(prefix="fgresq-int8-") as td:
@@ -241,11 +242,12 @@ def quantize_bundle(src: str | Path, out: str | Path, *, per_channel: bool = Tru
                                                validation_photos, Path(td))
             measure = Int8Validation(src_onnx, source.preprocess, source.read("heads"), photos)
         tried = []
-        for rung, in_proj in fp32_rungs(graph):
+        for rung, in_proj in rungs:
             quantize(rung, in_proj)
             result = measure(dst_onnx)
-            meets = _worst_delta(result) <= MAX_SCORE_DELTA
-            tried.append({"rung": rung, "max_abs_dscore": _worst_delta(result)})
+            worst = _worst_delta(result)
+            tried.append({"rung": rung, "max_abs_dscore": worst})
+            meets = worst <= MAX_SCORE_DELTA
             if meets:
                 break
         details["calibration"] = {"source": where, "used_for": "validation (dynamic quantization needs no "

@@ -91,6 +91,8 @@ DEFAULTS: dict[str, Any] = {
         "fidelity_groups": "scene",
     },
 }
+# Stage-2 keys that take one of a few words (the first is the default above).
+FGRESQ_CHOICES = {"fidelity_on": ("score", "logit"), "fidelity_groups": ("scene", "content")}
 _FREE_KEYS = {"description", "notes", "paper"}
 
 class TrainError(RuntimeError):
@@ -141,12 +143,10 @@ def load_train_config(src: str | os.PathLike | dict | None) -> dict[str, Any]:
             raise TrainError(f"training config {src}: invalid JSON ({exc})") from None
     cfg = _merge(DEFAULTS, user)
     prompts = cfg["dfl"]["prompts"]
-    if cfg["fgresq"]["fidelity_on"] not in ("score", "logit"):
-        raise TrainError(f"training config: fgresq.fidelity_on must be 'score' or 'logit', "
-                         f"not {cfg['fgresq']['fidelity_on']!r}")
-    if cfg["fgresq"]["fidelity_groups"] not in ("scene", "content"):
-        raise TrainError(f"training config: fgresq.fidelity_groups must be 'scene' or 'content', "
-                         f"not {cfg['fgresq']['fidelity_groups']!r}")
+    for key, allowed in FGRESQ_CHOICES.items():
+        if cfg["fgresq"][key] not in allowed:
+            raise TrainError(f"training config: fgresq.{key} must be "
+                             f"{' or '.join(map(repr, allowed))}, not {cfg['fgresq'][key]!r}")
     missing = [t for t in TASKS if t not in prompts]
     if missing:
         raise TrainError(f"training config: dfl.prompts lacks a prompt for {', '.join(missing)}")
