@@ -61,6 +61,8 @@ def feature_dim(cfg: dict[str, Any]) -> int:
     attention-pool output (embed_dim), as open_clip's ModifiedResNet has no pre-projection pooled token.
     """
     vc = cfg["vision_cfg"]
+    if vc.get("kind") == "conv-stats":  # model.ConvStatsTower: pooled statistics projected to width
+        return int(vc["width"])
     if isinstance(vc.get("layers"), (list, tuple)):
         return int(cfg["embed_dim"])
     return int(vc["width"])

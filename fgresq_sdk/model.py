@@ -4,8 +4,8 @@ FGResQ (Fine-grained Image Quality Assessment for Perceptual Image Restoration) 
 CLIP image towers of the same shape: the image encoder (official name `clip_model`) and the degradation
 encoder (`task_cls_clip`, trained first to recognise the restoration task). The degradation features
 steer a learnable prompt into a quality-aware vector; a regression head scores one image and a 3-way
-head compares two. Towers are open_clip's, so any open_clip image tower (ViT or ModifiedResNet) fits
-behind the same prompt and heads.
+head compares two. Towers are open_clip's (ViT or ModifiedResNet) or our small conv-stats tower; any of them
+fits behind the same prompt and heads.
 """
 from __future__ import annotations
 
@@ -23,12 +23,47 @@ from .config import feature_dim, load_config
 CHECKPOINT_FORMAT = "fgresq-checkpoint-v1"
 
 
+class ConvStatsTower(nn.Module):
+    """A convolutional image tower for training from scratch on a few thousand images.
+
+    Blur, noise, ringing and over-smoothing live in the finest pixels; a ViT's 16-px patch embedding and a
+    ResNet stem see them only after a stride. Here every layer is a 3×3 convolution (the first at full
+    resolution), and the image is summarised by the mean and the standard deviation of every channel over all
+    positions: the statistics classical no-reference metrics pool, and ones that do not depend on where the
+    content sits. A linear layer maps them to `width` (the feature the heads read); `proj` maps that into the
+    joint space for stage 1, as a ViT tower's CLIP projection does.
+    """
+
+    def __init__(self, channels: list[int], strides: list[int], width: int, embed_dim: int):
+        super().__init__()
+        if len(channels) != len(strides) or not channels:
+            raise ValueError("conv-stats tower: 'channels' and 'strides' need one entry per layer")
+        layers: list[nn.Module] = []
+        c_in = 3
+        for c_out, stride in zip(channels, strides):
+            layers += [nn.Conv2d(c_in, int(c_out), 3, stride=int(stride), padding=1), nn.GELU()]
+            c_in = int(c_out)
+        self.features = nn.Sequential(*layers)
+        self.pool_proj = nn.Linear(2 * c_in, width)
+        self.proj = nn.Parameter(torch.randn(width, embed_dim) * width ** -0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.features(x)
+        mean = y.mean(dim=(2, 3))
+        std = torch.sqrt((y - mean[:, :, None, None]).pow(2).mean(dim=(2, 3)) + 1e-6)
+        out = self.pool_proj(torch.cat([mean, std], dim=1))
+        return out if self.proj is None else out @ self.proj
+
+
 def build_image_tower(cfg: dict[str, Any]) -> nn.Module:
-    """An open_clip image tower whose forward returns the pooled feature the heads read."""
+    """The image tower the config names: our conv-stats tower, or an open_clip tower (ViT or ModifiedResNet);
+    its forward returns the pooled feature the heads read."""
+    vc = dict(cfg["vision_cfg"])
+    if vc.get("kind") == "conv-stats":
+        return ConvStatsTower(vc["channels"], vc["strides"], int(vc["width"]), int(cfg["embed_dim"]))
     from open_clip.model import _build_vision_tower
 
-    tower = _build_vision_tower(cfg["embed_dim"], dict(cfg["vision_cfg"]), quick_gelu=cfg.get("quick_gelu", False))
-    return tower
+    return _build_vision_tower(cfg["embed_dim"], vc, quick_gelu=cfg.get("quick_gelu", False))
 
 
 def build_text_tower(cfg: dict[str, Any]) -> nn.Module:

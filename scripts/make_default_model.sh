@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Reproduce the embedded default model (README "Embedded default model"): clean photos from scikit-image and
 # Debian wallpaper packages (apt-get download, catalogued with licences), split by photo into fit/val/test
-# (train/data/split.json), synthetic FGRestore-style data with degradations v2 (several implementations per
-# task) and hard negatives, two-stage training of fgresq-compact-vit (train/configs/default-compact-v2.json),
+# (train/data/split.json), synthetic FGRestore-style data (training: degradations v1 + hard negatives; val and
+# test: degradations v2, several implementations per task), two-stage training of fgresq-compact-cnn
+# (train/configs/default-compact-v6.json),
 # epoch selection on the val photos, the held-out test evaluation, and the bundle copied into
 # fgresq_sdk/default_model/. Budget: <= 90 min on 2 CPU cores (measured: see README).
 #   bash scripts/make_default_model.sh [WORK_DIR]
@@ -18,26 +19,21 @@ $PY -m fgresq_sdk.train.make_split --catalog "$WORK/photos.json" --out "$WORK/sp
 cmp <($PY -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["split"], sort_keys=True))' "$WORK/split.json") \
     <($PY -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["split"], sort_keys=True))' train/data/split.json) \
     || { echo "photo split differs from train/data/split.json (package versions changed?)" >&2; exit 1; }
-# 2. data: fit (2 crops per photo, hard negatives), val (1 crop), test (2 crops, no hard negatives: the
-#    evaluation makes its own junk from every clean reference)
-common=(--source skimage --catalog "$WORK/photos.json" --split-file train/data/split.json --degradations 2)
-$PY -m fgresq_sdk.train.synthetic --out "$WORK/v2-fit" "${common[@]}" --junk --photo-split fit --crops-per-photo 2 --seed 0
-$PY -m fgresq_sdk.train.synthetic --out "$WORK/v2-val" "${common[@]}" --junk --photo-split val --crops-per-photo 1 --seed 2
-$PY -m fgresq_sdk.train.synthetic --out "$WORK/v2-test" "${common[@]}" --photo-split test --crops-per-photo 2 --seed 1
-# 3. training (stage 1 DFL, stage 2 FGResQ; val metrics logged every epoch) on the CPU-budget subset: the
-#    centre crop (~c0) of every fit photo and a seeded half of its pairs (the ~c1 crops are kept for longer runs)
-$PY -m fgresq_sdk.train.subset --src "$WORK/v2-fit" --out "$WORK/v2-fit-s" --crops 0 --pair-fraction 0.5 --seed 0
-.venv/bin/fgresq-sdk train --config train/configs/default-compact-v2.json --manifest "$WORK/v2-fit-s" \
-    --val-manifest "$WORK/v2-val" --out "$WORK/run-v2" --threads 2 --no-progress
-#    second stage-2 cycle (warm restart from the first cycle's final model) on a different, seeded 35 % of the
-#    pairs of both crops of every fit photo
-$PY -m fgresq_sdk.train.subset --src "$WORK/v2-fit" --out "$WORK/v2-fit-s2" --crops 0,1 --pair-fraction 0.35 --seed 1
-mkdir -p "$WORK/run-v2b" && cp -r "$WORK/run-v2/dfl" "$WORK/run-v2b/"
-.venv/bin/fgresq-sdk train --config train/configs/default-compact-v2.json --manifest "$WORK/v2-fit-s2" \
-    --val-manifest "$WORK/v2-val" --out "$WORK/run-v2b" --threads 2 --no-progress --stage fgresq --resume \
-    --init-checkpoint "$WORK/run-v2/model.safetensors"
+# 2. data: fit = the v1 degradation generator (one implementation per task) with hard negatives on the fit
+#    photos at 6 crops each; val (1 crop) and test (2 crops, no hard negatives: the evaluation makes its own junk
+#    from every clean reference) use the v2 generators (several implementations per task), so selection and the
+#    held-out test see degradations the model was not trained on
+common=(--source skimage --catalog "$WORK/photos.json" --split-file train/data/split.json)
+$PY -m fgresq_sdk.train.synthetic --out "$WORK/v6-fit" "${common[@]}" --degradations 1 --junk --photo-split fit --crops-per-photo 6 --seed 0
+$PY -m fgresq_sdk.train.synthetic --out "$WORK/v2-val" "${common[@]}" --degradations 2 --junk --photo-split val --crops-per-photo 1 --seed 2
+$PY -m fgresq_sdk.train.synthetic --out "$WORK/v2-test" "${common[@]}" --degradations 2 --photo-split test --crops-per-photo 2 --seed 1
+# 3. training (stage 1 DFL, stage 2 FGResQ; val metrics logged every epoch) on the CPU-budget subset: a seeded
+#    quarter of the ranked pairs (the 'similar' pairs left out: train/subset.py) of every crop of every fit photo
+$PY -m fgresq_sdk.train.subset --src "$WORK/v6-fit" --out "$WORK/v6-fit-s" --crops 0,1,2,3,4,5 --pair-fraction 0.25 --ranked-only --seed 0
+.venv/bin/fgresq-sdk train --config train/configs/default-compact-v6.json --manifest "$WORK/v6-fit-s" \
+    --val-manifest "$WORK/v2-val" --out "$WORK/run-v6" --threads 2 --no-progress
 # 4. the stage-2 epoch with the best pair ACC on the val photos, exported; then the held-out test (README table)
-best=$($PY - "$WORK/run-v2b/logs.jsonl" <<'PYEOF'
+best=$($PY - "$WORK/run-v6/logs.jsonl" <<'PYEOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 ep = [r for r in rows if r.get("event") == "epoch" and r.get("stage") == "fgresq" and r.get("val")]
@@ -101,11 +97,12 @@ for role in ("encoder", "heads"):
     files[role] = src.path(role).name
 m = src.manifest
 extra = carried_meta(m)
-extra["training"] = {"recipe": "train/configs/default-compact-v2.json", "script": "scripts/make_default_model.sh",
+extra["training"] = {"recipe": "train/configs/default-compact-v6.json", "script": "scripts/make_default_model.sh",
                      "checkpoint": Path(sys.argv[2]).name, "selected_by": "best pair ACC on the val photos",
-                     "data": "synthetic FGRestore-style (degradations v2 + hard negatives) from the fit photos of "
-                             "train/data/split.json (scikit-image + Debian wallpaper packages), seed 0"}
-write_manifest(dst, name="fgresq-default-compact-v2", config=src.config, files=files, precision="fp32",
+                     "data": "synthetic FGRestore-style (degradations v1 + hard negatives, 6 crops per photo) from the "
+                             "fit photos of train/data/split.json (scikit-image + Debian wallpaper packages), "
+                             "seed 0; ranked pairs only, a seeded quarter"}
+write_manifest(dst, name="fgresq-default-compact-v6", config=src.config, files=files, precision="fp32",
                source="trained from scratch on synthetic data (scripts/make_default_model.sh)", extra=extra)
 print("installed", dst)
 PYEOF

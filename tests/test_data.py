@@ -453,3 +453,7 @@ def test_subset_keeps_chosen_crops_and_a_seeded_share(clean_photos, tmp_path):
     assert 0.2 * n_c0 < len(s.pairs) < 0.8 * n_c0
     assert [(p.a, p.b) for p in select(m, (0,), 0.5, 0).pairs] == [(p.a, p.b) for p in s.pairs]
     assert {p.a for p in s.pairs} | {p.b for p in s.pairs} == set(s.images)
+    ranked = select(m, crops=(0, 1), ranked_only=True)
+    n_ranked = sum(p.label != "similar" for p in m.pairs)
+    assert 0 < len(ranked.pairs) == n_ranked < len(m.pairs)
+    assert all(p.label != "similar" for p in ranked.pairs) and ranked.recipe["subset"]["ranked_only"] is True

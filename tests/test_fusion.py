@@ -106,9 +106,9 @@ def test_fusion_that_misses_blocks_leaves_the_graph_alone(tiny_bundle, tmp_path)
     assert path.read_bytes() == before
 
 
-@pytest.mark.parametrize("cfg", ["fgresq-compact-rn"])
-def test_resnet_towers_export_unchanged(cfg, tmp_path):
-    """ModifiedResNet towers have no ViT blocks: nothing is swapped, the export still matches torch."""
+@pytest.mark.parametrize("cfg", ["fgresq-compact-rn", "fgresq-compact-cnn"])
+def test_non_vit_towers_export_unchanged(cfg, tmp_path):
+    """ModifiedResNet and conv-stats towers have no ViT blocks: nothing is swapped, the export matches torch."""
     import torch
 
     from fgresq_sdk.export.onnx_export import export_bundle

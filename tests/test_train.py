@@ -373,6 +373,33 @@ def _steps(log: Path) -> dict[tuple[str, int], float]:
     return out
 
 
+def test_conv_stats_towers_train_both_stages_and_export_to_parity(manifest_dir, tmp_path):
+    """The default model's conv-stats towers (fgresq-compact-cnn): stage 1 moves the degradation tower and its
+    projection, stage 2 the image tower and heads, and the exported ONNX bundle scores as the torch model does."""
+    import numpy as np
+
+    from fgresq_sdk.model import load_checkpoint
+    from fgresq_sdk.scorer import Scorer
+    from fgresq_sdk.train.run import run_training
+
+    cfg = {"name": "cnn", "model": "fgresq-compact-cnn", "log_every": 1, "keep_checkpoints": None, "threads": 1,
+           "data": {"resize": 256, "crop": 224, "hflip": True},
+           "dfl": {"epochs": 1, "batch_size": 8, "lr": 1e-3},
+           "fgresq": {"epochs": 1, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1, "fidelity_groups": "content"}}
+    res = run_training(cfg, tmp_path / "run", manifest=manifest_dir, val_manifest=manifest_dir, progress=False,
+                       export=True)
+    d1 = load_checkpoint(tmp_path / "run" / "dfl" / "model.safetensors").state_dict()
+    fin = load_checkpoint(res["model"]).eval()
+    w = "degradation_tower.features.0.weight"
+    assert torch.equal(d1[w], fin.state_dict()[w]) and "degradation_proj" in d1
+    assert not torch.equal(d1["image_tower.features.0.weight"], fin.state_dict()["image_tower.features.0.weight"])
+    assert not torch.equal(d1["head.weight"], fin.state_dict()["head.weight"])
+    paths = sorted(manifest_dir.rglob("*.png"))[:3]
+    onnx_scores = Scorer(tmp_path / "run" / "bundle").score(paths)
+    torch_scores = Scorer(tmp_path / "run" / "bundle", backend="torch").score(paths)
+    assert np.max(np.abs(onnx_scores - torch_scores)) <= 1e-4
+
+
 def test_two_stage_run_logs_checkpoints_and_exact_resume(manifest_dir, tmp_path):
     from fgresq_sdk.model import load_checkpoint
     from fgresq_sdk.train.config import TrainError

@@ -3,6 +3,9 @@
 ``python -m fgresq_sdk.train.subset --src data/v2-fit --out data/v2-fit-s --crops 0 --pair-fraction 0.5 --seed 0``
 keeps the pairs whose content is crop ``~c0`` of its photo (all photos stay represented) and, of those, a
 fraction chosen by a seeded sha256 of the pair (reproducible, order-free); images are those the pairs use.
+``--ranked-only`` also leaves out the ``similar`` pairs: the comparison head is linear in the two images'
+features, so it can say "similar" only through its bias, and those pairs pull the towers towards features
+that do not separate neighbouring strengths (issue 13: README "Embedded default model").
 The manifest's ``root`` points at the source folder's images (nothing is copied).
 """
 from __future__ import annotations
@@ -17,10 +20,13 @@ from pathlib import Path
 from .manifest import Manifest
 
 
-def select(m: Manifest, crops=(0,), pair_fraction: float = 1.0, seed: int = 0) -> Manifest:
+def select(m: Manifest, crops=(0,), pair_fraction: float = 1.0, seed: int = 0,
+           ranked_only: bool = False) -> Manifest:
     want = {f"_c{c}" for c in crops}
     keep = []
     for i, p in enumerate(m.pairs):
+        if ranked_only and p.label == "similar":
+            continue
         cid = m.images[p.a].content_id
         mm = re.search(r"_c\d+$", cid)
         if mm and mm.group(0) not in want:
@@ -30,7 +36,7 @@ def select(m: Manifest, crops=(0,), pair_fraction: float = 1.0, seed: int = 0) -
             keep.append(i)
     out = m.subset(keep)
     out.recipe["subset"] = {"crops": list(crops), "pair_fraction": pair_fraction, "seed": seed,
-                            "pairs": len(out.pairs), "images": len(out.images)}
+                            "ranked_only": ranked_only, "pairs": len(out.pairs), "images": len(out.images)}
     return out
 
 
@@ -41,8 +47,10 @@ def main(argv=None) -> int:
     ap.add_argument("--crops", default="0", help="comma-separated crop indices to keep")
     ap.add_argument("--pair-fraction", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ranked-only", action="store_true", help="leave out the 'similar' pairs")
     a = ap.parse_args(argv)
-    m = select(Manifest.load(a.src), tuple(int(c) for c in a.crops.split(",")), a.pair_fraction, a.seed)
+    m = select(Manifest.load(a.src), tuple(int(c) for c in a.crops.split(",")), a.pair_fraction, a.seed,
+               a.ranked_only)
     m.root = Path(a.src).resolve()
     m.save(a.out)
     print(json.dumps(m.recipe["subset"]))
