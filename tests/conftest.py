@@ -23,6 +23,10 @@ if "FGRESQ_CACHE_DIR" not in os.environ:
     # It can hold optimized ONNX Runtime graphs (~0.7 GB for ViT-B/16): removed when the run ends.
     atexit.register(shutil.rmtree, os.environ["FGRESQ_CACHE_DIR"], True)
 
+# The first embedded default model (fgresq-compact-vit, recipe v1), kept for the tests that need a *trained* ViT
+# bundle: the int8 ladder works on ViT attention blocks, and random weights put scores at near-ties everywhere.
+TRAINED_VIT = Path(__file__).parent / "data" / "vit_default_model"
+
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "cat")
 
 

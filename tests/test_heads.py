@@ -13,8 +13,11 @@ import pytest
 from fgresq_sdk.bundle import default_bundle_path, load_bundle
 from fgresq_sdk.errors import BundleError
 
-# The embedded default model as written before heads.npz became the only head: its model.json and
-# compare_head.onnx, verbatim. Its encoder.onnx and heads.npz are the embedded model's (same sha256).
+from conftest import TRAINED_VIT
+
+# The first embedded default model as written before heads.npz became the only head: its model.json and
+# compare_head.onnx, verbatim. Its encoder.onnx and heads.npz are those of the same model in today's format
+# (conftest.TRAINED_VIT, same sha256).
 LEGACY = Path(__file__).parent / "data" / "legacy_default_model"
 
 
@@ -25,7 +28,7 @@ def legacy_bundle(tmp_path) -> Path:
     for name in ("model.json", "compare_head.onnx"):
         shutil.copy(LEGACY / name, out / name)
     for name in ("encoder.onnx", "heads.npz"):
-        shutil.copy(default_bundle_path() / name, out / name)
+        shutil.copy(TRAINED_VIT / name, out / name)
     return out
 
 
@@ -74,12 +77,14 @@ def test_compare_is_the_numpy_head_on_the_features(photo_paths):
 
 
 def test_embedded_default_model_lists_no_compare_head():
-    bundle = load_bundle(default_bundle_path(), cache=False)
-    assert sorted(bundle.manifest["files"]) == ["encoder", "heads"]
-    assert not (bundle.root / "compare_head.onnx").exists()
-    assert bundle.manifest["logit_order"] == ["first_better", "second_better", "similar"]
-    assert "logits" not in bundle.manifest["outputs"]
+    for path in (default_bundle_path(), TRAINED_VIT):
+        bundle = load_bundle(path, cache=False)
+        assert sorted(bundle.manifest["files"]) == ["encoder", "heads"]
+        assert not (bundle.root / "compare_head.onnx").exists()
+        assert bundle.manifest["logit_order"] == ["first_better", "second_better", "similar"]
+        assert "logits" not in bundle.manifest["outputs"]
     legacy = json.loads((LEGACY / "model.json").read_text())
+    bundle = load_bundle(TRAINED_VIT, cache=False)
     for role in ("encoder", "heads"):  # the same files as before, byte for byte
         assert bundle.manifest["files"][role] == legacy["files"][role]
 
@@ -91,7 +96,7 @@ def test_legacy_bundle_loads_and_gives_the_same_answers(legacy_bundle, photo_pat
     from fgresq_sdk.scorer import Scorer
     from fgresq_sdk.verdict import symmetrise
 
-    old, new = Scorer(legacy_bundle), Scorer()
+    old, new = Scorer(legacy_bundle), Scorer(TRAINED_VIT)
     assert old.bundle.has("compare_head")
     a, b = _pair(photo_paths)
     for raw in (False, True):
@@ -111,7 +116,7 @@ def test_legacy_bundle_loads_and_gives_the_same_answers(legacy_bundle, photo_pat
 def test_legacy_compare_head_is_validated_but_not_used(legacy_bundle, photo_paths):
     from fgresq_sdk.scorer import Scorer
 
-    want = Scorer().compare(*_pair(photo_paths))
+    want = Scorer(TRAINED_VIT).compare(*_pair(photo_paths))
     data = bytearray((legacy_bundle / "compare_head.onnx").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (legacy_bundle / "compare_head.onnx").write_bytes(bytes(data))
@@ -139,4 +144,4 @@ def test_bundle_derived_from_a_legacy_one_has_no_compare_head(legacy_bundle, tmp
     assert m["outputs"] == {"features": ["batch", 384], "score": ["batch"]}
     assert m["logit_order"] == ["first_better", "second_better", "similar"]
     assert m["files"]["heads"] == json.loads((LEGACY / "model.json").read_text())["files"]["heads"]
-    assert Scorer(out).compare(*_pair(photo_paths)).verdict == Scorer().compare(*_pair(photo_paths)).verdict
+    assert Scorer(out).compare(*_pair(photo_paths)).verdict == Scorer(TRAINED_VIT).compare(*_pair(photo_paths)).verdict

@@ -1,6 +1,6 @@
 """int8 bundles keep the decisions of fp32 on any x86-64 CPU (AVX2-only and AVX-512 VNNI alike).
 
-Judged on the embedded default model (trained: random weights make near-ties everywhere) on groups of
+Judged on the first embedded default model (tests/data/vit_default_model, a trained ViT: random weights make near-ties everywhere) on groups of
 versions of one photo, as in ranking. Measured (7-bit per-channel weights, heads in fp32): max |Δscore|
 0.0028 / 0.0083 at batch 1 / 8 with every tower weight in int8 (the rung validation keeps here), 0.0032 /
 0.0033 with the image tower's attention in-projections in fp32, on an AMD EPYC with AVX-512 VNNI; with 7-bit weights the AVX2-only kernels compute the same integers (measured under
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from conftest import PHOTOS, needs_torch, photo
+from conftest import PHOTOS, TRAINED_VIT, needs_torch, photo
 
 MAX_SCORE_DELTA = 0.01
 MIN_SAME_VERDICT = 0.99
@@ -37,25 +37,24 @@ def _groups() -> tuple[list[np.ndarray], list[list[int]]]:
 
 @pytest.fixture(scope="module")
 def int8_default(tmp_path_factory):
-    from fgresq_sdk.bundle import default_bundle_path
     from fgresq_sdk.export.quantize import quantize_bundle
 
-    return quantize_bundle(default_bundle_path(), tmp_path_factory.mktemp("int8") / "default-int8")
+    return quantize_bundle(TRAINED_VIT, tmp_path_factory.mktemp("int8") / "default-int8")
 
 
 @needs_torch
 @pytest.mark.parametrize("batch", [1, 8])
 def test_int8_keeps_fp32_decisions_on_the_default_model(int8_default, batch):
-    from fgresq_sdk.bundle import default_bundle_path, load_bundle
+    from fgresq_sdk.bundle import load_bundle
     from fgresq_sdk.scorer import Scorer
 
     int8 = load_bundle(int8_default)
     q = int8.manifest["quantization"]
     assert int8.precision == "int8" and not int8.has("checkpoint")
     assert "reduce_range" in q["weights"] and q["fp32_nodes"] > 0
-    assert q["fp32_encoder_sha256"] == load_bundle(default_bundle_path()).manifest["files"]["encoder"]["sha256"]
+    assert q["fp32_encoder_sha256"] == load_bundle(TRAINED_VIT).manifest["files"]["encoder"]["sha256"]
     images, groups = _groups()
-    fp32, i8 = Scorer(batch_size=batch), Scorer(int8, batch_size=batch)
+    fp32, i8 = Scorer(TRAINED_VIT, batch_size=batch), Scorer(int8, batch_size=batch)
     q32, s32 = fp32.encode(images)
     q8, s8 = i8.encode(images)
     assert np.max(np.abs(s8 - s32)) <= MAX_SCORE_DELTA
@@ -91,7 +90,7 @@ def test_validation_keeps_the_fastest_rung_that_meets_the_bound(monkeypatch, tmp
     """The ladder: every tower weight int8 first; while validation misses the bound, the image tower's first
     1, 2… blocks keep their in-projections fp32, and the first rung that meets it is kept (validation results
     stubbed here, the quantization and graphs are real)."""
-    from fgresq_sdk.bundle import default_bundle_path, load_bundle
+    from fgresq_sdk.bundle import load_bundle
     from fgresq_sdk.export import quantize
 
     deltas = iter([0.02, 0.015, 0.004])
@@ -105,7 +104,7 @@ def test_validation_keeps_the_fastest_rung_that_meets_the_bound(monkeypatch, tmp
                                             "pair_order_agreement": 1.0, "verdict_agreement": 1.0}}}
 
     monkeypatch.setattr(quantize, "Int8Validation", Measured)
-    out = quantize.quantize_bundle(default_bundle_path(), tmp_path / "b")
+    out = quantize.quantize_bundle(TRAINED_VIT, tmp_path / "b")
     q = load_bundle(out).manifest["quantization"]
     assert q["fp32_rung"] == "image-attention-in:2" and q["validation"]["meets_bound"]
     assert [t["rung"] for t in q["validation"]["rungs_tried"]] == ["none", "image-attention-in:1",
@@ -116,6 +115,6 @@ def test_validation_keeps_the_fastest_rung_that_meets_the_bound(monkeypatch, tmp
     # image tower blocks 0 and 1: q/k/v projection fp32 (QKᵀ/AV products are fp32 in every rung); the rest int8
     for (tower, block), kinds in ops.items():
         assert kinds == ({"MatMul"} if tower == "image_tower" and block < 2 else {"MatMulInteger"}), (tower, block)
-    fast = quantize.quantize_bundle(default_bundle_path(), tmp_path / "fast", validate=False)
+    fast = quantize.quantize_bundle(TRAINED_VIT, tmp_path / "fast", validate=False)
     assert load_bundle(fast).manifest["quantization"]["fp32_rung"] == "none"
     assert all(kinds == {"MatMulInteger"} for kinds in _in_projections(fast).values())

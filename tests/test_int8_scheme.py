@@ -15,6 +15,8 @@ from fgresq_sdk.backends.onnxruntime_backend import int8_scheme_risk
 from fgresq_sdk.bundle import default_bundle_path, load_bundle
 from fgresq_sdk.export import quantize
 
+from conftest import TRAINED_VIT
+
 EXE = Path(sys.executable).parent / "fgresq-sdk"
 OLD_SCHEME = {"method": "onnxruntime dynamic", "ops": ["MatMul", "Gemm"], "weights": "int8 per-channel"}
 NEW_SCHEME = {"method": "onnxruntime dynamic", "weights": "int8 per-channel, reduce_range (7-bit)",
@@ -52,8 +54,6 @@ def test_int8_scheme_risk(on_cpu, quant, info, machine, unsafe):
 def int8_bundle(tmp_path_factory):
     from fgresq_sdk.export.quantize import quantize_bundle
 
-    if default_bundle_path() is None:
-        pytest.skip("this build has no embedded default model")
     photos = tmp_path_factory.mktemp("photos")
     from conftest import photo
 
@@ -62,7 +62,7 @@ def int8_bundle(tmp_path_factory):
     for name in ("astronaut", "coffee", "chelsea"):
         Image.fromarray(photo(name)).save(photos / f"{name}.png")
     (photos / "notes.txt").write_text("not an image")
-    out = quantize_bundle(default_bundle_path(), tmp_path_factory.mktemp("int8") / "b", calibration=photos)
+    out = quantize_bundle(TRAINED_VIT, tmp_path_factory.mktemp("int8") / "b", calibration=photos)
     return out, photos
 
 
@@ -79,7 +79,7 @@ def test_int8_manifest_records_scheme_photos_cpu_and_accuracy(int8_bundle):
     assert v["max_abs_dscore_bound"] == 0.01 and v["meets_bound"] == (worst <= 0.01)
     import onnx
 
-    graph = onnx.load(str(default_bundle_path() / "encoder.onnx"), load_external_data=False)
+    graph = onnx.load(str(TRAINED_VIT / "encoder.onnx"), load_external_data=False)
     rungs = [name for name, _ in quantize.fp32_rungs(graph)]
     assert q["fp32_rung"] in rungs and (v["meets_bound"] or q["fp32_rung"] == rungs[-1])
     # every rung up to the one kept was measured, in the ladder's order
@@ -158,7 +158,7 @@ def test_a_bundle_that_misses_the_bound_escalates_and_says_so(monkeypatch, tmp_p
 
     monkeypatch.setattr(quantize, "MAX_SCORE_DELTA", 0.0)
     lines = []
-    out = quantize.quantize_bundle(default_bundle_path(), tmp_path / "b", log=lines.append)
+    out = quantize.quantize_bundle(TRAINED_VIT, tmp_path / "b", log=lines.append)
     q = load_bundle(out).manifest["quantization"]
     assert q["fp32_rung"] == "attention-in" and q["validation"]["meets_bound"] is False
     assert len(lines) == 1 and lines[0].startswith("warning: int8 vs fp32 on synthetic photos") and "\n" not in lines[0]

@@ -575,3 +575,38 @@ def test_default_recipe_smoke_run(tmp_path):
     jv = out["junk_vs_clean"]
     assert jv["n_clean"] == 2 and jv["n_junk"] == 10 and 0.0 <= jv["clean_wins"] <= 1.0
     assert Path(res["model"]).is_file()
+
+
+def test_score_calibration_spreads_scores_and_keeps_every_order(manifest_dir, tmp_path):
+    """train/calibrate.py: the val images' 5th / 95th score percentiles land at 0.05 / 0.95, every score order
+    and the comparison head stay as they were, and the checkpoint carries the new scale."""
+    from fgresq_sdk.model import FGResQ, load_checkpoint, save_checkpoint
+    from fgresq_sdk.train.calibrate import calibrate, score_logits
+    from fgresq_sdk.train.manifest import Manifest
+
+    torch.manual_seed(0)
+    model = FGResQ("fgresq-vit-tiny").eval()
+    with torch.no_grad():
+        model.head.weight.mul_(200.0)  # logits hundreds wide, as a from-scratch head gives: sigmoid saturates
+    man = Manifest.load(manifest_dir)
+    before = score_logits(model, man)
+    assert np.mean(np.abs(before) > 20) > 0.3
+    x = torch.randn(4, 3, 224, 224)
+    with torch.no_grad():
+        q = model.quality_features(x)
+        cmp_before = model.compare_logits(q[:2], q[2:])
+    record = calibrate(model, before)
+    after = score_logits(model, man)
+    np.testing.assert_allclose(after, record["alpha"] * before + record["beta"], rtol=1e-4, atol=1e-3)
+    assert np.array_equal(np.argsort(after, kind="stable"), np.argsort(before, kind="stable"))
+    z5, z95 = np.percentile(after, [5, 95])  # sigmoid of the percentile logits: the scores 0.05 / 0.95
+    np.testing.assert_allclose(1 / (1 + np.exp(-np.array([z5, z95]))), [0.05, 0.95], atol=1e-4)
+    with torch.no_grad():
+        assert torch.equal(model.compare_logits(q[:2], q[2:]), cmp_before)
+    path = save_checkpoint(model, tmp_path / "cal.safetensors", source="test")
+    again = load_checkpoint(path).eval()
+    assert again.score_scale == pytest.approx(record["score_scale"])
+    with torch.no_grad():
+        np.testing.assert_allclose(again(x)[1].numpy(), model(x)[1].numpy(), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="do not spread"):
+        calibrate(model, np.zeros(10))
