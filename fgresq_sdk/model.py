@@ -110,11 +110,15 @@ class FGResQ(nn.Module):
         t = self.prompt_mlp(F.softmax(self.task_mlp(d), dim=1) * self.prompt)
         return torch.cat([f, t, f + t], dim=1)
 
-    def score_from_features(self, q: torch.Tensor) -> torch.Tensor:
+    def score_logit(self, q: torch.Tensor) -> torch.Tensor:
+        """k · head(q), the score before its sigmoid ([N, 1])."""
         logit = self.head(q)
         if self.score_scale != 1.0:  # k = 1 adds no node to the graph (bundles written before k stay identical)
             logit = logit * self.score_scale
-        return torch.sigmoid(logit).squeeze(-1)
+        return logit
+
+    def score_from_features(self, q: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.score_logit(q)).squeeze(-1)
 
     def compare_logits(self, q0: torch.Tensor, q1: torch.Tensor) -> torch.Tensor:
         """Logits of (first better, second better, similar quality)."""

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from fgresq_sdk.model import load_checkpoint, save_checkpoint
-from fgresq_sdk.preprocess import normalize
 
-from .datasets import ImageCache, TransformSpec
+from .datasets import TransformSpec
 from .manifest import Manifest
+from .stage2 import manifest_features
 
 LOW, HIGH = 0.05, 0.95  # the scores the val logits' 5th and 95th percentiles are mapped to
 
@@ -31,15 +31,8 @@ LOW, HIGH = 0.05, 0.95  # the scores the val logits' 5th and 95th percentiles ar
 @torch.no_grad()
 def score_logits(model, manifest: Manifest, batch_size: int = 32) -> np.ndarray:
     """k·(w·q + b) of every manifest image through the inference preprocessing."""
-    spec = TransformSpec.from_config(model.cfg)
-    cache = ImageCache(0)
-    ids = sorted(manifest.images)
-    out = []
-    for s in range(0, len(ids), batch_size):
-        x = torch.stack([torch.from_numpy(normalize(cache.get(manifest.image_path(k), spec.eval_view), spec.size,
-                                                    spec.mean, spec.std)) for k in ids[s:s + batch_size]])
-        out.append((model.head(model.quality_features(x)).squeeze(-1) * model.score_scale).numpy())
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+    ids, q = manifest_features(model, manifest, TransformSpec.from_config(model.cfg), batch_size=batch_size)
+    return model.score_logit(q).squeeze(-1).cpu().numpy() if ids else np.zeros(0, dtype=np.float32)
 
 
 def calibrate(model, logits: np.ndarray, low: float = LOW, high: float = HIGH) -> dict:

@@ -31,7 +31,7 @@ from .losses import stage2_loss
 from .loop import count_trainable, fit, stage_optimization
 from .sampler import SceneBatchSampler
 
-__all__ = ["freeze_for_stage2", "stage2_step", "validate_pairs", "run_fgresq"]
+__all__ = ["freeze_for_stage2", "stage2_step", "manifest_features", "validate_pairs", "run_fgresq"]
 
 
 def freeze_for_stage2(model: nn.Module, train_image_tower: bool = True, degradation_trainable_blocks: int = 0):
@@ -89,6 +89,21 @@ def stage2_step(model, batch: dict, lambda_scene: float = 5.0, lambda_rank: floa
 
 
 @torch.no_grad()
+def manifest_features(model, manifest, spec, cache=None, batch_size: int = 32) -> tuple[list[str], torch.Tensor]:
+    """Quality features q of every manifest image (sorted ids) through the eval transform, i.e. exactly what
+    inference feeds the model; the caller puts the model in eval mode."""
+    cache = cache if cache is not None else ImageCache(0)
+    ids = sorted(manifest.images)
+    device = next(model.parameters()).device
+    qs = []
+    for s in range(0, len(ids), batch_size):
+        x = torch.stack([torch.from_numpy(normalize(cache.get(manifest.image_path(k), spec.eval_view), spec.size,
+                                                    spec.mean, spec.std)) for k in ids[s:s + batch_size]])
+        qs.append(model.quality_features(x.to(device)))
+    return ids, (torch.cat(qs) if qs else torch.zeros(0, device=device))
+
+
+@torch.no_grad()
 def validate_pairs(model, manifest, spec, cache=None, batch_size: int = 32) -> dict[str, Any]:
     """Val metrics with the live torch model and the eval transform (= inference preprocessing).
 
@@ -97,19 +112,9 @@ def validate_pairs(model, manifest, spec, cache=None, batch_size: int = 32) -> d
     """
     was_training = model.training
     model.eval()
-    cache = cache if cache is not None else ImageCache(0)
-    ids = sorted(manifest.images)
-    qs, ss = [], []
-    device = next(model.parameters()).device
-    for s in range(0, len(ids), batch_size):
-        chunk = ids[s:s + batch_size]
-        x = torch.stack([torch.from_numpy(normalize(cache.get(manifest.image_path(k), spec.eval_view), spec.size,
-                                                    spec.mean, spec.std)) for k in chunk]).to(device)
-        q = model.quality_features(x)
-        qs.append(q)
-        ss.append(model.score_from_features(q).float().cpu())
-    q = torch.cat(qs) if qs else torch.zeros(0)
-    scores = torch.cat(ss).numpy() if ss else np.zeros(0)
+    ids, q = manifest_features(model, manifest, spec, cache, batch_size)
+    device = q.device
+    scores = model.score_from_features(q).float().cpu().numpy() if len(ids) else np.zeros(0)
     recs = [manifest.images[k] for k in ids]
     corr = scene_weighted_correlations(scores, [r.mos for r in recs], [r.scene for r in recs])
     out: dict[str, Any] = {"srcc": corr["srcc"], "plcc": corr["plcc"], "n_images": len(ids),

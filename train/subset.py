@@ -4,8 +4,9 @@
 keeps the pairs whose content is crop ``~c0`` of its photo (all photos stay represented) and, of those, a
 fraction chosen by a seeded sha256 of the pair (reproducible, order-free); images are those the pairs use.
 ``--ranked-only`` also leaves out the ``similar`` pairs: the comparison head is linear in the two images'
-features, so it can say "similar" only through its bias, and those pairs pull the towers towards features
-that do not separate neighbouring strengths (issue 13: README "Embedded default model").
+features, so it can say "similar" only through its bias, and those pairs can only pull the towers towards
+features that do not separate neighbouring strengths (reasoned, not isolated by a probe: README "Embedded
+default model").
 The manifest's ``root`` points at the source folder's images (nothing is copied).
 """
 from __future__ import annotations
