@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Reproduce the embedded default model (README "Embedded default model"): clean photos from scikit-image and
 # Debian wallpaper packages (apt-get download, catalogued with licences), split by photo into fit/val/test
-# (train/data/split.json), synthetic FGRestore-style data (training: degradations v1; val and
-# test: degradations v2, several implementations per task), two-stage training of fgresq-compact-cnn
-# (train/configs/default-compact-v6.json),
+# (train/data/split.json), synthetic FGRestore-style data (training: degradations v3 = per content and task
+# the v1 generator or a v2 implementation, with hard negatives; val and test: degradations v2, several
+# implementations per task), two-stage training of fgresq-compact-cnn (train/configs/default-compact-v7.json),
 # epoch selection on the val photos, the held-out test evaluation, and the bundle copied into
 # fgresq_sdk/default_model/. Budget: <= 90 min on 2 CPU cores (measured: see README).
 #   bash scripts/make_default_model.sh [WORK_DIR]
@@ -19,21 +19,23 @@ $PY -m fgresq_sdk.train.make_split --catalog "$WORK/photos.json" --out "$WORK/sp
 cmp <($PY -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["split"], sort_keys=True))' "$WORK/split.json") \
     <($PY -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["split"], sort_keys=True))' train/data/split.json) \
     || { echo "photo split differs from train/data/split.json (package versions changed?)" >&2; exit 1; }
-# 2. data: fit = the v1 degradation generator (one implementation per task, no hard negatives) on the fit
-#    photos at 6 crops each; val (1 crop) and test (2 crops, no hard negatives: the evaluation makes its own junk
-#    from every clean reference) use the v2 generators (several implementations per task), so selection and the
-#    held-out test see degradations the model was not trained on
+# 2. data: fit = degradations v3 (per content and task the v1 generator or one of the v2 implementations, seeded)
+#    with hard negatives on the fit photos at 6 crops each; val (1 crop) and test (2 crops, no hard negatives: the
+#    evaluation makes its own junk from every clean reference) use the v2 generators with other seeds on other
+#    photos
 common=(--source skimage --catalog "$WORK/photos.json" --split-file train/data/split.json)
-$PY -m fgresq_sdk.train.synthetic --out "$WORK/v6-fit" "${common[@]}" --degradations 1 --photo-split fit --crops-per-photo 6 --seed 0
+$PY -m fgresq_sdk.train.synthetic --out "$WORK/v7-fit" "${common[@]}" --degradations 3 --junk --photo-split fit --crops-per-photo 6 --seed 0
 $PY -m fgresq_sdk.train.synthetic --out "$WORK/v2-val" "${common[@]}" --degradations 2 --junk --photo-split val --crops-per-photo 1 --seed 2
 $PY -m fgresq_sdk.train.synthetic --out "$WORK/v2-test" "${common[@]}" --degradations 2 --photo-split test --crops-per-photo 2 --seed 1
 # 3. training (stage 1 DFL, stage 2 FGResQ; val metrics logged every epoch) on the CPU-budget subset: a seeded
-#    35 % of the ranked pairs (the 'similar' pairs left out: train/subset.py) of every crop of every fit photo
-$PY -m fgresq_sdk.train.subset --src "$WORK/v6-fit" --out "$WORK/v6-fit-s" --crops 0,1,2,3,4,5 --pair-fraction 0.35 --ranked-only --seed 0
-.venv/bin/fgresq-sdk train --config train/configs/default-compact-v6.json --manifest "$WORK/v6-fit-s" \
-    --val-manifest "$WORK/v2-val" --out "$WORK/run-v6" --threads 2 --no-progress
+#    35 % of the ranked pairs and 8 % of the hard-negative pairs (the 'similar' pairs left out: train/subset.py)
+#    of every crop of every fit photo
+$PY -m fgresq_sdk.train.subset --src "$WORK/v7-fit" --out "$WORK/v7-fit-s" --crops 0,1,2,3,4,5 --pair-fraction 0.35 \
+    --junk-fraction 0.08 --ranked-only --seed 0
+.venv/bin/fgresq-sdk train --config train/configs/default-compact-v7.json --manifest "$WORK/v7-fit-s" \
+    --val-manifest "$WORK/v2-val" --out "$WORK/run-v7" --threads 2 --no-progress
 # 4. the stage-2 epoch with the best pair ACC on the val photos, exported; then the held-out test (README table)
-best=$($PY - "$WORK/run-v6/logs.jsonl" <<'PYEOF'
+best=$($PY - "$WORK/run-v7/logs.jsonl" <<'PYEOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 ep = [r for r in rows if r.get("event") == "epoch" and r.get("stage") == "fgresq" and r.get("val")]
@@ -42,8 +44,8 @@ PYEOF
 )
 echo "selected $best"
 #    the score logit mapped affinely (order unchanged) so the val photos' scores spread over (0, 1)
-$PY -m fgresq_sdk.train.calibrate --checkpoint "$best" --manifest "$WORK/v2-val" --out "$WORK/run-v6/calibrated.safetensors"
-.venv/bin/fgresq-sdk export --checkpoint "$WORK/run-v6/calibrated.safetensors" --out "$WORK/default-bundle" --force
+$PY -m fgresq_sdk.train.calibrate --checkpoint "$best" --manifest "$WORK/v2-val" --out "$WORK/run-v7/calibrated.safetensors"
+.venv/bin/fgresq-sdk export --checkpoint "$WORK/run-v7/calibrated.safetensors" --out "$WORK/default-bundle" --force
 .venv/bin/fgresq-sdk eval --model "$WORK/default-bundle" --manifest "$WORK/v2-test" --out "$WORK/eval-default"
 # 5. independent check on mate-backgrounds (reserved: never used for data, selection or tuning; one file per
 #    design, 1 crop each): the new bundle and the installed default, reported only

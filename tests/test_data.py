@@ -457,3 +457,21 @@ def test_subset_keeps_chosen_crops_and_a_seeded_share(clean_photos, tmp_path):
     n_ranked = sum(p.label != "similar" for p in m.pairs)
     assert 0 < len(ranked.pairs) == n_ranked < len(m.pairs)
     assert all(p.label != "similar" for p in ranked.pairs) and ranked.recipe["subset"]["ranked_only"] is True
+    few_junk = select(m, crops=(0, 1), pair_fraction=1.0, ranked_only=True, junk_fraction=0.0)
+    assert few_junk.recipe["subset"]["hard_negative_pairs"] == 0 < ranked.recipe["subset"]["hard_negative_pairs"]
+    assert [(p.a, p.b) for p in few_junk.pairs] == [(p.a, p.b) for p in ranked.pairs
+                                                   if not (p.a.endswith("/J") or p.b.endswith("/J"))]
+
+
+def test_v3_degradations_mix_both_families_per_content_and_task():
+    """Version 3 draws, per (content, task), exactly the v1 or the v2 degradation of that (content, task)."""
+    x = syn.working_crop(ph.load_photos([s for s in ph.skimage_sources() if s[0] == "skimage-astronaut"],
+                                        max_side=256)[0][1], 64).astype(np.float32)
+    family = []
+    for k in range(24):
+        cid = f"photo{k}_c0"
+        y3 = syn.degrader("denoising", cid, 0, 64, version=3)(x.copy(), 0.5)
+        same = [np.array_equal(y3, syn.degrader("denoising", cid, 0, 64, version=v)(x.copy(), 0.5)) for v in (1, 2)]
+        assert any(same), cid
+        family.append(same[0])
+    assert 0 < sum(family) < len(family)  # both families occur

@@ -541,14 +541,20 @@ def test_cli_warm_restart_of_stage2(manifest_dir, tmp_path):
 
 
 def test_default_recipe_smoke_run(tmp_path):
-    """The default model's recipe end to end at toy size: v2 data with hard negatives from the split file's
-    photo sides, both stages with val selection data, export, and the evaluation with baselines, cross-content
-    SRCC and junk-vs-clean (scripts/make_default_model.sh at full size)."""
+    """The default model's recipe (scripts/make_default_model.sh) end to end at toy size: v3 training data with
+    hard negatives and v2 val/test data from the split file's photo sides, the subset with its own share of
+    hard-negative pairs, both stages of train/configs/default-compact-v7.json with val metrics, score
+    calibration on val, export, and the evaluation with baselines, cross-content SRCC and junk-vs-clean."""
+    from fgresq_sdk.export.onnx_export import export_bundle
+    from fgresq_sdk.model import load_checkpoint, save_checkpoint
     from fgresq_sdk.train import photos as ph
     from fgresq_sdk.train import synthetic as syn
-    from fgresq_sdk.train.evaluate import evaluate
+    from fgresq_sdk.train.calibrate import calibrate, score_logits
     from fgresq_sdk.train.config import load_train_config
+    from fgresq_sdk.train.evaluate import evaluate
+    from fgresq_sdk.train.manifest import Manifest
     from fgresq_sdk.train.run import run_training
+    from fgresq_sdk.train.subset import select
 
     root = Path(__file__).parents[1]
     split = json.loads((root / "train" / "data" / "split.json").read_text())["split"]
@@ -557,24 +563,37 @@ def test_default_recipe_smoke_run(tmp_path):
     mans = {}
     for side, names in pick.items():
         photos = ph.load_photos([(n, srcs[n]) for n in names], max_side=256)
-        syn.generate(photos, tmp_path / side, seed=0, size=64, levels=4, version=2, junk=True)
+        syn.generate(photos, tmp_path / side, seed=0, size=64, levels=4, version=3 if side == "fit" else 2,
+                     junk=side != "test")
         mans[side] = tmp_path / side
-    cfg = load_train_config(root / "train" / "configs" / "default-compact-v2.json")
+    sub = select(Manifest.load(mans["fit"]), crops=(0,), pair_fraction=1.0, ranked_only=True, junk_fraction=0.5)
+    sub.root = mans["fit"].resolve()
+    sub.save(tmp_path / "fit-s")
+    assert 0 < sub.recipe["subset"]["hard_negative_pairs"] < len(sub.pairs)
+    cfg = load_train_config(root / "train" / "configs" / "default-compact-v7.json")
+    assert cfg["model"] == "fgresq-compact-cnn" and cfg["fgresq"]["fidelity_groups"] == "scene"
     cfg.update(threads=1, log_every=1)
     cfg["data"]["cache_mb"] = 64
     cfg["dfl"].update(epochs=1, batch_size=16)
     cfg["fgresq"].update(epochs=1, batch_size=8, warmup_steps=1)
-    res = run_training(cfg, tmp_path / "run", manifest=mans["fit"], val_manifest=mans["val"], progress=False,
-                       export=True)
+    res = run_training(cfg, tmp_path / "run", manifest=tmp_path / "fit-s", val_manifest=mans["val"],
+                       progress=False, export=False)
     recs = [json.loads(line) for line in (tmp_path / "run" / "logs.jsonl").read_text().splitlines()]
     ep = [r for r in recs if r["event"] == "epoch" and r["stage"] == "fgresq"]
     assert ep and "acc" in ep[-1]["val"]
-    out = evaluate(tmp_path / "run" / "bundle", mans["test"])
+    model = load_checkpoint(res["model"]).eval()
+    val = Manifest.load(mans["val"])
+    before = score_logits(model, val)
+    calibrate(model, before)
+    after = score_logits(model, val)
+    assert np.array_equal(np.argsort(after, kind="stable"), np.argsort(before, kind="stable"))
+    export_bundle(load_checkpoint(save_checkpoint(model, tmp_path / "cal.safetensors", source="test")).eval(),
+                  tmp_path / "bundle", source="test", include_checkpoint=False)
+    out = evaluate(tmp_path / "bundle", mans["test"])
     assert set(out["methods"]) >= {"FGResQ", "PSNR", "SSIM", "LapVar (NR)"}
     assert out["cross_content_srcc"]["FGResQ"]["all"] is not None
     jv = out["junk_vs_clean"]
     assert jv["n_clean"] == 2 and jv["n_junk"] == 10 and 0.0 <= jv["clean_wins"] <= 1.0
-    assert Path(res["model"]).is_file()
 
 
 def test_score_calibration_spreads_scores_and_keeps_every_order(manifest_dir, tmp_path):

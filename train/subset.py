@@ -3,6 +3,9 @@
 ``python -m fgresq_sdk.train.subset --src data/v2-fit --out data/v2-fit-s --crops 0 --pair-fraction 0.5 --seed 0``
 keeps the pairs whose content is crop ``~c0`` of its photo (all photos stay represented) and, of those, a
 fraction chosen by a seeded sha256 of the pair (reproducible, order-free); images are those the pairs use.
+``--junk-fraction F`` keeps pairs with a hard negative (the generator's ``<content>/<task>/J`` images) at their
+own seeded share F instead of ``--pair-fraction``, so they can be a small part of the batches: at a 36 % share
+they stalled learning in a probe (README "Embedded default model").
 ``--ranked-only`` also leaves out the ``similar`` pairs: the comparison head is linear in the two images'
 features, so it can say "similar" only through its bias, and those pairs can only pull the towers towards
 features that do not separate neighbouring strengths (reasoned, not isolated by a probe: README "Embedded
@@ -21,8 +24,12 @@ from pathlib import Path
 from .manifest import Manifest
 
 
+def is_hard_negative(image_id: str) -> bool:
+    return image_id.endswith("/J")
+
+
 def select(m: Manifest, crops=(0,), pair_fraction: float = 1.0, seed: int = 0,
-           ranked_only: bool = False) -> Manifest:
+           ranked_only: bool = False, junk_fraction: float | None = None) -> Manifest:
     want = {f"_c{c}" for c in crops}
     keep = []
     for i, p in enumerate(m.pairs):
@@ -33,11 +40,15 @@ def select(m: Manifest, crops=(0,), pair_fraction: float = 1.0, seed: int = 0,
         if mm and mm.group(0) not in want:
             continue
         u = int(hashlib.sha256(f"{seed}:{p.a}:{p.b}".encode()).hexdigest()[:8], 16) / 2**32
-        if u < pair_fraction:
+        junk = is_hard_negative(p.a) or is_hard_negative(p.b)
+        if u < (junk_fraction if junk and junk_fraction is not None else pair_fraction):
             keep.append(i)
     out = m.subset(keep)
     out.recipe["subset"] = {"crops": list(crops), "pair_fraction": pair_fraction, "seed": seed,
-                            "ranked_only": ranked_only, "pairs": len(out.pairs), "images": len(out.images)}
+                            "ranked_only": ranked_only, "junk_fraction": junk_fraction, "pairs": len(out.pairs),
+                            "images": len(out.images),
+                            "hard_negative_pairs": sum(is_hard_negative(p.a) or is_hard_negative(p.b)
+                                                       for p in out.pairs)}
     return out
 
 
@@ -49,9 +60,11 @@ def main(argv=None) -> int:
     ap.add_argument("--pair-fraction", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ranked-only", action="store_true", help="leave out the 'similar' pairs")
+    ap.add_argument("--junk-fraction", type=float, default=None,
+                    help="share of the hard-negative pairs to keep (default: --pair-fraction)")
     a = ap.parse_args(argv)
     m = select(Manifest.load(a.src), tuple(int(c) for c in a.crops.split(",")), a.pair_fraction, a.seed,
-               a.ranked_only)
+               a.ranked_only, a.junk_fraction)
     m.root = Path(a.src).resolve()
     m.save(a.out)
     print(json.dumps(m.recipe["subset"]))
