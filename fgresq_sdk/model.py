@@ -32,25 +32,38 @@ class ConvStatsTower(nn.Module):
     positions: the statistics classical no-reference metrics pool, and ones that do not depend on where the
     content sits. A linear layer maps them to `width` (the feature the heads read); `proj` maps that into the
     joint space for stage 1, as a ViT tower's CLIP projection does.
+
+    pool "log-stats" pools log σ instead of σ, and hidden > 0 puts one GELU layer of that width before the
+    projection to `width`. Why: the heads are linear in the feature, and a linear function of σ cannot form the
+    ratios (σ of fine detail over σ of coarse structure) that say how degraded an image is whatever its
+    content and contrast; in logs a ratio is a difference.
     """
 
-    def __init__(self, channels: list[int], strides: list[int], width: int, embed_dim: int):
+    POOLS = ("stats", "log-stats")
+
+    def __init__(self, channels: list[int], strides: list[int], width: int, embed_dim: int, pool: str = "stats",
+                 hidden: int = 0):
         super().__init__()
         if len(channels) != len(strides) or not channels:
             raise ValueError("conv-stats tower: 'channels' and 'strides' need one entry per layer")
+        if pool not in self.POOLS:
+            raise ValueError(f"conv-stats tower: unknown pool {pool!r} (expected one of {self.POOLS})")
         layers: list[nn.Module] = []
         c_in = 3
         for c_out, stride in zip(channels, strides):
             layers += [nn.Conv2d(c_in, int(c_out), 3, stride=int(stride), padding=1), nn.GELU()]
             c_in = int(c_out)
         self.features = nn.Sequential(*layers)
-        self.pool_proj = nn.Linear(2 * c_in, width)
+        self.log_std = pool == "log-stats"
+        self.pool_proj = (nn.Linear(2 * c_in, width) if not hidden else
+                          nn.Sequential(nn.Linear(2 * c_in, int(hidden)), nn.GELU(), nn.Linear(int(hidden), width)))
         self.proj = nn.Parameter(torch.randn(width, embed_dim) * width ** -0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.features(x)
         mean = y.mean(dim=(2, 3))
-        std = torch.sqrt((y - mean[:, :, None, None]).pow(2).mean(dim=(2, 3)) + 1e-6)
+        var = (y - mean[:, :, None, None]).pow(2).mean(dim=(2, 3)) + 1e-6
+        std = 0.5 * torch.log(var) if self.log_std else torch.sqrt(var)
         out = self.pool_proj(torch.cat([mean, std], dim=1))
         return out if self.proj is None else out @ self.proj
 
@@ -60,7 +73,8 @@ def build_image_tower(cfg: dict[str, Any]) -> nn.Module:
     its forward returns the pooled feature the heads read."""
     vc = dict(cfg["vision_cfg"])
     if vc.get("kind") == "conv-stats":
-        return ConvStatsTower(vc["channels"], vc["strides"], int(vc["width"]), int(cfg["embed_dim"]))
+        return ConvStatsTower(vc["channels"], vc["strides"], int(vc["width"]), int(cfg["embed_dim"]),
+                              pool=vc.get("pool", "stats"), hidden=int(vc.get("hidden", 0)))
     from open_clip.model import _build_vision_tower
 
     return _build_vision_tower(cfg["embed_dim"], vc, quick_gelu=cfg.get("quick_gelu", False))

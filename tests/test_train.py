@@ -373,16 +373,21 @@ def _steps(log: Path) -> dict[tuple[str, int], float]:
     return out
 
 
-def test_conv_stats_towers_train_both_stages_and_export_to_parity(manifest_dir, tmp_path):
-    """The default model's conv-stats towers (fgresq-compact-cnn): stage 1 moves the degradation tower and its
-    projection, stage 2 the image tower and heads, and the exported ONNX bundle scores as the torch model does."""
+@pytest.mark.parametrize("config", ["fgresq-compact-cnn", "fgresq-compact-cnn-log"])
+def test_conv_stats_towers_train_both_stages_and_export_to_parity(manifest_dir, tmp_path, config):
+    """The conv-stats towers (σ or log-σ pooling): stage 1 moves the degradation tower and its projection,
+    stage 2 the image tower and heads, and the exported ONNX bundle scores as the torch model does."""
     import numpy as np
 
-    from fgresq_sdk.model import load_checkpoint
+    from fgresq_sdk.config import load_config
+    from fgresq_sdk.model import FGResQ, load_checkpoint
     from fgresq_sdk.scorer import Scorer
     from fgresq_sdk.train.run import run_training
 
-    cfg = {"name": "cnn", "model": "fgresq-compact-cnn", "log_every": 1, "keep_checkpoints": None, "threads": 1,
+    with pytest.raises(ValueError, match="unknown pool 'max'"):
+        FGResQ({**load_config(config),
+                "vision_cfg": {"kind": "conv-stats", "channels": [8], "strides": [1], "width": 8, "pool": "max"}})
+    cfg = {"name": "cnn", "model": config, "log_every": 1, "keep_checkpoints": None, "threads": 1,
            "data": {"resize": 256, "crop": 224, "hflip": True},
            "dfl": {"epochs": 1, "batch_size": 8, "lr": 1e-3},
            "fgresq": {"epochs": 1, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1, "fidelity_groups": "content"}}
