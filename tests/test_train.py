@@ -548,7 +548,7 @@ def test_cli_warm_restart_of_stage2(manifest_dir, tmp_path):
 def test_default_recipe_smoke_run(tmp_path):
     """The default model's recipe (scripts/make_default_model.sh) end to end at toy size: v3 training data with
     hard negatives and v2 val/test data from the split file's photo sides, the subset with its own share of
-    hard-negative pairs, both stages of train/configs/default-compact-v7.json with val metrics, score
+    hard-negative pairs, both stages of train/configs/default-compact-v8.json with val metrics, score
     calibration on val, export, and the evaluation with baselines, cross-content SRCC and junk-vs-clean."""
     from fgresq_sdk.export.onnx_export import export_bundle
     from fgresq_sdk.model import load_checkpoint, save_checkpoint
@@ -575,8 +575,8 @@ def test_default_recipe_smoke_run(tmp_path):
     sub.root = mans["fit"].resolve()
     sub.save(tmp_path / "fit-s")
     assert 0 < sub.recipe["subset"]["hard_negative_pairs"] < len(sub.pairs)
-    cfg = load_train_config(root / "train" / "configs" / "default-compact-v7.json")
-    assert cfg["model"] == "fgresq-compact-cnn" and cfg["fgresq"]["fidelity_groups"] == "scene"
+    cfg = load_train_config(root / "train" / "configs" / "default-compact-v8.json")
+    assert cfg["model"] == "fgresq-compact-cnn-log" and cfg["fgresq"]["fidelity_groups"] == "scene"
     cfg.update(threads=1, log_every=1)
     cfg["data"]["cache_mb"] = 64
     cfg["dfl"].update(epochs=1, batch_size=16)
