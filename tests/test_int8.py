@@ -1,12 +1,13 @@
 """int8 bundles keep the decisions of fp32 on any x86-64 CPU (AVX2-only and AVX-512 VNNI alike).
 
 Judged on the first embedded default model (tests/data/vit_default_model, a trained ViT: random weights make
-near-ties everywhere) on groups of versions of one photo, as in ranking. Measured (7-bit per-channel weights, heads in fp32): max |Δscore|
-0.0028 / 0.0083 at batch 1 / 8 with every tower weight in int8 (the rung validation keeps here), 0.0032 /
-0.0033 with the image tower's attention in-projections in fp32, on an AMD EPYC with AVX-512 VNNI; with 7-bit weights the AVX2-only kernels compute the same integers (measured under
-qemu's Zen 3 CPUID with bench/int8_accuracy.py: 0.01651 on both for the former scheme on 40 held-out photos),
-against 0.24 for the old full-range U8S8 scheme on a real Zen 3 (../shared/notes/int8-on-avx2.md). The bound
-below leaves room for other CPUs' float rounding and thread splits.
+near-ties everywhere) on groups of versions of one photo, as in ranking. Measured (7-bit per-channel weights, heads
+in fp32): max |Δscore| 0.0028 / 0.0083 at batch 1 / 8 with every tower weight in int8 (the rung validation keeps
+here), 0.0032 / 0.0033 with the image tower's attention in-projections in fp32, on an AMD EPYC with AVX-512 VNNI;
+with 7-bit weights the AVX2-only kernels compute the same integers (measured under qemu's Zen 3 CPUID with
+bench/int8_accuracy.py: 0.01651 on both for the former scheme on 40 held-out photos), against 0.24 for the old
+full-range U8S8 scheme on a real Zen 3 (../shared/notes/int8-on-avx2.md). The bound below leaves room for other
+CPUs' float rounding and thread splits.
 """
 from __future__ import annotations
 

@@ -22,10 +22,7 @@ import sys
 from pathlib import Path
 
 from .manifest import Manifest
-
-
-def is_hard_negative(image_id: str) -> bool:
-    return image_id.endswith("/J")
+from .synthetic import has_hard_negative
 
 
 def select(m: Manifest, crops=(0,), pair_fraction: float = 1.0, seed: int = 0,
@@ -40,15 +37,13 @@ def select(m: Manifest, crops=(0,), pair_fraction: float = 1.0, seed: int = 0,
         if mm and mm.group(0) not in want:
             continue
         u = int(hashlib.sha256(f"{seed}:{p.a}:{p.b}".encode()).hexdigest()[:8], 16) / 2**32
-        junk = is_hard_negative(p.a) or is_hard_negative(p.b)
-        if u < (junk_fraction if junk and junk_fraction is not None else pair_fraction):
+        if u < (junk_fraction if junk_fraction is not None and has_hard_negative(p) else pair_fraction):
             keep.append(i)
     out = m.subset(keep)
     out.recipe["subset"] = {"crops": list(crops), "pair_fraction": pair_fraction, "seed": seed,
                             "ranked_only": ranked_only, "junk_fraction": junk_fraction, "pairs": len(out.pairs),
                             "images": len(out.images),
-                            "hard_negative_pairs": sum(is_hard_negative(p.a) or is_hard_negative(p.b)
-                                                       for p in out.pairs)}
+                            "hard_negative_pairs": sum(map(has_hard_negative, out.pairs))}
     return out
 
 

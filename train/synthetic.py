@@ -506,6 +506,15 @@ _MAKERS_V2 = {
 }
 
 JUNK_KINDS = ("noise", "flat", "extreme_blur", "extreme_jpeg", "banding")
+HARD_NEGATIVE_LEVEL = "J"  # the hard negative of a (content, task) is image <content>/<task>/J
+
+
+def is_hard_negative(image_id: str) -> bool:
+    return image_id.endswith("/" + HARD_NEGATIVE_LEVEL)
+
+
+def has_hard_negative(pair: PairRecord) -> bool:
+    return is_hard_negative(pair.a) or is_hard_negative(pair.b)
 
 
 def junk_image(kind: str, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -695,7 +704,7 @@ def generate(photos: Sequence[tuple[str, np.ndarray]], out_dir, seed: int = 0, s
                 lo, hi = float(sc["mos_range"][0]), float(sc["mos_range"][1])
                 jmos = round(lo + (hi - lo) * float(jrng.uniform(0.0, 0.03)), 6)
                 jmos = min(jmos, mos[-1] - 1e-3 * (hi - lo))
-                iid, rel = f"{cid}/{t}/J", f"images/{cid}/{t}/J.png"
+                iid, rel = f"{cid}/{t}/{HARD_NEGATIVE_LEVEL}", f"images/{cid}/{t}/{HARD_NEGATIVE_LEVEL}.png"
                 _save_png(junk_image(kind, x, jrng), out_dir / rel)
                 images[iid] = ImageRecord(image_id=iid, path=rel, scene=scene, task=t, content_id=cid,
                                           mos=jmos, reference=ref_rel, strength=1.0)
