@@ -45,7 +45,7 @@ PYEOF
 )
 echo "selected $best"
 #    the score logit mapped affinely (order unchanged) so the val photos' scores spread over (0, 1)
-$PY -m fgresq_sdk.train.calibrate --checkpoint "$best" --manifest "$WORK/v2-val3" --out "$WORK/run-v8/calibrated.safetensors"
+$PY -m fgresq_sdk.train.calibrate --checkpoint "$best" --manifest "$WORK/v2-val3" --out "$WORK/run-v8/calibrated.safetensors" --force
 .venv/bin/fgresq-sdk export --checkpoint "$WORK/run-v8/calibrated.safetensors" --out "$WORK/default-bundle" --force
 .venv/bin/fgresq-sdk eval --model "$WORK/default-bundle" --manifest "$WORK/v2-test" --out "$WORK/eval-default"
 # 5. independent check on mate-backgrounds (reserved: never used for data, selection or tuning; one file per

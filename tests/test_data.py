@@ -475,3 +475,20 @@ def test_v3_degradations_mix_both_families_per_content_and_task():
         assert any(same), cid
         family.append(same[0])
     assert 0 < sum(family) < len(family)  # both families occur
+
+
+def test_subset_cli_writes_only_into_a_new_empty_or_subset_folder(clean_photos, tmp_path, capsys):
+    """--out holding anything but a subset manifest (here: the source's own folder) is one error line, exit 2,
+    and nothing in it changes; a new folder, and a previous subset, are written."""
+    from fgresq_sdk.train import subset
+
+    syn.generate(clean_photos[:1], tmp_path / "g", seed=0, size=SIZE, version=2, junk=True)
+    before = _files(tmp_path / "g")
+    assert subset.main(["--src", str(tmp_path / "g"), "--out", str(tmp_path / "g"), "--crops", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "refusing" in err and "\n" not in err
+    assert _files(tmp_path / "g") == before
+    for _ in range(2):  # new, then a previous subset
+        assert subset.main(["--src", str(tmp_path / "g"), "--out", str(tmp_path / "s"), "--crops", "0"]) == 0
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(subset.SUBSET_FILES)
+

@@ -634,3 +634,18 @@ def test_score_calibration_spreads_scores_and_keeps_every_order(manifest_dir, tm
         np.testing.assert_allclose(again(x)[1].numpy(), model(x)[1].numpy(), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="do not spread"):
         calibrate(model, np.zeros(10))
+
+
+def test_calibrate_cli_never_replaces_an_existing_file_unasked(manifest_dir, tmp_path, capsys):
+    from fgresq_sdk.model import FGResQ, save_checkpoint
+    from fgresq_sdk.train.calibrate import main
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(FGResQ("fgresq-vit-tiny").eval(), tmp_path / "m.safetensors", source="test")
+    mine = tmp_path / "mine.safetensors"
+    mine.write_bytes(b"user data")
+    args = ["--checkpoint", str(ckpt), "--manifest", str(manifest_dir), "--out", str(mine)]
+    assert main(args) == 2 and mine.read_bytes() == b"user data"
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--force" in err and "\n" not in err
+    assert main(args + ["--force"]) == 0 and mine.read_bytes() != b"user data"

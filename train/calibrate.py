@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -58,7 +59,11 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--manifest", required=True, help="val manifest (never the test photos)")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--force", action="store_true", help="replace --out if it exists")
     a = ap.parse_args(argv)
+    if Path(a.out).exists() and not a.force:
+        print(f"error: {a.out}: exists (pass --force to replace it)", file=sys.stderr)
+        return 2
     model = load_checkpoint(a.checkpoint).eval()
     record = calibrate(model, score_logits(model, Manifest.load(a.manifest)))
     record["manifest"] = str(a.manifest)

@@ -10,7 +10,8 @@ they stalled learning in a probe (README "Embedded default model").
 features, so it can say "similar" only through its bias, and those pairs can only pull the towers towards
 features that do not separate neighbouring strengths (reasoned, not isolated by a probe: README "Embedded
 default model").
-The manifest's ``root`` points at the source folder's images (nothing is copied).
+The manifest's ``root`` points at the source folder's images (nothing is copied). --out must be new, empty or a
+previous subset: a folder with anything else (the source's images, say) is refused.
 """
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ import re
 import sys
 from pathlib import Path
 
-from .manifest import Manifest
+from .manifest import MANIFEST_FILE, Manifest
 from .synthetic import has_hard_negative
+
+SUBSET_FILES = (MANIFEST_FILE, "images.csv", "pairs.csv")  # what Manifest.save writes: all a subset folder holds
 
 
 def select(m: Manifest, crops=(0,), pair_fraction: float = 1.0, seed: int = 0,
@@ -58,6 +61,12 @@ def main(argv=None) -> int:
     ap.add_argument("--junk-fraction", type=float, default=None,
                     help="share of the hard-negative pairs to keep (default: --pair-fraction)")
     a = ap.parse_args(argv)
+    out = Path(a.out)
+    foreign = sorted(e.name for e in out.iterdir() if e.name not in SUBSET_FILES) if out.is_dir() else []
+    if out.exists() and (foreign or not out.is_dir()):
+        print(f"error: {a.out}: holds other files than a subset manifest ({', '.join(foreign[:3]) or 'not a folder'}): "
+              "refusing to write into it (pass a new folder)", file=sys.stderr)
+        return 2
     m = select(Manifest.load(a.src), tuple(int(c) for c in a.crops.split(",")), a.pair_fraction, a.seed,
                a.ranked_only, a.junk_fraction)
     m.root = Path(a.src).resolve()
