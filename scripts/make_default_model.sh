@@ -3,7 +3,8 @@
 # Debian wallpaper packages (apt-get download, catalogued with licences), split by photo into fit/val/test
 # (train/data/split.json), synthetic FGRestore-style data (training: degradations v3 = per content and task
 # the v1 generator or a v2 implementation, with hard negatives; val and test: degradations v2, several
-# implementations per task), two-stage training of fgresq-compact-cnn-log (train/configs/default-compact-v8.json),
+# implementations per task), two-stage training of fgresq-compact-cnn-log (train/configs/default-compact-v9.json:
+# v8 + a moving average of the weights in stage 2),
 # epoch selection on the val photos, the held-out test evaluation, and the bundle copied into
 # fgresq_sdk/default_model/. Budget: <= 90 min on 2 CPU cores (measured: see README).
 #   bash scripts/make_default_model.sh [WORK_DIR]
@@ -12,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-data}
 PY=.venv/bin/python
+RECIPE=default-compact-v9
 mkdir -p "$WORK"
 # 1. photos: download + unpack the Debian packages (no install needed), catalogue them, check the split
 $PY -m fgresq_sdk.train.debian_photos --root "$WORK"
@@ -25,18 +27,18 @@ cmp <($PY -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["sp
 #    photos; val has 3 crops per photo (2,712 pairs): with 1 crop (904 pairs) the epoch and recipe choices
 #    followed noise (README)
 common=(--source skimage --catalog "$WORK/photos.json" --split-file train/data/split.json)
-$PY -m fgresq_sdk.train.synthetic --out "$WORK/v7-fit" "${common[@]}" --degradations 3 --junk --photo-split fit --crops-per-photo 6 --seed 0
+$PY -m fgresq_sdk.train.synthetic --out "$WORK/fit" "${common[@]}" --degradations 3 --junk --photo-split fit --crops-per-photo 6 --seed 0
 $PY -m fgresq_sdk.train.synthetic --out "$WORK/v2-val3" "${common[@]}" --degradations 2 --junk --photo-split val --crops-per-photo 3 --seed 2
 $PY -m fgresq_sdk.train.synthetic --out "$WORK/v2-test" "${common[@]}" --degradations 2 --photo-split test --crops-per-photo 2 --seed 1
 # 3. training (stage 1 DFL, stage 2 FGResQ; val metrics logged every epoch) on the CPU-budget subset: a seeded
 #    85 % of the ranked pairs and 20 % of the hard-negative pairs (the 'similar' pairs left out: train/subset.py)
 #    of every crop of every fit photo
-$PY -m fgresq_sdk.train.subset --src "$WORK/v7-fit" --out "$WORK/v8-fit-s" --crops 0,1,2,3,4,5 --pair-fraction 0.85 \
+$PY -m fgresq_sdk.train.subset --src "$WORK/fit" --out "$WORK/fit-subset" --crops 0,1,2,3,4,5 --pair-fraction 0.85 \
     --junk-fraction 0.2 --ranked-only --seed 0
-.venv/bin/fgresq-sdk train --config train/configs/default-compact-v8.json --manifest "$WORK/v8-fit-s" \
-    --val-manifest "$WORK/v2-val3" --out "$WORK/run-v8" --threads 2 --no-progress
+.venv/bin/fgresq-sdk train --config "train/configs/$RECIPE.json" --manifest "$WORK/fit-subset" \
+    --val-manifest "$WORK/v2-val3" --out "$WORK/run" --threads 2 --no-progress
 # 4. the stage-2 epoch with the best pair ACC on the val photos, exported; then the held-out test (README table)
-best=$($PY - "$WORK/run-v8/logs.jsonl" <<'PYEOF'
+best=$($PY - "$WORK/run/logs.jsonl" <<'PYEOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 ep = [r for r in rows if r.get("event") == "epoch" and r.get("stage") == "fgresq" and r.get("val")]
@@ -45,8 +47,8 @@ PYEOF
 )
 echo "selected $best"
 #    the score logit mapped affinely (order unchanged) so the val photos' scores spread over (0, 1)
-$PY -m fgresq_sdk.train.calibrate --checkpoint "$best" --manifest "$WORK/v2-val3" --out "$WORK/run-v8/calibrated.safetensors" --force
-.venv/bin/fgresq-sdk export --checkpoint "$WORK/run-v8/calibrated.safetensors" --out "$WORK/default-bundle" --force
+$PY -m fgresq_sdk.train.calibrate --checkpoint "$best" --manifest "$WORK/v2-val3" --out "$WORK/run/calibrated.safetensors" --force
+.venv/bin/fgresq-sdk export --checkpoint "$WORK/run/calibrated.safetensors" --out "$WORK/default-bundle" --force
 .venv/bin/fgresq-sdk eval --model "$WORK/default-bundle" --manifest "$WORK/v2-test" --out "$WORK/eval-default"
 # 5. independent check on mate-backgrounds (reserved: never used for data, selection or tuning; one file per
 #    design, 1 crop each): the new bundle and the installed default, reported only
@@ -89,7 +91,7 @@ then
   exit 0
 fi
 rm -f fgresq_sdk/default_model/*.onnx fgresq_sdk/default_model/*.npz fgresq_sdk/default_model/model.json
-$PY - "$WORK/default-bundle" "$best" <<'PYEOF'
+$PY - "$WORK/default-bundle" "$best" "$RECIPE" <<'PYEOF'
 import json, shutil, sys
 from pathlib import Path
 from fgresq_sdk.bundle import load_bundle, write_manifest
@@ -102,13 +104,14 @@ for role in ("encoder", "heads"):
     files[role] = src.path(role).name
 m = src.manifest
 extra = carried_meta(m)
-extra["training"] = {"recipe": "train/configs/default-compact-v8.json", "script": "scripts/make_default_model.sh",
+recipe = sys.argv[3]
+extra["training"] = {"recipe": f"train/configs/{recipe}.json", "script": "scripts/make_default_model.sh",
                      "checkpoint": Path(sys.argv[2]).name, "selected_by": "best pair ACC on the val photos (3 crops)",
                      "score_calibration": "train/calibrate.py on the val photos (5th/95th logit percentiles -> 0.05/0.95)",
                      "data": "synthetic FGRestore-style (degradations v3 with hard negatives, 6 crops per photo) from "
                              "the fit photos of train/data/split.json (scikit-image + Debian wallpaper packages), "
                              "seed 0; ranked pairs only: a seeded 85 %, hard-negative pairs 20 %"}
-write_manifest(dst, name="fgresq-default-compact-v8", config=src.config, files=files, precision="fp32",
+write_manifest(dst, name=f"fgresq-{recipe}", config=src.config, files=files, precision="fp32",
                source="trained from scratch on synthetic data (scripts/make_default_model.sh)", extra=extra)
 print("installed", dst)
 PYEOF

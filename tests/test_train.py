@@ -461,6 +461,79 @@ def test_two_stage_run_logs_checkpoints_and_exact_resume(manifest_dir, tmp_path)
         assert v == pytest.approx(sa[k], rel=1e-6, abs=1e-7), k
 
 
+def test_weight_ema_by_hand_and_frozen_weights_stay_exact():
+    from fgresq_sdk.train.ema import WeightEMA
+
+    m = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([[1.0, 2.0]]))
+    frozen = m[0].bias.detach().clone()
+    ema = WeightEMA(m, 0.5)
+    assert ema.effective_decay(0) == pytest.approx(0.1) and ema.effective_decay(100) == 0.5
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([[3.0, 4.0]]))
+        m[1].num_batches_tracked.fill_(7)
+    ema.update(m, 0)  # decay 0.1: 0.1·old + 0.9·new
+    assert torch.allclose(ema.shadow["0.weight"], torch.tensor([[2.8, 3.8]]))
+    ema.update(m, 100)  # decay 0.5
+    assert torch.allclose(ema.shadow["0.weight"], torch.tensor([[2.9, 3.9]]))
+    assert torch.equal(ema.shadow["0.bias"], frozen) and int(ema.shadow["1.num_batches_tracked"]) == 7
+    with ema.applied(m) as raw:
+        assert torch.allclose(m[0].weight, torch.tensor([[2.9, 3.9]]))
+        assert torch.equal(raw["0.weight"], torch.tensor([[3.0, 4.0]]))
+    assert torch.equal(m[0].weight, torch.tensor([[3.0, 4.0]]))
+    with pytest.raises(ValueError):
+        WeightEMA(m, 1.0)
+
+
+def test_stage2_weight_average_is_checkpointed_and_resumes_exactly(manifest_dir, tmp_path):
+    """With fgresq.ema_decay the epoch checkpoints (validated, exported) hold the average, the state file the
+    raw weights; a run resumed after epoch 1 repeats every later step and ends with the same average."""
+    from safetensors.torch import load_file
+
+    from fgresq_sdk.train.checkpoints import load_train_state
+    from fgresq_sdk.train.config import TrainError, load_train_config
+    from fgresq_sdk.train.run import run_training
+
+    cfg = {"name": "t", "model": "fgresq-compact-cnn-log", "log_every": 1, "keep_checkpoints": None, "threads": 1,
+           "data": {"resize": 256, "crop": 224, "hflip": True},
+           "dfl": {"epochs": 1, "batch_size": 8, "lr": 1e-3},
+           "fgresq": {"epochs": 2, "batch_size": 4, "lr": 1e-3, "warmup_steps": 2, "ema_decay": 0.8}}
+    a = tmp_path / "a"
+    run_training(cfg, a, manifest=manifest_dir, val_manifest=manifest_dir, progress=False, export=False)
+    fg = a / "fgresq"
+    ckpt = load_file(str(fg / "epoch-002.safetensors"))
+    st = load_train_state(fg / "epoch-002.state.safetensors", None, None, restore_rng=False)
+    raw = st["weights"]
+    assert set(raw) == set(ckpt)
+    moved = [k for k in ckpt if k.startswith("head.") and not torch.equal(ckpt[k], raw[k])]
+    assert moved, "the checkpoint should hold the average, not the last weights"
+    w = "degradation_tower.stem.0.weight" if "degradation_tower.stem.0.weight" in ckpt else next(
+        k for k in ckpt if k.startswith("degradation_tower.") and ckpt[k].is_floating_point())
+    assert torch.equal(ckpt[w], load_file(str(a / "dfl" / "model.safetensors"))[w])  # frozen: bit-exact
+    final = load_file(str(fg / "model.safetensors"))
+    assert all(torch.equal(final[k], ckpt[k]) for k in ckpt)
+
+    b = tmp_path / "b"
+    b.mkdir()
+    shutil.copytree(a / "dfl", b / "dfl")
+    (b / "fgresq").mkdir()
+    for name in ("epoch-001.safetensors", "epoch-001.state.safetensors"):
+        shutil.copy2(fg / name, b / "fgresq" / name)
+    run_training(cfg, b, manifest=manifest_dir, val_manifest=manifest_dir, resume=True, progress=False,
+                 export=False)
+    sa, sb = _steps(a / "logs.jsonl"), _steps(b / "logs.jsonl")
+    first = load_train_state(fg / "epoch-001.state.safetensors", None, None, restore_rng=False)["step"]
+    assert [k for k in sb if k[0] == "fgresq"] == [k for k in sa if k[0] == "fgresq" and k[1] > first]
+    for k, v in sb.items():
+        assert v == pytest.approx(sa[k], rel=1e-6, abs=1e-7), k
+    final_b = load_file(str(b / "fgresq" / "model.safetensors"))
+    for k in final:
+        assert torch.allclose(final_b[k].float(), final[k].float(), rtol=1e-5, atol=1e-6), k
+    with pytest.raises(TrainError, match="ema_decay"):
+        load_train_config({**cfg, "fgresq": {**cfg["fgresq"], "ema_decay": 1.0}})
+
+
 def test_train_configs_load_and_cli_signature():
     import inspect
 
@@ -548,8 +621,10 @@ def test_cli_warm_restart_of_stage2(manifest_dir, tmp_path):
 def test_default_recipe_smoke_run(tmp_path):
     """The default model's recipe (scripts/make_default_model.sh) end to end at toy size: v3 training data with
     hard negatives and v2 val/test data from the split file's photo sides, the subset with its own share of
-    hard-negative pairs, both stages of train/configs/default-compact-v8.json with val metrics, score
-    calibration on val, export, and the evaluation with baselines, cross-content SRCC and junk-vs-clean."""
+    hard-negative pairs, both stages of the script's current recipe (RECIPE=, train/configs/) with val metrics,
+    score calibration on val, export, and the evaluation with baselines, cross-content SRCC and junk-vs-clean."""
+    import re
+
     from fgresq_sdk.export.onnx_export import export_bundle
     from fgresq_sdk.model import load_checkpoint, save_checkpoint
     from fgresq_sdk.train import photos as ph
@@ -575,8 +650,10 @@ def test_default_recipe_smoke_run(tmp_path):
     sub.root = mans["fit"].resolve()
     sub.save(tmp_path / "fit-s")
     assert 0 < sub.recipe["subset"]["hard_negative_pairs"] < len(sub.pairs)
-    cfg = load_train_config(root / "train" / "configs" / "default-compact-v8.json")
+    recipe = re.search(r"^RECIPE=(\S+)$", (root / "scripts" / "make_default_model.sh").read_text(), re.M).group(1)
+    cfg = load_train_config(root / "train" / "configs" / f"{recipe}.json")
     assert cfg["model"] == "fgresq-compact-cnn-log" and cfg["fgresq"]["fidelity_groups"] == "scene"
+    assert cfg["fgresq"]["ema_decay"] > 0
     cfg.update(threads=1, log_every=1)
     cfg["data"]["cache_mb"] = 64
     cfg["dfl"].update(epochs=1, batch_size=16)

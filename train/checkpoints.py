@@ -53,8 +53,11 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> No
 
 
 def save_train_state(path: str | os.PathLike, optimizer, scheduler, *, epoch: int, step: int,
-                     extra: dict[str, Any] | None = None) -> Path:
-    """Optimizer + scheduler + RNG + counters as safetensors (tensors) with a JSON header (the rest)."""
+                     extra: dict[str, Any] | None = None, weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Optimizer + scheduler + RNG + counters as safetensors (tensors) with a JSON header (the rest).
+
+    ``weights``: the raw model weights when the epoch checkpoint holds something else (their moving average,
+    train/ema.py), so that a resumed run continues from the weights the optimizer was updating."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -69,6 +72,8 @@ def save_train_state(path: str | os.PathLike, optimizer, scheduler, *, epoch: in
                 scalars.setdefault(str(pid), {})[k] = v
     rng_t, rng_meta = _rng_state()
     tensors.update(rng_t)
+    for k, v in (weights or {}).items():
+        tensors[f"weights.{k}"] = v.detach().cpu().contiguous()
     meta = {
         "format": STATE_FORMAT,
         "epoch": json.dumps(int(epoch)),
@@ -86,7 +91,8 @@ def save_train_state(path: str | os.PathLike, optimizer, scheduler, *, epoch: in
 
 
 def load_train_state(path: str | os.PathLike, optimizer, scheduler, restore_rng: bool = True) -> dict[str, Any]:
-    """Restore what save_train_state wrote; returns {"epoch", "step", "extra"}."""
+    """Restore what save_train_state wrote; returns {"epoch", "step", "extra", "weights"} (weights: {} when the
+    checkpoint holds the raw weights)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -107,14 +113,16 @@ def load_train_state(path: str | os.PathLike, optimizer, scheduler, restore_rng:
     for g in groups:
         if "betas" in g:
             g["betas"] = tuple(g["betas"])
-    optimizer.load_state_dict({"state": dict(state), "param_groups": groups})
+    if optimizer is not None:  # None: only read the counters and weights
+        optimizer.load_state_dict({"state": dict(state), "param_groups": groups})
     sched = json.loads(meta["scheduler"])
     if scheduler is not None and sched is not None:
         scheduler.load_state_dict(sched)
     if restore_rng:
         _set_rng_state(tensors, json.loads(meta["rng"]))
+    weights = {k[len("weights."):]: v for k, v in tensors.items() if k.startswith("weights.")}
     return {"epoch": json.loads(meta["epoch"]), "step": json.loads(meta["step"]),
-            "extra": json.loads(meta.get("extra", "{}"))}
+            "extra": json.loads(meta.get("extra", "{}")), "weights": weights}
 
 
 def latest_epoch(stage_dir: Path) -> int:

@@ -89,6 +89,9 @@ DEFAULTS: dict[str, Any] = {
         # "scene" comparisons join different contents — meaningful for human MOS, noise for synthetic MOS
         # whose curve is drawn per content.
         "fidelity_groups": "scene",
+        # > 0: the epoch checkpoints (validated, selected, exported) hold an exponential moving average of the
+        # weights with this decay per step instead of the last step's weights (train/ema.py); 0 = off.
+        "ema_decay": 0.0,
     },
 }
 # Stage-2 keys that take one of a few words (the first is the default above).
@@ -147,6 +150,8 @@ def load_train_config(src: str | os.PathLike | dict | None) -> dict[str, Any]:
         if cfg["fgresq"][key] not in allowed:
             raise TrainError(f"training config: fgresq.{key} must be "
                              f"{' or '.join(map(repr, allowed))}, not {cfg['fgresq'][key]!r}")
+    if not 0.0 <= float(cfg["fgresq"]["ema_decay"]) < 1.0:
+        raise TrainError(f"training config: fgresq.ema_decay must be in [0, 1), not {cfg['fgresq']['ema_decay']}")
     missing = [t for t in TASKS if t not in prompts]
     if missing:
         raise TrainError(f"training config: dfl.prompts lacks a prompt for {', '.join(missing)}")

@@ -13,6 +13,7 @@ import os
 import random
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -23,6 +24,7 @@ from torch import nn
 from .checkpoints import (CHECKPOINT_NAME, STATE_NAME, latest_epoch, load_train_state, load_weights_into,
                           prune_epochs, save_train_state)
 from .config import TrainError
+from .ema import WeightEMA
 from .logs import JsonlLogger, Progress
 
 __all__ = ["set_seed", "set_threads", "make_optimizer", "make_scheduler", "stage_optimization", "fit",
@@ -65,9 +67,11 @@ def make_scheduler(optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ra
 
 
 def stage_optimization(model: nn.Module, params: Iterable[nn.Parameter], stage_cfg: dict[str, Any],
-                       total_steps: int, stage_dir: Path, resume: bool):
+                       total_steps: int, stage_dir: Path, resume: bool, ema: WeightEMA | None = None):
     """Adam + warm-up/cosine schedule for one stage, restored from the stage's last epoch when resuming.
 
+    With a weight average (``ema``) the epoch checkpoint holds the average and the state file the raw weights:
+    the average is restored from the former, the model from the latter.
     Returns (optimizer, scheduler, start_epoch, step, resumed_from or None).
     """
     optimizer = make_optimizer(params, stage_cfg["lr"], stage_cfg["weight_decay"])
@@ -76,6 +80,10 @@ def stage_optimization(model: nn.Module, params: Iterable[nn.Parameter], stage_c
         ckpt = stage_dir / CHECKPOINT_NAME.format(last)
         load_weights_into(model, ckpt)
         st = load_train_state(stage_dir / STATE_NAME.format(last), optimizer, scheduler)
+        if ema is not None:
+            ema.reset_to(model)
+        if st["weights"]:
+            model.load_state_dict(st["weights"])
         return optimizer, scheduler, int(st["epoch"]), int(st["step"]), f"resumed from {ckpt}"
     return optimizer, scheduler, 0, 0, None
 
@@ -85,8 +93,11 @@ def fit(*, stage: str, model: nn.Module, optimizer, scheduler, sampler, dataset,
         stage_dir: Path, logger: JsonlLogger, start_epoch: int = 0, global_step: int = 0,
         log_every: int = 1, progress: Progress | None = None, grad_clip: float | None = None,
         val_fn: Callable[[], dict | None] | None = None, keep_checkpoints: int | None = None,
-        num_workers: int = 0, train_config: dict | None = None) -> int:
-    """Train epochs [start_epoch, epochs); after each: validate, checkpoint, state, log. Returns the step."""
+        num_workers: int = 0, train_config: dict | None = None, ema: WeightEMA | None = None) -> int:
+    """Train epochs [start_epoch, epochs); after each: validate, checkpoint, state, log. Returns the step.
+
+    With ``ema`` the average is updated after every optimizer step, and it is what is validated and saved as
+    the epoch checkpoint (the raw weights go into the state file, for resuming)."""
     from torch.utils.data import DataLoader
 
     from fgresq_sdk.model import save_checkpoint
@@ -121,6 +132,8 @@ def fit(*, stage: str, model: nn.Module, optimizer, scheduler, sampler, dataset,
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
+            if ema is not None:
+                ema.update(model, global_step)
             global_step += 1
             n += 1
             nums = {k: float(v.detach()) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
@@ -133,14 +146,17 @@ def fit(*, stage: str, model: nn.Module, optimizer, scheduler, sampler, dataset,
                            step_s=round(time.perf_counter() - t_step, 4))
             progress.update(info=f"loss {nums['loss']:.4f} (avg {sums['loss'] / n:.4f})")
         progress.stop()
-        val = val_fn() if val_fn is not None else None
         ckpt = stage_dir / CHECKPOINT_NAME.format(epoch + 1)
         state = stage_dir / STATE_NAME.format(epoch + 1)
         extra = {"stage": stage, "epoch": str(epoch + 1), "step": str(global_step)}
         if train_config is not None:
             extra["train_config"] = json.dumps(train_config, sort_keys=True)
-        save_checkpoint(model, ckpt, source=f"fgresq-sdk train ({stage}, epoch {epoch + 1})", extra=extra)
-        save_train_state(state, optimizer, scheduler, epoch=epoch + 1, step=global_step)
+        with (ema.applied(model) if ema is not None else nullcontext()) as raw:
+            val = val_fn() if val_fn is not None else None
+            if ema is not None:
+                extra["weights"] = f"moving average of the weights (decay {ema.decay})"
+            save_checkpoint(model, ckpt, source=f"fgresq-sdk train ({stage}, epoch {epoch + 1})", extra=extra)
+        save_train_state(state, optimizer, scheduler, epoch=epoch + 1, step=global_step, weights=raw)
         prune_epochs(stage_dir, keep_checkpoints, epoch + 1)
         means = {k: v / max(n, 1) for k, v in sums.items()}
         logger.log("epoch", stage=stage, epoch=epoch + 1, epochs=epochs, step=global_step, **means, val=val,

@@ -25,6 +25,7 @@ from . import metrics as M
 from .checkpoints import FINAL_NAME
 from .config import TrainError
 from .datasets import ImageCache, PairDataset, TransformSpec
+from .ema import WeightEMA
 from .evaluate import scene_weighted_correlations
 from .logs import JsonlLogger, Progress
 from .losses import stage2_loss
@@ -150,12 +151,13 @@ def run_fgresq(model, train_m, tcfg: dict, stage_dir: Path, logger: JsonlLogger,
     train_mode = freeze_for_stage2(model, sc["train_image_tower"], sc["degradation_trainable_blocks"])
     epochs = int(sc["epochs"])
     total = epochs * len(sampler)
+    ema = WeightEMA(model, sc["ema_decay"]) if sc["ema_decay"] else None
     optimizer, scheduler, start_epoch, step, resumed = stage_optimization(
-        model, model.parameters(), sc, total, stage_dir, resume)
+        model, model.parameters(), sc, total, stage_dir, resume, ema=ema)
     init = resumed or init
     val_eval_cache = ImageCache(tcfg["data"]["cache_mb"] / 4) if val_m is not None else None
     val_fn = (lambda: validate_pairs(model, val_m, spec, val_eval_cache)) if val_m is not None else None
-    logger.log("stage_start", stage="fgresq", start_epoch=start_epoch, epochs=epochs,
+    logger.log("stage_start", stage="fgresq", start_epoch=start_epoch, epochs=epochs, ema_decay=sc["ema_decay"],
                steps_per_epoch=len(sampler), total_steps=total, n_train=len(dataset),
                n_trainable_params=count_trainable(model.parameters()), init=init)
     lam1, lam2 = float(sc["lambda_scene"]), float(sc["lambda_rank"])
@@ -172,7 +174,9 @@ def run_fgresq(model, train_m, tcfg: dict, stage_dir: Path, logger: JsonlLogger,
         stage_dir=stage_dir, logger=logger, start_epoch=start_epoch, global_step=step,
         log_every=int(tcfg["log_every"]), progress=progress, grad_clip=sc["grad_clip"], val_fn=val_fn,
         keep_checkpoints=tcfg["keep_checkpoints"], num_workers=int(tcfg["data"]["num_workers"]),
-        train_config=tcfg)
+        train_config=tcfg, ema=ema)
+    if ema is not None:
+        model.load_state_dict(ema.shadow)
     model.eval()
     final = save_checkpoint(model, stage_dir / FINAL_NAME, source="fgresq-sdk train (fgresq, final)",
                             extra={"stage": "fgresq", "epochs": str(epochs)})
