@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -169,6 +170,25 @@ def test_cli(tmp_path):
     m = Manifest.load(out)
     assert len(m.images) == 2 * 2 * 3
     assert m.recipe["seed"] == 3 and m.recipe["photo_source"] == "skimage"
+    args = ["--seed", "3", "--size", "32", "--levels", "3", "--max-photos", "1", "--tasks", "deblurring"]
+    assert syn.main(["--out", str(out)] + args) == 0  # a previous output may be written over
+
+
+def test_cli_never_writes_into_a_folder_of_other_files(tmp_path, capsys):
+    """--out pointing at a folder of the user's own files (here: the photos given as --photos) is one error
+    line, exit 2, before any work, and nothing in it changes."""
+    photos = tmp_path / "my-photos"
+    photos.mkdir()
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(photos / "holiday.png")
+    (photos / "pairs.csv").write_text("mine\n")
+    before = _files(photos)
+    assert syn.main(["--out", str(photos), "--photos", str(photos), "--size", "32", "--levels", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "holiday.png" in err and "\n" not in err
+    assert _files(photos) == before
+    (tmp_path / "file").write_text("x")
+    assert syn.main(["--out", str(tmp_path / "file"), "--size", "32", "--max-photos", "1"]) == 2
+    assert (tmp_path / "file").read_text() == "x"
 
 
 # ---------------------------------------------------------------------------- manifest
@@ -492,3 +512,118 @@ def test_subset_cli_writes_only_into_a_new_empty_or_subset_folder(clean_photos, 
         assert subset.main(["--src", str(tmp_path / "g"), "--out", str(tmp_path / "s"), "--crops", "0"]) == 0
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(subset.SUBSET_FILES)
 
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb absent")
+def test_debian_fetch_unpacks_into_a_fresh_root_and_never_takes_a_partial_unpack(tmp_path):
+    """fetch() on a root without pkgs/ (the script's first run) unpacks a .deb already in debs/ (no download),
+    reads its version, and a leftover partial unpack from an interrupted run is redone, not taken as done."""
+    import subprocess
+
+    from fgresq_sdk.train import debian_photos as dp
+
+    build = tmp_path / "build"
+    (build / "DEBIAN").mkdir(parents=True)
+    (build / "DEBIAN" / "control").write_text("Package: sway-backgrounds\nVersion: 9.9-1\nArchitecture: all\n"
+                                              "Maintainer: t <t@example.org>\nDescription: test\n")
+    img = build / "usr/share/backgrounds/sway"
+    img.mkdir(parents=True)
+    Image.fromarray(np.zeros((600, 800, 3), np.uint8)).save(img / "Sway_Wallpaper_Blue_1920x1080.png")
+    root = tmp_path / "root"
+    (root / "debs").mkdir(parents=True)
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(build),
+                    str(root / "debs" / "sway-backgrounds_9.9-1_all.deb")], check=True, capture_output=True)
+    assert dp.fetch(root, packages=["sway-backgrounds"]) == {"sway-backgrounds": "9.9-1"}
+    assert (root / "pkgs/sway-backgrounds/usr/share/backgrounds/sway/Sway_Wallpaper_Blue_1920x1080.png").is_file()
+    shutil.rmtree(root / "pkgs")
+    (root / "pkgs" / ".sway-backgrounds.partial" / "junk").mkdir(parents=True)
+    dp.fetch(root, packages=["sway-backgrounds"])
+    assert sorted(p.name for p in (root / "pkgs").iterdir()) == ["sway-backgrounds"]
+    assert not (root / "pkgs/sway-backgrounds/junk").exists()
+
+
+def _rcc(files: dict[str, bytes], compress: set[str]) -> bytes:
+    """A Qt resource archive (format 1) written from the format's description: a root with one folder
+    holding the files (as rcc lays GCompris' photos out), zlib entries with their 4-byte length prefix."""
+    import struct
+    import zlib
+
+    names, name_off = b"", {}
+    for n in ["res"] + list(files):
+        name_off[n] = len(names)
+        names += struct.pack(">HI", len(n), 0) + n.encode("utf-16-be")
+    data, data_off = b"", {}
+    for n, blob in files.items():
+        payload = struct.pack(">I", len(blob)) + zlib.compress(blob) if n in compress else blob
+        data_off[n] = len(data)
+        data += struct.pack(">I", len(payload)) + payload
+    tree = struct.pack(">IHII", 0, 2, 1, 1)  # root: a folder with 1 child at index 1
+    tree += struct.pack(">IHII", name_off["res"], 2, len(files), 2)  # res/: len(files) children from index 2
+    for n in files:
+        tree += struct.pack(">IHHHI", name_off[n], 1 if n in compress else 0, 0, 0, data_off[n])
+    head = 20
+    return (b"qres" + struct.pack(">4I", 1, head, head + len(tree), head + len(tree) + len(data))
+            + tree + data + names)
+
+
+def test_photo_set_2_reads_rcc_members_and_never_displaces_set_1(tmp_path, monkeypatch):
+    """Photo set 2: chosen files (a plain JPEG and a member of a Qt .rcc archive, zlib-compressed or stored)
+    with the licences listed for them; a set-2 photo that nearly duplicates a set-1 photo is the one dropped;
+    set 1 alone is unchanged; the committed list names no reserved package and only free licences."""
+    import io
+
+    from fgresq_sdk.train import debian_photos as dp
+
+    rng = np.random.default_rng(1)
+
+    def png(seed_img):
+        buf = io.BytesIO()
+        Image.fromarray(seed_img).save(buf, format="PNG")
+        return buf.getvalue()
+
+    def blocks(h, w):  # coarse random blocks: thumbnails that differ (pixel noise alone thumbnails to grey)
+        return np.asarray(Image.fromarray(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)).resize((w, h)))
+
+    a, b = blocks(520, 600), blocks(530, 610)
+    raw = _rcc({"a.png": png(a), "b.png": png(b)}, compress={"a.png"})
+    (tmp_path / "x.rcc").write_bytes(raw)
+    assert dp.read_rcc(tmp_path / "x.rcc") == {"/res/a.png": png(a), "/res/b.png": png(b)}
+    (tmp_path / "y.rcc").write_bytes(b"nope" + raw[4:])
+    with pytest.raises(ValueError):
+        dp.read_rcc(tmp_path / "y.rcc")
+
+    # set 1: one sway design; set 2: an archive member, a plain file, and a near copy of the sway design
+    sway = tmp_path / "pkgs/sway-backgrounds/usr/share/backgrounds/sway"
+    sway.mkdir(parents=True)
+    c = blocks(600, 800)
+    Image.fromarray(c).save(sway / "Sway_Wallpaper_Blue_1920x1080.png")
+    g = tmp_path / "pkgs/gcompris-qt-data/usr/share/gcompris-qt/rcc"
+    g.mkdir(parents=True)
+    (g / "erase.rcc").write_bytes(raw)
+    k = tmp_path / "pkgs/kphotoalbum/usr/share/kphotoalbum/demo"
+    k.mkdir(parents=True)
+    Image.fromarray((c.astype(np.int16) + 3).clip(0, 255).astype(np.uint8)).save(k / "copy.png")  # near copy
+    Image.fromarray(b).save(k / "pool.png")
+    listed = {"gcompris-qt-data": [{"path": "/usr/share/gcompris-qt/rcc/erase.rcc", "member": "/res/a.png",
+                                    "licence": "CC0-1.0"}],
+              "kphotoalbum": [{"path": "/usr/share/kphotoalbum/demo/copy.png", "licence": "GPL-2+"},
+                              {"path": "/usr/share/kphotoalbum/demo/pool.png", "licence": "GPL-2+"}]}
+    monkeypatch.setattr(dp, "set2_files", lambda: listed)
+    one = dp.catalog(tmp_path, photo_set=1)
+    assert [e["name"] for e in one] == ["sway-Sway_Wallpaper_Blue"]
+    two = {e["name"]: e for e in dp.catalog(tmp_path, photo_set=2)}
+    assert set(two) == {"sway-Sway_Wallpaper_Blue", "gcompris-a", "kphotoalbum-pool"}  # copy.png dropped
+    assert two["gcompris-a"]["licence"] == "CC0-1.0" and two["gcompris-a"]["kind"] == "photo"
+    assert two["gcompris-a"]["path"] == "/usr/share/gcompris-qt/rcc/erase.rcc :: /res/a.png"
+    assert (tmp_path / "extracted/gcompris-qt-data/res/a.png").read_bytes() == png(a)
+    with pytest.raises(ValueError):
+        dp.catalog(tmp_path, photo_set=3)
+    monkeypatch.undo()
+
+    committed = dp.set2_files()
+    assert not set(committed) & set(dp.RESERVED) and not set(committed) & set(dp.PACKAGES)
+    lics = [f["licence"] for files in committed.values() for f in files]
+    assert len(lics) >= 150 and all(lics) and not any("NC" in lic for lic in lics)
+    split2 = json.loads((Path(__file__).parents[1] / "train" / "data" / "split-set2.json").read_text())["split"]
+    split1 = json.loads((Path(__file__).parents[1] / "train" / "data" / "split.json").read_text())["split"]
+    assert all(split2[n] == side for n, side in split1.items())  # set 1's photos keep their sides

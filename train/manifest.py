@@ -61,6 +61,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -338,7 +339,20 @@ def split_manifest(m: Manifest, train_fraction: float = 0.8, seed: int = 0) -> t
     return side(True, "train"), side(False, "test")
 
 
+def foreign_entries(folder: str | Path, allowed: Sequence[str]) -> list[str] | None:
+    """What in an output folder a data tool did not write itself: None if the folder is free to write
+    (absent, or holding only ``allowed`` names: a previous output of the same tool); else the foreign names
+    (['not a folder'] for a file). The tools refuse such a folder: they must never overwrite a user's files."""
+    folder = Path(folder)
+    if not folder.exists():
+        return None
+    if not folder.is_dir():
+        return ["not a folder"]
+    foreign = sorted(e.name for e in folder.iterdir() if e.name not in allowed)
+    return foreign or None
+
+
 __all__ = [
     "FORMAT", "VERSION", "TASKS", "LABELS", "FILE_LABELS", "IMAGE_COLUMNS", "PAIR_COLUMNS",
-    "ImageRecord", "PairRecord", "Manifest", "split_manifest",
+    "ImageRecord", "PairRecord", "Manifest", "split_manifest", "foreign_entries",
 ]

@@ -22,7 +22,7 @@ import re
 import sys
 from pathlib import Path
 
-from .manifest import MANIFEST_FILE, Manifest
+from .manifest import MANIFEST_FILE, Manifest, foreign_entries
 from .synthetic import has_hard_negative
 
 SUBSET_FILES = (MANIFEST_FILE, "images.csv", "pairs.csv")  # what Manifest.save writes: all a subset folder holds
@@ -61,10 +61,9 @@ def main(argv=None) -> int:
     ap.add_argument("--junk-fraction", type=float, default=None,
                     help="share of the hard-negative pairs to keep (default: --pair-fraction)")
     a = ap.parse_args(argv)
-    out = Path(a.out)
-    foreign = sorted(e.name for e in out.iterdir() if e.name not in SUBSET_FILES) if out.is_dir() else []
-    if out.exists() and (foreign or not out.is_dir()):
-        print(f"error: {a.out}: holds other files than a subset manifest ({', '.join(foreign[:3]) or 'not a folder'}): "
+    foreign = foreign_entries(a.out, SUBSET_FILES)
+    if foreign:
+        print(f"error: {a.out}: holds other files than a subset manifest ({', '.join(foreign[:3])}): "
               "refusing to write into it (pass a new folder)", file=sys.stderr)
         return 2
     m = select(Manifest.load(a.src), tuple(int(c) for c in a.crops.split(",")), a.pair_fraction, a.seed,

@@ -46,7 +46,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .manifest import TASKS, ImageRecord, Manifest, PairRecord
+from .manifest import MANIFEST_FILE, TASKS, ImageRecord, Manifest, PairRecord, foreign_entries
 
 GENERATOR_VERSION = 2
 DEFAULT_LEVELS = 6
@@ -610,6 +610,10 @@ def _save_png(arr: np.ndarray, path: Path) -> None:
     Image.fromarray(arr).save(path, format="PNG", compress_level=3)
 
 
+# everything generate() writes into its folder: a previous output may be written over, nothing else
+GENERATED_FILES = (MANIFEST_FILE, "images.csv", "pairs.csv", "images", "references")
+
+
 def generate(photos: Sequence[tuple[str, np.ndarray]], out_dir, seed: int = 0, size: int = 256,
              levels: int | Sequence[float] = DEFAULT_LEVELS, tasks: Sequence[str] = TASKS,
              jnd_scale: float = DEFAULT_JND_SCALE, scenes: dict[str, dict] | None = None,
@@ -805,6 +809,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="photos.json from fgresq_sdk.train.debian_photos: adds those photos as a source")
     ap.add_argument("--split-file", default=None, help="a JSON {name: fit|val|test} split (overrides the hash split)")
     args = ap.parse_args(argv)
+    foreign = foreign_entries(args.out, GENERATED_FILES)
+    if foreign:
+        print(f"error: {args.out}: holds other files than generated data ({', '.join(foreign[:3])}): "
+              "refusing to write into it (pass a new folder)", file=sys.stderr)
+        return 2
 
     source = args.source or ("none" if args.photos else "skimage")
     sources = ph.list_photo_sources(source, args.photos)
