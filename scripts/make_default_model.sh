@@ -1,42 +1,50 @@
 #!/usr/bin/env bash
 # Reproduce the embedded default model (README "Embedded default model"): clean photos from scikit-image and
 # Debian wallpaper packages (apt-get download, catalogued with licences), split by photo into fit/val/test
-# (train/data/split.json), synthetic FGRestore-style data (training: degradations v3 = per content and task
+# (train/data/split.json; photo set 2: split-set2.json), synthetic FGRestore-style data (training: degradations v3 = per content and task
 # the v1 generator or a v2 implementation, with hard negatives; val and test: degradations v2, several
-# implementations per task), two-stage training of fgresq-compact-cnn-log (train/configs/default-compact-v9.json:
-# v8 + a moving average of the weights in stage 2),
+# implementations per task), two-stage training of fgresq-compact-cnn-log (train/configs/default-compact-v8.json),
 # epoch selection on the val photos, the held-out test evaluation, and the bundle copied into
 # fgresq_sdk/default_model/. Budget: <= 90 min on 2 CPU cores (measured: see README).
-#   bash scripts/make_default_model.sh [WORK_DIR]
+#   bash scripts/make_default_model.sh [WORK_DIR]          # the shipped recipe
+#   RECIPE=default-compact-v10 PHOTO_SET=2 FIT_CROPS=2 VAL_CROPS=1 TEST_CROPS=1 PAIR_FRACTION=0.78 \
+#     bash scripts/make_default_model.sh WORK_DIR          # a candidate (installed only if it beats the shipped one)
 # mate-backgrounds is never used for data, selection or tuning; step 6 only evaluates the shipped model on it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-data}
 PY=.venv/bin/python
-RECIPE=default-compact-v9
+# The recipe and its data (the defaults reproduce the shipped model; a candidate runs with these overridden):
+# training config, photo set (train/debian_photos.py) and crops per photo for fit, val and test
+RECIPE=${RECIPE:-default-compact-v8}
+PHOTO_SET=${PHOTO_SET:-1}
+FIT_CROPS=${FIT_CROPS:-6} VAL_CROPS=${VAL_CROPS:-3} TEST_CROPS=${TEST_CROPS:-2}
+PAIR_FRACTION=${PAIR_FRACTION:-0.85}
+if [ "$PHOTO_SET" = 1 ]; then CATALOG="$WORK/photos.json" SPLIT=train/data/split.json
+else CATALOG="$WORK/photos-set$PHOTO_SET.json" SPLIT="train/data/split-set$PHOTO_SET.json"; fi
 mkdir -p "$WORK"
 # 1. photos: download + unpack the Debian packages (no install needed), catalogue them, check the split
-$PY -m fgresq_sdk.train.debian_photos --root "$WORK"
-$PY -m fgresq_sdk.train.make_split --catalog "$WORK/photos.json" --out "$WORK/split.json"
+$PY -m fgresq_sdk.train.debian_photos --root "$WORK" --photo-set "$PHOTO_SET"
+$PY -m fgresq_sdk.train.make_split --catalog "$CATALOG" --out "$WORK/split.json"
 cmp <($PY -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["split"], sort_keys=True))' "$WORK/split.json") \
-    <($PY -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["split"], sort_keys=True))' train/data/split.json) \
-    || { echo "photo split differs from train/data/split.json (package versions changed?)" >&2; exit 1; }
+    <($PY -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["split"], sort_keys=True))' "$SPLIT") \
+    || { echo "photo split differs from $SPLIT (package versions changed?)" >&2; exit 1; }
 # 2. data: fit = degradations v3 (per content and task the v1 generator or one of the v2 implementations, seeded)
-#    with hard negatives on the fit photos at 6 crops each; val (3 crops) and test (2 crops, no hard negatives: the
-#    evaluation makes its own junk from every clean reference) use the v2 generators with other seeds on other
-#    photos; val has 3 crops per photo (2,712 pairs): with 1 crop (904 pairs) the epoch and recipe choices
-#    followed noise (README)
-common=(--source skimage --catalog "$WORK/photos.json" --split-file train/data/split.json)
-$PY -m fgresq_sdk.train.synthetic --out "$WORK/fit" "${common[@]}" --degradations 3 --junk --photo-split fit --crops-per-photo 6 --seed 0
-$PY -m fgresq_sdk.train.synthetic --out "$WORK/v2-val3" "${common[@]}" --degradations 2 --junk --photo-split val --crops-per-photo 3 --seed 2
-$PY -m fgresq_sdk.train.synthetic --out "$WORK/v2-test" "${common[@]}" --degradations 2 --photo-split test --crops-per-photo 2 --seed 1
+#    with hard negatives on the fit photos at FIT_CROPS crops each; val (VAL_CROPS crops) and test (TEST_CROPS
+#    crops, no hard negatives: the evaluation makes its own junk from every clean reference) use the v2 generators
+#    with other seeds on other photos; v8 (photo set 1) uses 3 crops per val photo (2,712 pairs): with 1 crop
+#    (904 pairs) the epoch and recipe choices followed noise (README)
+common=(--source skimage --catalog "$CATALOG" --split-file "$SPLIT")
+$PY -m fgresq_sdk.train.synthetic --out "$WORK/fit" "${common[@]}" --degradations 3 --junk --photo-split fit --crops-per-photo "$FIT_CROPS" --seed 0
+$PY -m fgresq_sdk.train.synthetic --out "$WORK/val" "${common[@]}" --degradations 2 --junk --photo-split val --crops-per-photo "$VAL_CROPS" --seed 2
+$PY -m fgresq_sdk.train.synthetic --out "$WORK/test" "${common[@]}" --degradations 2 --photo-split test --crops-per-photo "$TEST_CROPS" --seed 1
 # 3. training (stage 1 DFL, stage 2 FGResQ; val metrics logged every epoch) on the CPU-budget subset: a seeded
-#    85 % of the ranked pairs and 20 % of the hard-negative pairs (the 'similar' pairs left out: train/subset.py)
-#    of every crop of every fit photo
-$PY -m fgresq_sdk.train.subset --src "$WORK/fit" --out "$WORK/fit-subset" --crops 0,1,2,3,4,5 --pair-fraction 0.85 \
+#    PAIR_FRACTION of the ranked pairs and 20 % of the hard-negative pairs (the 'similar' pairs left out:
+#    train/subset.py) of every crop of every fit photo
+$PY -m fgresq_sdk.train.subset --src "$WORK/fit" --out "$WORK/fit-subset" --crops "$(seq -s, 0 $((FIT_CROPS - 1)))" --pair-fraction "$PAIR_FRACTION" \
     --junk-fraction 0.2 --ranked-only --seed 0
 .venv/bin/fgresq-sdk train --config "train/configs/$RECIPE.json" --manifest "$WORK/fit-subset" \
-    --val-manifest "$WORK/v2-val3" --out "$WORK/run" --threads 2 --no-progress
+    --val-manifest "$WORK/val" --out "$WORK/run" --threads 2 --no-progress
 # 4. the stage-2 epoch with the best pair ACC on the val photos, exported; then the held-out test (README table)
 best=$($PY - "$WORK/run/logs.jsonl" <<'PYEOF'
 import json, sys
@@ -47,9 +55,9 @@ PYEOF
 )
 echo "selected $best"
 #    the score logit mapped affinely (order unchanged) so the val photos' scores spread over (0, 1)
-$PY -m fgresq_sdk.train.calibrate --checkpoint "$best" --manifest "$WORK/v2-val3" --out "$WORK/run/calibrated.safetensors" --force
+$PY -m fgresq_sdk.train.calibrate --checkpoint "$best" --manifest "$WORK/val" --out "$WORK/run/calibrated.safetensors" --force
 .venv/bin/fgresq-sdk export --checkpoint "$WORK/run/calibrated.safetensors" --out "$WORK/default-bundle" --force
-.venv/bin/fgresq-sdk eval --model "$WORK/default-bundle" --manifest "$WORK/v2-test" --out "$WORK/eval-default"
+.venv/bin/fgresq-sdk eval --model "$WORK/default-bundle" --manifest "$WORK/test" --out "$WORK/eval-default"
 # 5. independent check on mate-backgrounds (reserved: never used for data, selection or tuning; one file per
 #    design, 1 crop each): the new bundle and the installed default, reported only
 if [ ! -d "$WORK/mate/sel" ]; then
@@ -78,7 +86,7 @@ $PY -m fgresq_sdk.train.synthetic --out "$WORK/mate-test" --photos "$WORK/mate/s
 .venv/bin/fgresq-sdk eval --model fgresq_sdk/default_model --manifest "$WORK/mate-test" --out "$WORK/eval-mate-installed"
 # 6. ship it only if it beats the installed default on the same held-out test photos (mean pair ACC over the
 #    six tasks, then junk-vs-clean as the tie-break): ONNX graphs + heads + manifest (no torch checkpoint)
-.venv/bin/fgresq-sdk eval --model fgresq_sdk/default_model --manifest "$WORK/v2-test" --out "$WORK/eval-installed"
+.venv/bin/fgresq-sdk eval --model fgresq_sdk/default_model --manifest "$WORK/test" --out "$WORK/eval-installed"
 if ! $PY - "$WORK/eval-default/eval.json" "$WORK/eval-installed/eval.json" <<'PYEOF'
 import json, sys
 new, old = (json.load(open(p)) for p in sys.argv[1:3])
@@ -91,8 +99,9 @@ then
   exit 0
 fi
 rm -f fgresq_sdk/default_model/*.onnx fgresq_sdk/default_model/*.npz fgresq_sdk/default_model/model.json
-$PY - "$WORK/default-bundle" "$best" "$RECIPE" <<'PYEOF'
-import json, shutil, sys
+RECIPE="$RECIPE" PHOTO_SET="$PHOTO_SET" SPLIT="$SPLIT" FIT_CROPS="$FIT_CROPS" VAL_CROPS="$VAL_CROPS" \
+    PAIR_FRACTION="$PAIR_FRACTION" $PY - "$WORK/default-bundle" "$best" <<'PYEOF'
+import json, os, shutil, sys
 from pathlib import Path
 from fgresq_sdk.bundle import load_bundle, write_manifest
 from fgresq_sdk.export.onnx_export import carried_meta
@@ -104,13 +113,15 @@ for role in ("encoder", "heads"):
     files[role] = src.path(role).name
 m = src.manifest
 extra = carried_meta(m)
-recipe = sys.argv[3]
+env = os.environ
+recipe = env["RECIPE"]
 extra["training"] = {"recipe": f"train/configs/{recipe}.json", "script": "scripts/make_default_model.sh",
-                     "checkpoint": Path(sys.argv[2]).name, "selected_by": "best pair ACC on the val photos (3 crops)",
+                     "checkpoint": Path(sys.argv[2]).name, "selected_by": f"best pair ACC on the val photos ({env['VAL_CROPS']} crops)",
                      "score_calibration": "train/calibrate.py on the val photos (5th/95th logit percentiles -> 0.05/0.95)",
-                     "data": "synthetic FGRestore-style (degradations v3 with hard negatives, 6 crops per photo) from "
-                             "the fit photos of train/data/split.json (scikit-image + Debian wallpaper packages), "
-                             "seed 0; ranked pairs only: a seeded 85 %, hard-negative pairs 20 %"}
+                     "data": f"synthetic FGRestore-style (degradations v3 with hard negatives, {env['FIT_CROPS']} crops "
+                             f"per photo) from the fit photos of {env['SPLIT']} (photo set {env['PHOTO_SET']}: "
+                             "scikit-image + Debian packages), seed 0; ranked pairs only: a seeded "
+                             f"{float(env['PAIR_FRACTION']):.0%}, hard-negative pairs 20 %"}
 write_manifest(dst, name=f"fgresq-{recipe}", config=src.config, files=files, precision="fp32",
                source="trained from scratch on synthetic data (scripts/make_default_model.sh)", extra=extra)
 print("installed", dst)
@@ -120,5 +131,5 @@ for spec in "skimage-rocket~c0 dehazing rocket-dehazing" "skimage-brick~c0 super
   set -- $spec
   cid=$(echo "$1" | tr '~' '_')
   mkdir -p "examples/$3"
-  for L in 0 2 4; do cp "$WORK/v2-test/images/$cid/$2/L$L.png" "examples/$3/L$L.png"; done
+  for L in 0 2 4; do cp "$WORK/test/images/$cid/$2/L$L.png" "examples/$3/L$L.png"; done
 done

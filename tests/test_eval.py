@@ -391,3 +391,29 @@ def _check_markdown_numbers(md: str, want: dict) -> None:
         for m in ("FGResQ", "PSNR"):
             assert rows[m][2:7] == ["-"] * 5 and rows[m][8] == "5", rows[m]
             assert _cell_is(rows[m][7], want[m][task]["srcc"]), rows[m]
+
+
+def test_junk_vs_clean_does_not_depend_on_where_the_data_lies(tmp_path):
+    """The hard negatives are seeded by each reference's name inside the manifest: the same test set copied to
+    another work folder gets the same junk and the same numbers (they were keyed by the full path, so the
+    default model's junk-vs-clean read 0.721 under data/ and 0.708 under data9/)."""
+    import shutil
+
+    from fgresq_sdk.train import photos as ph
+    from fgresq_sdk.train import synthetic as syn
+    from fgresq_sdk.train.evaluate import junk_vs_clean
+    from fgresq_sdk.train.manifest import Manifest
+
+    class MeanLuma:  # any deterministic scorer: the question is only which junk it is shown
+        def score(self, images):
+            return [float(np.asarray(im, np.float64).mean()) for im in images]
+
+    srcs = [s for s in ph.skimage_sources() if s[0] in ("skimage-astronaut", "skimage-coffee")]
+    syn.generate(ph.load_photos(srcs, max_side=128), tmp_path / "a" / "test", seed=0, size=48, levels=3,
+                 tasks=("deblurring",))
+    shutil.copytree(tmp_path / "a", tmp_path / "elsewhere" / "b")
+    ra = junk_vs_clean(MeanLuma(), Manifest.load(tmp_path / "a" / "test"))
+    rb = junk_vs_clean(MeanLuma(), Manifest.load(tmp_path / "elsewhere" / "b" / "test"))
+    assert ra["n_clean"] == 2 and ra["n_junk"] == 10
+    assert ra == rb
+    assert len({v["junk_mean_score"] for v in ra["per_kind"].values()}) == 5

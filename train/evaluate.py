@@ -216,15 +216,18 @@ def junk_vs_clean(scorer, manifest, seed: int = 0) -> dict:
 
     from .synthetic import JUNK_KINDS, _crc, junk_image
 
-    refs = sorted({str(manifest.reference_path(i)) for i in manifest.images if manifest.reference_path(i)})
-    if not refs:
+    # seeded by the reference's name inside the manifest, not by where the manifest lies: the same test set
+    # gets the same junk in any work folder (it was keyed by the full path, so moving the data changed it)
+    rels = sorted({manifest.images[i].reference for i in manifest.images if manifest.images[i].reference})
+    if not rels:
         return {}
+    refs = [str(Path(manifest.root) / rel) for rel in rels]
     clean = [np.asarray(load_image(r, name=r)) for r in refs]
     c_sc = np.asarray(scorer.score(clean), np.float64)
     per_kind, j_all = {}, []
     for kind in JUNK_KINDS:
-        junk = [junk_image(kind, c.astype(np.float32), np.random.default_rng([seed, _crc(r), 7]))
-                for c, r in zip(clean, refs)]
+        junk = [junk_image(kind, c.astype(np.float32), np.random.default_rng([seed, _crc(rel), 7]))
+                for c, rel in zip(clean, rels)]
         j = np.asarray(scorer.score(junk), np.float64)
         j_all.append(j)
         per_kind[kind] = {"clean_wins": float((c_sc[:, None] > j[None, :]).mean()), "junk_mean_score": float(j.mean())}
