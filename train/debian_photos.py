@@ -204,6 +204,16 @@ def _thumb(path: Path) -> np.ndarray:
         return np.asarray(im.convert("L").resize((16, 16), Image.BILINEAR), np.float32)
 
 
+def _usable_size(f: Path) -> tuple[int, int] | None:
+    """(width, height) of a raster at least MIN_SIDE on its short side; None if smaller or unreadable."""
+    try:
+        with Image.open(f) as im:
+            w, h = im.size
+    except OSError:
+        return None
+    return (w, h) if min(w, h) >= MIN_SIDE else None
+
+
 def _set2_entries(root: Path, versions: dict[str, str] | None) -> dict[str, dict]:
     """Catalogue entries of photo set 2's chosen files; members of .rcc archives are written once to
     root/extracted/<package>/<member path>."""
@@ -223,13 +233,9 @@ def _set2_entries(root: Path, versions: dict[str, str] | None) -> dict[str, dict
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     dest.write_bytes(archives[spec["path"]][spec["member"]])
                 f = dest
-            try:
-                with Image.open(f) as im:
-                    w, h = im.size
-            except OSError:
+            if not (size := _usable_size(f)):
                 continue
-            if min(w, h) < MIN_SIDE:
-                continue
+            w, h = size
             base = f"{PREFIX.get(package, package)}-" + re.sub(r"[^A-Za-z0-9._-]+", "_", f.stem).strip("_")
             name, k = base, 2
             while name in entries:
@@ -253,13 +259,9 @@ def catalog(root: str | Path, versions: dict[str, str] | None = None, photo_set:
         files = sorted(f for f in pkg_dir.rglob("*") if f.is_file() and f.suffix.lower() in EXTS
                        and "/doc/" not in f.as_posix() and f.name != "screenshot.png")
         for f in files:
-            try:
-                with Image.open(f) as im:
-                    w, h = im.size
-            except OSError:
+            if not (size := _usable_size(f)):
                 continue
-            if min(w, h) < MIN_SIDE:
-                continue
+            w, h = size
             name = _design(package, f, pkg_dir)
             light = not f.stem.endswith("-d")
             rank = (light, w * h, "Portrait" not in f.stem)
