@@ -1,25 +1,26 @@
 #!/usr/bin/env bash
 # Reproduce the embedded default model (README "Embedded default model"): clean photos from scikit-image and
-# Debian wallpaper packages (apt-get download, catalogued with licences), split by photo into fit/val/test
-# (train/data/split.json; photo set 2: split-set2.json), synthetic FGRestore-style data (training: degradations v3 = per content and task
-# the v1 generator or a v2 implementation, with hard negatives; val and test: degradations v2, several
-# implementations per task), two-stage training of fgresq-compact-cnn-log (train/configs/default-compact-v8.json),
-# epoch selection on the val photos, the held-out test evaluation, and the bundle copied into
-# fgresq_sdk/default_model/. Budget: <= 90 min on 2 CPU cores (measured: see README).
-#   bash scripts/make_default_model.sh [WORK_DIR]          # the shipped recipe
-#   RECIPE=default-compact-v10 PHOTO_SET=2 FIT_CROPS=2 VAL_CROPS=1 TEST_CROPS=1 PAIR_FRACTION=0.78 \
-#     bash scripts/make_default_model.sh WORK_DIR          # a candidate (installed only if it beats the shipped one)
-# mate-backgrounds is never used for data, selection or tuning; step 6 only evaluates the shipped model on it.
+# Debian packages (apt-get download, catalogued with licences; photo set 2: train/data/photo_set_2.json), split by
+# photo into fit/val/test (train/data/split-set2.json; photo set 1: split.json), synthetic FGRestore-style data
+# (training: degradations v3 = per content and task the v1 generator or a v2 implementation, with hard negatives;
+# val and test: degradations v2, several implementations per task), two-stage training of fgresq-compact-cnn-log
+# (train/configs/default-compact-v10.json), epoch selection on the val photos, the held-out test evaluation, and
+# the bundle copied into fgresq_sdk/default_model/. Budget: <= 90 min on 2 CPU cores (measured: see README).
+#   bash scripts/make_default_model.sh [WORK_DIR]          # the shipped recipe (v10)
+#   RECIPE=default-compact-v8 PHOTO_SET=1 FIT_CROPS=6 VAL_CROPS=3 TEST_CROPS=2 PAIR_FRACTION=0.85 \
+#     bash scripts/make_default_model.sh WORK_DIR          # another recipe (v8 here), installed only if it beats
+#                                                          # the shipped one on the same test photos
+# mate-backgrounds is never used for data, selection or tuning; step 5 only evaluates the models on it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-data}
 PY=.venv/bin/python
 # The recipe and its data (the defaults reproduce the shipped model; a candidate runs with these overridden):
 # training config, photo set (train/debian_photos.py) and crops per photo for fit, val and test
-RECIPE=${RECIPE:-default-compact-v8}
-PHOTO_SET=${PHOTO_SET:-1}
-FIT_CROPS=${FIT_CROPS:-6} VAL_CROPS=${VAL_CROPS:-3} TEST_CROPS=${TEST_CROPS:-2}
-PAIR_FRACTION=${PAIR_FRACTION:-0.85}
+RECIPE=${RECIPE:-default-compact-v10}
+PHOTO_SET=${PHOTO_SET:-2}
+FIT_CROPS=${FIT_CROPS:-2} VAL_CROPS=${VAL_CROPS:-1} TEST_CROPS=${TEST_CROPS:-1}
+PAIR_FRACTION=${PAIR_FRACTION:-0.78}
 if [ "$PHOTO_SET" = 1 ]; then CATALOG="$WORK/photos.json" SPLIT=train/data/split.json
 else CATALOG="$WORK/photos-set$PHOTO_SET.json" SPLIT="train/data/split-set$PHOTO_SET.json"; fi
 mkdir -p "$WORK"
@@ -32,8 +33,9 @@ cmp <($PY -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["sp
 # 2. data: fit = degradations v3 (per content and task the v1 generator or one of the v2 implementations, seeded)
 #    with hard negatives on the fit photos at FIT_CROPS crops each; val (VAL_CROPS crops) and test (TEST_CROPS
 #    crops, no hard negatives: the evaluation makes its own junk from every clean reference) use the v2 generators
-#    with other seeds on other photos; v8 (photo set 1) uses 3 crops per val photo (2,712 pairs): with 1 crop
-#    (904 pairs) the epoch and recipe choices followed noise (README)
+#    with other seeds on other photos; with photo set 1 (91 photos) v8 needed 3 crops per val photo (2,712 pairs):
+#    with 1 crop (904 pairs) the epoch and recipe choices followed noise (README); set 2's 35 val photos at 1 crop
+#    give 2,416 pairs
 common=(--source skimage --catalog "$CATALOG" --split-file "$SPLIT")
 $PY -m fgresq_sdk.train.synthetic --out "$WORK/fit" "${common[@]}" --degradations 3 --junk --photo-split fit --crops-per-photo "$FIT_CROPS" --seed 0
 $PY -m fgresq_sdk.train.synthetic --out "$WORK/val" "${common[@]}" --degradations 2 --junk --photo-split val --crops-per-photo "$VAL_CROPS" --seed 2
