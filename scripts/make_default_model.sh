@@ -118,20 +118,21 @@ extra = carried_meta(m)
 env = os.environ
 recipe = env["RECIPE"]
 extra["training"] = {"recipe": f"train/configs/{recipe}.json", "script": "scripts/make_default_model.sh",
-                     "checkpoint": Path(sys.argv[2]).name, "selected_by": f"best pair ACC on the val photos ({env['VAL_CROPS']} crops)",
+                     "checkpoint": Path(sys.argv[2]).name, "selected_by": f"best pair ACC on the val photos ({env['VAL_CROPS']} crop{'s' * (env['VAL_CROPS'] != '1')} each)",
                      "score_calibration": "train/calibrate.py on the val photos (5th/95th logit percentiles -> 0.05/0.95)",
                      "data": f"synthetic FGRestore-style (degradations v3 with hard negatives, {env['FIT_CROPS']} crops "
                              f"per photo) from the fit photos of {env['SPLIT']} (photo set {env['PHOTO_SET']}: "
                              "scikit-image + Debian packages), seed 0; ranked pairs only: a seeded "
-                             f"{float(env['PAIR_FRACTION']):.0%}, hard-negative pairs 20 %"}
+                             f"{float(env['PAIR_FRACTION']) * 100:.0f} %, hard-negative pairs 20 %"}
 write_manifest(dst, name=f"fgresq-{recipe}", config=src.config, files=files, precision="fp32",
                source="trained from scratch on synthetic data (scripts/make_default_model.sh)", extra=extra)
 print("installed", dst)
 PYEOF
-# 7. examples/: two test photos x tasks, levels 0/2/4
-for spec in "skimage-rocket~c0 dehazing rocket-dehazing" "skimage-brick~c0 super_resolution brick-super-resolution"; do
+# 7. examples/: two test photos x tasks, levels 0/2/4 (the first crop: with one crop per photo the content id
+#    has no _c<k> suffix)
+for spec in "skimage-rocket dehazing rocket-dehazing" "skimage-brick super_resolution brick-super-resolution"; do
   set -- $spec
-  cid=$(echo "$1" | tr '~' '_')
+  cid=$1; [ -d "$WORK/test/images/$cid" ] || cid="$1_c0"
   mkdir -p "examples/$3"
   for L in 0 2 4; do cp "$WORK/test/images/$cid/$2/L$L.png" "examples/$3/L$L.png"; done
 done
