@@ -37,9 +37,13 @@ class ConvStatsTower(nn.Module):
     projection to `width`. Why: the heads are linear in the feature, and a linear function of σ cannot form the
     ratios (σ of fine detail over σ of coarse structure) that say how degraded an image is whatever its
     content and contrast; in logs a ratio is a difference.
+
+    pool "log-stats-kurt" adds each channel's log kurtosis (fourth central moment over σ⁴). Why: sparse
+    residue — rain streaks, block edges — moves a channel's mean and σ little when it covers a few percent of
+    the pixels, but it makes the channel's distribution heavy-tailed; dense texture does not.
     """
 
-    POOLS = ("stats", "log-stats")
+    POOLS = ("stats", "log-stats", "log-stats-kurt")
 
     def __init__(self, channels: list[int], strides: list[int], width: int, embed_dim: int, pool: str = "stats",
                  hidden: int = 0):
@@ -54,17 +58,24 @@ class ConvStatsTower(nn.Module):
             layers += [nn.Conv2d(c_in, int(c_out), 3, stride=int(stride), padding=1), nn.GELU()]
             c_in = int(c_out)
         self.features = nn.Sequential(*layers)
-        self.log_std = pool == "log-stats"
-        self.pool_proj = (nn.Linear(2 * c_in, width) if not hidden else
-                          nn.Sequential(nn.Linear(2 * c_in, int(hidden)), nn.GELU(), nn.Linear(int(hidden), width)))
+        self.log_std = pool != "stats"
+        self.kurtosis = pool == "log-stats-kurt"
+        n_in = (3 if self.kurtosis else 2) * c_in
+        self.pool_proj = (nn.Linear(n_in, width) if not hidden else
+                          nn.Sequential(nn.Linear(n_in, int(hidden)), nn.GELU(), nn.Linear(int(hidden), width)))
         self.proj = nn.Parameter(torch.randn(width, embed_dim) * width ** -0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.features(x)
         mean = y.mean(dim=(2, 3))
-        var = (y - mean[:, :, None, None]).pow(2).mean(dim=(2, 3)) + 1e-6
-        std = 0.5 * torch.log(var) if self.log_std else torch.sqrt(var)
-        out = self.pool_proj(torch.cat([mean, std], dim=1))
+        centred = y - mean[:, :, None, None]
+        sq = centred.pow(2)
+        var = sq.mean(dim=(2, 3)) + 1e-6
+        log_var = torch.log(var)
+        stats = [mean, 0.5 * log_var if self.log_std else torch.sqrt(var)]
+        if self.kurtosis:  # log(m4 / var²): 0 for a symmetric two-point distribution, log 3 for a Gaussian
+            stats.append(torch.log(sq.pow(2).mean(dim=(2, 3)) + 1e-12) - 2.0 * log_var)
+        out = self.pool_proj(torch.cat(stats, dim=1))
         return out if self.proj is None else out @ self.proj
 
 

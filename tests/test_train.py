@@ -373,9 +373,30 @@ def _steps(log: Path) -> dict[tuple[str, int], float]:
     return out
 
 
-@pytest.mark.parametrize("config", ["fgresq-compact-cnn", "fgresq-compact-cnn-log"])
+def test_conv_stats_kurtosis_pool_sees_sparse_residue():
+    """pool 'log-stats-kurt': the third statistic is log(m4 / var²) per channel — log 3 for Gaussian values, far
+    higher when a few percent of the pixels carry streak-like outliers, which move log σ much less."""
+    from fgresq_sdk.model import ConvStatsTower
+
+    tower = ConvStatsTower([2], [1], width=6, embed_dim=6, pool="log-stats-kurt")
+    tower.features = torch.nn.Identity()  # pool the input itself: the statistics are what is tested
+    tower.pool_proj = torch.nn.Identity()
+    tower.proj = None
+    g = torch.Generator().manual_seed(0)
+    dense = torch.randn(1, 2, 256, 256, generator=g)
+    sparse = dense.clone()
+    sparse[:, :, :, ::32] += 4.0  # thin vertical streaks on 1/32 of the columns
+    stats_dense, stats_sparse = tower(dense), tower(sparse)
+    assert stats_dense.shape == (1, 6)
+    assert torch.allclose(stats_dense[0, 4:], torch.full((2,), float(np.log(3.0))), atol=0.03)
+    d_kurt = stats_sparse[0, 4:] - stats_dense[0, 4:]  # log 3 -> ~log 5.9 (a mixture with 1/32 outliers)
+    d_log_std = stats_sparse[0, 2:4] - stats_dense[0, 2:4]  # ~0.5 log 1.48
+    assert d_kurt.min() > 0.5 and d_kurt.min() > 2.5 * d_log_std.max() > 0
+
+
+@pytest.mark.parametrize("config", ["fgresq-compact-cnn", "fgresq-compact-cnn-log", "fgresq-compact-cnn-logk"])
 def test_conv_stats_towers_train_both_stages_and_export_to_parity(manifest_dir, tmp_path, config):
-    """The conv-stats towers (σ or log-σ pooling): stage 1 moves the degradation tower and its projection,
+    """The conv-stats towers (σ, log-σ or log-σ + log-kurtosis pooling): stage 1 moves the degradation tower and its projection,
     stage 2 the image tower and heads, and the exported ONNX bundle scores as the torch model does."""
     import numpy as np
 
