@@ -396,8 +396,8 @@ def test_conv_stats_kurtosis_pool_sees_sparse_residue():
 
 @pytest.mark.parametrize("config", ["fgresq-compact-cnn", "fgresq-compact-cnn-log", "fgresq-compact-cnn-logk"])
 def test_conv_stats_towers_train_both_stages_and_export_to_parity(manifest_dir, tmp_path, config):
-    """The conv-stats towers (σ, log-σ or log-σ + log-kurtosis pooling): stage 1 moves the degradation tower and its projection,
-    stage 2 the image tower and heads, and the exported ONNX bundle scores as the torch model does."""
+    """The conv-stats towers (σ, log-σ or log-σ + log-kurtosis pooling): stage 1 moves the degradation tower and
+    its projection, stage 2 the image tower and heads, and the exported ONNX bundle scores as the torch model does."""
     import numpy as np
 
     from fgresq_sdk.config import load_config
@@ -675,6 +675,7 @@ def test_default_recipe_smoke_run(tmp_path):
     recipe = re.search(r"^RECIPE=(?:\$\{RECIPE:-)?([\w.-]+)\}?$", script, re.M).group(1)
     cfg = load_train_config(root / "train" / "configs" / f"{recipe}.json")
     assert cfg["model"] == "fgresq-compact-cnn-log" and cfg["fgresq"]["fidelity_groups"] == "scene"
+    assert cfg["fgresq"]["ema_decay"] > 0
     cfg.update(threads=1, log_every=1)
     cfg["data"]["cache_mb"] = 64
     cfg["dfl"].update(epochs=1, batch_size=16)

@@ -218,10 +218,12 @@ def junk_vs_clean(scorer, manifest, seed: int = 0) -> dict:
 
     # seeded by the reference's name inside the manifest, not by where the manifest lies: the same test set
     # gets the same junk in any work folder (it was keyed by the full path, so moving the data changed it)
-    rels = sorted({manifest.images[i].reference for i in manifest.images if manifest.images[i].reference})
-    if not rels:
+    paths = {manifest.images[i].reference: str(manifest.reference_path(i)) for i in manifest.images
+             if manifest.images[i].reference}
+    if not paths:
         return {}
-    refs = [str(Path(manifest.root) / rel) for rel in rels]
+    rels = sorted(paths)
+    refs = [paths[rel] for rel in rels]
     clean = [np.asarray(load_image(r, name=r)) for r in refs]
     c_sc = np.asarray(scorer.score(clean), np.float64)
     per_kind, j_all = {}, []
