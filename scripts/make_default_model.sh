@@ -20,7 +20,7 @@ PY=.venv/bin/python
 RECIPE=${RECIPE:-default-compact-v10}
 PHOTO_SET=${PHOTO_SET:-2}
 FIT_CROPS=${FIT_CROPS:-2} VAL_CROPS=${VAL_CROPS:-1} TEST_CROPS=${TEST_CROPS:-1}
-PAIR_FRACTION=${PAIR_FRACTION:-0.78}
+PAIR_FRACTION=${PAIR_FRACTION:-0.78} JUNK_FRACTION=${JUNK_FRACTION:-0.2}
 if [ "$PHOTO_SET" = 1 ]; then CATALOG="$WORK/photos.json" SPLIT=train/data/split.json
 else CATALOG="$WORK/photos-set$PHOTO_SET.json" SPLIT="train/data/split-set$PHOTO_SET.json"; fi
 mkdir -p "$WORK"
@@ -41,10 +41,10 @@ $PY -m fgresq_sdk.train.synthetic --out "$WORK/fit" "${common[@]}" --degradation
 $PY -m fgresq_sdk.train.synthetic --out "$WORK/val" "${common[@]}" --degradations 2 --junk --photo-split val --crops-per-photo "$VAL_CROPS" --seed 2
 $PY -m fgresq_sdk.train.synthetic --out "$WORK/test" "${common[@]}" --degradations 2 --photo-split test --crops-per-photo "$TEST_CROPS" --seed 1
 # 3. training (stage 1 DFL, stage 2 FGResQ; val metrics logged every epoch) on the CPU-budget subset: a seeded
-#    PAIR_FRACTION of the ranked pairs and 20 % of the hard-negative pairs (the 'similar' pairs left out:
+#    PAIR_FRACTION of the ranked pairs and JUNK_FRACTION of the hard-negative pairs (the 'similar' pairs left out:
 #    train/subset.py) of every crop of every fit photo
 $PY -m fgresq_sdk.train.subset --src "$WORK/fit" --out "$WORK/fit-subset" --crops "$(seq -s, 0 $((FIT_CROPS - 1)))" --pair-fraction "$PAIR_FRACTION" \
-    --junk-fraction 0.2 --ranked-only --seed 0
+    --junk-fraction "$JUNK_FRACTION" --ranked-only --seed 0
 .venv/bin/fgresq-sdk train --config "train/configs/$RECIPE.json" --manifest "$WORK/fit-subset" \
     --val-manifest "$WORK/val" --out "$WORK/run" --threads 2 --no-progress
 # 4. the stage-2 epoch with the best pair ACC on the val photos, exported; then the held-out test (README table)
@@ -102,7 +102,7 @@ then
 fi
 rm -f fgresq_sdk/default_model/*.onnx fgresq_sdk/default_model/*.npz fgresq_sdk/default_model/model.json
 RECIPE="$RECIPE" PHOTO_SET="$PHOTO_SET" SPLIT="$SPLIT" FIT_CROPS="$FIT_CROPS" VAL_CROPS="$VAL_CROPS" \
-    PAIR_FRACTION="$PAIR_FRACTION" $PY - "$WORK/default-bundle" "$best" <<'PYEOF'
+    PAIR_FRACTION="$PAIR_FRACTION" JUNK_FRACTION="$JUNK_FRACTION" $PY - "$WORK/default-bundle" "$best" <<'PYEOF'
 import json, os, shutil, sys
 from pathlib import Path
 from fgresq_sdk.bundle import load_bundle, write_manifest
@@ -123,7 +123,8 @@ extra["training"] = {"recipe": f"train/configs/{recipe}.json", "script": "script
                      "data": f"synthetic FGRestore-style (degradations v3 with hard negatives, {env['FIT_CROPS']} crops "
                              f"per photo) from the fit photos of {env['SPLIT']} (photo set {env['PHOTO_SET']}: "
                              "scikit-image + Debian packages), seed 0; ranked pairs only: a seeded "
-                             f"{float(env['PAIR_FRACTION']) * 100:.0f} %, hard-negative pairs 20 %"}
+                             f"{float(env['PAIR_FRACTION']) * 100:.0f} %, hard-negative pairs "
+                             f"{float(env['JUNK_FRACTION']) * 100:.0f} %"}
 write_manifest(dst, name=f"fgresq-{recipe}", config=src.config, files=files, precision="fp32",
                source="trained from scratch on synthetic data (scripts/make_default_model.sh)", extra=extra)
 print("installed", dst)
