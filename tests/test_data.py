@@ -435,6 +435,33 @@ def test_v2_generate_with_junk(clean_photos, tmp_path):
         assert (p.label == "second") == p.a.endswith("/J") and p.label != "similar"
 
 
+def test_generate_records_the_implementation_of_every_content_and_task(clean_photos, tmp_path):
+    """The name is the one the maker's flavour rng draws first (its `kind`), and naming changes no pixel."""
+    m = syn.generate(clean_photos[:2], tmp_path / "v2", seed=0, size=SIZE, version=2, junk=True)
+    impl = m.recipe["implementations"]
+    cids = sorted({r.content_id for r in m.images.values()})
+    assert set(impl) == {f"{c}/{t}" for c in cids for t in TASKS}
+    mixes = {"+".join(c) for c in syn._MIXES}
+    for key, name in impl.items():
+        cid, task = key.rsplit("/", 1)
+        if task == "mixture":
+            assert name in mixes
+            continue
+        rng = np.random.default_rng([0, syn._crc(cid), TASKS.index(task), 1])  # degrader's flavour rng
+        assert name == syn.IMPLEMENTATIONS[task][int(rng.integers(len(syn.IMPLEMENTATIONS[task])))], key
+    x = syn.working_crop(clean_photos[0][1], SIZE).astype(np.float32)
+    for task in syn.IMPLEMENTATIONS:  # the named degradation is the unnamed maker's, pixel for pixel
+        for seed in range(6):
+            f = syn._MAKERS_V2[task](np.random.default_rng(seed), SIZE)
+            del f.implementation
+            assert syn.implementation_of(f) is None
+            g = syn._MAKERS_V2[task](np.random.default_rng(seed), SIZE)
+            assert np.array_equal(f(x.copy(), 0.6), g(x.copy(), 0.6))
+    m1 = syn.generate(clean_photos[:1], tmp_path / "v1", seed=0, size=SIZE)
+    assert {n for k, n in m1.recipe["implementations"].items() if not k.endswith("/mixture")} == {"v1"}
+    assert Manifest.load(tmp_path / "v2").recipe["implementations"] == impl  # survives save/load
+
+
 def test_photo_split_file_and_debian_catalog(tmp_path):
     from fgresq_sdk.train import debian_photos as dp
     from fgresq_sdk.train import make_split

@@ -228,6 +228,41 @@ def build_tiny_manifest(root: Path):
 
 
 @needs_torch
+def test_pair_accuracy_by_implementation_hand_made():
+    """Groups by the (content, task) implementation the manifest records; similar pairs and pairs with a hard
+    negative are left out; score-only methods are judged on the same pairs."""
+    from types import SimpleNamespace
+
+    from fgresq_sdk.train.by_implementation import implementation_accuracy, render_implementation_table
+    from fgresq_sdk.train.manifest import ImageRecord, PairRecord
+
+    images, scores = {}, {}
+    for cid in ("p", "q", "r"):
+        for lv in ("L0", "L1", "L2", "J"):
+            iid = f"{cid}/deraining/{lv}"
+            images[iid] = ImageRecord(iid, iid + ".png", "s", "deraining", cid, 0.0)
+            scores[iid] = {"L0": 3.0, "L1": 2.0, "L2": 1.0, "J": 0.0}[lv]
+    man = SimpleNamespace(images=images, recipe={"implementations": {"p/deraining": "drops",
+                                                                     "q/deraining": "drops",
+                                                                     "r/deraining": "v1"}})
+    pairs = [PairRecord("p/deraining/L0", "p/deraining/L1", "first"),   # model right
+             PairRecord("p/deraining/L2", "p/deraining/L1", "second"),  # model wrong
+             PairRecord("q/deraining/L0", "q/deraining/L2", "first"),   # model wrong
+             PairRecord("q/deraining/L1", "q/deraining/L2", "similar"),  # not ranked: left out
+             PairRecord("q/deraining/J", "q/deraining/L0", "second"),   # hard negative: left out
+             PairRecord("r/deraining/L1", "r/deraining/L0", "second")]  # model right
+    pref = np.array([0.9, 0.8, 0.3, 0.5, 0.1, 0.2])  # P(a better)
+    out = implementation_accuracy(man, pairs, pref, {"FGResQ": {}, "LapVar (NR)": scores})
+    drops, v1 = out["deraining"]["drops"], out["deraining"]["v1"]
+    assert (drops["n_contents"], drops["n_pairs"]) == (2, 3) and (v1["n_contents"], v1["n_pairs"]) == (1, 1)
+    assert drops["FGResQ"] == pytest.approx(1 / 3) and v1["FGResQ"] == 1.0
+    assert drops["LapVar (NR)"] == 1.0  # the scores follow the levels on every kept pair
+    lines = render_implementation_table(out, ["FGResQ", "LapVar (NR)"], {"deraining": "Deraining"})
+    assert "| Deraining | drops | 2 | 3 | 0.333 | 1.000 |" in lines
+    assert implementation_accuracy(SimpleNamespace(images=images, recipe={}), pairs, pref, {}) == {}
+    assert render_implementation_table({}, ["FGResQ"], {}) == []
+
+
 def test_evaluate_end_to_end(tiny_bundle, tmp_path, capsys):
     from fgresq_sdk.train.evaluate import METHODS, eval_main, evaluate, write_report
 

@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from . import metrics as M
+from .by_implementation import implementation_accuracy, render_implementation_table
 from .logs import jsonable
 from .manifest import TASKS, Manifest
 
@@ -373,6 +374,7 @@ def evaluate(bundle_or_scorer, manifest, backend: str = "onnxruntime", *, device
         }
 
     cross = {name: cross_content_srcc(sc, manifest, ids, present) for name, sc in method_scores.items()}
+    by_impl = implementation_accuracy(manifest, pairs, pref, method_scores)
     try:
         junk = junk_vs_clean(scorer, manifest) if baselines else {}
     except Exception as exc:  # informational; never stops the evaluation
@@ -394,6 +396,7 @@ def evaluate(bundle_or_scorer, manifest, backend: str = "onnxruntime", *, device
         "methods": methods_out,
         "range_srcc": range_out,
         "cross_content_srcc": cross,
+        "by_implementation": by_impl,
         "junk_vs_clean": junk,
         "protocol": {"notes": PROTOCOL_NOTES + ([f"MOS negated (lower is better) for scenes: {', '.join(flipped)}."]
                                                 if flipped else []),
@@ -533,6 +536,7 @@ def render_markdown(result: dict) -> str:
         rows.append(["all", _fmt(junk["clean_wins"]), f"clean mean {_fmt(junk['clean_mean_score'])}"])
         lines += _table(["Junk kind", "clean wins", "mean score"], rows)
         lines.append("")
+    lines += render_implementation_table(result.get("by_implementation") or {}, methods, TASK_TITLES)
     lines.append("## Notes")
     lines.append("")
     lines += [f"- {n}" for n in result["protocol"]["notes"]]

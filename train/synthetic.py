@@ -244,6 +244,28 @@ def jnd_ssim_threshold(clean: Sequence[np.ndarray], seed: int = 0, scale: float 
 # Each maker draws the (content, task) flavour from rng once and returns f(x_float, strength) -> float.
 
 Degrade = Callable[[np.ndarray, float], np.ndarray]
+
+# The generator implementations each task's version-2 maker draws from (index = the kind its flavour rng picks;
+# 0 is the version-1 generator). Recorded per (content, task) in the manifest's recipe ("implementations") so that
+# `fgresq-sdk eval` can report pair ACC per implementation: a task's mean hides the one generator a model inverts.
+IMPLEMENTATIONS = {
+    "super_resolution": ("v1", "nearest-up-blur", "jpeg-in-loop", "halos"),
+    "deblurring": ("v1", "defocus", "deconv-ringing"),
+    "denoising": ("v1", "poisson", "chroma", "waxy"),
+    "dehazing": ("v1", "luma-depth", "veil-cast"),
+    "deraining": ("v1", "two-layers", "drops"),
+}
+
+
+def _named(f: Degrade, name: str) -> Degrade:
+    f.implementation = name  # type: ignore[attr-defined]
+    return f
+
+
+def implementation_of(f: Degrade) -> str | None:
+    """The implementation name a maker gave its degradation (None for a callable made elsewhere)."""
+    return getattr(f, "implementation", None)
+
 _DOWN = (Image.BOX, Image.BILINEAR, Image.BICUBIC)
 _UP = (Image.BILINEAR, Image.BICUBIC, Image.LANCZOS)
 
@@ -265,7 +287,7 @@ def _make_sr(rng: np.random.Generator, size: int) -> Degrade:
         lw, lh = _low_resolution(w, h, max_factor, s)
         y = _resize_f(_resize_f(x, lw, lh, down), w, h, up)
         return _unsharp(y, sharp * s, 1.0 * sc)
-    return f
+    return _named(f, "v1")
 
 
 def _make_deblur(rng: np.random.Generator, size: int) -> Degrade:
@@ -282,7 +304,7 @@ def _make_deblur(rng: np.random.Generator, size: int) -> Degrade:
         else:
             y = _gauss(x, (0.2 + max_sigma * s) * sc)
         return _unsharp(y, ring * s, 1.5 * sc)
-    return f
+    return _named(f, "v1")
 
 
 def _make_denoise(rng: np.random.Generator, size: int) -> Degrade:
@@ -308,7 +330,7 @@ def _make_denoise(rng: np.random.Generator, size: int) -> Degrade:
         own /= max(float(own.std()), 1e-6)
         field = np.sqrt(shared) * n + np.sqrt(1.0 - shared) * own
         return _gauss(x, smooth * 2.0 * s * sc) + (1.0 + max_sigma * s) * field[: x.shape[0], : x.shape[1]]
-    return f
+    return _named(f, "v1")
 
 
 def _make_dehaze(rng: np.random.Generator, size: int) -> Degrade:
@@ -325,7 +347,7 @@ def _make_dehaze(rng: np.random.Generator, size: int) -> Degrade:
         h = (max_h * s * depth[: x.shape[0], : x.shape[1]])[..., None]
         y = x * (1.0 - h) + air.astype(np.float32) * h
         return y * (1.0 + s * cast).astype(np.float32)
-    return f
+    return _named(f, "v1")
 
 
 def _make_derain(rng: np.random.Generator, size: int) -> Degrade:
@@ -343,7 +365,7 @@ def _make_derain(rng: np.random.Generator, size: int) -> Degrade:
         streak = np.clip(_gauss(_conv(seeds, kern), 0.5 * sc), 0.0, 1.0)
         alpha = max_alpha * (0.4 + 0.6 * s)
         return x + (255.0 - x) * (alpha * streak)[..., None]
-    return f
+    return _named(f, "v1")
 
 
 # -- version 2: several implementations per task (chosen per (content, task) by the flavour rng), so the
@@ -388,7 +410,7 @@ def _make_sr2(rng: np.random.Generator, size: int) -> Degrade:
         if kind == 3:
             y = _unsharp(y, halo * s, 1.5 * sc)
         return y
-    return f
+    return _named(f, IMPLEMENTATIONS["super_resolution"][kind])
 
 
 def _make_deblur2(rng: np.random.Generator, size: int) -> Degrade:
@@ -406,7 +428,7 @@ def _make_deblur2(rng: np.random.Generator, size: int) -> Degrade:
         # residual blur after a non-blind deconvolution: blur, then over-sharpen -> ringing at edges
         y = _conv(x, motion_kernel(1.0 + 10.0 * s * sc, angle))
         return _unsharp(_unsharp(y, ring * s, 1.0 * sc), 0.5 * ring * s, 3.0 * sc)
-    return f
+    return _named(f, IMPLEMENTATIONS["deblurring"][kind])
 
 
 def _make_denoise2(rng: np.random.Generator, size: int) -> Degrade:
@@ -439,7 +461,7 @@ def _make_denoise2(rng: np.random.Generator, size: int) -> Degrade:
             return w * base + (1 - w) * x if s < 0.05 else (1 - 0.15) * (w * base + (1 - w) * x) + 0.15 * base
         from skimage.restoration import denoise_tv_chambolle
         return 255.0 * denoise_tv_chambolle(x / 255.0, weight=0.02 + 0.25 * s, channel_axis=-1).astype(np.float32)
-    return f
+    return _named(f, IMPLEMENTATIONS["denoising"][kind])
 
 
 def _make_dehaze2(rng: np.random.Generator, size: int) -> Degrade:
@@ -461,7 +483,7 @@ def _make_dehaze2(rng: np.random.Generator, size: int) -> Degrade:
             h = max_h * s * 0.8
             y = x * (1.0 - h) + air.astype(np.float32) * h
         return y * (1.0 + s * cast).astype(np.float32)
-    return f
+    return _named(f, IMPLEMENTATIONS["dehazing"][kind])
 
 
 def _make_derain2(rng: np.random.Generator, size: int) -> Degrade:
@@ -494,7 +516,7 @@ def _make_derain2(rng: np.random.Generator, size: int) -> Degrade:
             m = (((xx - cx) ** 2 + (yy - cy) ** 2) <= r * r)
             y[m] = 0.6 * blurred[m] + 0.4 * 235.0
         return y
-    return f
+    return _named(f, IMPLEMENTATIONS["deraining"][kind])
 
 
 _MAKERS_V2 = {
@@ -564,7 +586,7 @@ def _make_mixture(rng: np.random.Generator, size: int, makers: dict | None = Non
         for g, wgt in parts:
             x = g(x, s * wgt)
         return x
-    return f
+    return _named(f, "+".join(combo))
 
 
 _MAKERS["mixture"] = _make_mixture
@@ -665,6 +687,7 @@ def generate(photos: Sequence[tuple[str, np.ndarray]], out_dir, seed: int = 0, s
     images: dict[str, ImageRecord] = {}
     pairs: list[PairRecord] = []
     n_candidates = n_coarse = n_junk = 0
+    implementations: dict[str, str | None] = {}  # "<content>/<task>" -> generator implementation
     used_scenes: set[str] = set()
     for cid in content_ids:
         ref_rel = f"references/{cid}.png"
@@ -679,6 +702,7 @@ def generate(photos: Sequence[tuple[str, np.ndarray]], out_dir, seed: int = 0, s
             rng = np.random.default_rng([seed, _crc(cid), ti, 2])
             mos = mos_curve(strengths, sc["mos_range"], rng)
             f = degrader(t, cid, seed, size, version)
+            implementations[f"{cid}/{t}"] = implementation_of(f)
             stats, ids = [], []
             for k, s in enumerate(strengths):
                 y = _q(f(x, s))
@@ -743,6 +767,7 @@ def generate(photos: Sequence[tuple[str, np.ndarray]], out_dir, seed: int = 0, s
         },
         "coarse_rule": "pairs with |MOS_a - MOS_b| > scene coarse_threshold dropped",
         "degradation_version": int(version),
+        "implementations": implementations,
         "junk": ({"kinds": list(JUNK_KINDS), "rule": "one hard negative J per (content, task), MOS in the bottom 3 % "
                   "of the scene range, paired with the lowest, middle and highest strength (exempt from the coarse "
                   "filter: they teach the absolute end of the scale)", "images": n_junk} if junk else None),
