@@ -4,12 +4,13 @@
 # photo into fit/val/test (train/data/split-set2.json; photo set 1: split.json), synthetic FGRestore-style data
 # (training: degradations v3 = per content and task the v1 generator or a v2 implementation, with hard negatives;
 # val and test: degradations v2, several implementations per task), two-stage training of fgresq-compact-cnn-log
-# (train/configs/default-compact-v10.json), epoch selection on the val photos, the held-out test evaluation, and
+# (train/configs/default-compact-v11.json), epoch selection on the val photos, the held-out test evaluation, and
 # the bundle copied into fgresq_sdk/default_model/. Budget: <= 90 min on 2 CPU cores (measured: see README).
-#   bash scripts/make_default_model.sh [WORK_DIR]          # the shipped recipe (v10)
+#   bash scripts/make_default_model.sh [WORK_DIR]          # the shipped recipe (v11)
 #   RECIPE=default-compact-v8 PHOTO_SET=1 FIT_CROPS=6 VAL_CROPS=3 TEST_CROPS=2 PAIR_FRACTION=0.85 \
-#     bash scripts/make_default_model.sh WORK_DIR          # another recipe (v8 here), installed only if it beats
-#                                                          # the shipped one on the same test photos
+#     JUNK_FRACTION=0.2 bash scripts/make_default_model.sh WORK_DIR  # another recipe (v8 here; v10: RECIPE=
+#     default-compact-v10 PAIR_FRACTION=0.78 JUNK_FRACTION=0.2), installed only if it beats the shipped one on
+#     the same test photos
 # mate-backgrounds is never used for data, selection or tuning; step 5 only evaluates the models on it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,10 +18,10 @@ WORK=${1:-data}
 PY=.venv/bin/python
 # The recipe and its data (the defaults reproduce the shipped model; a candidate runs with these overridden):
 # training config, photo set (train/debian_photos.py) and crops per photo for fit, val and test
-RECIPE=${RECIPE:-default-compact-v10}
+RECIPE=${RECIPE:-default-compact-v11}
 PHOTO_SET=${PHOTO_SET:-2}
 FIT_CROPS=${FIT_CROPS:-2} VAL_CROPS=${VAL_CROPS:-1} TEST_CROPS=${TEST_CROPS:-1}
-PAIR_FRACTION=${PAIR_FRACTION:-0.78} JUNK_FRACTION=${JUNK_FRACTION:-0.2}
+PAIR_FRACTION=${PAIR_FRACTION:-0.60} JUNK_FRACTION=${JUNK_FRACTION:-0.35}
 if [ "$PHOTO_SET" = 1 ]; then CATALOG="$WORK/photos.json" SPLIT=train/data/split.json
 else CATALOG="$WORK/photos-set$PHOTO_SET.json" SPLIT="train/data/split-set$PHOTO_SET.json"; fi
 mkdir -p "$WORK"

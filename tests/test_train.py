@@ -696,6 +696,9 @@ def test_default_recipe_smoke_run(tmp_path):
     out = evaluate(tmp_path / "bundle", mans["test"])
     assert set(out["methods"]) >= {"FGResQ", "PSNR", "SSIM", "LapVar (NR)"}
     assert out["cross_content_srcc"]["FGResQ"]["all"] is not None
+    impl = out["by_implementation"]  # the v2 test data names each (content, task)'s generator
+    assert impl and sum(r["n_pairs"] for rows in impl.values() for r in rows.values()) > 0
+    assert all(0.0 <= r["FGResQ"] <= 1.0 for rows in impl.values() for r in rows.values())
     jv = out["junk_vs_clean"]
     assert jv["n_clean"] == 2 and jv["n_junk"] == 10 and 0.0 <= jv["clean_wins"] <= 1.0
 
