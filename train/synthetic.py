@@ -266,6 +266,7 @@ def implementation_of(f: Degrade) -> str | None:
     """The implementation name a maker gave its degradation (None for a callable made elsewhere)."""
     return getattr(f, "implementation", None)
 
+
 _DOWN = (Image.BOX, Image.BILINEAR, Image.BICUBIC)
 _UP = (Image.BILINEAR, Image.BICUBIC, Image.LANCZOS)
 
