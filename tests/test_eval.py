@@ -233,7 +233,8 @@ def test_pair_accuracy_by_implementation_hand_made():
     negative are left out; score-only methods are judged on the same pairs."""
     from types import SimpleNamespace
 
-    from fgresq_sdk.train.by_implementation import implementation_accuracy, render_implementation_table
+    from fgresq_sdk.train.by_implementation import implementation_accuracy
+    from fgresq_sdk.train.evaluate import implementation_table
     from fgresq_sdk.train.manifest import ImageRecord, PairRecord
 
     images, scores = {}, {}
@@ -257,10 +258,10 @@ def test_pair_accuracy_by_implementation_hand_made():
     assert (drops["n_contents"], drops["n_pairs"]) == (2, 3) and (v1["n_contents"], v1["n_pairs"]) == (1, 1)
     assert drops["FGResQ"] == pytest.approx(1 / 3) and v1["FGResQ"] == 1.0
     assert drops["LapVar (NR)"] == 1.0  # the scores follow the levels on every kept pair
-    lines = render_implementation_table(out, ["FGResQ", "LapVar (NR)"], {"deraining": "Deraining"})
+    lines = implementation_table(out, ["FGResQ", "LapVar (NR)"])
     assert "| Deraining | drops | 2 | 3 | 0.333 | 1.000 |" in lines
     assert implementation_accuracy(SimpleNamespace(images=images, recipe={}), pairs, pref, {}) == {}
-    assert render_implementation_table({}, ["FGResQ"], {}) == []
+    assert implementation_table({}, ["FGResQ"]) == []
 
 
 def test_evaluate_end_to_end(tiny_bundle, tmp_path, capsys):

@@ -15,9 +15,6 @@ import numpy as np
 
 from . import metrics as M
 
-HARD_NEGATIVE_SUFFIX = "/J"  # synthetic.HARD_NEGATIVE_LEVEL; not imported, to keep evaluation free of the generator
-
-
 def implementation_accuracy(manifest, pairs, pref: np.ndarray, method_scores: dict[str, dict[str, float]],
                             model_name: str = "FGResQ") -> dict:
     """{task: {implementation: {"n_contents", "n_pairs", <method>: ACC}}} for the ranked pairs in `pairs`.
@@ -28,19 +25,22 @@ def implementation_accuracy(manifest, pairs, pref: np.ndarray, method_scores: di
     impl = (getattr(manifest, "recipe", None) or {}).get("implementations") or {}
     if not impl:
         return {}
+    from .synthetic import has_hard_negative  # only manifests the generator wrote get here
+
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     for k, p in enumerate(pairs):
-        if p.label == "similar" or p.a.endswith(HARD_NEGATIVE_SUFFIX) or p.b.endswith(HARD_NEGATIVE_SUFFIX):
+        if p.label == "similar" or has_hard_negative(p):
             continue
         r = manifest.images[p.a]
         name = impl.get(f"{r.content_id}/{r.task}")
         if name:
             groups[(r.task, name)].append(k)
+    pref = np.asarray(pref)
     out: dict[str, dict] = {}
     for (task, name), ks in sorted(groups.items()):
         labels = [pairs[k].label for k in ks]
         row = {"n_contents": len({manifest.images[pairs[k].a].content_id for k in ks}), "n_pairs": len(ks),
-               model_name: M.pair_accuracy(np.asarray(pref)[ks], labels)}
+               model_name: M.pair_accuracy(pref[ks], labels)}
         for method, sc in method_scores.items():
             if method == model_name:
                 continue
@@ -50,20 +50,3 @@ def implementation_accuracy(manifest, pairs, pref: np.ndarray, method_scores: di
         out.setdefault(task, {})[name] = row
     return out
 
-
-def render_implementation_table(by_impl: dict, methods: list[str], task_titles: dict[str, str]) -> list[str]:
-    """Markdown lines: one row per (task, implementation), pair ACC per method; [] when there is nothing."""
-    if not by_impl:
-        return []
-
-    def fmt(v):
-        return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.3f}"
-
-    lines = ["## Pair ACC by generator implementation (ranked pairs without hard negatives)", "",
-             "| Task | Implementation | contents | pairs | " + " | ".join(methods) + " |",
-             "|---|---|---|---|" + "---|" * len(methods)]
-    for task, rows in by_impl.items():
-        for name, row in rows.items():
-            lines.append(f"| {task_titles.get(task, task)} | {name} | {row['n_contents']} | {row['n_pairs']} | "
-                         + " | ".join(fmt(row.get(m)) for m in methods) + " |")
-    return lines + [""]

@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from . import metrics as M
-from .by_implementation import implementation_accuracy, render_implementation_table
+from .by_implementation import implementation_accuracy
 from .logs import jsonable
 from .manifest import TASKS, Manifest
 
@@ -443,6 +443,17 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
+def implementation_table(by_impl: dict, methods: list[str]) -> list[str]:
+    """Markdown lines of `evaluate`'s per-implementation pair ACC: one row per (task, implementation), a column
+    per method; [] when the manifest recorded no implementations."""
+    if not by_impl:
+        return []
+    rows = [[TASK_TITLES.get(task, task), name, str(row["n_contents"]), str(row["n_pairs"])]
+            + [_fmt(row.get(m)) for m in methods] for task, impls in by_impl.items() for name, row in impls.items()]
+    return (["## Pair ACC by generator implementation (ranked pairs without hard negatives)", ""]
+            + _table(["Task", "Implementation", "contents", "pairs"] + list(methods), rows) + [""])
+
+
 def render_markdown(result: dict) -> str:
     """The report as Markdown: Table 3 layout (methods × task SRCC/PLCC/ACC), counts, Table 2 layout."""
     methods = [m for m in METHODS if m in result["methods"]]
@@ -536,7 +547,7 @@ def render_markdown(result: dict) -> str:
         rows.append(["all", _fmt(junk["clean_wins"]), f"clean mean {_fmt(junk['clean_mean_score'])}"])
         lines += _table(["Junk kind", "clean wins", "mean score"], rows)
         lines.append("")
-    lines += render_implementation_table(result.get("by_implementation") or {}, methods, TASK_TITLES)
+    lines += implementation_table(result.get("by_implementation") or {}, methods)
     lines.append("## Notes")
     lines.append("")
     lines += [f"- {n}" for n in result["protocol"]["notes"]]
