@@ -52,6 +52,9 @@ DEFAULTS: dict[str, Any] = {
         "hflip": False,               # same random horizontal flip for both images of a pair
         "cache_mb": 2048,             # decoded-image cache
         "num_workers": 0,             # DataLoader workers (0: decode in the training process)
+        # image batches in channels-last (NHWC) layout: the same numbers up to float noise, and oneDNN's
+        # convolutions run ~1.8x faster forward + backward on conv towers on a 2-core CPU (README, recipe v13)
+        "channels_last": False,
     },
     "dfl": {
         "epochs": 1,

@@ -25,7 +25,7 @@ from fgresq_sdk.model import CHECKPOINT_FORMAT, build_text_tower, read_checkpoin
 from .checkpoints import FINAL_NAME, load_weights_into
 from .config import TrainError
 from .datasets import ImageCache, ImageTaskDataset, TransformSpec
-from .loop import count_trainable, fit, stage_optimization
+from .loop import count_trainable, fit, image_batch, stage_optimization
 from .losses import dfl_loss
 from .manifest import TASKS
 from .sampler import ShuffledBatchSampler
@@ -161,7 +161,8 @@ def load_pretrained(model, path: str | Path) -> dict[str, Any]:
 
 # -- the stage ----------------------------------------------------------------------------------------
 @torch.no_grad()
-def validate_tasks(model, text_feats: torch.Tensor, manifest, spec, cache=None, batch_size: int = 32) -> dict:
+def validate_tasks(model, text_feats: torch.Tensor, manifest, spec, cache=None, batch_size: int = 32,
+                   channels_last: bool = False) -> dict:
     """Task-recognition accuracy of the degradation features (nearest prompt) on a manifest."""
     was = model.degradation_tower.training
     model.degradation_tower.eval()
@@ -170,7 +171,7 @@ def validate_tasks(model, text_feats: torch.Tensor, manifest, spec, cache=None, 
     hits = 0
     for s in range(0, len(ds), batch_size):
         items = [ds[i] for i in range(s, min(len(ds), s + batch_size))]
-        x = torch.stack([it["image"] for it in items]).to(txt.device)
+        x = image_batch(torch.stack([it["image"] for it in items]), txt.device, channels_last)
         f = torch.nn.functional.normalize(degradation_embed(model, x), dim=-1)
         pred = (f @ txt.t()).argmax(dim=1).cpu()
         hits += int((pred == torch.tensor([it["task"] for it in items])).sum())
@@ -233,7 +234,9 @@ def run_dfl(model, train_m, tcfg: dict, stage_dir: Path, logger, *, val_m=None, 
     val_fn = None
     if val_m is not None:
         val_cache = ImageCache(tcfg["data"]["cache_mb"] / 4)
-        val_fn = lambda: validate_tasks(model, text_feats, val_m, spec, val_cache)  # noqa: E731
+        channels_last = bool(tcfg["data"]["channels_last"])
+        val_fn = lambda: validate_tasks(model, text_feats, val_m, spec, val_cache,  # noqa: E731
+                                        channels_last=channels_last)
     logger.log("stage_start", stage="dfl", start_epoch=start_epoch, epochs=epochs, steps_per_epoch=len(sampler),
                total_steps=total, n_train=len(dataset), n_trainable_params=count_trainable(params),
                init=init, prompts=task_prompts(tcfg), logit_scale=logit_scale,

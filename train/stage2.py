@@ -29,7 +29,7 @@ from .ema import WeightEMA
 from .evaluate import scene_weighted_correlations
 from .logs import JsonlLogger, Progress
 from .losses import stage2_loss
-from .loop import count_trainable, fit, stage_optimization
+from .loop import count_trainable, fit, image_batch, stage_optimization
 from .sampler import SceneBatchSampler
 
 __all__ = ["freeze_for_stage2", "stage2_step", "manifest_features", "validate_pairs", "run_fgresq"]
@@ -90,7 +90,8 @@ def stage2_step(model, batch: dict, lambda_scene: float = 5.0, lambda_rank: floa
 
 
 @torch.no_grad()
-def manifest_features(model, manifest, spec, cache=None, batch_size: int = 32) -> tuple[list[str], torch.Tensor]:
+def manifest_features(model, manifest, spec, cache=None, batch_size: int = 32,
+                      channels_last: bool = False) -> tuple[list[str], torch.Tensor]:
     """Quality features q of every manifest image (sorted ids) through the eval transform, i.e. exactly what
     inference feeds the model; the caller puts the model in eval mode."""
     cache = cache if cache is not None else ImageCache(0)
@@ -100,12 +101,13 @@ def manifest_features(model, manifest, spec, cache=None, batch_size: int = 32) -
     for s in range(0, len(ids), batch_size):
         x = torch.stack([torch.from_numpy(normalize(cache.get(manifest.image_path(k), spec.eval_view), spec.size,
                                                     spec.mean, spec.std)) for k in ids[s:s + batch_size]])
-        qs.append(model.quality_features(x.to(device)))
+        qs.append(model.quality_features(image_batch(x, device, channels_last)))
     return ids, (torch.cat(qs) if qs else torch.zeros(0, device=device))
 
 
 @torch.no_grad()
-def validate_pairs(model, manifest, spec, cache=None, batch_size: int = 32) -> dict[str, Any]:
+def validate_pairs(model, manifest, spec, cache=None, batch_size: int = 32,
+                   channels_last: bool = False) -> dict[str, Any]:
     """Val metrics with the live torch model and the eval transform (= inference preprocessing).
 
     Metrics come from train/metrics.py and train/evaluate.py (scene-weighted SRCC/PLCC, the paper's
@@ -113,7 +115,7 @@ def validate_pairs(model, manifest, spec, cache=None, batch_size: int = 32) -> d
     """
     was_training = model.training
     model.eval()
-    ids, q = manifest_features(model, manifest, spec, cache, batch_size)
+    ids, q = manifest_features(model, manifest, spec, cache, batch_size, channels_last)
     device = q.device
     scores = model.score_from_features(q).float().cpu().numpy() if len(ids) else np.zeros(0)
     recs = [manifest.images[k] for k in ids]
@@ -156,7 +158,9 @@ def run_fgresq(model, train_m, tcfg: dict, stage_dir: Path, logger: JsonlLogger,
         model, model.parameters(), sc, total, stage_dir, resume, ema=ema)
     init = resumed or init
     val_eval_cache = ImageCache(tcfg["data"]["cache_mb"] / 4) if val_m is not None else None
-    val_fn = (lambda: validate_pairs(model, val_m, spec, val_eval_cache)) if val_m is not None else None
+    channels_last = bool(tcfg["data"]["channels_last"])
+    val_fn = ((lambda: validate_pairs(model, val_m, spec, val_eval_cache, channels_last=channels_last))
+              if val_m is not None else None)
     logger.log("stage_start", stage="fgresq", start_epoch=start_epoch, epochs=epochs, ema_decay=sc["ema_decay"],
                steps_per_epoch=len(sampler), total_steps=total, n_train=len(dataset),
                n_trainable_params=count_trainable(model.parameters()), init=init)
