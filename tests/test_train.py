@@ -426,6 +426,41 @@ def test_conv_stats_towers_train_both_stages_and_export_to_parity(manifest_dir, 
     assert np.max(np.abs(onnx_scores - torch_scores)) <= 1e-4
 
 
+def test_channels_last_batches_train_the_same_model_up_to_float_noise(manifest_dir, tmp_path):
+    """data.channels_last changes only the memory layout oneDNN sees: both stages log the same losses up to float
+    noise, the checkpoints keep the usual (contiguous) layout, and the trained weights agree closely."""
+    from fgresq_sdk.model import load_checkpoint
+    from fgresq_sdk.train.loop import image_batch
+    from fgresq_sdk.train.run import run_training
+
+    x = torch.rand(2, 3, 8, 8)
+    assert image_batch(x, "cpu", channels_last=True).is_contiguous(memory_format=torch.channels_last)
+    assert image_batch(x, "cpu").is_contiguous()
+    assert torch.equal(image_batch(x, "cpu", channels_last=True), x)
+    ids = torch.arange(4)
+    assert torch.equal(image_batch(ids, "cpu", channels_last=True), ids)  # ids and labels pass through as they are
+    runs = {}
+    for cl in (False, True):
+        cfg = {"name": f"cl{cl}", "model": "fgresq-compact-cnn-log", "log_every": 1, "keep_checkpoints": None,
+               "threads": 1, "data": {"resize": 256, "crop": 224, "hflip": True, "channels_last": cl},
+               "dfl": {"epochs": 1, "batch_size": 8, "lr": 1e-3},
+               "fgresq": {"epochs": 1, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1}}
+        out = tmp_path / f"cl{int(cl)}"
+        run_training(cfg, out, manifest=manifest_dir, val_manifest=manifest_dir, progress=False)
+        runs[cl] = out
+    sa, sb = _steps(runs[False] / "logs.jsonl"), _steps(runs[True] / "logs.jsonl")
+    assert sa.keys() == sb.keys() and any(k[0] == "dfl" for k in sa) and any(k[0] == "fgresq" for k in sa)
+    for k, v in sa.items():
+        assert sb[k] == pytest.approx(v, rel=1e-3, abs=1e-4), k
+    wa = load_checkpoint(runs[False] / "model.safetensors").state_dict()
+    wb = load_checkpoint(runs[True] / "model.safetensors").state_dict()
+    assert wa.keys() == wb.keys()
+    for k, v in wb.items():
+        assert v.is_contiguous(), k
+        if v.is_floating_point():
+            assert torch.allclose(v, wa[k], rtol=1e-2, atol=5e-3), k
+
+
 def test_two_stage_run_logs_checkpoints_and_exact_resume(manifest_dir, tmp_path):
     from fgresq_sdk.model import load_checkpoint
     from fgresq_sdk.train.config import TrainError
