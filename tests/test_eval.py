@@ -94,6 +94,19 @@ def test_scene_weighted_correlations():
 
 
 # -- pairs ---------------------------------------------------------------------------------------------------
+def test_scored_pairs_accuracy_counts_only_pairs_with_both_scores():
+    from types import SimpleNamespace as P
+
+    pairs = [P(a="x", b="y", label="first"), P(a="y", b="z", label="first"), P(a="x", b="w", label="second"),
+             P(a="x", b="z", label="similar"), P(a="z", b="y", label="first")]
+    scores = {"x": 3.0, "y": 1.0, "z": 2.0}  # no score for w: its pair is left out
+    acc, used, ranked = M.scored_pairs_accuracy(pairs, scores)
+    assert (used, ranked) == (4, 3)
+    assert acc == pytest.approx(2 / 3)  # x>y right, y>z wrong, z>y right; the similar pair does not count
+    acc, used, ranked = M.scored_pairs_accuracy(pairs[3:4] + pairs[2:3], scores)
+    assert math.isnan(acc) and (used, ranked) == (1, 0)
+
+
 def test_pair_accuracy_hand_made():
     labels = ["first", "second", "first", "similar", "second"]
     p_a = np.array([0.9, 0.2, 0.4, 0.99, 0.5])  # right, right, wrong, (ignored), tie

@@ -44,9 +44,8 @@ def implementation_accuracy(manifest, pairs, pref: np.ndarray, method_scores: di
         for method, sc in method_scores.items():
             if method == model_name:
                 continue
-            both = [k for k in ks if pairs[k].a in sc and pairs[k].b in sc]
-            row[method] = (M.score_pair_accuracy([sc[pairs[k].a] for k in both], [sc[pairs[k].b] for k in both],
-                                                 [pairs[k].label for k in both]) if both else None)
+            acc, n_used, _ = M.scored_pairs_accuracy([pairs[k] for k in ks], sc)
+            row[method] = acc if n_used else None
         out.setdefault(task, {})[name] = row
     return out
 

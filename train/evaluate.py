@@ -337,13 +337,8 @@ def evaluate(bundle_or_scorer, manifest, backend: str = "onnxruntime", *, device
                 acc3 = M.three_way_accuracy(three[sel], lab_t) if sel else float("nan")
                 n_pairs_used = len(sel)
             else:
-                both = [k for k in sel if pairs[k].a in sc and pairs[k].b in sc]
-                lab_b = [labels[k] for k in both]
-                n_ranked_t = sum(lab != "similar" for lab in lab_b)
-                acc = (M.score_pair_accuracy([sc[pairs[k].a] for k in both], [sc[pairs[k].b] for k in both],
-                                             lab_b) if n_ranked_t else float("nan"))
+                acc, n_pairs_used, n_ranked_t = M.scored_pairs_accuracy([pairs[k] for k in sel], sc)
                 acc3 = None
-                n_pairs_used = len(both)
             per_task[t] = {"srcc": corr["srcc"], "plcc": corr["plcc"], "krcc": corr["krcc"], "acc": acc,
                            "acc3": acc3, "n_images": corr["n_images"], "n_scenes": corr["n_scenes"],
                            "n_pairs": n_pairs_used, "n_ranked_pairs": n_ranked_t,

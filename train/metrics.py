@@ -46,7 +46,7 @@ __all__ = [
     "LABELS", "RANGE_EDGES", "PSNR_CAP_DB", "MIN_LOGISTIC_POINTS", "PlccResult", "RangeSrcc",
     "srcc", "krcc", "pearson", "logistic4", "fit_logistic4", "plcc", "plcc_detail",
     "label_indices", "preference_from_probs", "symmetrised_pair_probs", "pair_accuracy",
-    "score_pair_accuracy", "three_way_accuracy", "range_labels", "range_srcc",
+    "score_pair_accuracy", "scored_pairs_accuracy", "three_way_accuracy", "range_labels", "range_srcc",
     "normalise_per_group", "psnr", "ssim", "to_luma",
 ]
 
@@ -247,6 +247,21 @@ def score_pair_accuracy(score_a, score_b, labels, higher_is_better: bool = True)
     if not higher_is_better:
         a, b = -a, -b
     return pair_accuracy(np.stack([a, b], axis=1), labels)
+
+
+def scored_pairs_accuracy(pairs, scores) -> tuple[float, int, int]:
+    """ACC of a score-only method over the manifest pairs (objects with .a, .b, .label) whose two images it scored.
+
+    Why one function: a full-reference method has no score for images without a reference, so every table
+    (per task, per implementation) must count the same subset of pairs. Returns (ACC, pairs used, ranked pairs
+    used); ACC is NaN when no ranked pair is left.
+    """
+    both = [p for p in pairs if p.a in scores and p.b in scores]
+    labels = [p.label for p in both]
+    n_ranked = sum(lab != "similar" for lab in labels)
+    acc = (score_pair_accuracy([scores[p.a] for p in both], [scores[p.b] for p in both], labels)
+           if n_ranked else float("nan"))
+    return acc, len(both), n_ranked
 
 
 def three_way_accuracy(probs, labels) -> float:
