@@ -10,7 +10,8 @@
 #   RECIPE=default-compact-v8 PHOTO_SET=1 FIT_CROPS=6 VAL_CROPS=3 TEST_CROPS=2 PAIR_FRACTION=0.85 \
 #     JUNK_FRACTION=0.2 bash scripts/make_default_model.sh WORK_DIR  # another recipe (v8 here; v10: RECIPE=
 #     default-compact-v10 PAIR_FRACTION=0.78 JUNK_FRACTION=0.2; candidate v13: RECIPE=default-compact-v13
-#     PAIR_FRACTION=0.80 JUNK_FRACTION=0.50), installed only if it passes step 6's rule against the shipped one
+#     PAIR_FRACTION=0.80 JUNK_FRACTION=0.50; candidate v14: RECIPE=default-compact-v14 PAIR_FRACTION=0.60
+#     JUNK_FRACTION=0.35), installed only if it passes step 6's rule against the shipped one
 # mate-backgrounds is never used for data, selection or tuning; step 5 only evaluates the models on it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
