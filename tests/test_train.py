@@ -461,6 +461,51 @@ def test_channels_last_batches_train_the_same_model_up_to_float_noise(manifest_d
             assert torch.allclose(v, wa[k], rtol=1e-2, atol=5e-3), k
 
 
+def test_center_crop_eval_view_reaches_validation_calibration_and_the_bundle(manifest_dir, tmp_path):
+    """data.eval_view "center-crop": training sees the same random crops as with the model's own view (same
+    losses), while the checkpoint, the calibration's view and the exported bundle resize to resize² and take the
+    centre crop²; the bundle then scores an image as the torch model does on that view."""
+    from fgresq_sdk.model import load_checkpoint
+    from fgresq_sdk.preprocess import PreprocessSpec, load_image
+    from fgresq_sdk.scorer import Scorer
+    from fgresq_sdk.train.config import TrainError, load_train_config
+    from fgresq_sdk.train.datasets import TransformSpec
+    from fgresq_sdk.train.manifest import Manifest
+    from fgresq_sdk.train.run import run_training
+
+    with pytest.raises(TrainError, match="data.eval_view"):
+        load_train_config({"data": {"eval_view": "squash"}})
+    runs = {}
+    for view in ("model", "center-crop"):
+        cfg = {"name": view, "model": "fgresq-compact-cnn-log", "log_every": 1, "threads": 1,
+               "data": {"resize": 256, "crop": 224, "hflip": True, "eval_view": view},
+               "dfl": {"epochs": 1, "batch_size": 8, "lr": 1e-3},
+               "fgresq": {"epochs": 1, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1}}
+        runs[view] = tmp_path / view
+        run_training(cfg, runs[view], manifest=manifest_dir, val_manifest=manifest_dir, progress=False,
+                     export=view == "center-crop")
+    sa, sb = _steps(runs["model"] / "logs.jsonl"), _steps(runs["center-crop"] / "logs.jsonl")
+    assert sa.keys() == sb.keys() and sa
+    for k, v in sa.items():
+        assert sb[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
+    model = load_checkpoint(runs["center-crop"] / "model.safetensors").eval()
+    want = {"resize": {"method": "bilinear-antialias", "size": [256, 256]},
+            "crop": {"method": "center", "size": [224, 224]}}
+    bundle_pre = json.loads((runs["center-crop"] / "bundle" / "model.json").read_text())["preprocess"]
+    for pre in (model.cfg["preprocess"], bundle_pre):
+        assert {k: pre.get(k) for k in want} == want
+    assert TransformSpec.from_config(model.cfg).eval_view.crop is not None
+    assert load_checkpoint(runs["model"] / "model.safetensors").cfg["preprocess"].get("crop") is None
+    m = Manifest.load(manifest_dir)
+    path = str(m.image_path(next(iter(m.images))))
+    img = load_image(path, path)
+    x = torch.from_numpy(PreprocessSpec.from_dict(bundle_pre).tensor(img))[None]
+    with torch.no_grad():
+        ref = float(model(x)[1].reshape(-1)[0])
+    got = Scorer(runs["center-crop"] / "bundle", backend="onnxruntime").score([img])[0]
+    assert abs(ref - got) <= 1e-4
+
+
 def test_two_stage_run_logs_checkpoints_and_exact_resume(manifest_dir, tmp_path):
     from fgresq_sdk.model import load_checkpoint
     from fgresq_sdk.train.config import TrainError
