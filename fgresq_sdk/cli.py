@@ -138,8 +138,10 @@ CompileOpt = typer.Option(False, "--compile", help="torch backend: torch.compile
                           "buckets; the first batch of each size compiles (cached on disk).")
 BatchOpt = typer.Option(16, "--batch-size", "-b", min=1, help="Images per encoder batch.")
 FmtOpt = typer.Option(Fmt.table, "--format", "-f", help="Output format.")
-CropsOpt = typer.Option(1, "--crops", min=1, help="1: the whole image squashed to 224² (as trained). K>1: K aligned "
-                        "224² crops at native resolution, same positions for every image; outputs averaged.")
+CropsOpt = typer.Option(1, "--crops", min=1, help="1: the bundle's preprocessing (its resize/crop spec). K>1: K "
+                        "aligned 224² crops at native resolution, same positions for every image; outputs averaged.")
+FlipOpt = typer.Option(False, "--flip", help="Also encode each view mirrored and average (2× encoder work; the "
+                       "default model ranks more pairs right with it, see README).")
 # Image paths are not click-checked (readable=False): click would turn one unreadable image into a usage
 # error that aborts the whole run; the decoder reports it as that input's own one-line error instead.
 
@@ -150,13 +152,13 @@ def _fail(msg: str, code: int = 2) -> None:
 
 
 def _scorer(model, backend, device, batch_size, crops: int = 1, precision=None, cuda_graphs: bool = False,
-            compile_: bool = False):
+            compile_: bool = False, flip: bool = False):
     from .scorer import Scorer
 
     return Scorer(model, backend=backend.value if isinstance(backend, Enum) else backend,
                   device=device, batch_size=batch_size, crops=crops,
                   precision=precision.value if isinstance(precision, Enum) else precision, cuda_graphs=cuda_graphs,
-                  compile=compile_)
+                  compile=compile_, flip=flip)
 
 
 def _run_encode(scorer, paths: list, label: str):
@@ -179,12 +181,12 @@ def _run_encode(scorer, paths: list, label: str):
 def score(
     images: List[Path] = typer.Argument(..., help="Image files.", show_default=False, readable=False),
     model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt, device: str = DeviceOpt,
-    batch_size: int = BatchOpt, fmt: Fmt = FmtOpt, crops: int = CropsOpt,
+    batch_size: int = BatchOpt, fmt: Fmt = FmtOpt, crops: int = CropsOpt, flip: bool = FlipOpt,
     precision: Optional[Precision] = PrecisionOpt, cuda_graphs: bool = GraphsOpt, compile_: bool = CompileOpt,
 ):
     """Score each image: quality in (0, 1), higher is better."""
     try:
-        scorer = _scorer(model, backend, device, batch_size, crops, precision, cuda_graphs, compile_)
+        scorer = _scorer(model, backend, device, batch_size, crops, precision, cuda_graphs, compile_, flip)
         ok, errors = _run_encode(scorer, images, "scoring")
     except FGResQError as exc:
         _fail(str(exc))
@@ -204,7 +206,7 @@ def compare(
     a: Path = typer.Argument(..., help="First image.", readable=False),
     b: Path = typer.Argument(..., help="Second image.", readable=False),
     model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt, device: str = DeviceOpt,
-    fmt: Fmt = FmtOpt, crops: int = CropsOpt, precision: Optional[Precision] = PrecisionOpt,
+    fmt: Fmt = FmtOpt, crops: int = CropsOpt, flip: bool = FlipOpt, precision: Optional[Precision] = PrecisionOpt,
     report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML page: both "
                                           "images side by side with a synchronised zoom, and the probabilities. "
                                           "Never written over an input; an existing other file is replaced."),
@@ -222,7 +224,7 @@ def compare(
     if report is not None:
         _check_out(report, [a, b], "report")
     try:
-        scorer = _scorer(model, backend, device, 2, crops, precision)
+        scorer = _scorer(model, backend, device, 2, crops, precision, flip=flip)
         ok, errors = _run_encode(scorer, [a, b], "comparing")
     except FGResQError as exc:
         _fail(str(exc))
@@ -260,7 +262,7 @@ def rank(
     group_by: GroupBy = typer.Option(GroupBy.none, "--group-by",
                                      help="parent: rank each sub-folder separately (implies --recursive)."),
     top: Optional[int] = typer.Option(None, "--top", min=1, help="Show only the best K of each group."),
-    fmt: Fmt = FmtOpt, crops: int = CropsOpt,
+    fmt: Fmt = FmtOpt, crops: int = CropsOpt, flip: bool = FlipOpt,
     precision: Optional[Precision] = PrecisionOpt, cuda_graphs: bool = GraphsOpt, compile_: bool = CompileOpt,
     report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML report: "
                                           "thumbnails best-first, scores, tiers and the pairwise heat map of "
@@ -303,7 +305,7 @@ def rank(
               f"in half of the available memory ({budget / 2**30:.1f} GiB) here (use --group-by parent, or "
               "`score` for plain scores)")
     try:
-        scorer = _scorer(model, backend, device, batch_size, crops, precision, cuda_graphs, compile_)
+        scorer = _scorer(model, backend, device, batch_size, crops, precision, cuda_graphs, compile_, flip)
         ok, enc_errors = _run_encode(scorer, files, "ranking")
     except FGResQError as exc:
         _fail(str(exc))
@@ -580,6 +582,7 @@ def eval_cmd(
     manifest: Path = typer.Option(..., "--manifest", help="FGRestore-style manifest folder (see README)."),
     model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for eval.json and eval.md."),
+    crops: int = CropsOpt, flip: bool = FlipOpt,
 ):
     """Paper-style evaluation (Table 3 per task SRCC/PLCC/ACC, Table 2 ranges) with PSNR/SSIM baselines."""
     _require("eval", "train", EVAL_MODULES)  # scipy (metrics) and scikit-image (PSNR/SSIM baselines)
@@ -588,7 +591,7 @@ def eval_cmd(
     except ImportError as exc:
         _fail(f"eval needs the train extra: pip install 'fgresq-sdk[train]' ({exc})")
     try:
-        eval_main(model, manifest, out, backend.value)
+        eval_main(model, manifest, out, backend.value, crops=crops, flip=flip)
     except FGResQError as exc:
         _fail(str(exc))
     except (ValueError, FileNotFoundError) as exc:

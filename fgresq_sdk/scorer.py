@@ -172,7 +172,8 @@ class Scorer(ScoringMethods):
     def __init__(self, model: str | os.PathLike | Bundle | None = None, backend: str = "auto",
                  device: str = "cpu", batch_size: int = 16, threads: int | None = None,
                  decode_workers: int | None = None, verify: bool = True, crops: int = 1,
-                 precision: str | None = None, cuda_graphs: bool = False, compile: bool = False):
+                 precision: str | None = None, cuda_graphs: bool = False, compile: bool = False,
+                 flip: bool = False):
         if isinstance(model, Bundle):
             self.bundle = model
         else:
@@ -192,6 +193,9 @@ class Scorer(ScoringMethods):
         if int(crops) < 1:
             raise ValueError("crops must be ≥ 1")
         self.crops = int(crops)
+        # Test-time mirror views: the towers were trained on randomly mirrored crops, so the mirrored view is a
+        # second, equally valid look at the same residue; averaging the two steadies close calls (README).
+        self.flip = bool(flip)
 
     # -- low level -------------------------------------------------------------------------------------
     @property
@@ -210,10 +214,11 @@ class Scorer(ScoringMethods):
         spec = self.bundle.preprocess_spec
 
         def views(item, name) -> np.ndarray:
-            """[V, 3, S, S]: the bundle's preprocessing (V = 1), or K aligned native-resolution crops."""
-            if self.crops == 1:
-                return preprocess(item, spec, name=name)[None]
-            return crop_views(load_image(item, name), self.crops, spec)
+            """[V, 3, S, S]: the bundle's preprocessing (V = 1), or K aligned native-resolution crops; with
+            flip, each view and its mirror image (V doubles)."""
+            v = preprocess(item, spec, name=name)[None] if self.crops == 1 else \
+                crop_views(load_image(item, name), self.crops, spec)
+            return np.concatenate([v, v[..., ::-1]]) if self.flip else v
 
         def work(job):
             idx, item, name = job
@@ -260,7 +265,8 @@ class Scorer(ScoringMethods):
         return out
 
     def describe(self) -> dict:
-        return {"model": self.bundle.describe(), **self.backend.describe(), "thread_safe": self.thread_safe}
+        return {"model": self.bundle.describe(), **self.backend.describe(), "thread_safe": self.thread_safe,
+                "views": {"crops": self.crops, "flip": self.flip}}
 
 
 def collect_images(root: Path, recursive: bool) -> tuple[list[Path], list[tuple[str, str]]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from conftest import needs_torch
 from fgresq_sdk.crops import crop_boxes, crop_centres, crop_views
@@ -151,3 +151,32 @@ def test_fp16_graph_that_crashes_the_ort_cpu_optimizer_loads(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, f"exit {res.returncode}: {res.stderr[-500:]}"
     assert 0 < float(res.stdout.strip()) < 1
+
+
+def test_flip_views_average_each_image_with_its_mirror(tmp_path):
+    """Scorer(flip=True): every image is encoded as itself and mirrored, features and scores averaged; checked
+    against the plain scorer run on images mirrored by Pillow (224² images under a 224² spec, so no resampling
+    stands between the two). The comparison head is linear in the features, so rankings use averaged logits."""
+    import json
+    import shutil
+
+    from fgresq_sdk.bundle import default_bundle_path
+    from fgresq_sdk.scorer import Scorer
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(default_bundle_path(), bundle)
+    meta = json.loads((bundle / "model.json").read_text())
+    meta["preprocess"] = {"size": 224, "mean": meta["preprocess"]["mean"], "std": meta["preprocess"]["std"]}
+    (bundle / "model.json").write_text(json.dumps(meta))
+    rng = np.random.default_rng(1)
+    imgs = [Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)).filter(ImageFilter.GaussianBlur(r))
+            for r in (0, 1, 2)]
+    mirrored = [im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in imgs]
+    plain = Scorer(bundle, batch_size=2)
+    q0, s0 = plain.encode(imgs)
+    q1, s1 = plain.encode(mirrored)
+    assert np.abs(q0 - q1).max() > 1e-3  # the mirror is a different view for this model
+    both = Scorer(bundle, batch_size=2, flip=True)
+    q, s = both.encode(imgs)
+    assert both.encoded_images == 2 * len(imgs) and both.describe()["views"] == {"crops": 1, "flip": True}
+    assert np.allclose(q, (q0 + q1) / 2, atol=1e-5) and np.allclose(s, (s0 + s1) / 2, atol=1e-5)

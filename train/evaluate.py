@@ -458,7 +458,10 @@ def render_markdown(result: dict) -> str:
     name = model.get("name") if isinstance(model, dict) else None
     c = result["counts"]
     lines = ["# FGResQ evaluation", ""]
-    lines.append(f"- model: {name or '?'} (backend: {result.get('model', {}).get('backend', '?')})")
+    views = (result.get("model") or {}).get("views") or {}
+    view_note = "".join([f", {views['crops']} crops" if views.get("crops", 1) > 1 else "",
+                         ", + mirrored views" if views.get("flip") else ""])
+    lines.append(f"- model: {name or '?'} (backend: {result.get('model', {}).get('backend', '?')}{view_note})")
     lines.append(f"- manifest: {result['manifest']}")
     lines.append(f"- images: {c['images']} ({c['images_encoded']} encoded"
                  + (f", {c['images_with_reference']} with reference" if c.get("images_with_reference") is not None else "")
@@ -563,12 +566,18 @@ def write_report(result: dict, out_dir) -> tuple[Path, Path]:
     return jp, mp
 
 
-def eval_main(model: Path | None, manifest: Path, out: Path | None, backend: str = "onnxruntime") -> dict:
+def eval_main(model: Path | None, manifest: Path, out: Path | None, backend: str = "onnxruntime",
+              crops: int = 1, flip: bool = False) -> dict:
     """What `fgresq-sdk eval --model DIR --manifest M --out DIR` runs: evaluate, write, print Markdown.
 
-    model None means the SDK's embedded default model. Progress goes to stderr, the Markdown to stdout.
+    model None means the SDK's embedded default model. crops/flip: the views each image is encoded with, as
+    `rank --crops K --flip` would (recorded in eval.json's model.views). Progress goes to stderr, the Markdown
+    to stdout.
     """
-    result = evaluate(model, manifest, backend=backend, log=lambda m: print(m, file=sys.stderr))
+    from fgresq_sdk.scorer import Scorer
+
+    scorer = Scorer(model, backend=backend, crops=crops, flip=flip)
+    result = evaluate(scorer, manifest, log=lambda m: print(m, file=sys.stderr))
     if out is not None:
         jp, mp = write_report(result, out)
         print(f"wrote {jp} and {mp}", file=sys.stderr)
