@@ -60,7 +60,7 @@ DEFAULTS: dict[str, Any] = {
         # the scale the random training crops saw); "center-crop" = the training views' own geometry, the
         # spec's resize method to resize×resize then the centre crop×crop (as the authors' release infers).
         # Fine-grained residue (noise, ringing, JPEG blocks) lives at one scale: the v11 weights ranked
-        # the val pairs 0.925 with the squashed view and 0.932 with the centre crop (README, recipe v15).
+        # the val pairs 0.925 with the squashed view and 0.932 with the centre crop (README, recipe v16).
         "eval_view": "model",
     },
     "dfl": {
