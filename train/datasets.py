@@ -33,7 +33,7 @@ from fgresq_sdk.preprocess import PreprocessSpec, Step, load_image, normalize
 from .losses import LABEL_INDEX
 from .manifest import TASKS
 
-__all__ = ["TransformSpec", "center_crop_preprocess", "ImageCache", "PairDataset", "ImageTaskDataset", "scene_codes",
+__all__ = ["TransformSpec", "ImageCache", "PairDataset", "ImageTaskDataset", "scene_codes",
            "task_index"]
 
 
@@ -48,20 +48,6 @@ def scene_codes(manifest) -> dict[str, int]:
     """Scene name → int, over the manifest's declared scenes and the scenes its images use (sorted)."""
     names = set(getattr(manifest, "scenes", {}) or {}) | {rec.scene for rec in manifest.images.values()}
     return {name: i for i, name in enumerate(sorted(names))}
-
-
-def center_crop_preprocess(model_cfg: dict, data_cfg: dict) -> dict:
-    """The model's preprocess spec with the training views' geometry: the spec's resize method to
-    resize×resize, then the centre crop×crop. Random training crops see the image at that scale; the
-    compact configs' legacy spec squashes it to crop×crop instead (0.875× at 256 → 224), which softens
-    exactly the fine residue the model compares (data.eval_view "center-crop", train/config.py)."""
-    pre = PreprocessSpec.from_dict(model_cfg.get("preprocess", {}))
-    resize, crop = int(data_cfg.get("resize", pre.size)), int(data_cfg.get("crop", pre.size))
-    if crop != pre.size or resize < crop:
-        raise ValueError(f"data.eval_view center-crop needs crop == the model input size ({pre.size}) <= resize, "
-                         f"got resize {resize}, crop {crop}")
-    return PreprocessSpec(pre.size, Step(pre.resize.method, (resize, resize)), Step("center", (crop, crop)),
-                          pre.mean, pre.std).to_dict()
 
 
 class TransformSpec:
@@ -95,6 +81,15 @@ class TransformSpec:
         # Training view: the spec's resize method at resize×resize, uncropped (the random crop comes later).
         self.train_view = PreprocessSpec(self.resize, Step(self.pre.resize.method, (self.resize, self.resize)),
                                          None, self.pre.mean, self.pre.std)
+
+    @property
+    def center_crop_view(self) -> PreprocessSpec:
+        """The training views' geometry as an inference spec: ``train_view``'s resize, then the centre
+        crop×crop. Random training crops see the image at that scale; the compact configs' legacy spec squashes
+        it to crop×crop instead (0.875× at 256 → 224), which softens exactly the fine residue the model compares
+        (data.eval_view "center-crop", train/config.py)."""
+        return PreprocessSpec(self.size, self.train_view.resize, Step("center", (self.crop, self.crop)),
+                              self.pre.mean, self.pre.std)
 
     @property
     def eval_view(self) -> PreprocessSpec:

@@ -31,7 +31,7 @@ from fgresq_sdk.model import FGResQ, load_checkpoint, save_checkpoint
 
 from .checkpoints import FINAL_NAME, load_weights_into
 from .config import STAGES, TrainError, load_train_config
-from .datasets import ImageCache, center_crop_preprocess
+from .datasets import ImageCache, TransformSpec
 from .dfl import load_pretrained, run_dfl
 from .logs import JsonlLogger, Progress
 from .loop import set_seed, set_threads
@@ -121,7 +121,7 @@ def run_training(config: str | os.PathLike | dict | None, out: str | os.PathLike
     set_seed(seed)
     model = FGResQ(tcfg["model"])
     if tcfg["data"]["eval_view"] == "center-crop":  # val, calibration and the bundle see the training geometry
-        model.cfg["preprocess"] = center_crop_preprocess(model.cfg, tcfg["data"])
+        model.cfg["preprocess"] = TransformSpec.from_config(model.cfg, tcfg["data"]).center_crop_view.to_dict()
     init = "random init"
     pre = _resolve(tcfg["pretrained"])
     pre_report = None
