@@ -129,7 +129,18 @@ class FGResQ(nn.Module):
         return self.degradation_tower(x)
 
     def quality_features(self, x: torch.Tensor) -> torch.Tensor:
-        """q = [f, t, f + t] with t = prompt_mlp(softmax(task_mlp(d)) · prompt)."""
+        """q = [f, t, f + t] with t = prompt_mlp(softmax(task_mlp(d)) · prompt).
+
+        A config with "mirror_views": true averages q over each image and its mirror image in eval mode, so
+        every runtime that executes the model (torch backend, exported graph, C++) answers the same; the
+        score follows from the averaged q, and the comparison head, linear in q, averages its logits.
+        Training steps (train mode) see single views."""
+        if self.cfg.get("mirror_views") and not self.training:
+            q = self._single_view_features(torch.cat([x, x.flip(-1)]))
+            return q.reshape(2, -1, q.shape[-1]).mean(0)
+        return self._single_view_features(x)
+
+    def _single_view_features(self, x: torch.Tensor) -> torch.Tensor:
         f = self.image_tower(x)
         d = self.degradation_tower(x)
         t = self.prompt_mlp(F.softmax(self.task_mlp(d), dim=1) * self.prompt)

@@ -266,7 +266,9 @@ class Scorer(ScoringMethods):
 
     def describe(self) -> dict:
         return {"model": self.bundle.describe(), **self.backend.describe(), "thread_safe": self.thread_safe,
-                "views": {"crops": self.crops, "flip": self.flip}}
+                "views": {"crops": self.crops, "flip": self.flip,
+                          # the model itself averages each view with its mirror image (its graph does)
+                          "model_mirror": bool(self.bundle.config.get("mirror_views", False))}}
 
 
 def collect_images(root: Path, recursive: bool) -> tuple[list[Path], list[tuple[str, str]]]:

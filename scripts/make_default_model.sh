@@ -25,6 +25,8 @@ RECIPE=${RECIPE:-default-compact-v16}
 PHOTO_SET=${PHOTO_SET:-2}
 FIT_CROPS=${FIT_CROPS:-2} VAL_CROPS=${VAL_CROPS:-1} TEST_CROPS=${TEST_CROPS:-1}
 PAIR_FRACTION=${PAIR_FRACTION:-0.60} JUNK_FRACTION=${JUNK_FRACTION:-0.35}
+# how often each hard-negative kind is drawn in the fit data (train/synthetic.py --junk-weights; empty: equally)
+JUNK_WEIGHTS=${JUNK_WEIGHTS-}
 if [ "$PHOTO_SET" = 1 ]; then CATALOG="$WORK/photos.json" SPLIT=train/data/split.json
 else CATALOG="$WORK/photos-set$PHOTO_SET.json" SPLIT="train/data/split-set$PHOTO_SET.json"; fi
 mkdir -p "$WORK"
@@ -52,7 +54,7 @@ cmp <($PY -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["sp
 #    with 1 crop (904 pairs) the epoch and recipe choices followed noise (README); set 2's 35 val photos at 1 crop
 #    give 2,416 pairs
 common=(--source skimage --catalog "$CATALOG" --split-file "$SPLIT")
-$PY -m fgresq_sdk.train.synthetic --out "$WORK/fit" "${common[@]}" --degradations 3 --junk --photo-split fit --crops-per-photo "$FIT_CROPS" --seed 0
+$PY -m fgresq_sdk.train.synthetic --out "$WORK/fit" "${common[@]}" --degradations 3 --junk ${JUNK_WEIGHTS:+--junk-weights "$JUNK_WEIGHTS"} --photo-split fit --crops-per-photo "$FIT_CROPS" --seed 0
 $PY -m fgresq_sdk.train.synthetic --out "$WORK/val" "${common[@]}" --degradations 2 --junk --photo-split val --crops-per-photo "$VAL_CROPS" --seed 2
 $PY -m fgresq_sdk.train.synthetic --out "$WORK/test" "${common[@]}" --degradations 2 --photo-split test --crops-per-photo "$TEST_CROPS" --seed 1
 # 3. training (stage 1 DFL, stage 2 FGResQ; val metrics logged every epoch) on the CPU-budget subset: a seeded

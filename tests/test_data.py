@@ -435,6 +435,35 @@ def test_v2_generate_with_junk(clean_photos, tmp_path):
         assert (p.label == "second") == p.a.endswith("/J") and p.label != "similar"
 
 
+def test_junk_weights_choose_the_hard_negative_kinds(clean_photos, tmp_path):
+    """--junk-weights: only the kinds named are drawn (flat only: every J is one colour), the same levels as
+    without weights; bad weights are refused before anything is written."""
+    from PIL import Image
+
+    m = syn.generate(clean_photos[:2], tmp_path / "flat", seed=0, size=SIZE, version=2, junk=True,
+                     junk_weights={"flat": 1.0})
+    plain = syn.generate(clean_photos[:2], tmp_path / "plain", seed=0, size=SIZE, version=2, junk=True)
+    assert m.recipe["junk"]["kind_probabilities"]["flat"] == 1.0 and plain.recipe["junk"]["kind_probabilities"] is None
+    junk = [iid for iid in m.images if iid.endswith("/J")]
+    assert len(junk) == 2 * len(TASKS)
+    for iid in junk:
+        px = np.asarray(Image.open(m.image_path(iid))).reshape(-1, 3)
+        assert (px == px[0]).all(), iid
+    kinds_plain = {float(np.asarray(Image.open(plain.image_path(i))).std() == 0) for i in junk}
+    assert kinds_plain != {1.0}  # without weights, other kinds too
+    for iid in m.images:  # the degradation levels do not depend on the junk draw
+        if not iid.endswith("/J"):
+            assert (np.asarray(Image.open(m.image_path(iid))) == np.asarray(Image.open(plain.image_path(iid)))).all()
+    assert syn.parse_junk_weights("extreme_jpeg=4,banding=2") == {"extreme_jpeg": 4.0, "banding": 2.0}
+    assert syn.parse_junk_weights(None) is None
+    for bad in ("jpeg=1", "flat", "flat=-1", "flat=0", "flat=x"):
+        with pytest.raises(ValueError):
+            syn.parse_junk_weights(bad)
+    with pytest.raises(SystemExit):
+        syn.main(["--out", str(tmp_path / "x"), "--junk-weights", "flat=1"])  # without --junk
+    assert not (tmp_path / "x").exists()
+
+
 def test_generate_records_the_implementation_of_every_content_and_task(clean_photos, tmp_path):
     """The name is the one the maker's flavour rng draws first (its `kind`), and naming changes no pixel."""
     m = syn.generate(clean_photos[:2], tmp_path / "v2", seed=0, size=SIZE, version=2, junk=True)

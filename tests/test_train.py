@@ -461,10 +461,11 @@ def test_channels_last_batches_train_the_same_model_up_to_float_noise(manifest_d
             assert torch.allclose(v, wa[k], rtol=1e-2, atol=5e-3), k
 
 
-def test_center_crop_eval_view_reaches_validation_calibration_and_the_bundle(manifest_dir, tmp_path):
-    """data.eval_view "center-crop": training sees the same random crops as with the model's own view (same
-    losses), while the checkpoint, the calibration's view and the exported bundle resize to resize² and take the
-    centre crop²; the bundle then scores an image as the torch model does on that view."""
+def test_center_crop_and_mirror_eval_views_reach_validation_calibration_and_the_bundle(manifest_dir, tmp_path):
+    """data.eval_view "center-crop" + data.eval_mirror: training sees the same random crops as with the model's
+    own single view (same losses), while the checkpoint, the calibration's view and the exported bundle resize to
+    resize² and take the centre crop², and average each image with its mirror image; the bundle then scores an
+    image as the torch model does on that view, and an image and its mirror image alike."""
     from fgresq_sdk.model import load_checkpoint
     from fgresq_sdk.preprocess import PreprocessSpec, load_image
     from fgresq_sdk.scorer import Scorer
@@ -478,7 +479,8 @@ def test_center_crop_eval_view_reaches_validation_calibration_and_the_bundle(man
     runs = {}
     for view in ("model", "center-crop"):
         cfg = {"name": view, "model": "fgresq-compact-cnn-log", "log_every": 1, "threads": 1,
-               "data": {"resize": 256, "crop": 224, "hflip": True, "eval_view": view},
+               "data": {"resize": 256, "crop": 224, "hflip": True, "eval_view": view,
+                        "eval_mirror": view == "center-crop"},
                "dfl": {"epochs": 1, "batch_size": 8, "lr": 1e-3},
                "fgresq": {"epochs": 1, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1}}
         runs[view] = tmp_path / view
@@ -489,6 +491,8 @@ def test_center_crop_eval_view_reaches_validation_calibration_and_the_bundle(man
     for k, v in sa.items():
         assert sb[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
     model = load_checkpoint(runs["center-crop"] / "model.safetensors").eval()
+    assert model.cfg.get("mirror_views") is True
+    assert not load_checkpoint(runs["model"] / "model.safetensors").cfg.get("mirror_views")
     want = {"resize": {"method": "bilinear-antialias", "size": [256, 256]},
             "crop": {"method": "center", "size": [224, 224]}}
     bundle_pre = json.loads((runs["center-crop"] / "bundle" / "model.json").read_text())["preprocess"]
@@ -501,9 +505,17 @@ def test_center_crop_eval_view_reaches_validation_calibration_and_the_bundle(man
     img = load_image(path, path)
     x = torch.from_numpy(PreprocessSpec.from_dict(bundle_pre).tensor(img))[None]
     with torch.no_grad():
-        ref = float(model(x)[1].reshape(-1)[0])
-    got = Scorer(runs["center-crop"] / "bundle", backend="onnxruntime").score([img])[0]
-    assert abs(ref - got) <= 1e-4
+        q, score = model(x)
+        model.train()  # single views: the mean of an image's and its mirror image's features is the eval answer
+        q_views = model.quality_features(torch.cat([x, x.flip(-1)]))
+        model.eval()
+    assert torch.allclose(q[0], q_views.mean(0), atol=1e-5)
+    assert float((q_views[0] - q_views[1]).abs().max()) > 1e-4  # the views differ: the average is not one view
+    ref = float(score.reshape(-1)[0])
+    scorer = Scorer(runs["center-crop"] / "bundle", backend="onnxruntime")
+    arr = np.asarray(img)
+    got, got_mirror = scorer.score([arr, np.ascontiguousarray(arr[:, ::-1])])
+    assert abs(ref - got) <= 1e-4 and abs(got_mirror - got) <= 1e-4
 
 
 def test_two_stage_run_logs_checkpoints_and_exact_resume(manifest_dir, tmp_path):

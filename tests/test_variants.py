@@ -178,5 +178,6 @@ def test_flip_views_average_each_image_with_its_mirror(tmp_path):
     assert np.abs(q0 - q1).max() > 1e-3  # the mirror is a different view for this model
     both = Scorer(bundle, batch_size=2, flip=True)
     q, s = both.encode(imgs)
-    assert both.encoded_images == 2 * len(imgs) and both.describe()["views"] == {"crops": 1, "flip": True}
+    assert both.encoded_images == 2 * len(imgs)
+    assert both.describe()["views"] == {"crops": 1, "flip": True, "model_mirror": False}
     assert np.allclose(q, (q0 + q1) / 2, atol=1e-5) and np.allclose(s, (s0 + s1) / 2, atol=1e-5)

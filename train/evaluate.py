@@ -460,7 +460,8 @@ def render_markdown(result: dict) -> str:
     lines = ["# FGResQ evaluation", ""]
     views = (result.get("model") or {}).get("views") or {}
     view_note = "".join([f", {views['crops']} crops" if views.get("crops", 1) > 1 else "",
-                         ", + mirrored views" if views.get("flip") else ""])
+                         ", + mirrored views" if views.get("flip") else "",
+                         ", the model averages each view with its mirror image" if views.get("model_mirror") else ""])
     lines.append(f"- model: {name or '?'} (backend: {result.get('model', {}).get('backend', '?')}{view_note})")
     lines.append(f"- manifest: {result['manifest']}")
     lines.append(f"- images: {c['images']} ({c['images_encoded']} encoded"

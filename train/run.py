@@ -122,6 +122,8 @@ def run_training(config: str | os.PathLike | dict | None, out: str | os.PathLike
     model = FGResQ(tcfg["model"])
     if tcfg["data"]["eval_view"] == "center-crop":  # val, calibration and the bundle see the training geometry
         model.cfg["preprocess"] = TransformSpec.from_config(model.cfg, tcfg["data"]).center_crop_view.to_dict()
+    if tcfg["data"]["eval_mirror"]:
+        model.cfg["mirror_views"] = True
     init = "random init"
     pre = _resolve(tcfg["pretrained"])
     pre_report = None

@@ -540,6 +540,36 @@ def has_hard_negative(pair: PairRecord) -> bool:
     return is_hard_negative(pair.a) or is_hard_negative(pair.b)
 
 
+def junk_probabilities(weights: dict[str, float] | None) -> np.ndarray | None:
+    """Draw probabilities over JUNK_KINDS from {kind: weight}; None stays None (uniform, the old draw)."""
+    if weights is None:
+        return None
+    unknown = sorted(set(weights) - set(JUNK_KINDS))
+    if unknown:
+        raise ValueError(f"unknown junk kind(s) {', '.join(unknown)} (expected some of {', '.join(JUNK_KINDS)})")
+    w = np.array([float(weights.get(k, 0.0)) for k in JUNK_KINDS])
+    if not np.all(np.isfinite(w)) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"junk weights must be finite, >= 0 and not all 0: {weights}")
+    return w / w.sum()
+
+
+def parse_junk_weights(text: str | None) -> dict[str, float] | None:
+    """'extreme_jpeg=4,banding=2,...' -> {kind: weight}; kinds not named weigh 0."""
+    if not text:
+        return None
+    out = {}
+    for part in text.split(","):
+        kind, sep, val = part.partition("=")
+        try:
+            out[kind.strip()] = float(val) if sep else float("nan")
+        except ValueError:
+            out[kind.strip()] = float("nan")
+        if not sep or not np.isfinite(out[kind.strip()]):
+            raise ValueError(f"--junk-weights: expected kind=weight, got {part!r}")
+    junk_probabilities(out)
+    return out
+
+
 def junk_image(kind: str, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Hard negatives: far below any restored output, whatever the content."""
     h, w = x.shape[:2]
@@ -640,14 +670,17 @@ GENERATED_FILES = (MANIFEST_FILE, "images.csv", "pairs.csv", "images", "referenc
 def generate(photos: Sequence[tuple[str, np.ndarray]], out_dir, seed: int = 0, size: int = 256,
              levels: int | Sequence[float] = DEFAULT_LEVELS, tasks: Sequence[str] = TASKS,
              jnd_scale: float = DEFAULT_JND_SCALE, scenes: dict[str, dict] | None = None,
-             recipe_extra: dict | None = None, version: int = 1, junk: bool = False) -> Manifest:
+             recipe_extra: dict | None = None, version: int = 1, junk: bool = False,
+             junk_weights: dict[str, float] | None = None) -> Manifest:
     """Generate a synthetic FGRestore-style dataset from clean photos into ``out_dir``; returns the saved Manifest.
 
     ``photos``: (name, uint8 image) pairs; names become content ids. Identical crops are dropped
     (with a warning). Files: ``references/<content>.png``, ``images/<content>/<task>/L<k>.png``,
-    plus manifest.json / images.csv / pairs.csv.
+    plus manifest.json / images.csv / pairs.csv. ``junk_weights`` ({kind: weight}, kinds left out weigh 0):
+    how often each hard-negative kind is drawn; None = all kinds equally (the draw of every recipe before it).
     """
     tasks = tuple(tasks)
+    junk_p = junk_probabilities(junk_weights)
     for t in tasks:
         if t not in TASKS:
             raise ValueError(f"unknown task {t!r} (expected some of {TASKS})")
@@ -729,7 +762,8 @@ def generate(photos: Sequence[tuple[str, np.ndarray]], out_dir, seed: int = 0, s
                     pairs.append(PairRecord(a=a, b=b, label="similar" if similar else lab))
             if junk:  # hard negative of this (content, task): far below every level, paired across the range
                 jrng = np.random.default_rng([seed, _crc(cid), ti, 3])
-                kind = JUNK_KINDS[int(jrng.integers(len(JUNK_KINDS)))]
+                kind = JUNK_KINDS[int(jrng.integers(len(JUNK_KINDS)) if junk_p is None
+                                      else jrng.choice(len(JUNK_KINDS), p=junk_p))]
                 lo, hi = float(sc["mos_range"][0]), float(sc["mos_range"][1])
                 jmos = round(lo + (hi - lo) * float(jrng.uniform(0.0, 0.03)), 6)
                 jmos = min(jmos, mos[-1] - 1e-3 * (hi - lo))
@@ -771,7 +805,9 @@ def generate(photos: Sequence[tuple[str, np.ndarray]], out_dir, seed: int = 0, s
         "implementations": implementations,
         "junk": ({"kinds": list(JUNK_KINDS), "rule": "one hard negative J per (content, task), MOS in the bottom 3 % "
                   "of the scene range, paired with the lowest, middle and highest strength (exempt from the coarse "
-                  "filter: they teach the absolute end of the scale)", "images": n_junk} if junk else None),
+                  "filter: they teach the absolute end of the scale)", "images": n_junk,
+                  "kind_probabilities": (None if junk_p is None else dict(zip(JUNK_KINDS, map(float, junk_p))))}
+                 if junk else None),
         "counts": {"candidate_pairs": n_candidates, "coarse_dropped": n_coarse, "pairs": len(pairs),
                    "similar": n_sim, "images": len(images)},
     }
@@ -831,10 +867,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="1: one implementation per task (legacy); 2: several implementations per task; "
                          "3: per (content, task) either family, seeded")
     ap.add_argument("--junk", action="store_true", help="add hard negatives (noise, flat, extreme blur/JPEG, banding)")
+    ap.add_argument("--junk-weights", default=None,
+                    help="with --junk: how often each kind is drawn, e.g. 'noise=1,flat=1,extreme_blur=2,"
+                         "extreme_jpeg=4,banding=2' (kinds not named: never); default: all equally")
     ap.add_argument("--catalog", default=None,
                     help="photos.json from fgresq_sdk.train.debian_photos: adds those photos as a source")
     ap.add_argument("--split-file", default=None, help="a JSON {name: fit|val|test} split (overrides the hash split)")
     args = ap.parse_args(argv)
+    try:
+        junk_weights = parse_junk_weights(args.junk_weights)
+    except ValueError as exc:
+        ap.error(str(exc))
+    if junk_weights is not None and not args.junk:
+        ap.error("--junk-weights needs --junk")
     foreign = foreign_entries(args.out, GENERATED_FILES)
     if foreign:
         print(f"error: {args.out}: holds other files than generated data ({', '.join(foreign[:3])}): "
@@ -872,6 +917,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     m = generate(photos, args.out, seed=args.seed, size=args.size, levels=args.levels, tasks=tasks,
                  jnd_scale=args.jnd_scale, version=args.degradations, junk=args.junk,
+                 junk_weights=junk_weights,
                  recipe_extra={"photo_source": source, "photo_folder": args.photos, "photo_split": args.photo_split,
                                "crops_per_photo": args.crops_per_photo,
                                "photo_split_names": split})
