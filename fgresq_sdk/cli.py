@@ -140,8 +140,8 @@ BatchOpt = typer.Option(16, "--batch-size", "-b", min=1, help="Images per encode
 FmtOpt = typer.Option(Fmt.table, "--format", "-f", help="Output format.")
 CropsOpt = typer.Option(1, "--crops", min=1, help="1: the bundle's preprocessing (its resize/crop spec). K>1: K "
                         "aligned 224² crops at native resolution, same positions for every image; outputs averaged.")
-FlipOpt = typer.Option(False, "--flip", help="Also encode each view mirrored and average (2× encoder work; the "
-                       "default model ranks more pairs right with it, see README).")
+FlipOpt = typer.Option(False, "--flip", help="Also encode each view mirrored and average (2× encoder work); "
+                       "nothing to do for a model that mirrors by itself (model.json config mirror_views).")
 # Image paths are not click-checked (readable=False): click would turn one unreadable image into a usage
 # error that aborts the whole run; the decoder reports it as that input's own one-line error instead.
 

@@ -195,7 +195,9 @@ class Scorer(ScoringMethods):
         self.crops = int(crops)
         # Test-time mirror views: the towers were trained on randomly mirrored crops, so the mirrored view is a
         # second, equally valid look at the same residue; averaging the two steadies close calls (README).
-        self.flip = bool(flip)
+        # A model whose config sets mirror_views already does this inside its graph: a second mirror would
+        # double the work for the same numbers.
+        self.flip = bool(flip) and not self.bundle.config.get("mirror_views", False)
 
     # -- low level -------------------------------------------------------------------------------------
     @property

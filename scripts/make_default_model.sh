@@ -138,7 +138,8 @@ then
 fi
 rm -f fgresq_sdk/default_model/*.onnx fgresq_sdk/default_model/*.npz fgresq_sdk/default_model/model.json
 RECIPE="$RECIPE" PHOTO_SET="$PHOTO_SET" SPLIT="$SPLIT" FIT_CROPS="$FIT_CROPS" VAL_CROPS="$VAL_CROPS" \
-    PAIR_FRACTION="$PAIR_FRACTION" JUNK_FRACTION="$JUNK_FRACTION" $PY - "$WORK/default-bundle" "$best" <<'PYEOF'
+    PAIR_FRACTION="$PAIR_FRACTION" JUNK_FRACTION="$JUNK_FRACTION" JUNK_WEIGHTS="$JUNK_WEIGHTS" \
+    $PY - "$WORK/default-bundle" "$best" <<'PYEOF'
 import json, os, shutil, sys
 from pathlib import Path
 from fgresq_sdk.bundle import load_bundle, write_manifest
@@ -160,7 +161,9 @@ extra["training"] = {"recipe": f"train/configs/{recipe}.json", "script": "script
                              f"per photo) from the fit photos of {env['SPLIT']} (photo set {env['PHOTO_SET']}: "
                              "scikit-image + Debian packages), seed 0; ranked pairs only: a seeded "
                              f"{float(env['PAIR_FRACTION']) * 100:.0f} %, hard-negative pairs "
-                             f"{float(env['JUNK_FRACTION']) * 100:.0f} %"}
+                             f"{float(env['JUNK_FRACTION']) * 100:.0f} %"
+                             + (f" (hard-negative kinds drawn with weights {env['JUNK_WEIGHTS']})"
+                                if env.get("JUNK_WEIGHTS") else "")}
 write_manifest(dst, name=f"fgresq-{recipe}", config=src.config, files=files, precision="fp32",
                source="trained from scratch on synthetic data (scripts/make_default_model.sh)", extra=extra)
 print("installed", dst)

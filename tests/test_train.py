@@ -516,6 +516,9 @@ def test_center_crop_and_mirror_eval_views_reach_validation_calibration_and_the_
     arr = np.asarray(img)
     got, got_mirror = scorer.score([arr, np.ascontiguousarray(arr[:, ::-1])])
     assert abs(ref - got) <= 1e-4 and abs(got_mirror - got) <= 1e-4
+    again = Scorer(runs["center-crop"] / "bundle", backend="onnxruntime", flip=True)  # --flip: nothing more to do
+    assert again.score([arr])[0] == pytest.approx(got, abs=1e-6) and again.encoded_images == 1
+    assert again.describe()["views"] == {"crops": 1, "flip": False, "model_mirror": True}
 
 
 def test_two_stage_run_logs_checkpoints_and_exact_resume(manifest_dir, tmp_path):
