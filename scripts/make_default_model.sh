@@ -4,15 +4,16 @@
 # photo into fit/val/test (train/data/split-set2.json; photo set 1: split.json), synthetic FGRestore-style data
 # (training: degradations v3 = per content and task the v1 generator or a v2 implementation, with hard negatives;
 # val and test: degradations v2, several implementations per task), two-stage training of fgresq-compact-cnn-log
-# (train/configs/default-compact-v16.json: v11's training, validated, calibrated and exported with the centre-crop
-# view), epoch selection on the val photos, the held-out test evaluation, and
+# (train/configs/default-compact-v17.json: v11's training, validated, calibrated and exported with the centre-crop
+# view, each image averaged with its mirror image), epoch selection on the val photos, the held-out test evaluation, and
 # the bundle copied into fgresq_sdk/default_model/. Budget: <= 90 min on 2 CPU cores (measured: see README).
-#   bash scripts/make_default_model.sh [WORK_DIR]          # the shipped recipe (v16)
+#   bash scripts/make_default_model.sh [WORK_DIR]          # the shipped recipe (v17)
 #   RECIPE=default-compact-v8 PHOTO_SET=1 FIT_CROPS=6 VAL_CROPS=3 TEST_CROPS=2 PAIR_FRACTION=0.85 \
 #     JUNK_FRACTION=0.2 bash scripts/make_default_model.sh WORK_DIR  # another recipe (v8 here; v10: RECIPE=
 #     default-compact-v10 PAIR_FRACTION=0.78 JUNK_FRACTION=0.2; candidate v13: RECIPE=default-compact-v13
 #     PAIR_FRACTION=0.80 JUNK_FRACTION=0.50; candidate v14: RECIPE=default-compact-v14 PAIR_FRACTION=0.60
-#     JUNK_FRACTION=0.35; candidate v15: RECIPE=default-compact-v15; the previous default v11: RECIPE=default-compact-v11),
+#     JUNK_FRACTION=0.35; candidate v15: RECIPE=default-compact-v15; the previous defaults v16 and v11: RECIPE=default-compact-v16 / -v11;
+#     candidate v18: RECIPE=default-compact-v18 JUNK_WEIGHTS=noise=1,flat=1,extreme_blur=2,extreme_jpeg=4,banding=2),
 #     installed only if it passes step 6's rule against the shipped one
 # mate-backgrounds is never used for data, selection or tuning; step 5 only evaluates the models on it.
 set -euo pipefail
@@ -21,7 +22,7 @@ WORK=${1:-data}
 PY=.venv/bin/python
 # The recipe and its data (the defaults reproduce the shipped model; a candidate runs with these overridden):
 # training config, photo set (train/debian_photos.py) and crops per photo for fit, val and test
-RECIPE=${RECIPE:-default-compact-v16}
+RECIPE=${RECIPE:-default-compact-v17}
 PHOTO_SET=${PHOTO_SET:-2}
 FIT_CROPS=${FIT_CROPS:-2} VAL_CROPS=${VAL_CROPS:-1} TEST_CROPS=${TEST_CROPS:-1}
 PAIR_FRACTION=${PAIR_FRACTION:-0.60} JUNK_FRACTION=${JUNK_FRACTION:-0.35}
