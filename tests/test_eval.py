@@ -336,10 +336,10 @@ def test_evaluate_end_to_end(tiny_bundle, tmp_path, capsys):
     assert (tmp_path / "cli" / "eval.json").exists()
     _check_markdown_numbers(printed, _independent_metrics(tiny_bundle, man))
     assert out["methods"]["PSNR"]["per_task"] == res["methods"]["PSNR"]["per_task"]
-    assert out["model"]["views"] == {"crops": 1, "flip": False}
+    assert out["model"]["views"] == {"crops": 1, "flip": False, "model_mirror": False}
     # --flip: every image also encoded mirrored (recorded in the report); the baselines do not change
     flipped = eval_main(tiny_bundle, tmp_path / "man", tmp_path / "cli-flip", "onnxruntime", flip=True)
-    assert flipped["model"]["views"] == {"crops": 1, "flip": True}
+    assert flipped["model"]["views"] == {"crops": 1, "flip": True, "model_mirror": False}
     assert flipped["counts"]["images_encoded"] == out["counts"]["images_encoded"]
     assert "+ mirrored views" in (tmp_path / "cli-flip" / "eval.md").read_text()
     assert flipped["methods"]["PSNR"]["per_task"] == out["methods"]["PSNR"]["per_task"]

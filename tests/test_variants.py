@@ -160,11 +160,12 @@ def test_flip_views_average_each_image_with_its_mirror(tmp_path):
     import json
     import shutil
 
-    from fgresq_sdk.bundle import default_bundle_path
+    from conftest import TRAINED_VIT
+
     from fgresq_sdk.scorer import Scorer
 
     bundle = tmp_path / "bundle"
-    shutil.copytree(default_bundle_path(), bundle)
+    shutil.copytree(TRAINED_VIT, bundle)  # a trained model without mirror_views (the default mirrors in its graph)
     meta = json.loads((bundle / "model.json").read_text())
     meta["preprocess"] = {"size": 224, "mean": meta["preprocess"]["mean"], "std": meta["preprocess"]["std"]}
     (bundle / "model.json").write_text(json.dumps(meta))
