@@ -197,7 +197,8 @@ class Scorer(ScoringMethods):
         # second, equally valid look at the same residue; averaging the two steadies close calls (README).
         # A model whose config sets mirror_views already does this inside its graph: a second mirror would
         # double the work for the same numbers.
-        self.flip = bool(flip) and not self.bundle.config.get("mirror_views", False)
+        self.model_mirror = bool(self.bundle.config.get("mirror_views", False))
+        self.flip = bool(flip) and not self.model_mirror
 
     # -- low level -------------------------------------------------------------------------------------
     @property
@@ -268,9 +269,7 @@ class Scorer(ScoringMethods):
 
     def describe(self) -> dict:
         return {"model": self.bundle.describe(), **self.backend.describe(), "thread_safe": self.thread_safe,
-                "views": {"crops": self.crops, "flip": self.flip,
-                          # the model itself averages each view with its mirror image (its graph does)
-                          "model_mirror": bool(self.bundle.config.get("mirror_views", False))}}
+                "views": {"crops": self.crops, "flip": self.flip, "model_mirror": self.model_mirror}}
 
 
 def collect_images(root: Path, recursive: bool) -> tuple[list[Path], list[tuple[str, str]]]:

@@ -559,14 +559,12 @@ def parse_junk_weights(text: str | None) -> dict[str, float] | None:
         return None
     out = {}
     for part in text.split(","):
-        kind, sep, val = part.partition("=")
+        kind, _, val = part.partition("=")
         try:
-            out[kind.strip()] = float(val) if sep else float("nan")
+            out[kind.strip()] = float(val)
         except ValueError:
-            out[kind.strip()] = float("nan")
-        if not sep or not np.isfinite(out[kind.strip()]):
-            raise ValueError(f"--junk-weights: expected kind=weight, got {part!r}")
-    junk_probabilities(out)
+            raise ValueError(f"--junk-weights: expected kind=weight, got {part!r}") from None
+    junk_probabilities(out)  # unknown kinds, negative, infinite or all-zero weights
     return out
 
 
