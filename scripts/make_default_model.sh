@@ -28,6 +28,9 @@ FIT_CROPS=${FIT_CROPS:-2} VAL_CROPS=${VAL_CROPS:-1} TEST_CROPS=${TEST_CROPS:-1}
 PAIR_FRACTION=${PAIR_FRACTION:-0.60} JUNK_FRACTION=${JUNK_FRACTION:-0.35}
 # how often each hard-negative kind is drawn in the fit data (train/synthetic.py --junk-weights; empty: equally)
 JUNK_WEIGHTS=${JUNK_WEIGHTS-}
+# the polish cycle after the epoch choice (step 4; empty: none, as every recipe before v19) and its subset
+POLISH=${POLISH-default-compact-v19}
+POLISH_PAIR_FRACTION=${POLISH_PAIR_FRACTION:-0.25} POLISH_JUNK_FRACTION=${POLISH_JUNK_FRACTION:-0.15}
 if [ "$PHOTO_SET" = 1 ]; then CATALOG="$WORK/photos.json" SPLIT=train/data/split.json
 else CATALOG="$WORK/photos-set$PHOTO_SET.json" SPLIT="train/data/split-set$PHOTO_SET.json"; fi
 mkdir -p "$WORK"
@@ -66,14 +69,30 @@ $PY -m fgresq_sdk.train.subset --src "$WORK/fit" --out "$WORK/fit-subset" --crop
 .venv/bin/fgresq-sdk train --config "train/configs/$RECIPE.json" --manifest "$WORK/fit-subset" \
     --val-manifest "$WORK/val" --out "$WORK/run" --threads 2 --no-progress
 # 4. the stage-2 epoch with the best pair ACC on the val photos, exported; then the held-out test (README table)
-best=$($PY - "$WORK/run/logs.jsonl" <<'PYEOF'
+select_best() {  # the stage-2 epoch checkpoint with the best val pair ACC over the given runs' logs (ties: the later)
+  $PY - "$@" <<'PYEOF'
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-ep = [r for r in rows if r.get("event") == "epoch" and r.get("stage") == "fgresq" and r.get("val")]
-print(max(ep, key=lambda r: (r["val"]["acc"], r["epoch"]))["checkpoint"])
+ep = [(r["val"]["acc"], k, r["epoch"], r["checkpoint"]) for k, log in enumerate(sys.argv[1:])
+      for r in map(json.loads, open(log)) if r.get("event") == "epoch" and r.get("stage") == "fgresq" and r.get("val")]
+print(max(ep)[3])
 PYEOF
-)
+}
+best=$(select_best "$WORK/run/logs.jsonl")
 echo "selected $best"
+#    polish (POLISH, recipe v19; empty: none): one more stage-2 epoch from the selected checkpoint on a fresh seeded
+#    subset (POLISH_PAIR_FRACTION of the ranked pairs, POLISH_JUNK_FRACTION of the hard-negative pairs, seed 1)
+#    with the polish config's loss (v19: the fidelity loss on the score logit, weighted 20); it replaces the
+#    selected checkpoint if it ranks the val pairs at least as well
+SHIPPED=$RECIPE
+if [ -n "$POLISH" ]; then
+  $PY -m fgresq_sdk.train.subset --src "$WORK/fit" --out "$WORK/fit-polish" --crops "$(seq -s, 0 $((FIT_CROPS - 1)))" \
+      --pair-fraction "$POLISH_PAIR_FRACTION" --junk-fraction "$POLISH_JUNK_FRACTION" --ranked-only --seed 1
+  .venv/bin/fgresq-sdk train --config "train/configs/$POLISH.json" --manifest "$WORK/fit-polish" --val-manifest "$WORK/val" \
+      --out "$WORK/polish" --stage fgresq --init-checkpoint "$best" --threads 2 --no-progress
+  best=$(select_best "$WORK/run/logs.jsonl" "$WORK/polish/logs.jsonl")
+  case "$best" in "$WORK/polish/"*) SHIPPED=$POLISH ;; esac
+  echo "selected $best"
+fi
 #    the score logit mapped affinely (order unchanged) so the val photos' scores spread over (0, 1)
 $PY -m fgresq_sdk.train.calibrate --checkpoint "$best" --manifest "$WORK/val" --out "$WORK/run/calibrated.safetensors" --force
 .venv/bin/fgresq-sdk export --checkpoint "$WORK/run/calibrated.safetensors" --out "$WORK/default-bundle" --force
@@ -138,7 +157,9 @@ then
   exit 0
 fi
 rm -f fgresq_sdk/default_model/*.onnx fgresq_sdk/default_model/*.npz fgresq_sdk/default_model/model.json
-RECIPE="$RECIPE" PHOTO_SET="$PHOTO_SET" SPLIT="$SPLIT" FIT_CROPS="$FIT_CROPS" VAL_CROPS="$VAL_CROPS" \
+SHIPPED_POLISH=$([ "$SHIPPED" = "$RECIPE" ] || echo "$POLISH")  # set apart: prefix assignments see each other
+BASE_RECIPE=$RECIPE RECIPE="$SHIPPED" POLISH="$SHIPPED_POLISH" \
+    POLISH_PAIR_FRACTION="$POLISH_PAIR_FRACTION" POLISH_JUNK_FRACTION="$POLISH_JUNK_FRACTION" PHOTO_SET="$PHOTO_SET" SPLIT="$SPLIT" FIT_CROPS="$FIT_CROPS" VAL_CROPS="$VAL_CROPS" \
     PAIR_FRACTION="$PAIR_FRACTION" JUNK_FRACTION="$JUNK_FRACTION" JUNK_WEIGHTS="$JUNK_WEIGHTS" \
     $PY - "$WORK/default-bundle" "$best" <<'PYEOF'
 import json, os, shutil, sys
@@ -165,6 +186,11 @@ extra["training"] = {"recipe": f"train/configs/{recipe}.json", "script": "script
                              f"{float(env['JUNK_FRACTION']) * 100:.0f} %"
                              + (f" (hard-negative kinds drawn with weights {env['JUNK_WEIGHTS']})"
                                 if env.get("JUNK_WEIGHTS") else "")}
+if env.get("POLISH"):
+    extra["training"]["polish"] = (
+        f"train/configs/{env['BASE_RECIPE']}.json, then one epoch of train/configs/{env['POLISH']}.json from its "
+        f"selected checkpoint on a fresh seeded subset (seed 1): {float(env['POLISH_PAIR_FRACTION']) * 100:.0f} % "
+        f"of the ranked pairs, {float(env['POLISH_JUNK_FRACTION']) * 100:.0f} % of the hard-negative pairs")
 write_manifest(dst, name=f"fgresq-{recipe}", config=src.config, files=files, precision="fp32",
                source="trained from scratch on synthetic data (scripts/make_default_model.sh)", extra=extra)
 print("installed", dst)

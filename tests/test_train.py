@@ -780,6 +780,22 @@ def test_default_recipe_smoke_run(tmp_path):
     recs = [json.loads(line) for line in (tmp_path / "run" / "logs.jsonl").read_text().splitlines()]
     ep = [r for r in recs if r["event"] == "epoch" and r["stage"] == "fgresq"]
     assert ep and "acc" in ep[-1]["val"]
+    # the polish cycle (POLISH=, recipe v19): one more stage-2 epoch from the selected checkpoint, own config
+    polish = re.search(r"^POLISH=\$\{POLISH-([\w.-]*)\}$", script, re.M).group(1)
+    if polish:
+        pcfg = load_train_config(root / "train" / "configs" / f"{polish}.json")
+        # the polish changes only stage 2's optimisation: the towers, data views and stage 1 are the recipe's
+        assert {k: pcfg[k] for k in ("model", "data", "dfl", "seed")} == {
+            k: load_train_config(root / "train" / "configs" / f"{recipe}.json")[k] for k in ("model", "data", "dfl", "seed")}
+        assert pcfg["fgresq"]["epochs"] == 1 and pcfg["fgresq"]["fidelity_on"] == "logit"
+        pcfg.update(threads=1, log_every=1)
+        pcfg["data"]["cache_mb"] = 64
+        pcfg["fgresq"].update(batch_size=8, warmup_steps=1)
+        res = run_training(pcfg, tmp_path / "polish", manifest=tmp_path / "fit-s", val_manifest=mans["val"],
+                           progress=False, export=False, stage="fgresq", init_checkpoint=ep[-1]["checkpoint"])
+        recs = [json.loads(line) for line in (tmp_path / "polish" / "logs.jsonl").read_text().splitlines()]
+        assert next(r for r in recs if r["event"] == "stage_start")["init"] == f"checkpoint ({ep[-1]['checkpoint']})"
+        assert [r["val"]["acc"] is not None for r in recs if r["event"] == "epoch"] == [True]
     model = load_checkpoint(res["model"]).eval()
     val = Manifest.load(mans["val"])
     before = score_logits(model, val)
