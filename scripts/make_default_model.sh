@@ -5,15 +5,18 @@
 # (training: degradations v3 = per content and task the v1 generator or a v2 implementation, with hard negatives;
 # val and test: degradations v2, several implementations per task), two-stage training of fgresq-compact-cnn-log
 # (train/configs/default-compact-v17.json: v11's training, validated, calibrated and exported with the centre-crop
-# view, each image averaged with its mirror image), epoch selection on the val photos, the held-out test evaluation, and
+# view, each image averaged with its mirror image), epoch selection on the val photos, one polish epoch of stage 2
+# (train/configs/default-compact-v19.json: the fidelity loss on the logit, weighted 20; kept if val agrees), the
+# held-out test evaluation, and
 # the bundle copied into fgresq_sdk/default_model/. Budget: <= 90 min on 2 CPU cores (measured: see README).
-#   bash scripts/make_default_model.sh [WORK_DIR]          # the shipped recipe (v17)
+#   bash scripts/make_default_model.sh [WORK_DIR]          # the shipped recipe (v19 = RECIPE v17 + POLISH v19)
 #   RECIPE=default-compact-v8 PHOTO_SET=1 FIT_CROPS=6 VAL_CROPS=3 TEST_CROPS=2 PAIR_FRACTION=0.85 \
 #     JUNK_FRACTION=0.2 bash scripts/make_default_model.sh WORK_DIR  # another recipe (v8 here; v10: RECIPE=
 #     default-compact-v10 PAIR_FRACTION=0.78 JUNK_FRACTION=0.2; candidate v13: RECIPE=default-compact-v13
 #     PAIR_FRACTION=0.80 JUNK_FRACTION=0.50; candidate v14: RECIPE=default-compact-v14 PAIR_FRACTION=0.60
 #     JUNK_FRACTION=0.35; candidate v15: RECIPE=default-compact-v15; the previous defaults v16 and v11: RECIPE=default-compact-v16 / -v11;
-#     candidate v18: RECIPE=default-compact-v18 JUNK_WEIGHTS=noise=1,flat=1,extreme_blur=2,extreme_jpeg=4,banding=2),
+#     candidate v18: RECIPE=default-compact-v18 JUNK_WEIGHTS=noise=1,flat=1,extreme_blur=2,extreme_jpeg=4,banding=2;
+#     every recipe before v19 also with POLISH=),
 #     installed only if it passes step 6's rule against the shipped one
 # mate-backgrounds is never used for data, selection or tuning; step 5 only evaluates the models on it.
 set -euo pipefail
