@@ -190,8 +190,11 @@ extra["training"] = {"recipe": f"train/configs/{recipe}.json", "script": "script
                              + (f" (hard-negative kinds drawn with weights {env['JUNK_WEIGHTS']})"
                                 if env.get("JUNK_WEIGHTS") else "")}
 if env.get("POLISH"):
+    from fgresq_sdk.train.config import load_train_config
+    n = load_train_config(f"train/configs/{env['POLISH']}.json")["fgresq"]["epochs"]  # the config's, not assumed
     extra["training"]["polish"] = (
-        f"train/configs/{env['BASE_RECIPE']}.json, then one epoch of train/configs/{env['POLISH']}.json from its "
+        f"train/configs/{env['BASE_RECIPE']}.json, then {'one epoch' if n == 1 else f'{n} epochs'} of "
+        f"train/configs/{env['POLISH']}.json from its "
         f"selected checkpoint on a fresh seeded subset (seed 1): {float(env['POLISH_PAIR_FRACTION']) * 100:.0f} % "
         f"of the ranked pairs, {float(env['POLISH_JUNK_FRACTION']) * 100:.0f} % of the hard-negative pairs")
 write_manifest(dst, name=f"fgresq-{recipe}", config=src.config, files=files, precision="fp32",
