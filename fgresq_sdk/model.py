@@ -41,9 +41,14 @@ class ConvStatsTower(nn.Module):
     pool "log-stats-kurt" adds each channel's log kurtosis (fourth central moment over σ⁴). Why: sparse
     residue — rain streaks, block edges — moves a channel's mean and σ little when it covers a few percent of
     the pixels, but it makes the channel's distribution heavy-tailed; dense texture does not.
+
+    pool "log-stats-ms" pools mean and log σ of every layer's output, not only the last one's. Why: the last
+    layer's statistics mix fine residue with content; the ratio of a fine layer's energy to a coarse layer's
+    (a difference in logs) is what natural-scene-statistics metrics read as content-free sharpness or noise,
+    and the heads can form it only if both scales reach them.
     """
 
-    POOLS = ("stats", "log-stats", "log-stats-kurt")
+    POOLS = ("stats", "log-stats", "log-stats-kurt", "log-stats-ms")
 
     def __init__(self, channels: list[int], strides: list[int], width: int, embed_dim: int, pool: str = "stats",
                  hidden: int = 0):
@@ -60,12 +65,23 @@ class ConvStatsTower(nn.Module):
         self.features = nn.Sequential(*layers)
         self.log_std = pool != "stats"
         self.kurtosis = pool == "log-stats-kurt"
-        n_in = (3 if self.kurtosis else 2) * c_in
+        self.every_layer = pool == "log-stats-ms"
+        n_in = 2 * sum(int(c) for c in channels) if self.every_layer else (3 if self.kurtosis else 2) * c_in
         self.pool_proj = (nn.Linear(n_in, width) if not hidden else
                           nn.Sequential(nn.Linear(n_in, int(hidden)), nn.GELU(), nn.Linear(int(hidden), width)))
         self.proj = nn.Parameter(torch.randn(width, embed_dim) * width ** -0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.every_layer:
+            stats = []
+            for k, layer in enumerate(self.features):
+                x = layer(x)
+                if k % 2:  # after each GELU
+                    mean = x.mean(dim=(2, 3))
+                    var = (x - mean[:, :, None, None]).pow(2).mean(dim=(2, 3)) + 1e-6
+                    stats += [mean, 0.5 * torch.log(var)]
+            out = self.pool_proj(torch.cat(stats, dim=1))
+            return out if self.proj is None else out @ self.proj
         y = self.features(x)
         mean = y.mean(dim=(2, 3))
         centred = y - mean[:, :, None, None]

@@ -394,7 +394,29 @@ def test_conv_stats_kurtosis_pool_sees_sparse_residue():
     assert d_kurt.min() > 0.5 and d_kurt.min() > 2.5 * d_log_std.max() > 0
 
 
-@pytest.mark.parametrize("config", ["fgresq-compact-cnn", "fgresq-compact-cnn-log", "fgresq-compact-cnn-logk"])
+def test_conv_stats_every_layer_pool_reads_each_scale():
+    """pool 'log-stats-ms': mean and ½·log var of every layer's output (after its GELU), layer by layer, so the
+    heads can form fine-to-coarse ratios; the statistics match a hand computation on the tower's own layers."""
+    from fgresq_sdk.model import ConvStatsTower
+
+    torch.manual_seed(0)
+    tower = ConvStatsTower([3, 4], [1, 2], width=5, embed_dim=5, pool="log-stats-ms")
+    assert tower.pool_proj.in_features == 2 * (3 + 4)
+    tower.pool_proj = torch.nn.Identity()
+    tower.proj = None
+    x = torch.randn(2, 3, 32, 32)
+    expected, y = [], x
+    for conv in (tower.features[0], tower.features[2]):
+        y = torch.nn.functional.gelu(conv(y))
+        mean = y.mean(dim=(2, 3))
+        expected += [mean, 0.5 * torch.log(((y - mean[:, :, None, None]) ** 2).mean(dim=(2, 3)) + 1e-6)]
+    torch.testing.assert_close(tower(x), torch.cat(expected, dim=1))
+    blurred = torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2)  # less fine energy: the first layer's σ drops
+    assert (tower(blurred)[:, 3:6] < tower(x)[:, 3:6]).all()
+
+
+@pytest.mark.parametrize("config", ["fgresq-compact-cnn", "fgresq-compact-cnn-log", "fgresq-compact-cnn-logk",
+                                    "fgresq-compact-cnn-ms"])
 def test_conv_stats_towers_train_both_stages_and_export_to_parity(manifest_dir, tmp_path, config):
     """The conv-stats towers (σ, log-σ or log-σ + log-kurtosis pooling): stage 1 moves the degradation tower and
     its projection, stage 2 the image tower and heads, and the exported ONNX bundle scores as the torch model does."""
