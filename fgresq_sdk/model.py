@@ -71,26 +71,27 @@ class ConvStatsTower(nn.Module):
                           nn.Sequential(nn.Linear(n_in, int(hidden)), nn.GELU(), nn.Linear(int(hidden), width)))
         self.proj = nn.Parameter(torch.randn(width, embed_dim) * width ** -0.5)
 
+    @staticmethod
+    def _moments(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-channel mean, squared deviations and variance (+1e-6) over all positions."""
+        mean = y.mean(dim=(2, 3))
+        sq = (y - mean[:, :, None, None]).pow(2)
+        return mean, sq, sq.mean(dim=(2, 3)) + 1e-6
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.every_layer:
             stats = []
             for k, layer in enumerate(self.features):
                 x = layer(x)
                 if k % 2:  # after each GELU
-                    mean = x.mean(dim=(2, 3))
-                    var = (x - mean[:, :, None, None]).pow(2).mean(dim=(2, 3)) + 1e-6
+                    mean, _, var = self._moments(x)
                     stats += [mean, 0.5 * torch.log(var)]
-            out = self.pool_proj(torch.cat(stats, dim=1))
-            return out if self.proj is None else out @ self.proj
-        y = self.features(x)
-        mean = y.mean(dim=(2, 3))
-        centred = y - mean[:, :, None, None]
-        sq = centred.pow(2)
-        var = sq.mean(dim=(2, 3)) + 1e-6
-        log_var = torch.log(var)
-        stats = [mean, 0.5 * log_var if self.log_std else torch.sqrt(var)]
-        if self.kurtosis:  # log(m4 / var²): 0 for a symmetric two-point distribution, log 3 for a Gaussian
-            stats.append(torch.log(sq.pow(2).mean(dim=(2, 3)) + 1e-12) - 2.0 * log_var)
+        else:
+            mean, sq, var = self._moments(self.features(x))
+            log_var = torch.log(var)
+            stats = [mean, 0.5 * log_var if self.log_std else torch.sqrt(var)]
+            if self.kurtosis:  # log(m4 / var²): 0 for a symmetric two-point distribution, log 3 for a Gaussian
+                stats.append(torch.log(sq.pow(2).mean(dim=(2, 3)) + 1e-12) - 2.0 * log_var)
         out = self.pool_proj(torch.cat(stats, dim=1))
         return out if self.proj is None else out @ self.proj
 
