@@ -46,12 +46,17 @@ class ConvStatsTower(nn.Module):
     layer's statistics mix fine residue with content; the ratio of a fine layer's energy to a coarse layer's
     (a difference in logs) is what natural-scene-statistics metrics read as content-free sharpness or noise,
     and the heads can form it only if both scales reach them.
+
+    fine_stats_stride k > 1 reads the full-resolution layers' statistics (cumulative stride 1) on every k-th row
+    and column. Why: those maps are the largest, and their per-channel mean and σ over ~50k positions are
+    estimated as well from a quarter of them, while the pass over the full map (forward and backward) was a
+    third of a training step; the convolutions themselves still see every pixel.
     """
 
     POOLS = ("stats", "log-stats", "log-stats-kurt", "log-stats-ms")
 
     def __init__(self, channels: list[int], strides: list[int], width: int, embed_dim: int, pool: str = "stats",
-                 hidden: int = 0):
+                 hidden: int = 0, fine_stats_stride: int = 1):
         super().__init__()
         if len(channels) != len(strides) or not channels:
             raise ValueError("conv-stats tower: 'channels' and 'strides' need one entry per layer")
@@ -66,6 +71,11 @@ class ConvStatsTower(nn.Module):
         self.log_std = pool != "stats"
         self.kurtosis = pool == "log-stats-kurt"
         self.every_layer = pool == "log-stats-ms"
+        if int(fine_stats_stride) < 1 or (int(fine_stats_stride) > 1 and not self.every_layer):
+            raise ValueError("conv-stats tower: 'fine_stats_stride' must be >= 1, and > 1 only with pool 'log-stats-ms'")
+        # per layer: the step of the view its statistics read (k only where the map is still full resolution)
+        cumulative = [int(torch.tensor([int(s) for s in strides[:i + 1]]).prod()) for i in range(len(strides))]
+        self.stats_steps = [int(fine_stats_stride) if c == 1 else 1 for c in cumulative]
         n_in = 2 * sum(int(c) for c in channels) if self.every_layer else (3 if self.kurtosis else 2) * c_in
         self.pool_proj = (nn.Linear(n_in, width) if not hidden else
                           nn.Sequential(nn.Linear(n_in, int(hidden)), nn.GELU(), nn.Linear(int(hidden), width)))
@@ -83,9 +93,10 @@ class ConvStatsTower(nn.Module):
             stats = []
             for k, layer in enumerate(self.features):
                 x = layer(x)
-                if k % 2:  # after each GELU
-                    mean, _, var = self._moments(x)
-                    stats += [mean, 0.5 * torch.log(var)]
+                if k % 2:  # after each GELU; one fused pass for mean and variance
+                    step = self.stats_steps[k // 2]
+                    var, mean = torch.var_mean(x if step == 1 else x[:, :, ::step, ::step], dim=(2, 3), correction=0)
+                    stats += [mean, 0.5 * torch.log(var + 1e-6)]
         else:
             mean, sq, var = self._moments(self.features(x))
             log_var = torch.log(var)
@@ -102,7 +113,8 @@ def build_image_tower(cfg: dict[str, Any]) -> nn.Module:
     vc = dict(cfg["vision_cfg"])
     if vc.get("kind") == "conv-stats":
         return ConvStatsTower(vc["channels"], vc["strides"], int(vc["width"]), int(cfg["embed_dim"]),
-                              pool=vc.get("pool", "stats"), hidden=int(vc.get("hidden", 0)))
+                              pool=vc.get("pool", "stats"), hidden=int(vc.get("hidden", 0)),
+                              fine_stats_stride=int(vc.get("fine_stats_stride", 1)))
     from open_clip.model import _build_vision_tower
 
     return _build_vision_tower(cfg["embed_dim"], vc, quick_gelu=cfg.get("quick_gelu", False))

@@ -416,7 +416,7 @@ def test_conv_stats_every_layer_pool_reads_each_scale():
 
 
 @pytest.mark.parametrize("config", ["fgresq-compact-cnn", "fgresq-compact-cnn-log", "fgresq-compact-cnn-logk",
-                                    "fgresq-compact-cnn-ms"])
+                                    "fgresq-compact-cnn-ms", "fgresq-compact-cnn-ms2"])
 def test_conv_stats_towers_train_both_stages_and_export_to_parity(manifest_dir, tmp_path, config):
     """The conv-stats towers (σ, log-σ or log-σ + log-kurtosis pooling): stage 1 moves the degradation tower and
     its projection, stage 2 the image tower and heads, and the exported ONNX bundle scores as the torch model does."""
