@@ -18,7 +18,7 @@ def test_default_bundle_is_shipped_verified_and_small():
     bundle = load_bundle(path, cache=False)  # files are checked when read: hash each one now, uncached
     bundle.verify_all()  # raises BundleError on any sha256 mismatch
     assert bundle.verified and bundle.precision == "fp32"
-    assert bundle.config["name"] == "fgresq-compact-cnn-log"
+    assert bundle.config["name"] == "fgresq-compact-cnn-ms2"
     assert not bundle.has("checkpoint")  # the wheel ships ONNX only
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     assert size <= 30 * 2**20, size

@@ -415,6 +415,29 @@ def test_conv_stats_every_layer_pool_reads_each_scale():
     assert (tower(blurred)[:, 3:6] < tower(x)[:, 3:6]).all()
 
 
+def test_conv_stats_fine_stats_stride_reads_the_full_resolution_layer_on_a_grid():
+    """fine_stats_stride 2: the full-resolution layer's mean and log σ come from every second row and column;
+    the strided layers' statistics (and the convolutions) are unchanged; other pools refuse the option."""
+    from fgresq_sdk.model import ConvStatsTower
+
+    torch.manual_seed(0)
+    full = ConvStatsTower([3, 4], [1, 2], width=5, embed_dim=5, pool="log-stats-ms")
+    grid = ConvStatsTower([3, 4], [1, 2], width=5, embed_dim=5, pool="log-stats-ms", fine_stats_stride=2)
+    grid.load_state_dict(full.state_dict())
+    for t in (full, grid):
+        t.pool_proj, t.proj = torch.nn.Identity(), None
+    x = torch.randn(2, 3, 32, 32)
+    y = torch.nn.functional.gelu(grid.features[0](x))[:, :, ::2, ::2]
+    mean = y.mean(dim=(2, 3))
+    log_sd = 0.5 * torch.log(((y - mean[:, :, None, None]) ** 2).mean(dim=(2, 3)) + 1e-6)
+    out, ref = grid(x), full(x)
+    torch.testing.assert_close(out[:, :6], torch.cat([mean, log_sd], dim=1))
+    assert not torch.allclose(out[:, :6], ref[:, :6])  # a real subsample, not the full map
+    torch.testing.assert_close(out[:, 6:], ref[:, 6:])
+    with pytest.raises(ValueError, match="fine_stats_stride"):
+        ConvStatsTower([3], [1], width=5, embed_dim=5, pool="log-stats", fine_stats_stride=2)
+
+
 @pytest.mark.parametrize("config", ["fgresq-compact-cnn", "fgresq-compact-cnn-log", "fgresq-compact-cnn-logk",
                                     "fgresq-compact-cnn-ms", "fgresq-compact-cnn-ms2"])
 def test_conv_stats_towers_train_both_stages_and_export_to_parity(manifest_dir, tmp_path, config):
@@ -791,7 +814,11 @@ def test_default_recipe_smoke_run(tmp_path):
     script = (root / "scripts" / "make_default_model.sh").read_text()
     recipe = re.search(r"^RECIPE=(?:\$\{RECIPE:-)?([\w.-]+)\}?$", script, re.M).group(1)
     cfg = load_train_config(root / "train" / "configs" / f"{recipe}.json")
-    assert cfg["model"] == "fgresq-compact-cnn-log" and cfg["fgresq"]["fidelity_groups"] == "scene"
+    # the script's defaults reproduce the shipped model: the recipe trains the towers the embedded bundle names
+    from fgresq_sdk.bundle import default_bundle_path, load_bundle
+
+    assert cfg["model"] == load_bundle(default_bundle_path()).config["name"]
+    assert cfg["fgresq"]["fidelity_groups"] == "scene"
     assert cfg["fgresq"]["ema_decay"] > 0
     cfg.update(threads=1, log_every=1)
     cfg["data"]["cache_mb"] = 64
@@ -802,7 +829,7 @@ def test_default_recipe_smoke_run(tmp_path):
     recs = [json.loads(line) for line in (tmp_path / "run" / "logs.jsonl").read_text().splitlines()]
     ep = [r for r in recs if r["event"] == "epoch" and r["stage"] == "fgresq"]
     assert ep and "acc" in ep[-1]["val"]
-    # the polish cycle (POLISH=, recipe v19): one more stage-2 epoch from the selected checkpoint, own config
+    # the polish cycle (POLISH=, since recipe v19): one more stage-2 epoch from the selected checkpoint, own config
     polish = re.search(r"^POLISH=\$\{POLISH-([\w.-]*)\}$", script, re.M).group(1)
     if polish:
         pcfg = load_train_config(root / "train" / "configs" / f"{polish}.json")
