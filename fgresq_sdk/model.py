@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ class ConvStatsTower(nn.Module):
         if int(fine_stats_stride) < 1 or (int(fine_stats_stride) > 1 and not self.every_layer):
             raise ValueError("conv-stats tower: 'fine_stats_stride' must be >= 1, and > 1 only with pool 'log-stats-ms'")
         # per layer: the step of the view its statistics read (k only where the map is still full resolution)
-        cumulative = [int(torch.tensor([int(s) for s in strides[:i + 1]]).prod()) for i in range(len(strides))]
+        cumulative = [math.prod(int(s) for s in strides[:i + 1]) for i in range(len(strides))]
         self.stats_steps = [int(fine_stats_stride) if c == 1 else 1 for c in cumulative]
         n_in = 2 * sum(int(c) for c in channels) if self.every_layer else (3 if self.kurtosis else 2) * c_in
         self.pool_proj = (nn.Linear(n_in, width) if not hidden else
