@@ -10,8 +10,9 @@ fits behind the same prompt and heads.
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import json
-import math
+import operator
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +74,12 @@ class ConvStatsTower(nn.Module):
         self.log_std = pool != "stats"
         self.kurtosis = pool == "log-stats-kurt"
         self.every_layer = pool == "log-stats-ms"
-        if int(fine_stats_stride) < 1 or (int(fine_stats_stride) > 1 and not self.every_layer):
+        fine_stats_stride = int(fine_stats_stride)
+        if fine_stats_stride < 1 or (fine_stats_stride > 1 and not self.every_layer):
             raise ValueError("conv-stats tower: 'fine_stats_stride' must be >= 1, and > 1 only with pool 'log-stats-ms'")
         # per layer: the step of the view its statistics read (k only where the map is still full resolution)
-        cumulative = [math.prod(int(s) for s in strides[:i + 1]) for i in range(len(strides))]
-        self.stats_steps = [int(fine_stats_stride) if c == 1 else 1 for c in cumulative]
+        cumulative = itertools.accumulate((int(s) for s in strides), operator.mul)
+        self.stats_steps = [fine_stats_stride if c == 1 else 1 for c in cumulative]
         n_in = 2 * sum(int(c) for c in channels) if self.every_layer else (3 if self.kurtosis else 2) * c_in
         self.pool_proj = (nn.Linear(n_in, width) if not hidden else
                           nn.Sequential(nn.Linear(n_in, int(hidden)), nn.GELU(), nn.Linear(int(hidden), width)))

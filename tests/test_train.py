@@ -394,6 +394,12 @@ def test_conv_stats_kurtosis_pool_sees_sparse_residue():
     assert d_kurt.min() > 0.5 and d_kurt.min() > 2.5 * d_log_std.max() > 0
 
 
+def _mean_and_log_sd_by_hand(y):
+    """Per-channel mean and ½·log(variance + 1e-6) over all positions, written out for the pool tests."""
+    mean = y.mean(dim=(2, 3))
+    return [mean, 0.5 * torch.log(((y - mean[:, :, None, None]) ** 2).mean(dim=(2, 3)) + 1e-6)]
+
+
 def test_conv_stats_every_layer_pool_reads_each_scale():
     """pool 'log-stats-ms': mean and ½·log var of every layer's output (after its GELU), layer by layer, so the
     heads can form fine-to-coarse ratios; the statistics match a hand computation on the tower's own layers."""
@@ -408,8 +414,7 @@ def test_conv_stats_every_layer_pool_reads_each_scale():
     expected, y = [], x
     for conv in (tower.features[0], tower.features[2]):
         y = torch.nn.functional.gelu(conv(y))
-        mean = y.mean(dim=(2, 3))
-        expected += [mean, 0.5 * torch.log(((y - mean[:, :, None, None]) ** 2).mean(dim=(2, 3)) + 1e-6)]
+        expected += _mean_and_log_sd_by_hand(y)
     torch.testing.assert_close(tower(x), torch.cat(expected, dim=1))
     blurred = torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2)  # less fine energy: the first layer's σ drops
     assert (tower(blurred)[:, 3:6] < tower(x)[:, 3:6]).all()
@@ -428,10 +433,8 @@ def test_conv_stats_fine_stats_stride_reads_the_full_resolution_layer_on_a_grid(
         t.pool_proj, t.proj = torch.nn.Identity(), None
     x = torch.randn(2, 3, 32, 32)
     y = torch.nn.functional.gelu(grid.features[0](x))[:, :, ::2, ::2]
-    mean = y.mean(dim=(2, 3))
-    log_sd = 0.5 * torch.log(((y - mean[:, :, None, None]) ** 2).mean(dim=(2, 3)) + 1e-6)
     out, ref = grid(x), full(x)
-    torch.testing.assert_close(out[:, :6], torch.cat([mean, log_sd], dim=1))
+    torch.testing.assert_close(out[:, :6], torch.cat(_mean_and_log_sd_by_hand(y), dim=1))
     assert not torch.allclose(out[:, :6], ref[:, :6])  # a real subsample, not the full map
     torch.testing.assert_close(out[:, 6:], ref[:, 6:])
     with pytest.raises(ValueError, match="fine_stats_stride"):
@@ -786,6 +789,7 @@ def test_default_recipe_smoke_run(tmp_path):
     score calibration on val, export, and the evaluation with baselines, cross-content SRCC and junk-vs-clean."""
     import re
 
+    from fgresq_sdk.bundle import default_bundle_path, load_bundle
     from fgresq_sdk.export.onnx_export import export_bundle
     from fgresq_sdk.model import load_checkpoint, save_checkpoint
     from fgresq_sdk.train import photos as ph
@@ -815,8 +819,6 @@ def test_default_recipe_smoke_run(tmp_path):
     recipe = re.search(r"^RECIPE=(?:\$\{RECIPE:-)?([\w.-]+)\}?$", script, re.M).group(1)
     cfg = load_train_config(root / "train" / "configs" / f"{recipe}.json")
     # the script's defaults reproduce the shipped model: the recipe trains the towers the embedded bundle names
-    from fgresq_sdk.bundle import default_bundle_path, load_bundle
-
     assert cfg["model"] == load_bundle(default_bundle_path()).config["name"]
     assert cfg["fgresq"]["fidelity_groups"] == "scene"
     assert cfg["fgresq"]["ema_decay"] > 0
