@@ -22,6 +22,7 @@ import torch
 
 from fgresq_sdk.model import load_checkpoint, save_checkpoint
 
+from .allocator import keep_freed_memory
 from .datasets import TransformSpec
 from .manifest import Manifest
 from .stage2 import manifest_features
@@ -64,6 +65,7 @@ def main(argv=None) -> int:
     if Path(a.out).exists() and not a.force:
         print(f"error: {a.out}: exists (pass --force to replace it)", file=sys.stderr)
         return 2
+    keep_freed_memory()  # scoring the val photos in torch: the same page-fault churn as training
     model = load_checkpoint(a.checkpoint).eval()
     record = calibrate(model, score_logits(model, Manifest.load(a.manifest)))
     record["manifest"] = str(a.manifest)

@@ -29,6 +29,7 @@ import torch
 
 from fgresq_sdk.model import FGResQ, load_checkpoint, save_checkpoint
 
+from .allocator import keep_freed_memory
 from .checkpoints import FINAL_NAME, load_weights_into
 from .config import STAGES, TrainError, load_train_config
 from .datasets import ImageCache, TransformSpec
@@ -101,12 +102,13 @@ def run_training(config: str | os.PathLike | dict | None, out: str | os.PathLike
         raise TrainError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     n_threads = set_threads(tcfg["threads"])
+    allocator = keep_freed_memory()
     logger = JsonlLogger(log_path, t0)
     (out / "config.json").write_text(json.dumps(tcfg, indent=2) + "\n", encoding="utf-8")
     stages = list(STAGES) if stage == "all" else [stage]
     logger.log("run_start", config=tcfg, out=str(out), stage=stage, resume=resume, manifest=tcfg["manifest"],
                val_manifest=tcfg["val_manifest"], pretrained=tcfg["pretrained"], threads=n_threads,
-               torch=torch.__version__, versions=_versions())
+               allocator=allocator, torch=torch.__version__, versions=_versions())
 
     # data
     train_m = _load_manifest(_resolve(tcfg["manifest"]))

@@ -841,6 +841,9 @@ def expand_crops(photos: Sequence[tuple[str, np.ndarray]], per_photo: int, seed:
 
 def main(argv: list[str] | None = None) -> int:
     from . import photos as ph
+    from .allocator import keep_freed_memory
+
+    keep_freed_memory()  # the same images out; ~10 % less time in the kernel (README, "Training speed")
 
     ap = argparse.ArgumentParser(prog="python -m fgresq_sdk.train.synthetic",
                                  description="Generate a synthetic FGRestore-style manifest from clean photos.")
