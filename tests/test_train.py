@@ -572,6 +572,7 @@ def test_center_crop_and_mirror_eval_views_reach_validation_calibration_and_the_
 def test_two_stage_run_logs_checkpoints_and_exact_resume(manifest_dir, tmp_path):
     from fgresq_sdk.model import load_checkpoint
     from fgresq_sdk.train.config import TrainError
+    from fgresq_sdk.train.allocator import keep_freed_memory
     from fgresq_sdk.train.run import run_training
 
     cfg = {"name": "t", "model": "fgresq-vit-tiny", "log_every": 1, "keep_checkpoints": None, "threads": 1,
@@ -588,6 +589,8 @@ def test_two_stage_run_logs_checkpoints_and_exact_resume(manifest_dir, tmp_path)
     recs = [json.loads(line) for line in (a / "logs.jsonl").read_text().splitlines()]
     events = [r["event"] for r in recs]
     assert events[0] == "run_start" and events[-1] == "run_end"
+    # what the process did to its allocator (train/allocator.py) is on record
+    assert recs[0]["allocator"] == keep_freed_memory()  # idempotent: the same outcome again
     assert events.count("stage_start") == 2 and events.count("epoch") == 4
     for r in recs:
         assert {"event", "time", "elapsed_s"} <= set(r)
