@@ -571,8 +571,8 @@ def test_center_crop_and_mirror_eval_views_reach_validation_calibration_and_the_
 
 def test_two_stage_run_logs_checkpoints_and_exact_resume(manifest_dir, tmp_path):
     from fgresq_sdk.model import load_checkpoint
-    from fgresq_sdk.train.config import TrainError
     from fgresq_sdk.train.allocator import keep_freed_memory
+    from fgresq_sdk.train.config import TrainError
     from fgresq_sdk.train.run import run_training
 
     cfg = {"name": "t", "model": "fgresq-vit-tiny", "log_every": 1, "keep_checkpoints": None, "threads": 1,
