@@ -441,6 +441,31 @@ def test_conv_stats_fine_stats_stride_reads_the_full_resolution_layer_on_a_grid(
         ConvStatsTower([3], [1], width=5, embed_dim=5, pool="log-stats", fine_stats_stride=2)
 
 
+def test_conv_stats_strided_view_exports_as_a_pool_with_the_same_values(tmp_path):
+    """In ONNX the full-resolution layer's grid (fine_stats_stride 2) is a 1×1 max pool of stride 2, not a stepped
+    Slice (ONNX Runtime's slow path); ONNX Runtime reads the same statistics as torch's slice, odd sizes included."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from fgresq_sdk.model import ConvStatsTower
+
+    torch.manual_seed(0)
+    tower = ConvStatsTower([3, 4], [1, 2], width=5, embed_dim=5, pool="log-stats-ms", fine_stats_stride=2).eval()
+    tower.pool_proj, tower.proj = torch.nn.Identity(), None
+    path = tmp_path / "tower.onnx"
+    torch.onnx.export(tower, (torch.zeros(1, 3, 32, 32),), str(path), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}}, opset_version=17, dynamo=False)
+    nodes = onnx.load(str(path)).graph.node
+    assert [n.op_type for n in nodes].count("MaxPool") == 1 and not any(n.op_type == "Slice" for n in nodes)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in ((2, 3, 32, 32), (1, 3, 33, 29)):
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            ref = tower(x).numpy()
+        np.testing.assert_allclose(sess.run(None, {"x": x.numpy()})[0], ref, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("config", ["fgresq-compact-cnn", "fgresq-compact-cnn-log", "fgresq-compact-cnn-logk",
                                     "fgresq-compact-cnn-ms", "fgresq-compact-cnn-ms2"])
 def test_conv_stats_towers_train_both_stages_and_export_to_parity(manifest_dir, tmp_path, config):
