@@ -115,7 +115,7 @@ def _every_kth(y: torch.Tensor, k: int) -> torch.Tensor:
     """Every k-th row and column of an NCHW map. In an ONNX export it is written as a 1×1 max pool of stride k,
     which selects exactly the same values. Why: the strided slice exports as two Slice nodes with steps, which
     ONNX Runtime's CPU kernel walks element by element; in v20's encoder they took ~18 % of the kernel time, and
-    with the pool the re-exported v20 ran 1.15-1.23× faster with bit-identical scores (README, "Embedded default
+    with the pool the re-exported v20 ran 1.15-1.63× faster with bit-identical scores (README, "Embedded default
     model"). Torch keeps the slice, so training is unchanged."""
     if torch.onnx.is_in_onnx_export():
         return F.max_pool2d(y, kernel_size=1, stride=k)
