@@ -49,6 +49,14 @@ class ConvStatsTower(nn.Module):
     (a difference in logs) is what natural-scene-statistics metrics read as content-free sharpness or noise,
     and the heads can form it only if both scales reach them.
 
+    input_norm "mscn" feeds the first convolution the image and, beside it, its mean-subtracted contrast-normalised
+    coefficients (MSCN: (x − μ)/(σ + c) per channel, μ and σ over a 7×7 Gaussian window; `LocalContrastNorm`).
+    Why: the photo explains most of the score's variance across photos (README, "Candidate v22"); the statistics
+    of raw responses scale with the content's contrast, while MSCN coefficients of natural images are close to
+    unit Gaussian whatever the content, and blur, noise, blocks and streaks change their shape — the
+    normalisation BRISQUE and NIQE read. The raw image stays, because haze and casts live in the global contrast
+    the normalisation removes.
+
     fine_stats_stride k > 1 reads the full-resolution layers' statistics (cumulative stride 1) on every k-th row
     and column. Why: those maps are the largest, and their per-channel mean and σ over ~50k positions are
     estimated as well from a quarter of them; the convolutions themselves still see every pixel. It cut the
@@ -57,16 +65,20 @@ class ConvStatsTower(nn.Module):
     """
 
     POOLS = ("stats", "log-stats", "log-stats-kurt", "log-stats-ms")
+    INPUT_NORMS = ("none", "mscn")
 
     def __init__(self, channels: list[int], strides: list[int], width: int, embed_dim: int, pool: str = "stats",
-                 hidden: int = 0, fine_stats_stride: int = 1):
+                 hidden: int = 0, fine_stats_stride: int = 1, input_norm: str = "none"):
         super().__init__()
+        if input_norm not in self.INPUT_NORMS:
+            raise ValueError(f"conv-stats tower: unknown input_norm {input_norm!r} (expected one of {self.INPUT_NORMS})")
+        self.input_norm = LocalContrastNorm(3) if input_norm == "mscn" else None
         if len(channels) != len(strides) or not channels:
             raise ValueError("conv-stats tower: 'channels' and 'strides' need one entry per layer")
         if pool not in self.POOLS:
             raise ValueError(f"conv-stats tower: unknown pool {pool!r} (expected one of {self.POOLS})")
         layers: list[nn.Module] = []
-        c_in = 3
+        c_in = 3 if self.input_norm is None else 6
         for c_out, stride in zip(channels, strides):
             layers += [nn.Conv2d(c_in, int(c_out), 3, stride=int(stride), padding=1), nn.GELU()]
             c_in = int(c_out)
@@ -93,6 +105,8 @@ class ConvStatsTower(nn.Module):
         return mean, sq, sq.mean(dim=(2, 3)) + 1e-6
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_norm is not None:
+            x = torch.cat([x, self.input_norm(x)], dim=1)
         if self.every_layer:
             stats = []
             for k, layer in enumerate(self.features):
@@ -109,6 +123,35 @@ class ConvStatsTower(nn.Module):
                 stats.append(torch.log(sq.pow(2).mean(dim=(2, 3)) + 1e-12) - 2.0 * log_var)
         out = self.pool_proj(torch.cat(stats, dim=1))
         return out if self.proj is None else out @ self.proj
+
+
+class LocalContrastNorm(nn.Module):
+    """Mean-subtracted contrast-normalised coefficients (x − μ)/(σ + c) of every channel, μ and σ the local mean and
+    standard deviation under a 7×7 Gaussian window (σ_w = 7/6, BRISQUE's), reflect-padded so the map keeps its size.
+
+    c = 0.04 is BRISQUE's C = 1 on a 0–255 scale expressed in the towers' input units (CLIP-normalised: ~1/255
+    per grey level divided by a std of ~0.27, rounded up so flat frames' quantisation steps do not become unit
+    noise). The window is a fixed, non-persistent buffer: it follows from the config, so checkpoints do not
+    carry it and cannot disagree with it."""
+
+    RADIUS = 3
+
+    def __init__(self, channels: int, c: float = 0.04):
+        super().__init__()
+        t = torch.arange(-self.RADIUS, self.RADIUS + 1, dtype=torch.float32)
+        g = torch.exp(-0.5 * (t / (7.0 / 6.0)) ** 2)
+        g = g / g.sum()
+        self.register_buffer("window", torch.outer(g, g).expand(channels, 1, -1, -1).contiguous(), persistent=False)
+        self.channels, self.c = int(channels), float(c)
+
+    def _local_mean(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.RADIUS
+        return F.conv2d(F.pad(x, (r, r, r, r), mode="reflect"), self.window, groups=self.channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mu = self._local_mean(x)
+        var = (self._local_mean(x * x) - mu * mu).clamp_min(0.0)
+        return (x - mu) / (torch.sqrt(var + 1e-6) + self.c)
 
 
 def _every_kth(y: torch.Tensor, k: int) -> torch.Tensor:
@@ -129,7 +172,8 @@ def build_image_tower(cfg: dict[str, Any]) -> nn.Module:
     if vc.get("kind") == "conv-stats":
         return ConvStatsTower(vc["channels"], vc["strides"], int(vc["width"]), int(cfg["embed_dim"]),
                               pool=vc.get("pool", "stats"), hidden=int(vc.get("hidden", 0)),
-                              fine_stats_stride=int(vc.get("fine_stats_stride", 1)))
+                              fine_stats_stride=int(vc.get("fine_stats_stride", 1)),
+                              input_norm=vc.get("input_norm", "none"))
     from open_clip.model import _build_vision_tower
 
     return _build_vision_tower(cfg["embed_dim"], vc, quick_gelu=cfg.get("quick_gelu", False))

@@ -466,8 +466,60 @@ def test_conv_stats_strided_view_exports_as_a_pool_with_the_same_values(tmp_path
         np.testing.assert_allclose(sess.run(None, {"x": x.numpy()})[0], ref, rtol=1e-5, atol=1e-5)
 
 
+def test_local_contrast_norm_removes_the_contents_contrast_and_keeps_flat_frames_finite():
+    """MSCN coefficients do not change when the image's contrast and brightness do (c = 0: exactly up to eps; the
+    shipped c = 0.04 only where local σ is well above c), a flat frame maps to zeros with finite gradients, and a
+    blur changes them (the residue the towers should read)."""
+    from fgresq_sdk.model import LocalContrastNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 40, 36)
+    exact = LocalContrastNorm(3, c=0.0)
+    torch.testing.assert_close(exact(3.0 * x + 0.7), exact(x), atol=1e-3, rtol=1e-3)
+    shipped = LocalContrastNorm(3)
+    assert shipped.c == 0.04 and "window" not in shipped.state_dict()  # derived from the config, never stored
+    torch.testing.assert_close(shipped(5.0 * x - 0.2), shipped(x), atol=0.05, rtol=0.05)
+    assert (shipped(x) - shipped(0.05 * x)).abs().mean() > 0.1  # near c the constant damps faint texture
+    flat = torch.full((1, 3, 16, 16), 0.3, requires_grad=True)
+    out = shipped(flat)
+    out.sum().backward()
+    assert out.abs().max() < 1e-5 and torch.isfinite(flat.grad).all()
+    blurred = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1)
+    assert shipped(blurred).std() < 0.8 * shipped(x).std()
+
+
+def test_conv_stats_input_norm_mscn_feeds_the_first_convolution_both_views_and_exports_to_parity(tmp_path):
+    """input_norm "mscn": the first convolution reads 6 channels (the image, then its MSCN map), the tower equals
+    the hand-built composition, unknown names are refused, and ONNX Runtime gives torch's values at odd sizes."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from fgresq_sdk.model import ConvStatsTower, LocalContrastNorm
+
+    torch.manual_seed(0)
+    tower = ConvStatsTower([4, 6], [1, 2], width=5, embed_dim=5, pool="log-stats-ms", fine_stats_stride=2,
+                           input_norm="mscn").eval()
+    assert tower.features[0].in_channels == 6
+    x = torch.randn(2, 3, 32, 30)
+    plain = ConvStatsTower([4, 6], [1, 2], width=5, embed_dim=5, pool="log-stats-ms", fine_stats_stride=2).eval()
+    plain.features, plain.pool_proj, plain.proj = tower.features, tower.pool_proj, tower.proj
+    with torch.no_grad():
+        torch.testing.assert_close(tower(x), plain(torch.cat([x, LocalContrastNorm(3)(x)], dim=1)))
+    with pytest.raises(ValueError, match="input_norm"):
+        ConvStatsTower([4], [1], width=5, embed_dim=5, input_norm="gdn")
+    path = tmp_path / "tower.onnx"
+    torch.onnx.export(tower, (torch.zeros(1, 3, 32, 32),), str(path), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}}, opset_version=17, dynamo=False)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in ((2, 3, 32, 32), (1, 3, 33, 29)):
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            ref = tower(x).numpy()
+        np.testing.assert_allclose(sess.run(None, {"x": x.numpy()})[0], ref, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("config", ["fgresq-compact-cnn", "fgresq-compact-cnn-log", "fgresq-compact-cnn-logk",
-                                    "fgresq-compact-cnn-ms", "fgresq-compact-cnn-ms2"])
+                                    "fgresq-compact-cnn-ms", "fgresq-compact-cnn-ms2", "fgresq-compact-cnn-mscn"])
 def test_conv_stats_towers_train_both_stages_and_export_to_parity(manifest_dir, tmp_path, config):
     """The conv-stats towers (σ, log-σ or log-σ + log-kurtosis pooling): stage 1 moves the degradation tower and
     its projection, stage 2 the image tower and heads, and the exported ONNX bundle scores as the torch model does."""
