@@ -321,6 +321,16 @@ def test_evaluate_end_to_end(tiny_bundle, tmp_path, capsys):
 
     jp, mp = write_report(res, tmp_path / "report")
     assert json.loads(jp.read_text())["methods"]["PSNR"]["per_task"]["denoising"]["acc"] == 1.0
+    assert "records" not in json.loads(jp.read_text())  # the rows go to the CSV files, not eval.json
+    # the rows written beside eval.json reproduce its FGResQ numbers exactly (what the photo bootstrap resamples)
+    from fgresq_sdk.train.paired_bootstrap import load_records, statistics
+
+    rec = load_records(tmp_path / "report")
+    assert len(rec.image_ids) == 10 and len(rec.pair_keys) == 18 and rec.junk.shape == (len(rec.clean), 5)
+    got = statistics(rec)
+    assert got["pair_acc"] == pytest.approx(res["methods"]["FGResQ"]["average"]["acc"], abs=1e-12)
+    assert got["cross_content_srcc"] == pytest.approx(res["cross_content_srcc"]["FGResQ"]["all"], abs=1e-12)
+    assert got["junk_vs_clean"] == pytest.approx(res["junk_vs_clean"]["clean_wins"], abs=1e-12)
     md = mp.read_text()
     for needle in ("Deblurring SRCC", "SuperResolution SRCC", "Average SRCC", "[0.8,1.0]", "weighted by image count"):
         assert needle in md
@@ -474,3 +484,77 @@ def test_junk_vs_clean_does_not_depend_on_where_the_data_lies(tmp_path):
     assert ra["n_clean"] == 2 and ra["n_junk"] == 10
     assert ra == rb
     assert len({v["junk_mean_score"] for v in ra["per_kind"].values()}) == 5
+
+
+def _write_eval_rows(folder: Path, pref_by_photo: dict[str, float], clean_score: float = 0.9) -> Path:
+    """A hand-made eval folder: photos p, q, r (r in two crops), one task each of two, 3 levels per content;
+    every ranked pair of a photo gets P(a better) = pref_by_photo[photo] (a is always the better image)."""
+    import csv
+
+    folder.mkdir(parents=True)
+    contents = {"p": ("deblurring", [0.8, 0.5, 0.3]), "q": ("deblurring", [0.7, 0.6, 0.1]),
+                "r_c0": ("denoising", [0.9, 0.4, 0.2]), "r_c1": ("denoising", [0.6, 0.5, 0.45])}
+    images, pairs, junk = [], [], []
+    for cid, (task, scores) in contents.items():
+        photo = cid.split("_c")[0]
+        for lv, sc in enumerate(scores):
+            images.append({"image_id": f"{cid}/L{lv}", "content_id": cid, "task": task, "scene": task,
+                           "reference": f"refs/{cid}.png", "unit_quality": 1.0 - lv / 2, "FGResQ": sc})
+        for a, b in ((0, 1), (1, 2), (0, 2)):
+            pairs.append({"a": f"{cid}/L{a}", "b": f"{cid}/L{b}", "task": task, "label": "first",
+                          "p_first_better": pref_by_photo[photo]})
+        pairs.append({"a": f"{cid}/L0", "b": f"{cid}/L1", "task": task, "label": "similar", "p_first_better": 0.1})
+        junk.append({"reference": f"refs/{cid}.png", "kind": "clean", "score": clean_score if photo != "q" else 0.2})
+        junk += [{"reference": f"refs/{cid}.png", "kind": k, "score": v} for k, v in (("noise", 0.5), ("flat", 0.1))]
+    for name, rows in (("images.csv", images), ("pairs.csv", pairs), ("junk.csv", junk)):
+        with open(folder / name, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    return folder
+
+
+def test_paired_bootstrap_counts_photos_as_eval_does_and_resamples_them_together(tmp_path, capsys):
+    """Hand-made rows: the statistics on the photos as drawn follow eval's definitions, a photo's crops move
+    together, re-weighting photos changes the numbers as computed by hand, the bootstrap of B − A is paired
+    (one model against itself: exactly 0 in every draw) and seeded, and mismatched folders are refused."""
+    from scipy.stats import spearmanr
+
+    from fgresq_sdk.train.paired_bootstrap import BootstrapError, load_records, main, paired_bootstrap, statistics
+
+    a = load_records(_write_eval_rows(tmp_path / "a", {"p": 0.9, "q": 0.2, "r": 0.7}))
+    b = load_records(_write_eval_rows(tmp_path / "b", {"p": 0.9, "q": 0.8, "r": 0.7}, clean_score=0.3))
+    assert a.photos == ["p", "q", "r"] and list(a.image_photo) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2, 2]
+    sa = statistics(a)
+    # deblurring: p right on 3, q wrong on 3 → 0.5; denoising: r right on 6 → 1.0; similar pairs left out
+    assert sa["pair_acc"] == pytest.approx(0.75)
+    scores = [0.8, 0.5, 0.3, 0.7, 0.6, 0.1, 0.9, 0.4, 0.2, 0.6, 0.5, 0.45]
+    assert sa["cross_content_srcc"] == pytest.approx(spearmanr(scores, [1.0, 0.5, 0.0] * 4).statistic)
+    # clean 0.9 (p, r_c0, r_c1) and 0.2 (q) against junk 0.5 / 0.1 of all four references
+    assert sa["junk_vs_clean"] == pytest.approx((3 * 8 + 1 * 4) / 32)
+    assert statistics(b)["pair_acc"] == pytest.approx(1.0)
+    # photo p drawn twice, q never, r once: deblurring is p's alone; r's two crops count once each
+    w = statistics(a, np.array([2, 0, 1]))
+    assert w["pair_acc"] == pytest.approx(1.0)
+    assert w["cross_content_srcc"] == pytest.approx(
+        spearmanr([0.8, 0.5, 0.3] * 2 + scores[6:], [1.0, 0.5, 0.0] * 4).statistic)
+    assert w["junk_vs_clean"] == pytest.approx(1.0)  # only clean 0.9 references left, every junk below
+    same = paired_bootstrap(a, a, draws=50, seed=3)
+    assert all(r["sd_diff"] == 0.0 and r["ci95"] == [0.0, 0.0] for r in same["statistics"].values())
+    res = paired_bootstrap(a, b, draws=200, seed=1)
+    acc = res["statistics"]["pair_acc"]
+    assert (acc["a"], acc["b"]) == (pytest.approx(0.75), pytest.approx(1.0))
+    assert 0.0 <= acc["ci95"][0] <= acc["ci95"][1] <= 1.0 and 0 < acc["share_b_higher"] < 1  # B never below A
+    assert res == paired_bootstrap(a, b, draws=200, seed=1)  # seeded
+    assert res["statistics"]["junk_vs_clean"]["b_minus_a"] < 0
+    c = load_records(_write_eval_rows(tmp_path / "c", {"p": 0.9, "q": 0.2, "r": 0.7}))
+    c.pair_keys = c.pair_keys[1:] + c.pair_keys[:1]
+    with pytest.raises(BootstrapError, match="different pairs"):
+        paired_bootstrap(a, c, draws=5)
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--draws", "20", "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "3 photos, 20 draws" in out and "pair_acc" in out
+    assert json.loads((tmp_path / "r.json").read_text())["statistics"]["pair_acc"]["b"] == pytest.approx(1.0)
+    assert main([str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing" in err and "not found" in err

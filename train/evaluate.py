@@ -184,20 +184,24 @@ def _nr_scores(manifest, ids: list[str], errors: list[dict]) -> dict[str, float]
     return out
 
 
+def unit_quality(manifest, image_id: str) -> float:
+    """An image's MOS mapped to [0, 1] by its scene's declared mos_range, 1 = best (quality direction
+    respected): the one scale on which images of different contents and scenes are compared."""
+    r = manifest.images[image_id]
+    meta = (getattr(manifest, "scenes", None) or {}).get(r.scene) or {}
+    lo, hi = (meta.get("mos_range") or [0.0, 1.0])[:2]
+    v = (float(r.mos) - lo) / ((hi - lo) or 1.0)
+    return v if meta.get("higher_is_better", True) else 1.0 - v
+
+
 def cross_content_srcc(scores: dict[str, float], manifest, ids: list[str], tasks: list[str]) -> dict:
     """SRCC over all images of a task pooled across contents (and over everything), MOS mapped to [0, 1]
     by each scene's declared mos_range (quality direction respected): an absolute-scale check, unlike the
     per-scene SRCC which the paper averages."""
     from scipy.stats import spearmanr
 
-    scenes = getattr(manifest, "scenes", None) or {}
-
     def norm(i):
-        r = manifest.images[i]
-        meta = scenes.get(r.scene) or {}
-        lo, hi = (meta.get("mos_range") or [0.0, 1.0])[:2]
-        v = (float(r.mos) - lo) / ((hi - lo) or 1.0)
-        return v if meta.get("higher_is_better", True) else 1.0 - v
+        return unit_quality(manifest, i)
 
     out = {}
     for t in list(tasks) + ["all"]:
@@ -228,15 +232,17 @@ def junk_vs_clean(scorer, manifest, seed: int = 0) -> dict:
     clean = [np.asarray(load_image(r, name=r)) for r in refs]
     c_sc = np.asarray(scorer.score(clean), np.float64)
     per_kind, j_all = {}, []
+    rows = [{"reference": rel, "kind": "clean", "score": float(v)} for rel, v in zip(rels, c_sc)]
     for kind in JUNK_KINDS:
         junk = [junk_image(kind, c.astype(np.float32), np.random.default_rng([seed, _crc(rel), 7]))
                 for c, rel in zip(clean, rels)]
         j = np.asarray(scorer.score(junk), np.float64)
         j_all.append(j)
+        rows += [{"reference": rel, "kind": kind, "score": float(v)} for rel, v in zip(rels, j)]
         per_kind[kind] = {"clean_wins": float((c_sc[:, None] > j[None, :]).mean()), "junk_mean_score": float(j.mean())}
     j = np.concatenate(j_all)
     return {"n_clean": len(refs), "n_junk": int(j.size), "clean_wins": float((c_sc[:, None] > j[None, :]).mean()),
-            "clean_mean_score": float(c_sc.mean()), "per_kind": per_kind}
+            "clean_mean_score": float(c_sc.mean()), "per_kind": per_kind, "scores": rows}
 
 
 # -- the evaluation ---------------------------------------------------------------------------------------
@@ -374,6 +380,16 @@ def evaluate(bundle_or_scorer, manifest, backend: str = "onnxruntime", *, device
         junk = junk_vs_clean(scorer, manifest) if baselines else {}
     except Exception as exc:  # informational; never stops the evaluation
         junk = {"error": str(exc).splitlines()[0]}
+    junk_rows = junk.pop("scores", []) if isinstance(junk, dict) else []
+    records = {
+        "images": [{"image_id": i, "content_id": manifest.images[i].content_id, "task": manifest.images[i].task,
+                    "scene": scene_of[i], "reference": manifest.images[i].reference or "",
+                    "unit_quality": unit_quality(manifest, i),
+                    **{name: sc.get(i) for name, sc in method_scores.items()}} for i in ids],
+        "pairs": [{"a": p.a, "b": p.b, "task": t, "label": p.label, "p_first_better": float(v)}
+                  for p, t, v in zip(pairs, pair_task, pref)],
+        "junk": junk_rows,
+    }
     try:
         model_desc = scorer.describe()
     except Exception:  # pragma: no cover - describe is informational only
@@ -393,6 +409,7 @@ def evaluate(bundle_or_scorer, manifest, backend: str = "onnxruntime", *, device
         "cross_content_srcc": cross,
         "by_implementation": by_impl,
         "junk_vs_clean": junk,
+        "records": records,
         "protocol": {"notes": PROTOCOL_NOTES + ([f"MOS negated (lower is better) for scenes: {', '.join(flipped)}."]
                                                 if flipped else []),
                      "lower_is_better_scenes": flipped, "min_scene_items": MIN_SCENE_ITEMS,
@@ -557,13 +574,30 @@ def render_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+RECORD_FILES = {"images": "images.csv", "pairs": "pairs.csv", "junk": "junk.csv"}
+
+
 def write_report(result: dict, out_dir) -> tuple[Path, Path]:
-    """Write eval.json and eval.md into out_dir (created); returns their paths."""
+    """Write eval.json and eval.md into out_dir (created), and the per-image, per-pair and junk scores the
+    metrics came from as images.csv, pairs.csv and junk.csv (RECORD_FILES). Why the rows: a difference
+    between two models is only as firm as the photos behind it, and train/paired_bootstrap.py resamples
+    photos from these files; eval.json keeps the summaries. Returns the paths of eval.json and eval.md."""
+    import csv
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    summary = {k: v for k, v in result.items() if k != "records"}
+    for key, name in RECORD_FILES.items():
+        rows = (result.get("records") or {}).get(key) or []
+        with open(out / name, "w", newline="", encoding="utf-8") as f:
+            if rows:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows({k: ("" if v is None else repr(v) if isinstance(v, float) else v)
+                             for k, v in r.items()} for r in rows)
     jp, mp = out / "eval.json", out / "eval.md"
-    jp.write_text(json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    mp.write_text(render_markdown(result), encoding="utf-8")
+    jp.write_text(json.dumps(jsonable(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    mp.write_text(render_markdown(summary), encoding="utf-8")
     return jp, mp
 
 

@@ -45,7 +45,7 @@ MIN_LOGISTIC_POINTS = 8
 __all__ = [
     "LABELS", "RANGE_EDGES", "PSNR_CAP_DB", "MIN_LOGISTIC_POINTS", "PlccResult", "RangeSrcc",
     "srcc", "krcc", "pearson", "logistic4", "fit_logistic4", "plcc", "plcc_detail",
-    "label_indices", "preference_from_probs", "symmetrised_pair_probs", "pair_accuracy",
+    "label_indices", "preference_from_probs", "symmetrised_pair_probs", "pair_hits", "pair_accuracy",
     "score_pair_accuracy", "scored_pairs_accuracy", "three_way_accuracy", "range_labels", "range_srcc",
     "normalise_per_group", "psnr", "ssim", "to_luma",
 ]
@@ -220,6 +220,19 @@ def _prefers_a(pred) -> np.ndarray:
     raise ValueError(f"predictions must be [N] P(a better), [N,2] scores or [N,3] probabilities, got {p.shape}")
 
 
+def pair_hits(pred, labels) -> np.ndarray:
+    """Per pair: 1 where the model orders a ranked pair right, 0 where wrong, 0.5 for an exact tie, NaN for a
+    pair labelled ``similar`` (pred as in ``pair_accuracy``). Why per pair: a resampling of photos
+    (train/paired_bootstrap.py) re-weights these, and it must count them exactly as ACC does."""
+    lab = label_indices(labels)
+    side = _prefers_a(pred)
+    if side.shape[0] != lab.shape[0]:
+        raise ValueError(f"length mismatch: {side.shape[0]} predictions vs {lab.shape[0]} labels")
+    want = np.where(lab == 0, 1.0, -1.0)
+    hits = (side == want).astype(np.float64) + 0.5 * (side == 0)
+    return np.where(lab < 2, hits, np.nan)
+
+
 def pair_accuracy(pred, labels) -> float:
     """The paper's ACC: over pairs labelled first / second, the fraction the model orders right.
 
@@ -227,17 +240,9 @@ def pair_accuracy(pred, labels) -> float:
     (a better, b better, similar), compared on the first two. Pairs labelled ``similar`` are ignored;
     exact ties count as half right. NaN when there is no ranked pair.
     """
-    lab = label_indices(labels)
-    side = _prefers_a(pred)
-    if side.shape[0] != lab.shape[0]:
-        raise ValueError(f"length mismatch: {side.shape[0]} predictions vs {lab.shape[0]} labels")
-    ranked = lab < 2
-    if not ranked.any():
-        return float("nan")
-    want = np.where(lab[ranked] == 0, 1.0, -1.0)
-    got = side[ranked]
-    hits = (got == want).astype(np.float64) + 0.5 * (got == 0)
-    return float(hits.mean())
+    hits = pair_hits(pred, labels)
+    ranked = ~np.isnan(hits)
+    return float(hits[ranked].mean()) if ranked.any() else float("nan")
 
 
 def score_pair_accuracy(score_a, score_b, labels, higher_is_better: bool = True) -> float:
