@@ -444,26 +444,31 @@ def test_conv_stats_fine_stats_stride_reads_the_full_resolution_layer_on_a_grid(
 def test_conv_stats_strided_view_exports_as_a_pool_with_the_same_values(tmp_path):
     """In ONNX the full-resolution layer's grid (fine_stats_stride 2) is a 1×1 max pool of stride 2, not a stepped
     Slice (ONNX Runtime's slow path); ONNX Runtime reads the same statistics as torch's slice, odd sizes included."""
-    import numpy as np
-    import onnx
-    import onnxruntime as ort
-
     from fgresq_sdk.model import ConvStatsTower
 
     torch.manual_seed(0)
     tower = ConvStatsTower([3, 4], [1, 2], width=5, embed_dim=5, pool="log-stats-ms", fine_stats_stride=2).eval()
     tower.pool_proj, tower.proj = torch.nn.Identity(), None
-    path = tmp_path / "tower.onnx"
+    nodes = _export_tower_and_check_parity(tower, tmp_path / "tower.onnx", tol=1e-5)
+    assert [n.op_type for n in nodes].count("MaxPool") == 1 and not any(n.op_type == "Slice" for n in nodes)
+
+
+def _export_tower_and_check_parity(tower, path, tol: float):
+    """Export a tower with dynamic batch and size; ONNX Runtime must give torch's values on an even and an odd
+    size. Returns the graph's nodes."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
     torch.onnx.export(tower, (torch.zeros(1, 3, 32, 32),), str(path), input_names=["x"], output_names=["y"],
                       dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}}, opset_version=17, dynamo=False)
-    nodes = onnx.load(str(path)).graph.node
-    assert [n.op_type for n in nodes].count("MaxPool") == 1 and not any(n.op_type == "Slice" for n in nodes)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for shape in ((2, 3, 32, 32), (1, 3, 33, 29)):
         x = torch.randn(*shape)
         with torch.no_grad():
             ref = tower(x).numpy()
-        np.testing.assert_allclose(sess.run(None, {"x": x.numpy()})[0], ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(sess.run(None, {"x": x.numpy()})[0], ref, rtol=tol, atol=tol)
+    return onnx.load(str(path)).graph.node
 
 
 def test_local_contrast_norm_removes_the_contents_contrast_and_keeps_flat_frames_finite():
@@ -491,9 +496,6 @@ def test_local_contrast_norm_removes_the_contents_contrast_and_keeps_flat_frames
 def test_conv_stats_input_norm_mscn_feeds_the_first_convolution_both_views_and_exports_to_parity(tmp_path):
     """input_norm "mscn": the first convolution reads 6 channels (the image, then its MSCN map), the tower equals
     the hand-built composition, unknown names are refused, and ONNX Runtime gives torch's values at odd sizes."""
-    import numpy as np
-    import onnxruntime as ort
-
     from fgresq_sdk.model import ConvStatsTower, LocalContrastNorm
 
     torch.manual_seed(0)
@@ -507,15 +509,8 @@ def test_conv_stats_input_norm_mscn_feeds_the_first_convolution_both_views_and_e
         torch.testing.assert_close(tower(x), plain(torch.cat([x, LocalContrastNorm(3)(x)], dim=1)))
     with pytest.raises(ValueError, match="input_norm"):
         ConvStatsTower([4], [1], width=5, embed_dim=5, input_norm="gdn")
-    path = tmp_path / "tower.onnx"
-    torch.onnx.export(tower, (torch.zeros(1, 3, 32, 32),), str(path), input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}}, opset_version=17, dynamo=False)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for shape in ((2, 3, 32, 32), (1, 3, 33, 29)):
-        x = torch.randn(*shape)
-        with torch.no_grad():
-            ref = tower(x).numpy()
-        np.testing.assert_allclose(sess.run(None, {"x": x.numpy()})[0], ref, rtol=1e-4, atol=1e-4)
+    nodes = _export_tower_and_check_parity(tower, tmp_path / "tower.onnx", tol=1e-4)
+    assert sum(n.op_type == "Pad" for n in nodes) == 2  # the window's reflect padding, for μ and for E[x²]
 
 
 @pytest.mark.parametrize("config", ["fgresq-compact-cnn", "fgresq-compact-cnn-log", "fgresq-compact-cnn-logk",
