@@ -581,7 +581,7 @@ def import_official_cmd(
 def eval_cmd(
     manifest: Path = typer.Option(..., "--manifest", help="FGRestore-style manifest folder (see README)."),
     model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt,
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for eval.json and eval.md."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for eval.json, eval.md and the rows behind them (eval-images.csv, eval-pairs.csv, eval-junk.csv)."),
     crops: int = CropsOpt, flip: bool = FlipOpt,
 ):
     """Paper-style evaluation (Table 3 per task SRCC/PLCC/ACC, Table 2 ranges) with PSNR/SSIM baselines."""

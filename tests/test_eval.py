@@ -347,6 +347,12 @@ def test_evaluate_end_to_end(tiny_bundle, tmp_path, capsys):
     _check_markdown_numbers(printed, _independent_metrics(tiny_bundle, man))
     assert out["methods"]["PSNR"]["per_task"] == res["methods"]["PSNR"]["per_task"]
     assert out["model"]["views"] == {"crops": 1, "flip": False, "model_mirror": False}
+    # --out may be the manifest's own folder: the report's row files never replace the manifest's CSV files
+    kept = {f.name: f.read_bytes() for f in (tmp_path / "man").iterdir() if f.is_file()}
+    assert {"images.csv", "pairs.csv"} <= set(kept)
+    eval_main(tiny_bundle, tmp_path / "man", tmp_path / "man", "onnxruntime")
+    assert all((tmp_path / "man" / name).read_bytes() == data for name, data in kept.items())
+    assert (tmp_path / "man" / "eval-pairs.csv").is_file()
     # --flip: every image also encoded mirrored (recorded in the report); the baselines do not change
     flipped = eval_main(tiny_bundle, tmp_path / "man", tmp_path / "cli-flip", "onnxruntime", flip=True)
     assert flipped["model"]["views"] == {"crops": 1, "flip": True, "model_mirror": False}
@@ -506,7 +512,7 @@ def _write_eval_rows(folder: Path, pref_by_photo: dict[str, float], clean_score:
         pairs.append({"a": f"{cid}/L0", "b": f"{cid}/L1", "task": task, "label": "similar", "p_first_better": 0.1})
         junk.append({"reference": f"refs/{cid}.png", "kind": "clean", "score": clean_score if photo != "q" else 0.2})
         junk += [{"reference": f"refs/{cid}.png", "kind": k, "score": v} for k, v in (("noise", 0.5), ("flat", 0.1))]
-    for name, rows in (("images.csv", images), ("pairs.csv", pairs), ("junk.csv", junk)):
+    for name, rows in (("eval-images.csv", images), ("eval-pairs.csv", pairs), ("eval-junk.csv", junk)):
         with open(folder / name, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()

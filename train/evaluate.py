@@ -574,12 +574,12 @@ def render_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-RECORD_FILES = {"images": "images.csv", "pairs": "pairs.csv", "junk": "junk.csv"}
+RECORD_FILES = {"images": "eval-images.csv", "pairs": "eval-pairs.csv", "junk": "eval-junk.csv"}
 
 
 def write_report(result: dict, out_dir) -> tuple[Path, Path]:
     """Write eval.json and eval.md into out_dir (created), and the per-image, per-pair and junk scores the
-    metrics came from as images.csv, pairs.csv and junk.csv (RECORD_FILES). Why the rows: a difference
+    metrics came from as eval-images.csv, eval-pairs.csv and eval-junk.csv (RECORD_FILES). Why the rows: a difference
     between two models is only as firm as the photos behind it, and train/paired_bootstrap.py resamples
     photos from these files; eval.json keeps the summaries. Returns the paths of eval.json and eval.md."""
     import csv

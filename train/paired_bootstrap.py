@@ -3,8 +3,8 @@
 Why: on the 61 test photos, the default model's candidates differed from it by 0.001–0.011 in mean pair ACC,
 and resampling the photos put the standard deviation of those differences at ~0.007 (README, "Candidate v22"):
 the ship rule's first key was reading which photos happened to be drawn. This module makes that check a
-command. It reads two `fgresq-sdk eval --out` folders made on the same manifest (their images.csv, pairs.csv
-and junk.csv), draws photos with replacement — the same draw for both models, so what the photos share
+command. It reads two `fgresq-sdk eval --out` folders made on the same manifest (their eval-images.csv, eval-pairs.csv
+and eval-junk.csv), draws photos with replacement — the same draw for both models, so what the photos share
 cancels — and reports, for every statistic, both models' values on the photos as drawn (equal to eval.json's)
 and the distribution of B − A over the draws.
 
@@ -77,13 +77,13 @@ def _num(text: str) -> float:
 
 
 def load_records(folder) -> EvalRecords:
-    """An eval folder's images.csv, pairs.csv and junk.csv as arrays (see EvalRecords)."""
+    """An eval folder's eval-images.csv, eval-pairs.csv and eval-junk.csv as arrays (see EvalRecords)."""
     folder = Path(folder)
-    images = _read_csv(folder / "images.csv")
-    pairs = _read_csv(folder / "pairs.csv")
-    junk_rows = _read_csv(folder / "junk.csv") if (folder / "junk.csv").is_file() else []
+    images = _read_csv(folder / "eval-images.csv")
+    pairs = _read_csv(folder / "eval-pairs.csv")
+    junk_rows = _read_csv(folder / "eval-junk.csv") if (folder / "eval-junk.csv").is_file() else []
     if not images or SCORE_COLUMN not in images[0]:
-        raise BootstrapError(f"{folder / 'images.csv'}: no {SCORE_COLUMN} scores")
+        raise BootstrapError(f"{folder / 'eval-images.csv'}: no {SCORE_COLUMN} scores")
     photo_by_image = {r["image_id"]: photo_of(r["content_id"]) for r in images}
     photo_by_ref = {r["reference"]: photo_of(r["content_id"]) for r in images if r.get("reference")}
     photos = sorted(set(photo_by_image.values()))
@@ -101,7 +101,7 @@ def load_records(folder) -> EvalRecords:
             junk[ref_index[r["reference"]], kind_index[r["kind"]]] = _num(r["score"])
     missing = [r for r in refs if r not in photo_by_ref]
     if missing:
-        raise BootstrapError(f"{folder / 'junk.csv'}: reference {missing[0]!r} belongs to no image")
+        raise BootstrapError(f"{folder / 'eval-junk.csv'}: reference {missing[0]!r} belongs to no image")
     labels = [r["label"] for r in pairs]
     pref = np.array([_num(r["p_first_better"]) for r in pairs], np.float64)
     return EvalRecords(
