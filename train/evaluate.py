@@ -200,16 +200,13 @@ def cross_content_srcc(scores: dict[str, float], manifest, ids: list[str], tasks
     per-scene SRCC which the paper averages."""
     from scipy.stats import spearmanr
 
-    def norm(i):
-        return unit_quality(manifest, i)
-
     out = {}
     for t in list(tasks) + ["all"]:
         tid = [i for i in ids if i in scores and (t == "all" or manifest.images[i].task == t)]
         if len({manifest.images[i].content_id for i in tid}) < 2:
             out[t] = None
             continue
-        out[t] = float(spearmanr([scores[i] for i in tid], [norm(i) for i in tid]).statistic)
+        out[t] = float(spearmanr([scores[i] for i in tid], [unit_quality(manifest, i) for i in tid]).statistic)
     return out
 
 

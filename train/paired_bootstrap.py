@@ -26,6 +26,7 @@ import json
 import re
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,12 @@ class EvalRecords:
     ref_photo: np.ndarray        # [R] the photo of each clean reference
     clean: np.ndarray            # [R] clean references' scores
     junk: np.ndarray             # [R, K] scores of the hard negatives made from each reference
+
+    @cached_property
+    def junk_wins(self) -> np.ndarray:
+        """[R, R]: share of reference q's hard negatives that reference p's clean score beats. Fixed by the
+        scores, so every draw re-weights it instead of comparing all scores again."""
+        return (self.clean[:, None, None] > self.junk[None, :, :]).mean(axis=2)
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -150,9 +157,8 @@ def statistics(rec: EvalRecords, photo_weight: np.ndarray | None = None) -> dict
     out["cross_content_srcc"] = _spearman_weighted(rec.score, rec.quality, w[rec.image_photo])
     if rec.clean.size and rec.junk.size:
         rw = w[rec.ref_photo].astype(np.float64)
-        wins = (rec.clean[:, None, None] > rec.junk[None, :, :]).mean(axis=2)  # [clean ref, junk ref]
         total = rw.sum() ** 2
-        out["junk_vs_clean"] = float(rw @ wins @ rw / total) if total else float("nan")
+        out["junk_vs_clean"] = float(rw @ rec.junk_wins @ rw / total) if total else float("nan")
     else:
         out["junk_vs_clean"] = float("nan")
     return out
