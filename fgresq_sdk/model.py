@@ -57,6 +57,10 @@ class ConvStatsTower(nn.Module):
     normalisation BRISQUE and NIQE read. The raw image stays, because haze and casts live in the global contrast
     the normalisation removes.
 
+    nss_scales n > 0 appends BRISQUE-style statistics of the image's MSCN coefficients at n scales to the pooled
+    statistics (`NaturalSceneStats`). Why: they are near content-free by construction, so they give the score an
+    absolute sense (junk, quality across photos), while the convolutions keep reading the raw image.
+
     fine_stats_stride k > 1 reads the full-resolution layers' statistics (cumulative stride 1) on every k-th row
     and column. Why: those maps are the largest, and their per-channel mean and σ over ~50k positions are
     estimated as well from a quarter of them; the convolutions themselves still see every pixel. It cut the
@@ -68,7 +72,7 @@ class ConvStatsTower(nn.Module):
     INPUT_NORMS = ("none", "mscn")
 
     def __init__(self, channels: list[int], strides: list[int], width: int, embed_dim: int, pool: str = "stats",
-                 hidden: int = 0, fine_stats_stride: int = 1, input_norm: str = "none"):
+                 hidden: int = 0, fine_stats_stride: int = 1, input_norm: str = "none", nss_scales: int = 0):
         super().__init__()
         if input_norm not in self.INPUT_NORMS:
             raise ValueError(f"conv-stats tower: unknown input_norm {input_norm!r} (expected one of {self.INPUT_NORMS})")
@@ -93,6 +97,8 @@ class ConvStatsTower(nn.Module):
         cumulative = itertools.accumulate((int(s) for s in strides), operator.mul)
         self.stats_steps = [fine_stats_stride if c == 1 else 1 for c in cumulative]
         n_in = 2 * sum(int(c) for c in channels) if self.every_layer else (3 if self.kurtosis else 2) * c_in
+        self.nss = NaturalSceneStats(nss_scales) if nss_scales else None
+        n_in += self.nss.n_features if self.nss is not None else 0
         self.pool_proj = (nn.Linear(n_in, width) if not hidden else
                           nn.Sequential(nn.Linear(n_in, int(hidden)), nn.GELU(), nn.Linear(int(hidden), width)))
         self.proj = nn.Parameter(torch.randn(width, embed_dim) * width ** -0.5)
@@ -105,6 +111,7 @@ class ConvStatsTower(nn.Module):
         return mean, sq, sq.mean(dim=(2, 3)) + 1e-6
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nss = [] if self.nss is None else [self.nss(x)]
         if self.input_norm is not None:
             x = torch.cat([x, self.input_norm(x)], dim=1)
         if self.every_layer:
@@ -121,7 +128,7 @@ class ConvStatsTower(nn.Module):
             stats = [mean, 0.5 * log_var if self.log_std else torch.sqrt(var)]
             if self.kurtosis:  # log(m4 / var²): 0 for a symmetric two-point distribution, log 3 for a Gaussian
                 stats.append(torch.log(sq.pow(2).mean(dim=(2, 3)) + 1e-12) - 2.0 * log_var)
-        out = self.pool_proj(torch.cat(stats, dim=1))
+        out = self.pool_proj(torch.cat(stats + nss, dim=1))
         return out if self.proj is None else out @ self.proj
 
 
@@ -154,6 +161,65 @@ class LocalContrastNorm(nn.Module):
         return (x - mu) / (torch.sqrt(var + 1e-6) + self.c)
 
 
+class NaturalSceneStats(nn.Module):
+    """BRISQUE's features in closed form, with no parameters: at each scale (the image, then its 2×2 average
+    pool), of the luma's MSCN coefficients' log σ and shape ratio (E|m|)²/E[m²] (2/π for a Gaussian,
+    lower for the heavy tails of natural images: the moment that fixes a generalised Gaussian's shape), and for
+    the products of each coefficient with its right, lower and two diagonal neighbours their mean over E[m²] (the
+    neighbours' correlation) and the log root mean square of their negative and positive parts (the two sides of
+    BRISQUE's asymmetric generalised Gaussian).
+
+    Why: MSCN statistics of clean photos look alike whatever the content, and noise (uncorrelated neighbours),
+    blur (correlation near 1), blocks and flat frames (collapsed σ) move them far from there — the absolute
+    sense that pairs of one photo never teach. Fed only to the pooled feature, beside the learned statistics,
+    they cannot change what the convolutions learn to see (input_norm "mscn" fed the coefficients to the first
+    convolution, which then read deconvolution ringing as detail: README, "Candidate v23").
+
+    Luma only (Rec. 601 weights on the normalised channels, whose standard deviations differ by under 6 %), as
+    BRISQUE: per colour channel the statistics cost three times as much for a training step, and colour residue
+    reaches the convolutions anyway."""
+
+    SHIFTS = ((0, 1), (1, 0), (1, 1), (1, -1))
+    LUMA = (0.299, 0.587, 0.114)
+    EPS = 1e-4
+
+    def __init__(self, scales: int):
+        super().__init__()
+        if scales < 1:
+            raise ValueError("natural-scene statistics need at least one scale")
+        self.mscn, self.scales = LocalContrastNorm(1), int(scales)
+        self.register_buffer("luma", torch.tensor(self.LUMA).view(1, 3, 1, 1), persistent=False)
+        self.n_features = self.scales * (2 + 3 * len(self.SHIFTS))
+
+    @classmethod
+    def _pairs(cls, m: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+        """m times its neighbour dy rows down and dx columns across, over the positions where both exist."""
+        h, w = m.shape[2], m.shape[3]
+        a = m[:, :, : h - dy, max(0, -dx): w - max(0, dx)]
+        b = m[:, :, dy:, max(0, dx): w + min(0, dx)]
+        return a * b
+
+    def _of_one_scale(self, x: torch.Tensor) -> list[torch.Tensor]:
+        m = self.mscn(x)
+        e2 = m.pow(2).mean(dim=(2, 3))
+        out = [0.5 * torch.log(e2 + self.EPS), m.abs().mean(dim=(2, 3)).pow(2) / (e2 + self.EPS)]
+        for dy, dx in self.SHIFTS:
+            p = self._pairs(m, dy, dx)
+            out += [p.mean(dim=(2, 3)) / (e2 + self.EPS),
+                    0.5 * torch.log(p.clamp(max=0.0).pow(2).mean(dim=(2, 3)) + self.EPS),
+                    0.5 * torch.log(p.clamp(min=0.0).pow(2).mean(dim=(2, 3)) + self.EPS)]
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats: list[torch.Tensor] = []
+        x = (x * self.luma).sum(dim=1, keepdim=True)
+        for k in range(self.scales):
+            if k:
+                x = F.avg_pool2d(x, 2)
+            feats += self._of_one_scale(x)
+        return torch.cat(feats, dim=1)
+
+
 def _every_kth(y: torch.Tensor, k: int) -> torch.Tensor:
     """Every k-th row and column of an NCHW map. In an ONNX export it is written as a 1×1 max pool of stride k,
     which selects exactly the same values. Why: the strided slice exports as two Slice nodes with steps, which
@@ -173,7 +239,7 @@ def build_image_tower(cfg: dict[str, Any]) -> nn.Module:
         return ConvStatsTower(vc["channels"], vc["strides"], int(vc["width"]), int(cfg["embed_dim"]),
                               pool=vc.get("pool", "stats"), hidden=int(vc.get("hidden", 0)),
                               fine_stats_stride=int(vc.get("fine_stats_stride", 1)),
-                              input_norm=vc.get("input_norm", "none"))
+                              input_norm=vc.get("input_norm", "none"), nss_scales=int(vc.get("nss_scales", 0)))
     from open_clip.model import _build_vision_tower
 
     return _build_vision_tower(cfg["embed_dim"], vc, quick_gelu=cfg.get("quick_gelu", False))

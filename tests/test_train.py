@@ -513,8 +513,59 @@ def test_conv_stats_input_norm_mscn_feeds_the_first_convolution_both_views_and_e
     assert sum(n.op_type == "Pad" for n in nodes) == 2  # the window's reflect padding, for μ and for E[x²]
 
 
+def test_natural_scene_stats_read_the_residue_and_not_the_brightness():
+    """The closed-form BRISQUE features: brightness offsets change nothing, a flat frame gives finite values (log σ
+    at its floor, the rest 0), white noise has MSCN neighbours that do not correlate and near-Gaussian tails
+    (shape ratio ≈ 2/π), a smooth field has strongly correlated neighbours, and each neighbour product is the one
+    its shift names."""
+    from fgresq_sdk.model import NaturalSceneStats
+
+    torch.manual_seed(0)
+    nss = NaturalSceneStats(2)
+    assert nss.n_features == 28 and not nss.state_dict()
+    noise = torch.randn(2, 3, 64, 48)
+    f = nss(noise)
+    assert f.shape == (2, 28)
+    torch.testing.assert_close(nss(noise + 0.8), f, atol=1e-4, rtol=1e-4)
+    flat = nss(torch.full((1, 3, 32, 32), 0.3))
+    assert torch.isfinite(flat).all()
+    torch.testing.assert_close(flat[0, 0], torch.tensor(0.5 * math.log(nss.EPS)))
+    assert flat[0, 1:3].abs().max() < 1e-6
+    corr_h, shape_ratio = f[:, 2], f[:, 1]  # scale 1: log σ, shape ratio, then (mean, neg, pos) per shift
+    assert corr_h.abs().max() < 0.2 and (shape_ratio - 2 / math.pi).abs().max() < 0.1
+    smooth = torch.nn.functional.interpolate(torch.randn(2, 3, 8, 6), size=(64, 48), mode="bicubic")
+    assert (nss(smooth)[:, 2] > corr_h + 0.3).all()
+    m = torch.arange(20.0).view(1, 1, 4, 5)
+    torch.testing.assert_close(NaturalSceneStats._pairs(m, 0, 1), m[..., :, :-1] * m[..., :, 1:])
+    torch.testing.assert_close(NaturalSceneStats._pairs(m, 1, 0), m[..., :-1, :] * m[..., 1:, :])
+    torch.testing.assert_close(NaturalSceneStats._pairs(m, 1, 1), m[..., :-1, :-1] * m[..., 1:, 1:])
+    torch.testing.assert_close(NaturalSceneStats._pairs(m, 1, -1), m[..., :-1, 1:] * m[..., 1:, :-1])
+    with pytest.raises(ValueError, match="scale"):
+        NaturalSceneStats(0)
+
+
+def test_conv_stats_nss_scales_append_to_the_pooled_statistics_and_export_to_parity(tmp_path):
+    """nss_scales: the convolutions are the plain tower's (3 input channels), the pooled vector is the plain
+    one followed by NaturalSceneStats of the image, and ONNX Runtime gives torch's values at odd sizes."""
+    from fgresq_sdk.model import ConvStatsTower, NaturalSceneStats
+
+    torch.manual_seed(0)
+    tower = ConvStatsTower([4, 6], [1, 2], width=5, embed_dim=5, pool="log-stats-ms", fine_stats_stride=2,
+                           nss_scales=2).eval()
+    assert tower.features[0].in_channels == 3 and tower.pool_proj.in_features == 2 * (4 + 6) + 28
+    plain = ConvStatsTower([4, 6], [1, 2], width=5, embed_dim=5, pool="log-stats-ms", fine_stats_stride=2).eval()
+    plain.features = tower.features
+    for t in (tower, plain):
+        t.pool_proj, t.proj = torch.nn.Identity(), None
+    x = torch.randn(2, 3, 32, 30)
+    with torch.no_grad():
+        torch.testing.assert_close(tower(x), torch.cat([plain(x), NaturalSceneStats(2)(x)], dim=1))
+    _export_tower_and_check_parity(tower, tmp_path / "tower.onnx", tol=1e-4)
+
+
 @pytest.mark.parametrize("config", ["fgresq-compact-cnn", "fgresq-compact-cnn-log", "fgresq-compact-cnn-logk",
-                                    "fgresq-compact-cnn-ms", "fgresq-compact-cnn-ms2", "fgresq-compact-cnn-mscn"])
+                                    "fgresq-compact-cnn-ms", "fgresq-compact-cnn-ms2", "fgresq-compact-cnn-mscn",
+                                    "fgresq-compact-cnn-nss"])
 def test_conv_stats_towers_train_both_stages_and_export_to_parity(manifest_dir, tmp_path, config):
     """The conv-stats towers (σ, log-σ or log-σ + log-kurtosis pooling): stage 1 moves the degradation tower and
     its projection, stage 2 the image tower and heads, and the exported ONNX bundle scores as the torch model does."""
