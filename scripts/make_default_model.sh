@@ -21,7 +21,8 @@
 #     POLISH=default-compact-v19; candidate v21 (not shipped: test pair ACC 0.933 vs v20's 0.944):
 #     POLISH=default-compact-v21-polish POLISH_JUNK_FRACTION=0.40; candidate v22 (not shipped: 0.943 vs 0.944):
 #     FIT_CROPS=3, ~67 min; candidate v23 (not shipped: 0.919, deblurring 0.700; 94 min, over budget):
-#     RECIPE=default-compact-v23 POLISH=default-compact-v23-polish),
+#     RECIPE=default-compact-v23 POLISH=default-compact-v23-polish; candidate v24 (not shipped: 0.919, deblurring
+#     0.844; 78 min on an Intel Xeon): RECIPE=default-compact-v24 POLISH=default-compact-v24-polish),
 #     installed only if it passes step 6's rule against the shipped one
 # mate-backgrounds is never used for data, selection or tuning; step 5 only evaluates the models on it.
 set -euo pipefail
