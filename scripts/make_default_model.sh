@@ -78,12 +78,19 @@ $PY -m fgresq_sdk.train.subset --src "$WORK/fit" --out "$WORK/fit-subset" --crop
 .venv/bin/fgresq-sdk train --config "train/configs/$RECIPE.json" --manifest "$WORK/fit-subset" \
     --val-manifest "$WORK/val" --out "$WORK/run" --threads 2 --no-progress
 # 4. the stage-2 epoch with the best pair ACC on the val photos, exported; then the held-out test (README table)
-select_best() {  # the stage-2 epoch checkpoint with the best val pair ACC over the given runs' logs (ties: the later)
+select_best() {  # the stage-2 epoch checkpoint with the best val pair ACC over the given runs' logs (ties: the later);
+  # every candidate's val ACC per task and its weakest generator implementation go to stderr (the log), not the choice
   $PY - "$@" <<'PYEOF'
 import json, sys
-ep = [(r["val"]["acc"], k, r["epoch"], r["checkpoint"]) for k, log in enumerate(sys.argv[1:])
+ep = [(r["val"]["acc"], k, r["epoch"], r["checkpoint"], r["val"]) for k, log in enumerate(sys.argv[1:])
       for r in map(json.loads, open(log)) if r.get("event") == "epoch" and r.get("stage") == "fgresq" and r.get("val")]
-print(max(ep)[3])
+for acc, _, _, ckpt, val in ep:
+    impl = [(a, f"{t}/{n}") for t, rows in (val.get("acc_by_implementation") or {}).items() for n, a in rows.items()
+            if a is not None]
+    weakest = "{1} {0:.3f}".format(*min(impl)) if impl else "none"
+    print(f"val {ckpt}: acc {acc:.3f}; by task", {t: round(a, 3) for t, a in (val.get("acc_by_task") or {}).items()
+          if a is not None}, "; weakest implementation", weakest, file=sys.stderr)
+print(max(ep, key=lambda e: e[:3])[3])
 PYEOF
 }
 best=$(select_best "$WORK/run/logs.jsonl")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -563,6 +564,41 @@ def test_conv_stats_nss_scales_append_to_the_pooled_statistics_and_export_to_par
     _export_tower_and_check_parity(tower, tmp_path / "tower.onnx", tol=1e-4)
 
 
+def test_recipe_script_selects_the_best_val_epoch_and_prints_every_candidates_breakdown(tmp_path):
+    """scripts/make_default_model.sh's select_best, run as the script defines it: the stage-2 epoch with the best
+    pooled val pair ACC over the given run logs (a tie goes to the later log), while each candidate's per-task ACC
+    and weakest implementation go to stderr only; stage-1 epochs and logs without a breakdown are handled."""
+    import subprocess
+    import sys
+
+    script = (Path(__file__).resolve().parents[1] / "scripts" / "make_default_model.sh").read_text()
+    func = re.search(r"^select_best\(\) \{.*?^\}$", script, re.M | re.S).group(0)
+
+    def epoch(stage, acc, ckpt, breakdown=True):
+        val = {"acc": acc}
+        if breakdown:
+            val.update(acc_by_task={"deblurring": acc - 0.1, "denoising": 1.0},
+                       acc_by_implementation={"deblurring": {"deconv-ringing": acc - 0.3, "v1": 0.9}})
+        return json.dumps({"event": "epoch", "stage": stage, "epoch": 1, "val": val, "checkpoint": ckpt})
+
+    run, polish = tmp_path / "run.jsonl", tmp_path / "polish.jsonl"
+    run.write_text("\n".join([epoch("dfl", 0.99, "dfl-1"), epoch("fgresq", 0.90, "run-1", breakdown=False),
+                              epoch("fgresq", 0.95, "run-2")]) + "\n")
+    polish.write_text(epoch("fgresq", 0.95, "polish-1") + "\n")
+    out = subprocess.run(["bash", "-c", f'{func}\nselect_best "$@"', "sb", str(run), str(polish)],
+                         capture_output=True, text=True, env={"PY": sys.executable, "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "polish-1"  # tie on ACC: the later log
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("val ") for line in lines)
+    assert "by task {}" in lines[0] and lines[0].endswith("weakest implementation none")
+    assert "'deblurring': 0.85" in lines[1] and lines[1].endswith("weakest implementation deblurring/deconv-ringing 0.650")
+    run.write_text(epoch("fgresq", 0.97, "run-1") + "\n")
+    out = subprocess.run(["bash", "-c", f'{func}\nselect_best "$@"', "sb", str(run), str(polish)],
+                         capture_output=True, text=True, env={"PY": sys.executable, "PATH": "/usr/bin:/bin"})
+    assert out.stdout.strip() == "run-1"
+
+
 @pytest.mark.parametrize("config", ["fgresq-compact-cnn", "fgresq-compact-cnn-log", "fgresq-compact-cnn-logk",
                                     "fgresq-compact-cnn-ms", "fgresq-compact-cnn-ms2", "fgresq-compact-cnn-mscn",
                                     "fgresq-compact-cnn-nss"])
@@ -957,6 +993,16 @@ def test_default_recipe_smoke_run(tmp_path):
     recs = [json.loads(line) for line in (tmp_path / "run" / "logs.jsonl").read_text().splitlines()]
     ep = [r for r in recs if r["event"] == "epoch" and r["stage"] == "fgresq"]
     assert ep and "acc" in ep[-1]["val"]
+    # the val log splits the pooled pair ACC by task and by generator implementation: the pair-weighted mean of
+    # the parts is the pooled value, and every implementation the val manifest records appears under its task
+    val_m, v = Manifest.load(mans["val"]), ep[-1]["val"]
+    ranked = [p for p in val_m.pairs if p.label != "similar"]
+    per_task = {t: sum(val_m.images[p.a].task == t for p in ranked) for t in v["acc_by_task"]}
+    assert set(v["acc_by_task"]) == {val_m.images[p.a].task for p in val_m.pairs}
+    assert sum(v["acc_by_task"][t] * n for t, n in per_task.items()) / len(ranked) == pytest.approx(v["acc"])
+    drawn = {(t, name) for key, name in val_m.recipe["implementations"].items() for t in [key.rsplit("/", 1)[1]]}
+    assert {(t, name) for t, rows in v["acc_by_implementation"].items() for name in rows} <= drawn
+    assert all(0.0 <= a <= 1.0 for rows in v["acc_by_implementation"].values() for a in rows.values())
     # the polish cycle (POLISH=, since recipe v19): one more stage-2 epoch from the selected checkpoint, own config
     polish = re.search(r"^POLISH=\$\{POLISH-([\w.-]*)\}$", script, re.M).group(1)
     if polish:
