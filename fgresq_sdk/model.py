@@ -173,7 +173,9 @@ class NaturalSceneStats(nn.Module):
     blur (correlation near 1), blocks and flat frames (collapsed σ) move them far from there — the absolute
     sense that pairs of one photo never teach. Fed only to the pooled feature, beside the learned statistics,
     they cannot change what the convolutions learn to see (input_norm "mscn" fed the coefficients to the first
-    convolution, which then read deconvolution ringing as detail: README, "Candidate v23").
+    convolution, which then read deconvolution ringing as detail: README, "Candidate v23"). Tried as candidate
+    v24 (README): the heads still learned to prefer ringing (test deblurring 0.844), so the lever needs a training
+    signal that ranks over-sharpening as worse, not only a place away from the convolutions.
 
     Luma only (Rec. 601 weights on the normalised channels, whose standard deviations differ by under 6 %), as
     BRISQUE: per colour channel the statistics cost three times as much for a training step, and colour residue
@@ -191,8 +193,8 @@ class NaturalSceneStats(nn.Module):
         self.register_buffer("luma", torch.tensor(self.LUMA).view(1, 3, 1, 1), persistent=False)
         self.n_features = self.scales * (2 + 3 * len(self.SHIFTS))
 
-    @classmethod
-    def _pairs(cls, m: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    @staticmethod
+    def _pairs(m: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
         """m times its neighbour dy rows down and dx columns across, over the positions where both exist."""
         h, w = m.shape[2], m.shape[3]
         a = m[:, :, : h - dy, max(0, -dx): w - max(0, dx)]

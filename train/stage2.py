@@ -142,8 +142,8 @@ def validate_pairs(model, manifest, spec, cache=None, batch_size: int = 32,
 def _acc_breakdown(manifest, pref: np.ndarray, labels: list[str]) -> dict[str, Any]:
     """Pair ACC of the val pairs per task and, for synthetic manifests, per generator implementation
     (`by_implementation.py`). Why in the training log: the pooled ACC that selects epochs can rise while one
-    task or one artefact falls — candidate v23's val ACC rose 0.947 → 0.962 while its deconvolution ringing
-    fell 0.940 → 0.735 (README), visible only in a separate `eval` of the val photos."""
+    task or one artefact falls — candidate v23 read 0.962 on the val photos against v20's 0.947 while its
+    deconvolution ringing read 0.735 against 0.940 (README), visible then only in a separate `eval`."""
     by_task: dict[str, list[int]] = {}
     for k, p in enumerate(manifest.pairs):
         by_task.setdefault(manifest.images[p.a].task, []).append(k)
