@@ -581,22 +581,24 @@ def test_recipe_script_selects_the_best_val_epoch_and_prints_every_candidates_br
                        acc_by_implementation={"deblurring": {"deconv-ringing": acc - 0.3, "v1": 0.9}})
         return json.dumps({"event": "epoch", "stage": stage, "epoch": 1, "val": val, "checkpoint": ckpt})
 
+    def select_best(*logs):
+        out = subprocess.run(["bash", "-c", f'{func}\nselect_best "$@"', "sb", *map(str, logs)],
+                             capture_output=True, text=True, env={"PY": sys.executable, "PATH": "/usr/bin:/bin"})
+        assert out.returncode == 0, out.stderr
+        return out
+
     run, polish = tmp_path / "run.jsonl", tmp_path / "polish.jsonl"
     run.write_text("\n".join([epoch("dfl", 0.99, "dfl-1"), epoch("fgresq", 0.90, "run-1", breakdown=False),
                               epoch("fgresq", 0.95, "run-2")]) + "\n")
     polish.write_text(epoch("fgresq", 0.95, "polish-1") + "\n")
-    out = subprocess.run(["bash", "-c", f'{func}\nselect_best "$@"', "sb", str(run), str(polish)],
-                         capture_output=True, text=True, env={"PY": sys.executable, "PATH": "/usr/bin:/bin"})
-    assert out.returncode == 0, out.stderr
+    out = select_best(run, polish)
     assert out.stdout.strip() == "polish-1"  # tie on ACC: the later log
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("val ") for line in lines)
     assert "by task {}" in lines[0] and lines[0].endswith("weakest implementation none")
     assert "'deblurring': 0.85" in lines[1] and lines[1].endswith("weakest implementation deblurring/deconv-ringing 0.650")
     run.write_text(epoch("fgresq", 0.97, "run-1") + "\n")
-    out = subprocess.run(["bash", "-c", f'{func}\nselect_best "$@"', "sb", str(run), str(polish)],
-                         capture_output=True, text=True, env={"PY": sys.executable, "PATH": "/usr/bin:/bin"})
-    assert out.stdout.strip() == "run-1"
+    assert select_best(run, polish).stdout.strip() == "run-1"
 
 
 @pytest.mark.parametrize("config", ["fgresq-compact-cnn", "fgresq-compact-cnn-log", "fgresq-compact-cnn-logk",
