@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics as M
+from .evaluate import RECORD_FILES
 
 STATISTICS = ("pair_acc", "cross_content_srcc", "junk_vs_clean")
 SCORE_COLUMN = "FGResQ"
@@ -84,13 +85,15 @@ def _num(text: str) -> float:
 
 
 def load_records(folder) -> EvalRecords:
-    """An eval folder's eval-images.csv, eval-pairs.csv and eval-junk.csv as arrays (see EvalRecords)."""
+    """An eval folder's row files (evaluate.RECORD_FILES: the names write_report gives them) as arrays (see
+    EvalRecords)."""
     folder = Path(folder)
-    images = _read_csv(folder / "eval-images.csv")
-    pairs = _read_csv(folder / "eval-pairs.csv")
-    junk_rows = _read_csv(folder / "eval-junk.csv") if (folder / "eval-junk.csv").is_file() else []
+    images_csv, pairs_csv, junk_csv = (folder / RECORD_FILES[k] for k in ("images", "pairs", "junk"))
+    images = _read_csv(images_csv)
+    pairs = _read_csv(pairs_csv)
+    junk_rows = _read_csv(junk_csv) if junk_csv.is_file() else []
     if not images or SCORE_COLUMN not in images[0]:
-        raise BootstrapError(f"{folder / 'eval-images.csv'}: no {SCORE_COLUMN} scores")
+        raise BootstrapError(f"{images_csv}: no {SCORE_COLUMN} scores")
     photo_by_image = {r["image_id"]: photo_of(r["content_id"]) for r in images}
     photo_by_ref = {r["reference"]: photo_of(r["content_id"]) for r in images if r.get("reference")}
     photos = sorted(set(photo_by_image.values()))
@@ -108,7 +111,7 @@ def load_records(folder) -> EvalRecords:
             junk[ref_index[r["reference"]], kind_index[r["kind"]]] = _num(r["score"])
     missing = [r for r in refs if r not in photo_by_ref]
     if missing:
-        raise BootstrapError(f"{folder / 'eval-junk.csv'}: reference {missing[0]!r} belongs to no image")
+        raise BootstrapError(f"{junk_csv}: reference {missing[0]!r} belongs to no image")
     labels = [r["label"] for r in pairs]
     pref = np.array([_num(r["p_first_better"]) for r in pairs], np.float64)
     return EvalRecords(
