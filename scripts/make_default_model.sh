@@ -22,7 +22,8 @@
 #     POLISH=default-compact-v21-polish POLISH_JUNK_FRACTION=0.40; candidate v22 (not shipped: 0.943 vs 0.944):
 #     FIT_CROPS=3, ~67 min; candidate v23 (not shipped: 0.919, deblurring 0.700; 94 min, over budget):
 #     RECIPE=default-compact-v23 POLISH=default-compact-v23-polish; candidate v24 (not shipped: 0.919, deblurring
-#     0.844; 78 min on an Intel Xeon): RECIPE=default-compact-v24 POLISH=default-compact-v24-polish),
+#     0.844; 78 min on an Intel Xeon): RECIPE=default-compact-v24 POLISH=default-compact-v24-polish; candidate v25:
+#     RECIPE=default-compact-v25 FIT_DEGRADATIONS=4),
 #     installed only if it passes step 6's rule against the shipped one
 # mate-backgrounds is never used for data, selection or tuning; step 5 only evaluates the models on it.
 set -euo pipefail
@@ -35,6 +36,8 @@ RECIPE=${RECIPE:-default-compact-v20}
 PHOTO_SET=${PHOTO_SET:-2}
 FIT_CROPS=${FIT_CROPS:-2} VAL_CROPS=${VAL_CROPS:-1} TEST_CROPS=${TEST_CROPS:-1}
 PAIR_FRACTION=${PAIR_FRACTION:-0.60} JUNK_FRACTION=${JUNK_FRACTION:-0.35}
+# the fit data's degradation version (train/synthetic.py --degradations: 3 for the shipped recipe; 4 adds sharpening residue)
+FIT_DEGRADATIONS=${FIT_DEGRADATIONS:-3}
 # how often each hard-negative kind is drawn in the fit data (train/synthetic.py --junk-weights; empty: equally)
 JUNK_WEIGHTS=${JUNK_WEIGHTS-}
 # the polish cycle after the epoch choice (step 4; empty: none, as every recipe before v19) and its subset
@@ -67,7 +70,7 @@ cmp <($PY -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["sp
 #    with 1 crop (904 pairs) the epoch and recipe choices followed noise (README); set 2's 35 val photos at 1 crop
 #    give 2,416 pairs
 common=(--source skimage --catalog "$CATALOG" --split-file "$SPLIT")
-$PY -m fgresq_sdk.train.synthetic --out "$WORK/fit" "${common[@]}" --degradations 3 --junk ${JUNK_WEIGHTS:+--junk-weights "$JUNK_WEIGHTS"} --photo-split fit --crops-per-photo "$FIT_CROPS" --seed 0
+$PY -m fgresq_sdk.train.synthetic --out "$WORK/fit" "${common[@]}" --degradations "$FIT_DEGRADATIONS" --junk ${JUNK_WEIGHTS:+--junk-weights "$JUNK_WEIGHTS"} --photo-split fit --crops-per-photo "$FIT_CROPS" --seed 0
 $PY -m fgresq_sdk.train.synthetic --out "$WORK/val" "${common[@]}" --degradations 2 --junk --photo-split val --crops-per-photo "$VAL_CROPS" --seed 2
 $PY -m fgresq_sdk.train.synthetic --out "$WORK/test" "${common[@]}" --degradations 2 --photo-split test --crops-per-photo "$TEST_CROPS" --seed 1
 # 3. training (stage 1 DFL, stage 2 FGResQ; val metrics logged every epoch) on the CPU-budget subset: a seeded
