@@ -553,6 +553,77 @@ def test_v3_degradations_mix_both_families_per_content_and_task():
     assert 0 < sum(family) < len(family)  # both families occur
 
 
+def _step_edge(size: int = 64) -> np.ndarray:
+    """A vertical step from 64 to 192 (room on both sides for overshoot), RGB float."""
+    x = np.full((size, size, 3), 64.0, np.float32)
+    x[:, size // 2:] = 192.0
+    return x
+
+
+def test_v4_sharpening_residue_overshoots_edges_more_with_strength():
+    """Every version-4 generator makes the error blur never makes: values beyond the two sides of a step edge
+    (halos, ringing), far more at high strength than at low (not strictly in between: blur that grows with
+    strength widens the edge the halo sits on), while a plain blur of the same edge stays inside them."""
+    x = _step_edge(256)  # the generators' radii scale with the size: at 256 they are the training data's
+    photo = syn.working_crop(ph.load_photos([s for s in ph.skimage_sources() if s[0] == "skimage-astronaut"],
+                                            max_side=512)[0][1], 256).astype(np.float32)
+    seen = set()
+    for task, kinds in syn.IMPLEMENTATIONS_V4.items():
+        for seed in range(16):
+            f = syn._make_sharpen_residue(task, np.random.default_rng(seed), 256)
+            seen.add(syn.implementation_of(f))
+            ys = [syn._q(f(x.copy(), s)).astype(np.float32) for s in (0.1, 0.5, 0.85)]
+            over = [float(np.maximum(y - 192.0, 0).max() + np.maximum(64.0 - y, 0).max()) for y in ys]
+            assert over[2] >= max(30.0, over[0] + 10.0), (task, seed, over)
+            d = [float(np.abs(syn._q(f(photo.copy(), s)) - photo).mean()) for s in syn.strength_levels()]
+            assert all(np.diff(d) > 0), (task, seed, d)  # on a photo, every level further from the clean one
+    assert seen == {k for kinds in syn.IMPLEMENTATIONS_V4.values() for k in kinds}
+    blurred = syn._q(syn._conv(x, syn.gaussian_kernel(3.0)))
+    assert blurred.min() >= 64 and blurred.max() <= 192
+
+
+def test_wiener_deconvolve_inverts_a_known_blur():
+    """With the true kernel and a tiny noise-to-signal ratio the blur is undone (the ringing of version 4 comes
+    from the wrong kernel and quantisation, not from the inverse itself); borders do not wrap around."""
+    rng = np.random.default_rng(0)
+    x = syn._gauss(rng.uniform(0, 255, (64, 64, 3)).astype(np.float32), 1.0)
+    k = syn.gaussian_kernel(1.5)
+    assert abs(float(k.sum()) - 1.0) < 1e-5 and k.shape[0] % 2 == 1
+    y = syn._conv(x, k)
+    z = syn.wiener_deconvolve(y, k, 1e-5)
+    inner = (slice(8, -8), slice(8, -8))
+    assert np.abs(z - x)[inner].mean() < 0.2 * np.abs(y - x)[inner].mean()
+    assert np.abs(z - x).max() < np.abs(y - x).max()  # the borders too: padded as the blur was
+
+
+def test_v4_degradations_add_residue_only_to_a_share_of_sr_and_deblurring(clean_photos, tmp_path):
+    """Version 4 is version 3 for every (content, task) that does not draw a sharpening-residue generator, draws
+    one for about V4_SHARE of super-resolution and deblurring only, and the manifest records which."""
+    x = syn.working_crop(clean_photos[0][1], 64).astype(np.float32)
+    residue = {k for kinds in syn.IMPLEMENTATIONS_V4.values() for k in kinds}
+    drawn = defaultdict(int)
+    for k in range(60):
+        cid = f"photo{k}_c0"
+        for task in TASKS:
+            f4 = syn.degrader(task, cid, 0, 64, version=4)
+            if syn.implementation_of(f4) in residue:
+                assert task in syn.IMPLEMENTATIONS_V4 and syn.implementation_of(f4) in syn.IMPLEMENTATIONS_V4[task]
+                drawn[task] += 1
+                continue
+            f3 = syn.degrader(task, cid, 0, 64, version=3)
+            assert syn.implementation_of(f4) == syn.implementation_of(f3)
+            assert np.array_equal(f4(x.copy(), 0.6), f3(x.copy(), 0.6)), (task, cid)
+    assert set(drawn) == set(syn.IMPLEMENTATIONS_V4)
+    assert 0.15 * 60 < min(drawn.values()) and max(drawn.values()) < 0.55 * 60, dict(drawn)
+    m = syn.generate(syn.expand_crops(clean_photos[:2], 3, seed=0), tmp_path / "v4", seed=0, size=SIZE, version=4,
+                     junk=True)
+    assert m.recipe["degradation_version"] == 4
+    names = m.recipe["implementations"]
+    for key, name in names.items():
+        cid, task = key.rsplit("/", 1)
+        assert name == syn.implementation_of(syn.degrader(task, cid, 0, SIZE, version=4)), key
+
+
 def test_subset_cli_writes_only_into_a_new_empty_or_subset_folder(clean_photos, tmp_path, capsys):
     """--out holding anything but a subset manifest (here: the source's own folder) is one error line, exit 2,
     and nothing in it changes; a new folder, and a previous subset, are written."""

@@ -553,7 +553,7 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
 def wiener_deconvolve(y: np.ndarray, psf: np.ndarray, nsr: float) -> np.ndarray:
     """Non-blind Wiener deconvolution of an H x W x C image (reflect-padded so the borders do not wrap)."""
     pad = psf.shape[0]
-    yp = np.pad(y, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    yp = np.pad(y, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")  # = ndimage's "reflect"
     h, w = yp.shape[:2]
     otf = np.zeros((h, w), np.float64)
     kh, kw = psf.shape
