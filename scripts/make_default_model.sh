@@ -142,6 +142,18 @@ $PY -m fgresq_sdk.train.synthetic --out "$WORK/mate-test" --photos "$WORK/mate/s
     --degradations 2 --crops-per-photo 1 --seed 3
 .venv/bin/fgresq-sdk eval --model "$WORK/default-bundle" --manifest "$WORK/mate-test" --out "$WORK/eval-mate"
 .venv/bin/fgresq-sdk eval --model fgresq_sdk/default_model --manifest "$WORK/mate-test" --out "$WORK/eval-mate-installed"
+#    and the held-out sharpening-residue check (since 2026-12-02; reported only, like mate): on the test photos at 2
+#    crops each, super-resolution and deblurring degraded only by the v4 residue generators (halos, deconvolution
+#    ringing: train/synthetic.py IMPLEMENTATIONS_V4), which the v2 test data never isolates; v20 inverts them
+$PY -m fgresq_sdk.train.synthetic --out "$WORK/residue-test" "${common[@]}" --degradations 4 --residue-share 1 \
+    --tasks super_resolution,deblurring --photo-split test --crops-per-photo 2 --seed 1
+.venv/bin/fgresq-sdk eval --model "$WORK/default-bundle" --manifest "$WORK/residue-test" --out "$WORK/eval-residue"
+.venv/bin/fgresq-sdk eval --model fgresq_sdk/default_model --manifest "$WORK/residue-test" --out "$WORK/eval-residue-installed"
+$PY - "$WORK/eval-residue/eval.json" "$WORK/eval-residue-installed/eval.json" <<'PYEOF' >&2
+import json, sys
+new, old = (json.load(open(p))["methods"]["FGResQ"]["average"]["acc"] for p in sys.argv[1:3])
+print(f"sharpening-residue check (test photos, reported only): pair ACC new {new:.3f}, installed {old:.3f}")
+PYEOF
 # 6. ship it only if it beats the installed default on the same held-out test photos (mean pair ACC over the
 #    six tasks, then junk-vs-clean as the tie-break), keeps every task at >= 0.85 pair ACC where the installed one
 #    does, and ranks the quick start's examples right (the README's first

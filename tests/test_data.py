@@ -624,6 +624,24 @@ def test_v4_degradations_add_residue_only_to_a_share_of_sr_and_deblurring(clean_
         assert name == syn.implementation_of(syn.degrader(task, cid, 0, SIZE, version=4)), key
 
 
+def test_residue_share_one_makes_the_held_out_residue_check(clean_photos, tmp_path, capsys):
+    """--residue-share 1 (the recipe script's held-out check): every super-resolution and deblurring (content, task)
+    draws a sharpening-residue generator and the manifest says so; the share needs --degradations 4 and [0, 1]."""
+    residue = {k for kinds in syn.IMPLEMENTATIONS_V4.values() for k in kinds}
+    m = syn.generate(syn.expand_crops(clean_photos[:2], 2, seed=1), tmp_path / "r", seed=1, size=SIZE, levels=4,
+                     tasks=("super_resolution", "deblurring"), version=4, residue_share=1.0)
+    assert m.recipe["residue_share"] == 1.0 and len(m.recipe["implementations"]) == 2 * 2 * 2
+    assert set(m.recipe["implementations"].values()) <= residue
+    assert any(p.label != "similar" for p in m.pairs)
+    assert "residue_share" not in syn.generate(clean_photos[:1], tmp_path / "v3", seed=0, size=SIZE, levels=3,
+                                               tasks=("deblurring",), version=3).recipe
+    for bad in (["--degradations", "3", "--residue-share", "1"], ["--degradations", "4", "--residue-share", "1.5"]):
+        with pytest.raises(SystemExit):
+            syn.main(["--out", str(tmp_path / "x"), *bad])
+        assert "--residue-share needs" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_subset_cli_writes_only_into_a_new_empty_or_subset_folder(clean_photos, tmp_path, capsys):
     """--out holding anything but a subset manifest (here: the source's own folder) is one error line, exit 2,
     and nothing in it changes; a new folder, and a previous subset, are written."""

@@ -688,19 +688,21 @@ def _make_mixture(rng: np.random.Generator, size: int, makers: dict | None = Non
 _MAKERS["mixture"] = _make_mixture
 
 
-def degrader(task: str, content_id: str, seed: int, size: int, version: int = 1) -> Degrade:
+def degrader(task: str, content_id: str, seed: int, size: int, version: int = 1,
+             residue_share: float = V4_SHARE) -> Degrade:
     """The degradation of one (content, task): its flavour is fixed by (seed, content_id, task).
 
     version 1: one implementation per task; version 2: several per task (``_MAKERS_V2``), mixture of those;
     version 3: per (content, task) a seeded coin picks the version-1 or the version-2 family. Why: the v1
     generator alone is learned fastest but never shows some artefacts (waxy over-smoothing, Poisson and chroma
     noise, defocus, drops), and a model trained on it inverts them; v2 alone learns much slower (README).
-    version 4: for super-resolution and deblurring a seeded V4_SHARE of (content, task)s draw a sharpening-residue
-    generator (``IMPLEMENTATIONS_V4``), the rest exactly their version-3 degradation."""
+    version 4: for super-resolution and deblurring a seeded ``residue_share`` of (content, task)s (V4_SHARE for fit
+    data; 1.0 makes the held-out sharpening-residue check) draw a sharpening-residue generator
+    (``IMPLEMENTATIONS_V4``), the rest exactly their version-3 degradation."""
     rng = np.random.default_rng([seed, _crc(content_id), TASKS.index(task), 1])
     if version == 4:
         if task in IMPLEMENTATIONS_V4 and np.random.default_rng(
-                [seed, _crc(content_id), TASKS.index(task), 5]).random() < V4_SHARE:
+                [seed, _crc(content_id), TASKS.index(task), 5]).random() < residue_share:
             return _make_sharpen_residue(task, rng, size)
         version = 3
     if version == 3:
@@ -743,7 +745,7 @@ def generate(photos: Sequence[tuple[str, np.ndarray]], out_dir, seed: int = 0, s
              levels: int | Sequence[float] = DEFAULT_LEVELS, tasks: Sequence[str] = TASKS,
              jnd_scale: float = DEFAULT_JND_SCALE, scenes: dict[str, dict] | None = None,
              recipe_extra: dict | None = None, version: int = 1, junk: bool = False,
-             junk_weights: dict[str, float] | None = None) -> Manifest:
+             junk_weights: dict[str, float] | None = None, residue_share: float = V4_SHARE) -> Manifest:
     """Generate a synthetic FGRestore-style dataset from clean photos into ``out_dir``; returns the saved Manifest.
 
     ``photos``: (name, uint8 image) pairs; names become content ids. Identical crops are dropped
@@ -807,7 +809,7 @@ def generate(photos: Sequence[tuple[str, np.ndarray]], out_dir, seed: int = 0, s
             sc = scenes[scene]
             rng = np.random.default_rng([seed, _crc(cid), ti, 2])
             mos = mos_curve(strengths, sc["mos_range"], rng)
-            f = degrader(t, cid, seed, size, version)
+            f = degrader(t, cid, seed, size, version, residue_share)
             implementations[f"{cid}/{t}"] = implementation_of(f)
             stats, ids = [], []
             for k, s in enumerate(strengths):
@@ -883,6 +885,8 @@ def generate(photos: Sequence[tuple[str, np.ndarray]], out_dir, seed: int = 0, s
         "counts": {"candidate_pairs": n_candidates, "coarse_dropped": n_coarse, "pairs": len(pairs),
                    "similar": n_sim, "images": len(images)},
     }
+    if version == 4:
+        recipe["residue_share"] = float(residue_share)
     if recipe_extra:
         recipe.update(recipe_extra)
     m = Manifest(root=out_dir.resolve(), images=images, pairs=pairs, scenes=scene_meta, recipe=recipe)
@@ -940,6 +944,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="1: one implementation per task (legacy); 2: several implementations per task; "
                          "3: per (content, task) either family, seeded; 4: 3 plus sharpening residue (halos, "
                          "deconvolution ringing) for super-resolution and deblurring")
+    ap.add_argument("--residue-share", type=float, default=None,
+                    help=f"with --degradations 4: the share of super-resolution and deblurring (content, task)s "
+                         f"that draw a sharpening-residue generator (default {V4_SHARE}; 1.0: only those, the "
+                         f"held-out residue check)")
     ap.add_argument("--junk", action="store_true", help="add hard negatives (noise, flat, extreme blur/JPEG, banding)")
     ap.add_argument("--junk-weights", default=None,
                     help="with --junk: how often each kind is drawn, e.g. 'noise=1,flat=1,extreme_blur=2,"
@@ -956,6 +964,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(exc))
     if junk_weights is not None and not args.junk:
         ap.error("--junk-weights needs --junk")
+    if args.residue_share is not None and (args.degradations != 4 or not 0.0 <= args.residue_share <= 1.0):
+        ap.error("--residue-share needs --degradations 4 and a share in [0, 1]")
     foreign = foreign_entries(args.out, GENERATED_FILES)
     if foreign:
         print(f"error: {args.out}: holds other files than generated data ({', '.join(foreign[:3])}): "
@@ -994,6 +1004,7 @@ def main(argv: list[str] | None = None) -> int:
     m = generate(photos, args.out, seed=args.seed, size=args.size, levels=args.levels, tasks=tasks,
                  jnd_scale=args.jnd_scale, version=args.degradations, junk=args.junk,
                  junk_weights=junk_weights,
+                 residue_share=V4_SHARE if args.residue_share is None else args.residue_share,
                  recipe_extra={"photo_source": source, "photo_folder": args.photos, "photo_split": args.photo_split,
                                "crops_per_photo": args.crops_per_photo,
                                "photo_split_names": split})
