@@ -543,6 +543,7 @@ V4_SHARE = 0.35  # of the (content, task)s of those two tasks that draw a versio
 
 
 def gaussian_kernel(sigma: float) -> np.ndarray:
+    """A sampled 2-D Gaussian that sums to 1: `_gauss` filters without a kernel, and deconvolution needs one."""
     n = max(1, int(np.ceil(3.0 * max(float(sigma), 0.1))))
     r = np.arange(-n, n + 1, dtype=np.float64)
     g = np.exp(-0.5 * (r / max(float(sigma), 0.1)) ** 2)
@@ -551,7 +552,8 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
 
 
 def wiener_deconvolve(y: np.ndarray, psf: np.ndarray, nsr: float) -> np.ndarray:
-    """Non-blind Wiener deconvolution of an H x W x C image (reflect-padded so the borders do not wrap)."""
+    """Non-blind Wiener deconvolution of an H x W x C image, padded by mirroring as `_conv` blurs (ndimage's
+    "reflect") so that the FFT's wrap-around does not put the opposite border's content into the ringing."""
     pad = psf.shape[0]
     yp = np.pad(y, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")  # = ndimage's "reflect"
     h, w = yp.shape[:2]
@@ -594,6 +596,7 @@ def _make_sharpen_residue(task: str, rng: np.random.Generator, size: int) -> Deg
         est_k = disk_kernel(1.6 * est) if disk else gaussian_kernel(est)
         return wiener_deconvolve(_q(_conv(x, true_k)).astype(np.float32), est_k, nsr)
     return _named(f, kind)
+
 
 JUNK_KINDS = ("noise", "flat", "extreme_blur", "extreme_jpeg", "banding")
 HARD_NEGATIVE_LEVEL = "J"  # the hard negative of a (content, task) is image <content>/<task>/J
