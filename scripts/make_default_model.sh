@@ -38,6 +38,9 @@ FIT_CROPS=${FIT_CROPS:-2} VAL_CROPS=${VAL_CROPS:-1} TEST_CROPS=${TEST_CROPS:-1}
 PAIR_FRACTION=${PAIR_FRACTION:-0.60} JUNK_FRACTION=${JUNK_FRACTION:-0.35}
 # the fit data's degradation version (train/synthetic.py --degradations: 3 for the shipped recipe; 4 adds sharpening residue)
 FIT_DEGRADATIONS=${FIT_DEGRADATIONS:-3}
+# generator implementations whose pairs stage 2 (FIT_EXCLUDE) or the polish (POLISH_EXCLUDE) leave out, comma-separated
+# (train/subset.py --exclude-implementations; empty: none), e.g. the v4 residue generators in one of them only
+FIT_EXCLUDE=${FIT_EXCLUDE-} POLISH_EXCLUDE=${POLISH_EXCLUDE-}
 # how often each hard-negative kind is drawn in the fit data (train/synthetic.py --junk-weights; empty: equally)
 JUNK_WEIGHTS=${JUNK_WEIGHTS-}
 # the polish cycle after the epoch choice (step 4; empty: none, as every recipe before v19) and its subset
@@ -77,7 +80,7 @@ $PY -m fgresq_sdk.train.synthetic --out "$WORK/test" "${common[@]}" --degradatio
 #    PAIR_FRACTION of the ranked pairs and JUNK_FRACTION of the hard-negative pairs (the 'similar' pairs left out:
 #    train/subset.py) of every crop of every fit photo
 $PY -m fgresq_sdk.train.subset --src "$WORK/fit" --out "$WORK/fit-subset" --crops "$(seq -s, 0 $((FIT_CROPS - 1)))" --pair-fraction "$PAIR_FRACTION" \
-    --junk-fraction "$JUNK_FRACTION" --ranked-only --seed 0
+    --junk-fraction "$JUNK_FRACTION" --ranked-only --seed 0 --exclude-implementations "$FIT_EXCLUDE"
 .venv/bin/fgresq-sdk train --config "train/configs/$RECIPE.json" --manifest "$WORK/fit-subset" \
     --val-manifest "$WORK/val" --out "$WORK/run" --threads 2 --no-progress
 # 4. the stage-2 epoch with the best pair ACC on the val photos, exported; then the held-out test (README table)
@@ -105,7 +108,8 @@ echo "selected $best"
 SHIPPED=$RECIPE
 if [ -n "$POLISH" ]; then
   $PY -m fgresq_sdk.train.subset --src "$WORK/fit" --out "$WORK/fit-polish" --crops "$(seq -s, 0 $((FIT_CROPS - 1)))" \
-      --pair-fraction "$POLISH_PAIR_FRACTION" --junk-fraction "$POLISH_JUNK_FRACTION" --ranked-only --seed 1
+      --pair-fraction "$POLISH_PAIR_FRACTION" --junk-fraction "$POLISH_JUNK_FRACTION" --ranked-only --seed 1 \
+      --exclude-implementations "$POLISH_EXCLUDE"
   .venv/bin/fgresq-sdk train --config "train/configs/$POLISH.json" --manifest "$WORK/fit-polish" --val-manifest "$WORK/val" \
       --out "$WORK/polish" --stage fgresq --init-checkpoint "$best" --threads 2 --no-progress
   best=$(select_best "$WORK/run/logs.jsonl" "$WORK/polish/logs.jsonl")

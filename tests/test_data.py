@@ -539,6 +539,35 @@ def test_subset_keeps_chosen_crops_and_a_seeded_share(clean_photos, tmp_path):
                                                    if not (p.a.endswith("/J") or p.b.endswith("/J"))]
 
 
+def test_subset_excludes_named_generator_implementations(clean_photos, tmp_path, capsys):
+    """--exclude-implementations: the pairs of every (content, task) drawn with a named generator go, every other
+    pair keeps its seeded draw (the same pairs as without the option), the subset records what it left out; a name
+    the manifest never drew is one error line, nothing written."""
+    from fgresq_sdk.train import subset
+
+    m = syn.generate(syn.expand_crops(clean_photos[:2], 2, seed=0), tmp_path / "g", seed=0, size=SIZE, version=4,
+                     junk=True, residue_share=0.5)
+    impl = m.recipe["implementations"]
+    of = {f"{r.content_id}/{r.task}": impl[f"{r.content_id}/{r.task}"] for r in m.images.values()}
+    names = sorted({n for n in impl.values() if n in {k for v in syn.IMPLEMENTATIONS_V4.values() for k in v}})
+    assert names  # the residue generators were drawn at this share
+    plain = subset.select(m, crops=(0, 1), pair_fraction=0.7, seed=3, ranked_only=True, junk_fraction=0.5)
+    cut = subset.select(m, crops=(0, 1), pair_fraction=0.7, seed=3, ranked_only=True, junk_fraction=0.5,
+                        exclude_implementations=names)
+    key = lambda p: of[f"{m.images[p.a].content_id}/{m.images[p.a].task}"]
+    assert [(p.a, p.b) for p in cut.pairs] == [(p.a, p.b) for p in plain.pairs if key(p) not in names]
+    assert len(cut.pairs) < len(plain.pairs) and cut.recipe["subset"]["exclude_implementations"] == names
+    assert "exclude_implementations" not in plain.recipe["subset"]
+    with pytest.raises(ValueError, match="not drawn"):
+        subset.select(m, exclude_implementations=["no-such-generator"])
+    assert subset.main(["--src", str(tmp_path / "g"), "--out", str(tmp_path / "s"),
+                        "--exclude-implementations", "no-such-generator"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "s").exists()
+    assert subset.main(["--src", str(tmp_path / "g"), "--out", str(tmp_path / "s"), "--crops", "0,1",
+                        "--exclude-implementations", ",".join(names)]) == 0
+    assert all(key(p) not in names for p in Manifest.load(tmp_path / "s").pairs)
+
+
 def test_v3_degradations_mix_both_families_per_content_and_task():
     """Version 3 draws, per (content, task), exactly the v1 or the v2 degradation of that (content, task)."""
     x = syn.working_crop(ph.load_photos([s for s in ph.skimage_sources() if s[0] == "skimage-astronaut"],

@@ -10,6 +10,9 @@ they stalled learning in a probe (README "Embedded default model").
 features, so it can say "similar" only through its bias, and those pairs can only pull the towers towards
 features that do not separate neighbouring strengths (reasoned, not isolated by a probe: README "Embedded
 default model").
+``--exclude-implementations A,B`` leaves out the pairs of every (content, task) whose generator implementation (the
+manifest's recipe records it) is named, so one fit folder can feed stages that should and should not see a generator
+family (candidate v25's probe: the sharpening-residue generators in one stage only; README).
 The manifest's ``root`` points at the source folder's images (nothing is copied). --out must be new, empty or a
 previous subset: a folder with anything else (the source's images, say) is refused.
 """
@@ -21,6 +24,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from .manifest import MANIFEST_FILE, Manifest, foreign_entries
 from .synthetic import has_hard_negative
@@ -29,11 +33,20 @@ SUBSET_FILES = (MANIFEST_FILE, "images.csv", "pairs.csv")  # what Manifest.save 
 
 
 def select(m: Manifest, crops=(0,), pair_fraction: float = 1.0, seed: int = 0,
-           ranked_only: bool = False, junk_fraction: float | None = None) -> Manifest:
+           ranked_only: bool = False, junk_fraction: float | None = None,
+           exclude_implementations: Sequence[str] = ()) -> Manifest:
     want = {f"_c{c}" for c in crops}
+    drawn = m.recipe.get("implementations") or {}
+    unknown = sorted(set(exclude_implementations) - set(drawn.values()))
+    if unknown:
+        raise ValueError(f"--exclude-implementations: {', '.join(unknown)} not drawn in this manifest "
+                         f"(it has: {', '.join(sorted(set(map(str, drawn.values()))))})")
+    excluded = set(exclude_implementations)
     keep = []
     for i, p in enumerate(m.pairs):
         if ranked_only and p.label == "similar":
+            continue
+        if excluded and drawn.get(f"{m.images[p.a].content_id}/{m.images[p.a].task}") in excluded:
             continue
         cid = m.images[p.a].content_id
         mm = re.search(r"_c\d+$", cid)
@@ -47,6 +60,8 @@ def select(m: Manifest, crops=(0,), pair_fraction: float = 1.0, seed: int = 0,
                             "ranked_only": ranked_only, "junk_fraction": junk_fraction, "pairs": len(out.pairs),
                             "images": len(out.images),
                             "hard_negative_pairs": sum(map(has_hard_negative, out.pairs))}
+    if excluded:  # only then: the subsets of earlier recipes keep their manifests byte for byte
+        out.recipe["subset"]["exclude_implementations"] = sorted(excluded)
     return out
 
 
@@ -60,14 +75,20 @@ def main(argv=None) -> int:
     ap.add_argument("--ranked-only", action="store_true", help="leave out the 'similar' pairs")
     ap.add_argument("--junk-fraction", type=float, default=None,
                     help="share of the hard-negative pairs to keep (default: --pair-fraction)")
+    ap.add_argument("--exclude-implementations", default="",
+                    help="comma-separated generator implementations whose (content, task) pairs to leave out")
     a = ap.parse_args(argv)
     foreign = foreign_entries(a.out, SUBSET_FILES)
     if foreign:
         print(f"error: {a.out}: holds other files than a subset manifest ({', '.join(foreign[:3])}): "
               "refusing to write into it (pass a new folder)", file=sys.stderr)
         return 2
-    m = select(Manifest.load(a.src), tuple(int(c) for c in a.crops.split(",")), a.pair_fraction, a.seed,
-               a.ranked_only, a.junk_fraction)
+    try:
+        m = select(Manifest.load(a.src), tuple(int(c) for c in a.crops.split(",")), a.pair_fraction, a.seed,
+                   a.ranked_only, a.junk_fraction, [n for n in a.exclude_implementations.split(",") if n.strip()])
+    except ValueError as exc:
+        print(f"error: {a.src}: {exc}", file=sys.stderr)
+        return 2
     m.root = Path(a.src).resolve()
     m.save(a.out)
     print(json.dumps(m.recipe["subset"]))
