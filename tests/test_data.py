@@ -20,6 +20,16 @@ SIZE = 64
 NAMES = ("skimage-astronaut", "skimage-coffee", "skimage-camera")
 
 
+# the names of the version-4 (sharpening-residue) generators
+RESIDUE = frozenset(k for kinds in syn.IMPLEMENTATIONS_V4.values() for k in kinds)
+
+
+def _astronaut(size: int, max_side: int) -> np.ndarray:
+    """scikit-image's astronaut, loaded at `max_side` and cropped to size x size, as the generators' float input."""
+    srcs = [s for s in ph.skimage_sources() if s[0] == "skimage-astronaut"]
+    return syn.working_crop(ph.load_photos(srcs, max_side=max_side)[0][1], size).astype(np.float32)
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -402,8 +412,7 @@ def test_gnome_source_installed():
 
 # ---------------------------------------------------------------------------- v2: many implementations, junk
 def test_v2_degradations_every_implementation_runs_and_grows_with_strength():
-    x = syn.working_crop(ph.load_photos([s for s in ph.skimage_sources() if s[0] == "skimage-astronaut"],
-                                        max_side=256)[0][1], 64).astype(np.float32)
+    x = _astronaut(64, max_side=256)
     for task in ("super_resolution", "deblurring", "denoising", "dehazing", "deraining"):
         kinds = set()
         for seed in range(40):
@@ -548,13 +557,12 @@ def test_subset_excludes_named_generator_implementations(clean_photos, tmp_path,
     m = syn.generate(syn.expand_crops(clean_photos[:2], 2, seed=0), tmp_path / "g", seed=0, size=SIZE, version=4,
                      junk=True, residue_share=0.5)
     impl = m.recipe["implementations"]
-    of = {f"{r.content_id}/{r.task}": impl[f"{r.content_id}/{r.task}"] for r in m.images.values()}
-    names = sorted({n for n in impl.values() if n in {k for v in syn.IMPLEMENTATIONS_V4.values() for k in v}})
+    names = sorted(RESIDUE & set(impl.values()))
     assert names  # the residue generators were drawn at this share
     plain = subset.select(m, crops=(0, 1), pair_fraction=0.7, seed=3, ranked_only=True, junk_fraction=0.5)
     cut = subset.select(m, crops=(0, 1), pair_fraction=0.7, seed=3, ranked_only=True, junk_fraction=0.5,
                         exclude_implementations=names)
-    key = lambda p: of[f"{m.images[p.a].content_id}/{m.images[p.a].task}"]
+    key = lambda p: impl[f"{m.images[p.a].content_id}/{m.images[p.a].task}"]
     assert [(p.a, p.b) for p in cut.pairs] == [(p.a, p.b) for p in plain.pairs if key(p) not in names]
     assert len(cut.pairs) < len(plain.pairs) and cut.recipe["subset"]["exclude_implementations"] == names
     assert "exclude_implementations" not in plain.recipe["subset"]
@@ -570,8 +578,7 @@ def test_subset_excludes_named_generator_implementations(clean_photos, tmp_path,
 
 def test_v3_degradations_mix_both_families_per_content_and_task():
     """Version 3 draws, per (content, task), exactly the v1 or the v2 degradation of that (content, task)."""
-    x = syn.working_crop(ph.load_photos([s for s in ph.skimage_sources() if s[0] == "skimage-astronaut"],
-                                        max_side=256)[0][1], 64).astype(np.float32)
+    x = _astronaut(64, max_side=256)
     family = []
     for k in range(24):
         cid = f"photo{k}_c0"
@@ -582,7 +589,7 @@ def test_v3_degradations_mix_both_families_per_content_and_task():
     assert 0 < sum(family) < len(family)  # both families occur
 
 
-def _step_edge(size: int = 64) -> np.ndarray:
+def _step_edge(size: int) -> np.ndarray:
     """A vertical step from 64 to 192 (room on both sides for overshoot), RGB float."""
     x = np.full((size, size, 3), 64.0, np.float32)
     x[:, size // 2:] = 192.0
@@ -594,8 +601,7 @@ def test_v4_sharpening_residue_overshoots_edges_more_with_strength():
     (halos, ringing), far more at high strength than at low (not strictly in between: blur that grows with
     strength widens the edge the halo sits on), while a plain blur of the same edge stays inside them."""
     x = _step_edge(256)  # the generators' radii scale with the size: at 256 they are the training data's
-    photo = syn.working_crop(ph.load_photos([s for s in ph.skimage_sources() if s[0] == "skimage-astronaut"],
-                                            max_side=512)[0][1], 256).astype(np.float32)
+    photo = _astronaut(256, max_side=512)
     seen = set()
     for task, kinds in syn.IMPLEMENTATIONS_V4.items():
         for seed in range(16):
@@ -606,7 +612,7 @@ def test_v4_sharpening_residue_overshoots_edges_more_with_strength():
             assert over[2] >= max(30.0, over[0] + 10.0), (task, seed, over)
             d = [float(np.abs(syn._q(f(photo.copy(), s)) - photo).mean()) for s in syn.strength_levels()]
             assert all(np.diff(d) > 0), (task, seed, d)  # on a photo, every level further from the clean one
-    assert seen == {k for kinds in syn.IMPLEMENTATIONS_V4.values() for k in kinds}
+    assert seen == RESIDUE
     blurred = syn._q(syn._conv(x, syn.gaussian_kernel(3.0)))
     assert blurred.min() >= 64 and blurred.max() <= 192
 
@@ -629,13 +635,12 @@ def test_v4_degradations_add_residue_only_to_a_share_of_sr_and_deblurring(clean_
     """Version 4 is version 3 for every (content, task) that does not draw a sharpening-residue generator, draws
     one for about V4_SHARE of super-resolution and deblurring only, and the manifest records which."""
     x = syn.working_crop(clean_photos[0][1], 64).astype(np.float32)
-    residue = {k for kinds in syn.IMPLEMENTATIONS_V4.values() for k in kinds}
     drawn = defaultdict(int)
     for k in range(60):
         cid = f"photo{k}_c0"
         for task in TASKS:
             f4 = syn.degrader(task, cid, 0, 64, version=4)
-            if syn.implementation_of(f4) in residue:
+            if syn.implementation_of(f4) in RESIDUE:
                 assert task in syn.IMPLEMENTATIONS_V4 and syn.implementation_of(f4) in syn.IMPLEMENTATIONS_V4[task]
                 drawn[task] += 1
                 continue
@@ -656,11 +661,10 @@ def test_v4_degradations_add_residue_only_to_a_share_of_sr_and_deblurring(clean_
 def test_residue_share_one_makes_the_held_out_residue_check(clean_photos, tmp_path, capsys):
     """--residue-share 1 (the recipe script's held-out check): every super-resolution and deblurring (content, task)
     draws a sharpening-residue generator and the manifest says so; the share needs --degradations 4 and [0, 1]."""
-    residue = {k for kinds in syn.IMPLEMENTATIONS_V4.values() for k in kinds}
     m = syn.generate(syn.expand_crops(clean_photos[:2], 2, seed=1), tmp_path / "r", seed=1, size=SIZE, levels=4,
                      tasks=("super_resolution", "deblurring"), version=4, residue_share=1.0)
     assert m.recipe["residue_share"] == 1.0 and len(m.recipe["implementations"]) == 2 * 2 * 2
-    assert set(m.recipe["implementations"].values()) <= residue
+    assert set(m.recipe["implementations"].values()) <= RESIDUE
     assert any(p.label != "similar" for p in m.pairs)
     assert "residue_share" not in syn.generate(clean_photos[:1], tmp_path / "v3", seed=0, size=SIZE, levels=3,
                                                tasks=("deblurring",), version=3).recipe

@@ -15,6 +15,14 @@ import numpy as np
 
 from . import metrics as M
 
+
+def implementation_of_pair(implementations: dict, manifest, pair) -> str | None:
+    """The generator implementation the (content, task) of `pair` drew, from a manifest recipe's `implementations`
+    (None where it records none): the one lookup the breakdown and `subset --exclude-implementations` share."""
+    r = manifest.images[pair.a]
+    return implementations.get(f"{r.content_id}/{r.task}")
+
+
 def implementation_accuracy(manifest, pairs, pref: np.ndarray, method_scores: dict[str, dict[str, float]],
                             model_name: str = "FGResQ") -> dict:
     """{task: {implementation: {"n_contents", "n_pairs", <method>: ACC}}} for the ranked pairs in `pairs`.
@@ -31,10 +39,9 @@ def implementation_accuracy(manifest, pairs, pref: np.ndarray, method_scores: di
     for k, p in enumerate(pairs):
         if p.label == "similar" or has_hard_negative(p):
             continue
-        r = manifest.images[p.a]
-        name = impl.get(f"{r.content_id}/{r.task}")
+        name = implementation_of_pair(impl, manifest, p)
         if name:
-            groups[(r.task, name)].append(k)
+            groups[(manifest.images[p.a].task, name)].append(k)
     pref = np.asarray(pref)
     out: dict[str, dict] = {}
     for (task, name), ks in sorted(groups.items()):

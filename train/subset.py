@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .by_implementation import implementation_of_pair
 from .manifest import MANIFEST_FILE, Manifest, foreign_entries
 from .synthetic import has_hard_negative
 
@@ -46,7 +47,7 @@ def select(m: Manifest, crops=(0,), pair_fraction: float = 1.0, seed: int = 0,
     for i, p in enumerate(m.pairs):
         if ranked_only and p.label == "similar":
             continue
-        if excluded and drawn.get(f"{m.images[p.a].content_id}/{m.images[p.a].task}") in excluded:
+        if excluded and implementation_of_pair(drawn, m, p) in excluded:
             continue
         cid = m.images[p.a].content_id
         mm = re.search(r"_c\d+$", cid)
