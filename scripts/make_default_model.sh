@@ -61,6 +61,24 @@ make_examples() {
     for L in 0 2 4; do cp "$WORK/test/images/$cid/$2/L$L.png" "$dest/$3/L$L.png"; done
   done
 }
+eval_both() {  # manifest, out for the new bundle, out for the installed default: both models on the same held-out data
+  .venv/bin/fgresq-sdk eval --model "$WORK/default-bundle" --manifest "$1" --out "$2"
+  .venv/bin/fgresq-sdk eval --model fgresq_sdk/default_model --manifest "$1" --out "$3"
+}
+ship_rule() {  # eval.json of new and installed on the test photos, then on the residue check: exit 0 = may ship
+  # (step 6 says why); the comparison goes to stdout (the log)
+  $PY - "$@" <<'PYEOF'
+import json, sys
+new, old, new_res, old_res = (json.load(open(p)) for p in sys.argv[1:5])
+key = lambda r: (round(r["methods"]["FGResQ"]["average"]["acc"], 3), (r.get("junk_vs_clean") or {}).get("clean_wins", 0))
+# a new default must not lose the per-task floor (issue 13: pair ACC >= 0.85 on every task) the installed one holds
+floor = lambda r: min(v["acc"] for v in r["methods"]["FGResQ"]["per_task"].values() if v.get("acc") is not None)
+residue = lambda r: round(r["methods"]["FGResQ"]["average"]["acc"], 3)
+print("new", key(new), "lowest task", round(floor(new), 3), "installed", key(old), "lowest task", round(floor(old), 3))
+print("sharpening-residue check: new", residue(new_res), "installed", residue(old_res))
+sys.exit(0 if key(new) > key(old) and floor(new) >= min(0.85, floor(old)) and residue(new_res) >= residue(old_res) else 1)
+PYEOF
+}
 # 1. photos: download + unpack the Debian packages (no install needed), catalogue them, check the split
 $PY -m fgresq_sdk.train.debian_photos --root "$WORK" --photo-set "$PHOTO_SET"
 $PY -m fgresq_sdk.train.make_split --catalog "$CATALOG" --out "$WORK/split.json"
@@ -120,7 +138,7 @@ fi
 #    the score logit mapped affinely (order unchanged) so the val photos' scores spread over (0, 1)
 $PY -m fgresq_sdk.train.calibrate --checkpoint "$best" --manifest "$WORK/val" --out "$WORK/run/calibrated.safetensors" --force
 .venv/bin/fgresq-sdk export --checkpoint "$WORK/run/calibrated.safetensors" --out "$WORK/default-bundle" --force
-.venv/bin/fgresq-sdk eval --model "$WORK/default-bundle" --manifest "$WORK/test" --out "$WORK/eval-default"
+eval_both "$WORK/test" "$WORK/eval-default" "$WORK/eval-installed"
 # 5. independent check on mate-backgrounds (reserved: never used for data, selection or tuning; one file per
 #    design, 1 crop each): the new bundle and the installed default, reported only
 if [ ! -d "$WORK/mate/sel" ]; then
@@ -145,39 +163,21 @@ PYEOF
 fi
 $PY -m fgresq_sdk.train.synthetic --out "$WORK/mate-test" --photos "$WORK/mate/sel" --source none --photo-split all \
     --degradations 2 --crops-per-photo 1 --seed 3
-.venv/bin/fgresq-sdk eval --model "$WORK/default-bundle" --manifest "$WORK/mate-test" --out "$WORK/eval-mate"
-.venv/bin/fgresq-sdk eval --model fgresq_sdk/default_model --manifest "$WORK/mate-test" --out "$WORK/eval-mate-installed"
-#    and the held-out sharpening-residue check (since 2026-12-02; reported only, like mate): on the test photos at 2
+eval_both "$WORK/mate-test" "$WORK/eval-mate" "$WORK/eval-mate-installed"
+#    and the held-out sharpening-residue check (since 2026-12-02; step 6's rule reads it): on the test photos at 2
 #    crops each, super-resolution and deblurring degraded only by the v4 residue generators (halos, deconvolution
 #    ringing: train/synthetic.py IMPLEMENTATIONS_V4), which the v2 test data never isolates; v20 inverts them
 $PY -m fgresq_sdk.train.synthetic --out "$WORK/residue-test" "${common[@]}" --degradations 4 --residue-share 1 \
     --tasks super_resolution,deblurring --photo-split test --crops-per-photo 2 --seed 1
-.venv/bin/fgresq-sdk eval --model "$WORK/default-bundle" --manifest "$WORK/residue-test" --out "$WORK/eval-residue"
-.venv/bin/fgresq-sdk eval --model fgresq_sdk/default_model --manifest "$WORK/residue-test" --out "$WORK/eval-residue-installed"
-$PY - "$WORK/eval-residue/eval.json" "$WORK/eval-residue-installed/eval.json" <<'PYEOF' >&2
-import json, sys
-new, old = (json.load(open(p))["methods"]["FGResQ"]["average"]["acc"] for p in sys.argv[1:3])
-print(f"sharpening-residue check (test photos, reported only): pair ACC new {new:.3f}, installed {old:.3f}")
-PYEOF
+eval_both "$WORK/residue-test" "$WORK/eval-residue" "$WORK/eval-residue-installed"
 # 6. ship it only if it beats the installed default on the same held-out test photos (mean pair ACC over the
 #    six tasks, then junk-vs-clean as the tie-break), keeps every task at >= 0.85 pair ACC where the installed one
 #    does, does not rank the sharpening-residue check worse than the installed one (since 2026-12-02, decided before
 #    the first candidate it could stop: a new default must not deepen the known blind spot), and ranks the quick
-#    start's examples right (the README's first
-#    command; tests/test_default_model.py checks the same): ONNX graphs + heads + manifest (no torch checkpoint)
-.venv/bin/fgresq-sdk eval --model fgresq_sdk/default_model --manifest "$WORK/test" --out "$WORK/eval-installed"
-if ! $PY - "$WORK/eval-default/eval.json" "$WORK/eval-installed/eval.json" \
-    "$WORK/eval-residue/eval.json" "$WORK/eval-residue-installed/eval.json" <<'PYEOF'
-import json, sys
-new, old, new_res, old_res = (json.load(open(p)) for p in sys.argv[1:5])
-residue = lambda r: round(r["methods"]["FGResQ"]["average"]["acc"], 3)
-key = lambda r: (round(r["methods"]["FGResQ"]["average"]["acc"], 3), (r.get("junk_vs_clean") or {}).get("clean_wins", 0))
-# a new default must not lose the per-task floor (issue 13: pair ACC >= 0.85 on every task) the installed one holds
-floor = lambda r: min(v["acc"] for v in r["methods"]["FGResQ"]["per_task"].values() if v.get("acc") is not None)
-print("new", key(new), "lowest task", round(floor(new), 3), "installed", key(old), "lowest task", round(floor(old), 3))
-print("sharpening-residue check: new", residue(new_res), "installed", residue(old_res))
-sys.exit(0 if key(new) > key(old) and floor(new) >= min(0.85, floor(old)) and residue(new_res) >= residue(old_res) else 1)
-PYEOF
+#    start's examples right (the README's first command; tests/test_default_model.py checks the same): ONNX graphs
+#    + heads + manifest (no torch checkpoint)
+if ! ship_rule "$WORK/eval-default/eval.json" "$WORK/eval-installed/eval.json" \
+    "$WORK/eval-residue/eval.json" "$WORK/eval-residue-installed/eval.json"
 then
   echo "the new model does not beat the installed default on the test photos (mean, a task below the floor, or the residue check lower): kept the installed one"
   exit 0

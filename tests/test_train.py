@@ -601,6 +601,48 @@ def test_recipe_script_selects_the_best_val_epoch_and_prints_every_candidates_br
     assert select_best(run, polish).stdout.strip() == "run-1"
 
 
+def test_recipe_script_ship_rule_needs_a_better_mean_the_task_floor_and_no_worse_residue_check(tmp_path):
+    """scripts/make_default_model.sh's ship_rule, run as the script defines it: a new default ships only with a higher
+    mean test pair ACC (junk-vs-clean breaks a tie at 3 decimals), no task below 0.85 where the installed one holds it,
+    and a sharpening-residue check at least the installed one's."""
+    import subprocess
+    import sys
+
+    script = (Path(__file__).resolve().parents[1] / "scripts" / "make_default_model.sh").read_text()
+    func = re.search(r"^ship_rule\(\) \{.*?^\}$", script, re.M | re.S).group(0)
+
+    def result(name, mean, tasks=None, junk=None):
+        per_task = {t: {"acc": a} for t, a in (tasks or {"deblurring": mean, "denoising": mean}).items()}
+        per_task["dehazing"] = {"acc": None}  # a task without ranked pairs is not a floor
+        r = {"methods": {"FGResQ": {"average": {"acc": mean}, "per_task": per_task}}}
+        if junk is not None:
+            r["junk_vs_clean"] = {"clean_wins": junk}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(r))
+        return path
+
+    def ships(new, old, new_res, old_res):
+        out = subprocess.run(["bash", "-c", f'{func}\nship_rule "$@"', "sr", new, old, new_res, old_res],
+                             capture_output=True, text=True, env={"PY": sys.executable, "PATH": "/usr/bin:/bin"})
+        assert out.returncode in (0, 1), out.stderr
+        assert "sharpening-residue check: new" in out.stdout
+        return out.returncode == 0
+
+    old, old_res = result("old", 0.944, junk=0.942), result("old-res", 0.360)
+    res_up, res_down = result("res-up", 0.756), result("res-down", 0.359)
+    assert ships(result("better", 0.946, junk=0.90), old, res_up, old_res)
+    assert ships(result("tie-res", 0.946, junk=0.90), old, result("same-res", 0.3601), old_res)  # equal at 3 decimals
+    assert not ships(result("better-worse-res", 0.946), old, res_down, old_res)
+    assert not ships(result("worse", 0.940, junk=0.99), old, res_up, old_res)
+    assert not ships(result("same-mean", 0.9441, junk=0.94), old, res_up, old_res)  # tie at 3 decimals: junk decides
+    assert ships(result("same-mean-junk", 0.9441, junk=0.95), old, res_up, old_res)
+    assert not ships(result("floor", 0.95, tasks={"deblurring": 0.84, "denoising": 1.0}), old, res_up, old_res)
+    # where the installed model is itself below 0.85 on a task, the new one only has to hold that level
+    old_low = result("old-low", 0.90, tasks={"deblurring": 0.80, "denoising": 1.0})
+    assert ships(result("hold", 0.91, tasks={"deblurring": 0.80, "denoising": 1.0}), old_low, res_up, old_res)
+    assert not ships(result("lose", 0.91, tasks={"deblurring": 0.79, "denoising": 1.0}), old_low, res_up, old_res)
+
+
 @pytest.mark.parametrize("config", ["fgresq-compact-cnn", "fgresq-compact-cnn-log", "fgresq-compact-cnn-logk",
                                     "fgresq-compact-cnn-ms", "fgresq-compact-cnn-ms2", "fgresq-compact-cnn-mscn",
                                     "fgresq-compact-cnn-nss"])
