@@ -576,6 +576,58 @@ def test_subset_excludes_named_generator_implementations(clean_photos, tmp_path,
     assert all(key(p) not in names for p in Manifest.load(tmp_path / "s").pairs)
 
 
+def test_merge_adds_a_tagged_residue_folder_and_leaves_the_base_untouched(clean_photos, tmp_path, capsys):
+    """train/merge.py: the base's records stay as they are; the added folder's ids and contents are prefixed with
+    its tag (the same crop with other images is another content), its paths made absolute so the merge loads and
+    trains from anywhere, and the breakdown still finds every pair's generator; a clashing scene or a bad tag is
+    one error line, and a folder holding anything else is refused."""
+    from fgresq_sdk.train import merge
+    from fgresq_sdk.train.by_implementation import implementation_of_pair
+    from fgresq_sdk.train.datasets import PairDataset, TransformSpec
+
+    photos, tasks = syn.expand_crops(clean_photos[:1], 2, seed=0), ("super_resolution", "deblurring")
+    syn.generate(photos, tmp_path / "v3", seed=0, size=SIZE, levels=4, version=3, junk=True, tasks=tasks)
+    syn.generate(photos, tmp_path / "res", seed=0, size=SIZE, levels=4, version=4, residue_share=1.0, tasks=tasks)
+    base, res = Manifest.load(tmp_path / "v3"), Manifest.load(tmp_path / "res")
+    assert merge.main(["--out", str(tmp_path / "m"), "--base", str(tmp_path / "v3"),
+                       "--add", f"residue={tmp_path / 'res'}"]) == 0
+    m = Manifest.load(tmp_path / "m")
+    assert len(m.pairs) == len(base.pairs) + len(res.pairs)
+    assert [m.images[i] for i in base.images] == list(base.images.values())  # base rows unchanged
+    assert m.pairs[:len(base.pairs)] == base.pairs
+    shared = {i for i in res.images if i in base.images}
+    assert shared  # the same ids name other images in the two folders: the prefix keeps them apart
+    for iid, r in res.images.items():
+        t = m.images[f"residue:{iid}"]
+        assert t.content_id == f"residue:{r.content_id}" and t.mos == r.mos and t.task == r.task
+        assert m.image_path(t.image_id).read_bytes() == res.image_path(iid).read_bytes()
+        assert m.reference_path(t.image_id) == res.reference_path(iid).resolve()
+    impl = m.recipe["implementations"]
+    added = [p for p in m.pairs if p.a.startswith("residue:")]
+    assert {implementation_of_pair(impl, m, p) for p in added} <= RESIDUE
+    assert [implementation_of_pair(impl, m, p) for p in m.pairs[:len(base.pairs)]] == \
+        [implementation_of_pair(base.recipe["implementations"], base, p) for p in base.pairs]
+    assert m.recipe["merged"][0]["tag"] == "residue" and m.recipe["merged"][0]["pairs"] == len(res.pairs)
+    ds = PairDataset(m, TransformSpec(size=32, resize=32), train=False)  # the trainer's dataset reads it
+    item = ds[len(base.pairs)]  # the first added pair
+    assert item["a"].shape == (3, 32, 32) and item["content"] != ds[0]["content"]
+    # a scene that differs from the base's, or a tag that could not be told from an id, is refused
+    clash = Manifest.load(tmp_path / "res")
+    name = next(iter(clash.scenes))
+    clash.scenes[name] = {**clash.scenes[name], "coarse_threshold": 123.0}
+    with pytest.raises(ValueError, match="differs from the base"):
+        merge.merge(base, [("residue", clash)])
+    for bad in (["a:b"], ["", "x"], ["x", "x"]):
+        with pytest.raises(ValueError, match="tags must be"):
+            merge.merge(base, [(t, res) for t in bad])
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "notes.txt").write_text("mine")
+    for args in (["--out", str(tmp_path / "user")], ["--out", str(tmp_path / "m2"), "--add", "noequals"]):
+        assert merge.main([*args, "--base", str(tmp_path / "v3"), "--add", f"r={tmp_path / 'res'}"]) == 2
+        assert capsys.readouterr().err.count("\n") == 1
+    assert (tmp_path / "user" / "notes.txt").read_text() == "mine" and not (tmp_path / "m2").exists()
+
+
 def test_v3_degradations_mix_both_families_per_content_and_task():
     """Version 3 draws, per (content, task), exactly the v1 or the v2 degradation of that (content, task)."""
     x = _astronaut(64, max_side=256)
