@@ -24,7 +24,8 @@
 #     RECIPE=default-compact-v23 POLISH=default-compact-v23-polish; candidate v24 (not shipped: 0.919, deblurring
 #     0.844; 78 min on an Intel Xeon): RECIPE=default-compact-v24 POLISH=default-compact-v24-polish; candidate v25:
 #     RECIPE=default-compact-v25 FIT_DEGRADATIONS=4; candidate v26: RECIPE=default-compact-v26 FIT_DEGRADATIONS=4
-#     FIT_EXCLUDE=halo-sharpen,sharpened-upscale,wiener-ringing),
+#     FIT_EXCLUDE=halo-sharpen,sharpened-upscale,wiener-ringing (not shipped: 0.926; val did not keep its polish);
+#     the residue only in the polish, stages 1-2 as shipped: POLISH_RESIDUE_FRACTION=0.25 (not run yet)),
 #     installed only if it passes step 6's rule against the shipped one
 # mate-backgrounds is never used for data, selection or tuning; step 5 only evaluates the models on it.
 set -euo pipefail
@@ -47,6 +48,12 @@ JUNK_WEIGHTS=${JUNK_WEIGHTS-}
 # the polish cycle after the epoch choice (step 4; empty: none, as every recipe before v19) and its subset
 POLISH=${POLISH-default-compact-v20-polish}
 POLISH_PAIR_FRACTION=${POLISH_PAIR_FRACTION:-0.25} POLISH_JUNK_FRACTION=${POLISH_JUNK_FRACTION:-0.15}
+# sharpening residue in the polish only (empty: none, as the shipped recipe): a residue-only fit folder (the v4
+# residue generators on super-resolution and deblurring, the fit photos and crops, seed 0) whose seeded
+# POLISH_RESIDUE_FRACTION of the ranked pairs joins the polish subset (train/merge.py), so stages 1-2 keep the
+# shipped recipe's data; stage 2 and the polish then validate on the val photos plus their own residue check, so the
+# choice of checkpoint can see what the polish teaches (candidate v26's lessons, README)
+POLISH_RESIDUE_FRACTION=${POLISH_RESIDUE_FRACTION-}
 if [ "$PHOTO_SET" = 1 ]; then CATALOG="$WORK/photos.json" SPLIT=train/data/split.json
 else CATALOG="$WORK/photos-set$PHOTO_SET.json" SPLIT="train/data/split-set$PHOTO_SET.json"; fi
 mkdir -p "$WORK"
@@ -60,6 +67,11 @@ make_examples() {
     mkdir -p "$dest/$3"
     for L in 0 2 4; do cp "$WORK/test/images/$cid/$2/L$L.png" "$dest/$3/L$L.png"; done
   done
+}
+residue_data() {  # out, photo split, crops per photo, seed: super-resolution and deblurring degraded only by the v4
+  # residue generators (halos, deconvolution ringing: train/synthetic.py IMPLEMENTATIONS_V4)
+  $PY -m fgresq_sdk.train.synthetic --out "$1" "${common[@]}" --degradations 4 --residue-share 1 \
+      --tasks super_resolution,deblurring --photo-split "$2" --crops-per-photo "$3" --seed "$4"
 }
 eval_both() {  # manifest, out for the new bundle, out for the installed default: both models on the same held-out data
   .venv/bin/fgresq-sdk eval --model "$WORK/default-bundle" --manifest "$1" --out "$2"
@@ -95,13 +107,20 @@ common=(--source skimage --catalog "$CATALOG" --split-file "$SPLIT")
 $PY -m fgresq_sdk.train.synthetic --out "$WORK/fit" "${common[@]}" --degradations "$FIT_DEGRADATIONS" --junk ${JUNK_WEIGHTS:+--junk-weights "$JUNK_WEIGHTS"} --photo-split fit --crops-per-photo "$FIT_CROPS" --seed 0
 $PY -m fgresq_sdk.train.synthetic --out "$WORK/val" "${common[@]}" --degradations 2 --junk --photo-split val --crops-per-photo "$VAL_CROPS" --seed 2
 $PY -m fgresq_sdk.train.synthetic --out "$WORK/test" "${common[@]}" --degradations 2 --photo-split test --crops-per-photo "$TEST_CROPS" --seed 1
+VAL="$WORK/val"
+if [ -n "$POLISH_RESIDUE_FRACTION" ]; then
+  residue_data "$WORK/residue-fit" fit "$FIT_CROPS" 0
+  residue_data "$WORK/val-residue" val 2 2
+  $PY -m fgresq_sdk.train.merge --out "$WORK/val-plus" --base "$WORK/val" --add "residue=$WORK/val-residue"
+  VAL="$WORK/val-plus"
+fi
 # 3. training (stage 1 DFL, stage 2 FGResQ; val metrics logged every epoch) on the CPU-budget subset: a seeded
 #    PAIR_FRACTION of the ranked pairs and JUNK_FRACTION of the hard-negative pairs (the 'similar' pairs left out:
 #    train/subset.py) of every crop of every fit photo
 $PY -m fgresq_sdk.train.subset --src "$WORK/fit" --out "$WORK/fit-subset" --crops "$(seq -s, 0 $((FIT_CROPS - 1)))" --pair-fraction "$PAIR_FRACTION" \
     --junk-fraction "$JUNK_FRACTION" --ranked-only --seed 0 --exclude-implementations "$FIT_EXCLUDE"
 .venv/bin/fgresq-sdk train --config "train/configs/$RECIPE.json" --manifest "$WORK/fit-subset" \
-    --val-manifest "$WORK/val" --out "$WORK/run" --threads 2 --no-progress
+    --val-manifest "$VAL" --out "$WORK/run" --threads 2 --no-progress
 # 4. the stage-2 epoch with the best pair ACC on the val photos, exported; then the held-out test (README table)
 select_best() {  # the stage-2 epoch checkpoint with the best val pair ACC over the given runs' logs (ties: the later);
   # every candidate's val ACC per task and its weakest generator implementation go to stderr (the log), not the choice
@@ -129,7 +148,14 @@ if [ -n "$POLISH" ]; then
   $PY -m fgresq_sdk.train.subset --src "$WORK/fit" --out "$WORK/fit-polish" --crops "$(seq -s, 0 $((FIT_CROPS - 1)))" \
       --pair-fraction "$POLISH_PAIR_FRACTION" --junk-fraction "$POLISH_JUNK_FRACTION" --ranked-only --seed 1 \
       --exclude-implementations "$POLISH_EXCLUDE"
-  .venv/bin/fgresq-sdk train --config "train/configs/$POLISH.json" --manifest "$WORK/fit-polish" --val-manifest "$WORK/val" \
+  POLISH_DATA="$WORK/fit-polish"
+  if [ -n "$POLISH_RESIDUE_FRACTION" ]; then
+    $PY -m fgresq_sdk.train.subset --src "$WORK/residue-fit" --out "$WORK/residue-polish" \
+        --crops "$(seq -s, 0 $((FIT_CROPS - 1)))" --pair-fraction "$POLISH_RESIDUE_FRACTION" --ranked-only --seed 1
+    $PY -m fgresq_sdk.train.merge --out "$WORK/fit-polish-plus" --base "$WORK/fit-polish" --add "residue=$WORK/residue-polish"
+    POLISH_DATA="$WORK/fit-polish-plus"
+  fi
+  .venv/bin/fgresq-sdk train --config "train/configs/$POLISH.json" --manifest "$POLISH_DATA" --val-manifest "$VAL" \
       --out "$WORK/polish" --stage fgresq --init-checkpoint "$best" --threads 2 --no-progress
   best=$(select_best "$WORK/run/logs.jsonl" "$WORK/polish/logs.jsonl")
   case "$best" in "$WORK/polish/"*) SHIPPED=$POLISH ;; esac
@@ -167,8 +193,7 @@ eval_both "$WORK/mate-test" "$WORK/eval-mate" "$WORK/eval-mate-installed"
 #    and the held-out sharpening-residue check (since 2026-12-02; step 6's rule reads it): on the test photos at 2
 #    crops each, super-resolution and deblurring degraded only by the v4 residue generators (halos, deconvolution
 #    ringing: train/synthetic.py IMPLEMENTATIONS_V4), which the v2 test data never isolates; v20 inverts them
-$PY -m fgresq_sdk.train.synthetic --out "$WORK/residue-test" "${common[@]}" --degradations 4 --residue-share 1 \
-    --tasks super_resolution,deblurring --photo-split test --crops-per-photo 2 --seed 1
+residue_data "$WORK/residue-test" test 2 1
 eval_both "$WORK/residue-test" "$WORK/eval-residue" "$WORK/eval-residue-installed"
 # 6. ship it only if it beats the installed default on the same held-out test photos (mean pair ACC over the
 #    six tasks, then junk-vs-clean as the tie-break), keeps every task at >= 0.85 pair ACC where the installed one
@@ -202,6 +227,8 @@ SHIPPED_POLISH=$([ "$SHIPPED" = "$RECIPE" ] || echo "$POLISH")  # set apart: pre
 BASE_RECIPE=$RECIPE RECIPE="$SHIPPED" POLISH="$SHIPPED_POLISH" \
     POLISH_PAIR_FRACTION="$POLISH_PAIR_FRACTION" POLISH_JUNK_FRACTION="$POLISH_JUNK_FRACTION" PHOTO_SET="$PHOTO_SET" SPLIT="$SPLIT" FIT_CROPS="$FIT_CROPS" VAL_CROPS="$VAL_CROPS" \
     PAIR_FRACTION="$PAIR_FRACTION" JUNK_FRACTION="$JUNK_FRACTION" JUNK_WEIGHTS="$JUNK_WEIGHTS" \
+    FIT_DEGRADATIONS="$FIT_DEGRADATIONS" FIT_EXCLUDE="$FIT_EXCLUDE" POLISH_EXCLUDE="$POLISH_EXCLUDE" \
+    POLISH_RESIDUE_FRACTION="$POLISH_RESIDUE_FRACTION" \
     $PY - "$WORK/default-bundle" "$best" <<'PYEOF'
 import json, os, shutil, sys
 from pathlib import Path
@@ -218,15 +245,18 @@ extra = carried_meta(m)
 env = os.environ
 recipe = env["RECIPE"]
 extra["training"] = {"recipe": f"train/configs/{recipe}.json", "script": "scripts/make_default_model.sh",
-                     "checkpoint": Path(sys.argv[2]).name, "selected_by": f"best pair ACC on the val photos ({env['VAL_CROPS']} crop{'s' * (env['VAL_CROPS'] != '1')} each)",
+                     "checkpoint": Path(sys.argv[2]).name, "selected_by": f"best pair ACC on the val photos ({env['VAL_CROPS']} crop{'s' * (env['VAL_CROPS'] != '1')} each)"
+                                    + (" and their sharpening-residue check (2 crops each)"
+                                       if env.get("POLISH_RESIDUE_FRACTION") else ""),
                      "score_calibration": "train/calibrate.py on the val photos (5th/95th logit percentiles -> 0.05/0.95)",
-                     "data": f"synthetic FGRestore-style (degradations v3 with hard negatives, {env['FIT_CROPS']} crops "
+                     "data": f"synthetic FGRestore-style (degradations v{env['FIT_DEGRADATIONS']} with hard negatives, {env['FIT_CROPS']} crops "
                              f"per photo) from the fit photos of {env['SPLIT']} (photo set {env['PHOTO_SET']}: "
                              "scikit-image + Debian packages), seed 0; ranked pairs only: a seeded "
                              f"{float(env['PAIR_FRACTION']) * 100:.0f} %, hard-negative pairs "
                              f"{float(env['JUNK_FRACTION']) * 100:.0f} %"
                              + (f" (hard-negative kinds drawn with weights {env['JUNK_WEIGHTS']})"
-                                if env.get("JUNK_WEIGHTS") else "")}
+                                if env.get("JUNK_WEIGHTS") else "")
+                             + (f"; stage 2 without the pairs of {env['FIT_EXCLUDE']}" if env.get("FIT_EXCLUDE") else "")}
 if env.get("POLISH"):
     from fgresq_sdk.train.config import load_train_config
     n = load_train_config(f"train/configs/{env['POLISH']}.json")["fgresq"]["epochs"]  # the config's, not assumed
@@ -234,7 +264,11 @@ if env.get("POLISH"):
         f"train/configs/{env['BASE_RECIPE']}.json, then {'one epoch' if n == 1 else f'{n} epochs'} of "
         f"train/configs/{env['POLISH']}.json from its "
         f"selected checkpoint on a fresh seeded subset (seed 1): {float(env['POLISH_PAIR_FRACTION']) * 100:.0f} % "
-        f"of the ranked pairs, {float(env['POLISH_JUNK_FRACTION']) * 100:.0f} % of the hard-negative pairs")
+        f"of the ranked pairs, {float(env['POLISH_JUNK_FRACTION']) * 100:.0f} % of the hard-negative pairs"
+        + (f", without the pairs of {env['POLISH_EXCLUDE']}" if env.get("POLISH_EXCLUDE") else "")
+        + (f", plus {float(env['POLISH_RESIDUE_FRACTION']) * 100:.0f} % of the ranked pairs of a residue-only fit "
+           "folder (degradations v4 at residue share 1: super-resolution and deblurring, seed 0; train/merge.py)"
+           if env.get("POLISH_RESIDUE_FRACTION") else ""))
 write_manifest(dst, name=f"fgresq-{recipe}", config=src.config, files=files, precision="fp32",
                source="trained from scratch on synthetic data (scripts/make_default_model.sh)", extra=extra)
 print("installed", dst)
