@@ -58,6 +58,7 @@ import csv
 import json
 import math
 import os
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -339,6 +340,19 @@ def split_manifest(m: Manifest, train_fraction: float = 0.8, seed: int = 0) -> t
     return side(True, "train"), side(False, "test")
 
 
+SAVED_FILES = (MANIFEST_FILE, "images.csv", "pairs.csv")  # what Manifest.save writes: all a derived manifest holds
+
+
+def refuse_foreign_output(folder: str | Path, what: str) -> bool:
+    """True, after one error line on stderr, when ``folder`` holds anything but a previous ``what`` (a manifest
+    that Manifest.save wrote): the tools that derive manifests (subset, merge) write only into a folder of their own."""
+    foreign = foreign_entries(folder, SAVED_FILES)
+    if foreign:
+        print(f"error: {folder}: holds other files than {what} ({', '.join(foreign[:3])}): "
+              "refusing to write into it (pass a new folder)", file=sys.stderr)
+    return bool(foreign)
+
+
 def foreign_entries(folder: str | Path, allowed: Sequence[str]) -> list[str] | None:
     """What in an output folder a data tool did not write itself: None if the folder is free to write
     (absent, or holding only ``allowed`` names: a previous output of the same tool); else the foreign names
@@ -354,5 +368,6 @@ def foreign_entries(folder: str | Path, allowed: Sequence[str]) -> list[str] | N
 
 __all__ = [
     "FORMAT", "VERSION", "TASKS", "LABELS", "FILE_LABELS", "IMAGE_COLUMNS", "PAIR_COLUMNS",
-    "ImageRecord", "PairRecord", "Manifest", "split_manifest", "foreign_entries",
+    "ImageRecord", "PairRecord", "Manifest", "split_manifest", "foreign_entries", "refuse_foreign_output",
+    "SAVED_FILES",
 ]

@@ -23,9 +23,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .manifest import MANIFEST_FILE, Manifest, PairRecord, foreign_entries
-
-MERGE_FILES = (MANIFEST_FILE, "images.csv", "pairs.csv")  # what Manifest.save writes: all a merge folder holds
+from .manifest import Manifest, PairRecord, refuse_foreign_output
 
 
 def _absolute(root: Path, rel: str | None) -> str | None:
@@ -71,10 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--add", action="append", default=[], metavar="TAG=FOLDER",
                     help="a manifest to add, its ids prefixed with TAG: (repeatable)")
     a = ap.parse_args(argv)
-    foreign = foreign_entries(a.out, MERGE_FILES)
-    if foreign:
-        print(f"error: {a.out}: holds other files than a merged manifest ({', '.join(foreign[:3])}): "
-              "refusing to write into it (pass a new folder)", file=sys.stderr)
+    if refuse_foreign_output(a.out, "a merged manifest"):
         return 2
     added = []
     for spec in a.add:

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Sequence
 
 from .by_implementation import implementation_of_pair
-from .manifest import MANIFEST_FILE, Manifest, foreign_entries
+from .manifest import SAVED_FILES, Manifest, refuse_foreign_output
 from .synthetic import has_hard_negative
 
-SUBSET_FILES = (MANIFEST_FILE, "images.csv", "pairs.csv")  # what Manifest.save writes: all a subset folder holds
+SUBSET_FILES = SAVED_FILES  # all a subset folder holds
 
 
 def select(m: Manifest, crops=(0,), pair_fraction: float = 1.0, seed: int = 0,
@@ -79,10 +79,7 @@ def main(argv=None) -> int:
     ap.add_argument("--exclude-implementations", default="",
                     help="comma-separated generator implementations whose (content, task) pairs to leave out")
     a = ap.parse_args(argv)
-    foreign = foreign_entries(a.out, SUBSET_FILES)
-    if foreign:
-        print(f"error: {a.out}: holds other files than a subset manifest ({', '.join(foreign[:3])}): "
-              "refusing to write into it (pass a new folder)", file=sys.stderr)
+    if refuse_foreign_output(a.out, "a subset manifest"):
         return 2
     try:
         m = select(Manifest.load(a.src), tuple(int(c) for c in a.crops.split(",")), a.pair_fraction, a.seed,
