@@ -13,7 +13,7 @@ from PIL import Image
 from fgresq_sdk.train import photos as ph
 from fgresq_sdk.train import synthetic as syn
 from fgresq_sdk.train.manifest import (
-    LABELS, TASKS, ImageRecord, Manifest, PairRecord, split_manifest,
+    LABELS, TASKS, ImageRecord, Manifest, PairRecord, implementation_key, split_manifest,
 )
 
 SIZE = 64
@@ -562,7 +562,7 @@ def test_subset_excludes_named_generator_implementations(clean_photos, tmp_path,
     plain = subset.select(m, crops=(0, 1), pair_fraction=0.7, seed=3, ranked_only=True, junk_fraction=0.5)
     cut = subset.select(m, crops=(0, 1), pair_fraction=0.7, seed=3, ranked_only=True, junk_fraction=0.5,
                         exclude_implementations=names)
-    key = lambda p: impl[f"{m.images[p.a].content_id}/{m.images[p.a].task}"]
+    key = lambda p: impl[implementation_key(m.images[p.a].content_id, m.images[p.a].task)]
     assert [(p.a, p.b) for p in cut.pairs] == [(p.a, p.b) for p in plain.pairs if key(p) not in names]
     assert len(cut.pairs) < len(plain.pairs) and cut.recipe["subset"]["exclude_implementations"] == names
     assert "exclude_implementations" not in plain.recipe["subset"]

@@ -14,13 +14,14 @@ from collections import defaultdict
 import numpy as np
 
 from . import metrics as M
+from .manifest import implementation_key
 
 
 def implementation_of_pair(implementations: dict, manifest, pair) -> str | None:
     """The generator implementation the (content, task) of `pair` drew, from a manifest recipe's `implementations`
     (None where it records none): the one lookup the breakdown and `subset --exclude-implementations` share."""
     r = manifest.images[pair.a]
-    return implementations.get(f"{r.content_id}/{r.task}")
+    return implementations.get(implementation_key(r.content_id, r.task))
 
 
 def implementation_accuracy(manifest, pairs, pref: np.ndarray, method_scores: dict[str, dict[str, float]],

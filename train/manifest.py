@@ -340,6 +340,12 @@ def split_manifest(m: Manifest, train_fraction: float = 0.8, seed: int = 0) -> t
     return side(True, "train"), side(False, "test")
 
 
+def implementation_key(content_id: str, task: str) -> str:
+    """Where a recipe's ``implementations`` records the generator a (content, task) drew: one spelling for the
+    generator that writes it and for the breakdown, subset and merge that read it."""
+    return f"{content_id}/{task}"
+
+
 SAVED_FILES = (MANIFEST_FILE, "images.csv", "pairs.csv")  # what Manifest.save writes: all a derived manifest holds
 
 
@@ -369,5 +375,5 @@ def foreign_entries(folder: str | Path, allowed: Sequence[str]) -> list[str] | N
 __all__ = [
     "FORMAT", "VERSION", "TASKS", "LABELS", "FILE_LABELS", "IMAGE_COLUMNS", "PAIR_COLUMNS",
     "ImageRecord", "PairRecord", "Manifest", "split_manifest", "foreign_entries", "refuse_foreign_output",
-    "SAVED_FILES",
+    "SAVED_FILES", "implementation_key",
 ]

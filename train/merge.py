@@ -51,6 +51,7 @@ def merge(base: Manifest, added: list[tuple[str, Manifest]]) -> Manifest:
             images[new_id] = replace(r, image_id=new_id, content_id=f"{tag}:{r.content_id}",
                                      path=_absolute(m.root, r.path), reference=_absolute(m.root, r.reference))
         pairs += [PairRecord(a=f"{tag}:{p.a}", b=f"{tag}:{p.b}", label=p.label) for p in m.pairs]
+        # a key is implementation_key(content, task), content first: the tag prefixes it as it prefixes the content
         implementations.update({f"{tag}:{k}": v for k, v in (m.recipe.get("implementations") or {}).items()})
         merged.append({"tag": tag, "root": str(Path(m.root).resolve()), "pairs": len(m.pairs),
                        "images": len(m.images), "recipe": m.recipe})

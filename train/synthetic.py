@@ -46,7 +46,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .manifest import MANIFEST_FILE, TASKS, ImageRecord, Manifest, PairRecord, foreign_entries
+from .manifest import MANIFEST_FILE, TASKS, ImageRecord, Manifest, PairRecord, foreign_entries, implementation_key
 
 GENERATOR_VERSION = 2
 DEFAULT_LEVELS = 6
@@ -813,7 +813,7 @@ def generate(photos: Sequence[tuple[str, np.ndarray]], out_dir, seed: int = 0, s
             rng = np.random.default_rng([seed, _crc(cid), ti, 2])
             mos = mos_curve(strengths, sc["mos_range"], rng)
             f = degrader(t, cid, seed, size, version, residue_share)
-            implementations[f"{cid}/{t}"] = implementation_of(f)
+            implementations[implementation_key(cid, t)] = implementation_of(f)
             stats, ids = [], []
             for k, s in enumerate(strengths):
                 y = _q(f(x, s))
