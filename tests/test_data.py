@@ -626,6 +626,11 @@ def test_merge_adds_a_tagged_residue_folder_and_leaves_the_base_untouched(clean_
         assert merge.main([*args, "--base", str(tmp_path / "v3"), "--add", f"r={tmp_path / 'res'}"]) == 2
         assert capsys.readouterr().err.count("\n") == 1
     assert (tmp_path / "user" / "notes.txt").read_text() == "mine" and not (tmp_path / "m2").exists()
+    # a folder that is not a manifest: one line naming it
+    assert merge.main(["--out", str(tmp_path / "m3"), "--base", str(tmp_path / "v3"),
+                       "--add", f"r={tmp_path / 'user'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(tmp_path / "user") in err and not (tmp_path / "m3").exists()
 
 
 def test_v3_degradations_mix_both_families_per_content_and_task():

@@ -79,11 +79,16 @@ def main(argv=None) -> int:
             print(f"error: --add {spec!r}: expected TAG=FOLDER", file=sys.stderr)
             return 2
         added.append((tag, folder))
+    where = a.base  # the folder a loading error is about, so its one line names it (as subset's does)
     try:
         base = Manifest.load(a.base)
-        m = merge(base, [(tag, Manifest.load(folder)) for tag, folder in added])
+        manifests = []
+        for tag, where in added:
+            manifests.append((tag, Manifest.load(where)))
+        where = "--add"
+        m = merge(base, manifests)
     except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {where}: {exc}", file=sys.stderr)
         return 2
     m.save(a.out)
     print(json.dumps({"pairs": len(m.pairs), "images": len(m.images), "base_pairs": len(base.pairs),
