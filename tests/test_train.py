@@ -1072,7 +1072,7 @@ def test_default_recipe_smoke_run(tmp_path):
     export_bundle(load_checkpoint(save_checkpoint(model, tmp_path / "cal.safetensors", source="test")).eval(),
                   tmp_path / "bundle", source="test", include_checkpoint=False)
     out = evaluate(tmp_path / "bundle", mans["test"])
-    assert set(out["methods"]) >= {"FGResQ", "PSNR", "SSIM", "LapVar (NR)"}
+    assert set(out["methods"]) >= {"FGResQ", "PSNR", "SSIM", "LapVar (NR)", "NIQE (NR)"}
     assert out["cross_content_srcc"]["FGResQ"]["all"] is not None
     impl = out["by_implementation"]  # the v2 test data names each (content, task)'s generator
     assert impl and sum(r["n_pairs"] for rows in impl.values() for r in rows.values()) > 0

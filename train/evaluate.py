@@ -40,7 +40,7 @@ TASK_TITLES = {
     "deblurring": "Deblurring", "denoising": "Denoising", "deraining": "Deraining", "dehazing": "Dehazing",
     "mixture": "MixtureRestoration", "super_resolution": "SuperResolution",
 }
-METHODS = ("FGResQ", "PSNR", "SSIM", "LapVar (NR)")
+METHODS = ("FGResQ", "PSNR", "SSIM", "LapVar (NR)", "NIQE (NR)")
 MIN_SCENE_ITEMS = 3
 
 __all__ = ["evaluate", "write_report", "render_markdown", "eval_main", "scene_weighted_correlations",
@@ -62,6 +62,8 @@ PROTOCOL_NOTES = [
     "SRCC within each range; '-' = fewer than 3 items or not available.",
     "LapVar (NR): no-reference classical baseline, variance of the Laplacian of the luma (higher = sharper); "
     "a no-reference model should also be compared with no-reference peers.",
+    "NIQE (NR): opinion-unaware no-reference baseline (train/niqe.py), minus the distance of an image's "
+    "natural-scene statistics from a model of clean fit photos (higher = more natural); 64-pixel patches.",
     "Cross-content SRCC: SRCC over all images of a task pooled across contents and scenes, MOS scaled to [0, 1] "
     "by each scene's declared mos_range.",
     "Junk vs clean: every clean reference against five hard negatives made from every reference (pure noise, "
@@ -173,11 +175,22 @@ def laplacian_variance(luma: np.ndarray) -> float:
     return float(ndimage.laplace(np.asarray(luma, np.float64), mode="reflect").var())
 
 
-def _nr_scores(manifest, ids: list[str], errors: list[dict]) -> dict[str, float]:
-    out = {}
+def _nr_scores(manifest, ids: list[str], errors: list[dict]) -> dict[str, dict[str, float]]:
+    """{method: {image_id: score}} of the no-reference baselines (LapVar; NIQE where its pristine model loads)."""
+    from . import niqe
+
+    try:
+        pristine = niqe.load_pristine()
+    except (OSError, ValueError) as exc:
+        pristine = None
+        errors.append({"image_id": "", "stage": "nr_baseline", "error": f"NIQE skipped: {exc}"})
+    out: dict[str, dict[str, float]] = {"LapVar (NR)": {}, **({"NIQE (NR)": {}} if pristine else {})}
     for iid in ids:
         try:
-            out[iid] = laplacian_variance(_luma_of(str(manifest.image_path(iid))))
+            luma = _luma_of(str(manifest.image_path(iid)))
+            out["LapVar (NR)"][iid] = laplacian_variance(luma)
+            if pristine:
+                out["NIQE (NR)"][iid] = -niqe.distance(luma, pristine)
         except Exception as exc:
             errors.append({"image_id": iid, "stage": "nr_baseline", "error": str(exc).splitlines()[0]})
     _luma_of.cache_clear()
@@ -321,7 +334,7 @@ def evaluate(bundle_or_scorer, manifest, backend: str = "onnxruntime", *, device
     if baselines:
         method_scores["PSNR"] = {i: v["PSNR"] for i, v in fr.items()}
         method_scores["SSIM"] = {i: v["SSIM"] for i, v in fr.items()}
-        method_scores["LapVar (NR)"] = _nr_scores(manifest, ids, errors)
+        method_scores.update(_nr_scores(manifest, ids, errors))
     scene_range = _scene_mos_ranges(ids, mos_of, scene_of)
 
     methods_out: dict[str, dict] = {}
