@@ -331,7 +331,20 @@ def test_evaluate_end_to_end(tiny_bundle, tmp_path, capsys):
     assert got["pair_acc"] == pytest.approx(res["methods"]["FGResQ"]["average"]["acc"], abs=1e-12)
     assert got["cross_content_srcc"] == pytest.approx(res["cross_content_srcc"]["FGResQ"]["all"], abs=1e-12)
     assert got["junk_vs_clean"] == pytest.approx(res["junk_vs_clean"]["clean_wins"], abs=1e-12)
+    # the no-reference peers face the same junk; LapVar's share recomputed here from scipy's Laplacian
+    from fgresq_sdk.train.evaluate import junk_vs_clean
+
+    class SciPyLapVar:
+        def score(self, images):
+            return [ndimage.laplace(M.to_luma(a), mode="reflect").var() for a in images]
+
+    peers = res["junk_vs_clean_baselines"]
+    assert set(peers) == {"LapVar (NR)", "NIQE (NR)"}
+    assert peers["LapVar (NR)"]["clean_wins"] == pytest.approx(junk_vs_clean(SciPyLapVar(), man)["clean_wins"])
+    assert peers["LapVar (NR)"]["per_kind"]["noise"]["clean_wins"] < 0.5  # noise is "sharp" to a Laplacian
+    assert set(peers["NIQE (NR)"]["per_kind"]) == set(res["junk_vs_clean"]["per_kind"])
     md = mp.read_text()
+    assert "| Junk kind | clean wins | mean score | LapVar (NR): clean wins | NIQE (NR): clean wins |" in md
     for needle in ("Deblurring SRCC", "SuperResolution SRCC", "Average SRCC", "[0.8,1.0]", "weighted by image count"):
         assert needle in md
     assert "| Method | Deblurring SRCC | PLCC | ACC | Denoising SRCC" in md

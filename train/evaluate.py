@@ -175,26 +175,43 @@ def laplacian_variance(luma: np.ndarray) -> float:
     return float(ndimage.laplace(np.asarray(luma, np.float64), mode="reflect").var())
 
 
-def _nr_scores(manifest, ids: list[str], errors: list[dict]) -> dict[str, dict[str, float]]:
-    """{method: {image_id: score}} of the no-reference baselines (LapVar; NIQE where its pristine model loads)."""
+def _nr_functions(errors: list[dict]) -> dict[str, Callable[[np.ndarray], float]]:
+    """{method: luma (0-255) -> score, higher = better} of the no-reference baselines; NIQE only where its
+    pristine model loads (the reason is recorded otherwise)."""
     from . import niqe
 
+    fns: dict[str, Callable[[np.ndarray], float]] = {"LapVar (NR)": laplacian_variance}
     try:
         pristine = niqe.load_pristine()
     except (OSError, ValueError) as exc:
-        pristine = None
         errors.append({"image_id": "", "stage": "nr_baseline", "error": f"NIQE skipped: {exc}"})
-    out: dict[str, dict[str, float]] = {"LapVar (NR)": {}, **({"NIQE (NR)": {}} if pristine else {})}
+    else:
+        fns["NIQE (NR)"] = lambda luma: -niqe.distance(luma, pristine)
+    return fns
+
+
+def _nr_scores(manifest, ids: list[str], errors: list[dict], fns) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {name: {} for name in fns}
     for iid in ids:
-        try:
-            luma = _luma_of(str(manifest.image_path(iid)))
-            out["LapVar (NR)"][iid] = laplacian_variance(luma)
-            if pristine:
-                out["NIQE (NR)"][iid] = -niqe.distance(luma, pristine)
-        except Exception as exc:
-            errors.append({"image_id": iid, "stage": "nr_baseline", "error": str(exc).splitlines()[0]})
+        for name, fn in fns.items():
+            try:
+                out[name][iid] = fn(_luma_of(str(manifest.image_path(iid))))
+            except Exception as exc:
+                errors.append({"image_id": iid, "stage": "nr_baseline", "method": name,
+                               "error": str(exc).splitlines()[0]})
     _luma_of.cache_clear()
     return out
+
+
+class _NoReferenceScorer:
+    """The one method junk_vs_clean needs from a scorer (score a list of RGB arrays), for a no-reference baseline:
+    the classical peers then face the same junk as the model."""
+
+    def __init__(self, fn: Callable[[np.ndarray], float]):
+        self.fn = fn
+
+    def score(self, images) -> list[float]:
+        return [self.fn(M.to_luma(a)) for a in images]
 
 
 def unit_quality(manifest, image_id: str) -> float:
@@ -331,10 +348,11 @@ def evaluate(bundle_or_scorer, manifest, backend: str = "onnxruntime", *, device
     # below is positive for a good predictor.
     mos_of = {i: (-1.0 if scene_of[i] in flipped else 1.0) * float(manifest.images[i].mos) for i in ids}
     method_scores = {"FGResQ": score}
+    nr_fns = _nr_functions(errors) if baselines else {}
     if baselines:
         method_scores["PSNR"] = {i: v["PSNR"] for i, v in fr.items()}
         method_scores["SSIM"] = {i: v["SSIM"] for i, v in fr.items()}
-        method_scores.update(_nr_scores(manifest, ids, errors))
+        method_scores.update(_nr_scores(manifest, ids, errors, nr_fns))
     scene_range = _scene_mos_ranges(ids, mos_of, scene_of)
 
     methods_out: dict[str, dict] = {}
@@ -391,6 +409,12 @@ def evaluate(bundle_or_scorer, manifest, backend: str = "onnxruntime", *, device
     except Exception as exc:  # informational; never stops the evaluation
         junk = {"error": str(exc).splitlines()[0]}
     junk_rows = junk.pop("scores", []) if isinstance(junk, dict) else []
+    junk_nr = {}
+    for name, fn in (nr_fns.items() if junk and "error" not in junk else ()):
+        try:
+            junk_nr[name] = {k: v for k, v in junk_vs_clean(_NoReferenceScorer(fn), manifest).items() if k != "scores"}
+        except Exception as exc:  # informational, as the model's own check
+            junk_nr[name] = {"error": str(exc).splitlines()[0]}
     records = {
         "images": [{"image_id": i, "content_id": manifest.images[i].content_id, "task": manifest.images[i].task,
                     "scene": scene_of[i], "reference": manifest.images[i].reference or "",
@@ -419,6 +443,7 @@ def evaluate(bundle_or_scorer, manifest, backend: str = "onnxruntime", *, device
         "cross_content_srcc": cross,
         "by_implementation": by_impl,
         "junk_vs_clean": junk,
+        "junk_vs_clean_baselines": junk_nr,
         "records": records,
         "protocol": {"notes": PROTOCOL_NOTES + ([f"MOS negated (lower is better) for scenes: {', '.join(flipped)}."]
                                                 if flipped else []),
@@ -569,9 +594,13 @@ def render_markdown(result: dict) -> str:
     if junk.get("per_kind"):
         lines.append("## Junk vs clean (clean references against hard negatives made from every reference)")
         lines.append("")
-        rows = [[k, _fmt(v["clean_wins"]), _fmt(v["junk_mean_score"])] for k, v in junk["per_kind"].items()]
-        rows.append(["all", _fmt(junk["clean_wins"]), f"clean mean {_fmt(junk['clean_mean_score'])}"])
-        lines += _table(["Junk kind", "clean wins", "mean score"], rows)
+        peers = {m: r for m, r in (result.get("junk_vs_clean_baselines") or {}).items() if r.get("per_kind")}
+        rows = [[k, _fmt(v["clean_wins"]), _fmt(v["junk_mean_score"])]
+                + [_fmt(r["per_kind"].get(k, {}).get("clean_wins")) for r in peers.values()]
+                for k, v in junk["per_kind"].items()]
+        rows.append(["all", _fmt(junk["clean_wins"]), f"clean mean {_fmt(junk['clean_mean_score'])}"]
+                    + [_fmt(r["clean_wins"]) for r in peers.values()])
+        lines += _table(["Junk kind", "clean wins", "mean score"] + [f"{m}: clean wins" for m in peers], rows)
         lines.append("")
     lines += implementation_table(result.get("by_implementation") or {}, methods)
     lines.append("## Notes")
