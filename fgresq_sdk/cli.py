@@ -584,7 +584,8 @@ def eval_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for eval.json, eval.md and the rows behind them (eval-images.csv, eval-pairs.csv, eval-junk.csv)."),
     crops: int = CropsOpt, flip: bool = FlipOpt,
 ):
-    """Paper-style evaluation (Table 3 per task SRCC/PLCC/ACC, Table 2 ranges) with PSNR/SSIM baselines."""
+    """Paper-style evaluation (Table 3 per task SRCC/PLCC/ACC, Table 2 ranges) with PSNR/SSIM and no-reference
+    (Laplacian variance, NIQE-style) baselines."""
     _require("eval", "train", EVAL_MODULES)  # scipy (metrics) and scikit-image (PSNR/SSIM baselines)
     try:
         from .train.evaluate import eval_main
