@@ -203,7 +203,7 @@ def _nr_scores(manifest, ids: list[str], errors: list[dict], fns) -> dict[str, d
     return out
 
 
-class _NoReferenceScorer:
+class NoReferenceScorer:
     """The one method junk_vs_clean needs from a scorer (score a list of RGB arrays), for a no-reference baseline:
     the classical peers then face the same junk as the model."""
 
@@ -412,7 +412,7 @@ def evaluate(bundle_or_scorer, manifest, backend: str = "onnxruntime", *, device
     junk_nr = {}
     for name, fn in (nr_fns.items() if junk and "error" not in junk else ()):
         try:
-            junk_nr[name] = {k: v for k, v in junk_vs_clean(_NoReferenceScorer(fn), manifest).items() if k != "scores"}
+            junk_nr[name] = {k: v for k, v in junk_vs_clean(NoReferenceScorer(fn), manifest).items() if k != "scores"}
         except Exception as exc:  # informational, as the model's own check
             junk_nr[name] = {"error": str(exc).splitlines()[0]}
     records = {

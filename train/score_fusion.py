@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import niqe
-from .evaluate import _NoReferenceScorer, cross_content_srcc, junk_vs_clean, scene_weighted_correlations, unit_quality
+from .evaluate import NoReferenceScorer, cross_content_srcc, junk_vs_clean, scene_weighted_correlations, unit_quality
 from .manifest import Manifest
 
 NIQE_COLUMN = "NIQE (NR)"
@@ -53,7 +53,7 @@ class EvalSide:
         self.logd = {r["image_id"]: _log_distance(float(r[NIQE_COLUMN])) for r in rows}
         junk = list(csv.DictReader(open(Path(eval_dir) / "eval-junk.csv", newline="")))
         self.junk_logit = {(r["reference"], r["kind"]): _logit(float(r["score"])) for r in junk}
-        nat = junk_vs_clean(_NoReferenceScorer(lambda luma: -niqe.distance(luma, pristine)), self.manifest)
+        nat = junk_vs_clean(NoReferenceScorer(lambda luma: -niqe.distance(luma, pristine)), self.manifest)
         self.junk_logd = {(r["reference"], r["kind"]): _log_distance(r["score"]) for r in nat.get("scores", [])}
         if set(self.junk_logd) != set(self.junk_logit):
             raise ValueError(f"{eval_dir}: its junk rows are not the junk of {manifest_dir}")
