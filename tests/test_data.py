@@ -13,7 +13,7 @@ from PIL import Image
 from fgresq_sdk.train import photos as ph
 from fgresq_sdk.train import synthetic as syn
 from fgresq_sdk.train.manifest import (
-    LABELS, TASKS, ImageRecord, Manifest, PairRecord, implementation_key, split_manifest,
+    LABELS, SAVED_FILES, TASKS, ImageRecord, Manifest, PairRecord, implementation_key, split_manifest,
 )
 
 SIZE = 64
@@ -745,7 +745,7 @@ def test_subset_cli_writes_only_into_a_new_empty_or_subset_folder(clean_photos, 
     assert _files(tmp_path / "g") == before
     for _ in range(2):  # new, then a previous subset
         assert subset.main(["--src", str(tmp_path / "g"), "--out", str(tmp_path / "s"), "--crops", "0"]) == 0
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(subset.SUBSET_FILES)
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(SAVED_FILES)
 
 
 

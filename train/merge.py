@@ -63,6 +63,14 @@ def merge(base: Manifest, added: list[tuple[str, Manifest]]) -> Manifest:
     return out
 
 
+def _load(folder) -> Manifest:
+    """Manifest.load with the folder in its error, so the one line a user sees names the input that failed."""
+    try:
+        return Manifest.load(folder)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{folder}: {exc}") from exc
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fgresq_sdk.train.merge")
     ap.add_argument("--out", required=True)
@@ -79,16 +87,11 @@ def main(argv=None) -> int:
             print(f"error: --add {spec!r}: expected TAG=FOLDER", file=sys.stderr)
             return 2
         added.append((tag, folder))
-    where = a.base  # the folder a loading error is about, so its one line names it (as subset's does)
     try:
-        base = Manifest.load(a.base)
-        manifests = []
-        for tag, where in added:
-            manifests.append((tag, Manifest.load(where)))
-        where = "--add"
-        m = merge(base, manifests)
-    except (OSError, ValueError) as exc:
-        print(f"error: {where}: {exc}", file=sys.stderr)
+        base = _load(a.base)
+        m = merge(base, [(tag, _load(folder)) for tag, folder in added])
+    except (OSError, ValueError) as exc:  # merge's own errors name the tag
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     m.save(a.out)
     print(json.dumps({"pairs": len(m.pairs), "images": len(m.images), "base_pairs": len(base.pairs),

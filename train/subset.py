@@ -27,11 +27,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .by_implementation import implementation_of_pair
-from .manifest import SAVED_FILES, Manifest, refuse_foreign_output
+from .manifest import Manifest, refuse_foreign_output
 from .synthetic import has_hard_negative
-
-SUBSET_FILES = SAVED_FILES  # all a subset folder holds
-
 
 def select(m: Manifest, crops=(0,), pair_fraction: float = 1.0, seed: int = 0,
            ranked_only: bool = False, junk_fraction: float | None = None,
