@@ -1,7 +1,7 @@
 """Derived bundles (int8, fp16): a new encoder graph made from an fp32 bundle's, the rest copied.
 
 One place for the bookkeeping every derived precision shares: refuse non-fp32 sources, build in a
-temporary sibling folder, copy the numpy heads (the comparison head included), write the manifest with the
+temporary sibling folder, copy the numpy heads (the comparison head included) and a naturalness term's pristine model, write the manifest with the
 source encoder's sha256, and move the result into place only when complete.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Callable
 from fgresq_sdk.bundle import load_bundle, write_manifest
 from fgresq_sdk.errors import BundleError
 
-from .onnx_export import HEADS_FILE, carried_meta
+from .onnx_export import carried_meta, copy_carried_files
 from .staging import check_out_dir, copy_verified, staged_bundle
 
 SOURCE_ENCODER = ".source-encoder.onnx"  # the verified fp32 graph, converted from, then removed
@@ -32,12 +32,12 @@ def derive_bundle(src: str | Path, out: str | Path, *, precision: str, encoder_f
         src_onnx = copy_verified(bundle, "encoder", tmp / SOURCE_ENCODER)
         make_encoder(src_onnx, tmp / encoder_file)
         src_onnx.unlink()
-        copy_verified(bundle, "heads", tmp / HEADS_FILE)
+        files = {"encoder": encoder_file, **copy_carried_files(bundle, tmp)}
         m = bundle.manifest
         extra = carried_meta(m)
         extra[details_key] = {**details, "fp32_encoder_sha256": m["files"]["encoder"]["sha256"]}
         write_manifest(tmp, name=bundle.name, config=bundle.config,
-                       files={"encoder": encoder_file, "heads": HEADS_FILE},
+                       files=files,
                        precision=precision, source=f"{m.get('source')}; {precision} from {bundle.root.name}",
                        extra=extra)
     return out

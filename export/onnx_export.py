@@ -17,14 +17,14 @@ import numpy as np
 from fgresq_sdk.bundle import write_manifest
 from fgresq_sdk.verdict import LOGIT_ORDER
 
-from .staging import check_out_dir, staged_bundle
+from .staging import check_out_dir, copy_verified, staged_bundle
 
 DEFAULT_OPSET = 17
 ENCODER_FILE = "encoder.onnx"
 HEADS_FILE = "heads.npz"
 CHECKPOINT_FILE = "model.safetensors"
 # Manifest keys describing the graph and the heads, carried unchanged into bundles derived from this one.
-CARRIED_KEYS = ("opset", "feature_dim", "inputs", "outputs", "logit_order")
+CARRIED_KEYS = ("opset", "feature_dim", "inputs", "outputs", "logit_order", "naturalness")
 # What older manifests listed among "outputs" for their compare_head.onnx graph.
 _LEGACY_COMPARE_OUTPUTS = ("logits", "logit_order")
 
@@ -49,6 +49,19 @@ def carried_meta(manifest: dict[str, Any]) -> dict[str, Any]:
         extra["outputs"] = {k: v for k, v in outputs.items() if k not in _LEGACY_COMPARE_OUTPUTS}
         extra.setdefault("logit_order", outputs.get("logit_order", list(LOGIT_ORDER)))
     return extra
+
+
+def copy_carried_files(bundle, tmp: Path) -> dict[str, str]:
+    """Copy (verified) what a derived bundle keeps of its source besides the encoder: the numpy heads and, with
+    a naturalness term, its pristine model (the score depends on it). Returns role → path inside tmp."""
+    files = {"heads": HEADS_FILE}
+    section = bundle.manifest.get("naturalness")
+    if section is not None:
+        files[section["pristine"]] = bundle.entry(section["pristine"])["path"]
+    for role, rel in files.items():
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        copy_verified(bundle, role, tmp / rel)
+    return files
 
 
 def _export_encoder(model, out: Path, opset: int) -> int:

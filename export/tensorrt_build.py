@@ -45,7 +45,7 @@ from fgresq_sdk.backends.probe import cuda_driver_version
 from fgresq_sdk.bundle import Bundle, load_bundle, sha256_file, write_manifest
 from fgresq_sdk.errors import BackendError, BundleError
 
-from .onnx_export import ENCODER_FILE, HEADS_FILE, carried_meta
+from .onnx_export import ENCODER_FILE, carried_meta, copy_carried_files
 from .staging import check_out_dir, copy_verified, staged_bundle
 
 ENGINE_RECORD_FILE = "engine.json"
@@ -176,14 +176,14 @@ def write_engine_bundle(bundle: Bundle, tmp: Path, *, engine_bytes: bytes, recor
     engine_file = engine_file_name(precision)
     (tmp / engine_file).write_bytes(engine_bytes)
     (tmp / ENGINE_RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    copy_verified(bundle, "heads", tmp / HEADS_FILE)
+    carried = copy_carried_files(bundle, tmp)
     m = bundle.manifest
     extra = carried_meta(m)
     extra["tensorrt"] = {"engine_precision": precision, "record": ENGINE_RECORD_FILE,
                          "note": f"{ENCODER_FILE} is the {bundle.precision} graph the engine was made from; "
                                  "onnxruntime runs it where the engine does not fit"}
     write_manifest(tmp, name=bundle.name, config=bundle.config,
-                   files={"encoder": ENCODER_FILE, "heads": HEADS_FILE, "engine": engine_file,
+                   files={"encoder": ENCODER_FILE, **carried, "engine": engine_file,
                           "engine_record": ENGINE_RECORD_FILE},
                    precision=bundle.precision,
                    source=f"{m.get('source')}; TensorRT {trt_version} {precision} engine "

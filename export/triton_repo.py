@@ -5,6 +5,8 @@ Layout of OUT:
     fgresq_encoder/config.pbtxt, 1/model.onnx    image [3,S,S] FP32 (preprocessed) → features [3D], score
     fgresq_encoder/model.json, heads.npz         the bundle's manifest and numpy heads: clients compare and rank
                                                  from `features` with them (fgresq_sdk.heads, the one head)
+    fgresq_encoder/niqe-pristine.json            only for a bundle with a naturalness term: `score` is the
+                                                 encoder's, clients add the term (fgresq_sdk.naturalness)
     fgresq_encoder_trt/config.pbtxt, 1/model.plan  only when the bundle has a TensorRT engine (GPU- and
                                                    TensorRT-version-specific, like the engine itself)
     fgresq_triton_repo.json                      what was exported from what (Triton reads folders only)
@@ -168,6 +170,16 @@ def export_triton_repo(bundle_dir: str | Path, out: str | Path, *, max_batch_siz
                          queue_delay_us=queue_delay_us, parameters=params), encoding="utf-8")
         copy_verified(bundle, "heads", enc / "heads.npz")
         (enc / "model.json").write_bytes((bundle.root / "model.json").read_bytes())
+        section = bundle.manifest.get("naturalness")
+        if section is not None:
+            # The graph's `score` is the encoder's; the bundle's score also has the naturalness term, which reads
+            # the same preprocessed tensor: clients add it with fgresq_sdk.naturalness and this pristine model.
+            rel = bundle.entry(section["pristine"])["path"]
+            (enc / rel).parent.mkdir(parents=True, exist_ok=True)
+            copy_verified(bundle, section["pristine"], enc / rel)
+            record["naturalness"] = {"pristine": f"{ENCODER_MODEL}/{rel}",
+                                     "note": "the `score` output lacks the bundle's naturalness term: "
+                                             "NaturalnessTerm.fuse(score, log_distance(tensor)) adds it"}
         record["models"][ENCODER_MODEL] = {"platform": "onnxruntime_onnx", "max_batch_size": max_batch_size}
         if bundle.has("engine") and bundle.has("engine_record"):
             trt_dir = tmp / TRT_MODEL

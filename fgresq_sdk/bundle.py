@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import BundleError, display_path
+from .naturalness import validate_section as validate_naturalness
 from .preprocess import PreprocessSpec
 from .verify_cache import VerifyCache, file_identity
 
@@ -124,6 +125,7 @@ def validate_manifest(manifest: Any, mpath: Path) -> dict[str, Any]:
             raise BundleError(f"{where}: score_scale must be a positive number (got {json.dumps(k)})")
     if "precision" in manifest and not isinstance(manifest["precision"], str):
         raise BundleError(f"{where}: precision must be a string")
+    validate_naturalness(manifest, where)  # the optional score term (naturalness.py)
     return manifest
 
 

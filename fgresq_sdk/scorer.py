@@ -20,6 +20,7 @@ from .bundle import Bundle, default_bundle_path, load_bundle
 from .errors import BundleError, InputError, display_path
 from .heads import CompareHeadNP
 from .crops import crop_views
+from .naturalness import NaturalnessTerm
 from .preprocess import ImageInput, load_image, preprocess
 from .ranking import Ranking
 from .verdict import PROB_KEYS, verdict
@@ -35,6 +36,7 @@ class Encoded:
     features: np.ndarray | None = None
     score: float | None = None
     error: str | None = None
+    log_distance: float | None = None  # ln of the NIQE-style distance, for bundles with a naturalness term
 
 
 @dataclass
@@ -185,6 +187,7 @@ class Scorer(ScoringMethods):
         self.backend = create_backend(backend, self.bundle, device=device, threads=threads,
                                       precision=precision, cuda_graphs=cuda_graphs, compile=compile)
         self.head = CompareHeadNP.from_npz(self.bundle.read("heads"))
+        self.naturalness = NaturalnessTerm.from_bundle(self.bundle)
         self.batch_size = max(1, int(batch_size))
         self.decode_workers = decode_workers or min(4, (os.cpu_count() or 1))
         self.encoded_images = 0  # encoder passes made so far (one per image, or per crop with crops > 1)
@@ -223,14 +226,18 @@ class Scorer(ScoringMethods):
                 crop_views(load_image(item, name), self.crops, spec)
             return np.concatenate([v, v[..., ::-1]]) if self.flip else v
 
+        term = self.naturalness
+
         def work(job):
+            """(index, name, views, error, ln d): ln d on the views the encoder reads, in the decode threads."""
             idx, item, name = job
             try:
-                return idx, name, views(item, name), None
+                v = views(item, name)
+                return idx, name, v, None, (term.log_distance(v) if term is not None else None)
             except InputError as exc:
-                return idx, name, None, exc.reason
+                return idx, name, None, exc.reason, None
             except MemoryError:
-                return idx, name, None, "out of memory while decoding"
+                return idx, name, None, "out of memory while decoding", None
 
         def jobs():
             for i, item in enumerate(items):
@@ -251,10 +258,12 @@ class Scorer(ScoringMethods):
                     q, sc = self._encode_batch(np.concatenate([d[2] for d in good]))
                     feats = q.reshape(len(good), v, -1).mean(axis=1)
                     scores = sc.reshape(len(good), v).mean(axis=1)
+                    if term is not None:
+                        scores = term.fuse(scores, np.array([d[4] for d in good]))
                 k = 0
-                for idx, name, _, err in decoded:
+                for idx, name, _, err, logd in decoded:
                     if err is None:
-                        yield Encoded(idx, name, features=feats[k], score=float(scores[k]))
+                        yield Encoded(idx, name, features=feats[k], score=float(scores[k]), log_distance=logd)
                         k += 1
                     else:
                         yield Encoded(idx, name, error=err)
@@ -269,7 +278,8 @@ class Scorer(ScoringMethods):
 
     def describe(self) -> dict:
         return {"model": self.bundle.describe(), **self.backend.describe(), "thread_safe": self.thread_safe,
-                "views": {"crops": self.crops, "flip": self.flip, "model_mirror": self.model_mirror}}
+                "views": {"crops": self.crops, "flip": self.flip, "model_mirror": self.model_mirror},
+                "naturalness": self.naturalness.describe() if self.naturalness is not None else None}
 
 
 def collect_images(root: Path, recursive: bool) -> tuple[list[Path], list[tuple[str, str]]]:

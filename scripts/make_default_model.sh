@@ -8,7 +8,7 @@
 # the centre-crop view, each image averaged with its mirror image — with towers that pool every layer's statistics,
 # 2 stage-2 epochs), epoch selection on the val photos, one polish epoch of stage 2
 # (train/configs/default-compact-v20-polish.json: the fidelity loss on the logit, weighted 20; kept if val agrees),
-# the held-out test evaluation, and
+# the naturalness term fitted on the val photos (train/fuse_naturalness.py), the held-out test evaluation, and
 # the bundle copied into fgresq_sdk/default_model/. Budget: <= 90 min on 2 CPU cores (measured: see README).
 #   bash scripts/make_default_model.sh [WORK_DIR]          # the shipped recipe (v20 = RECIPE v20 + POLISH v20-polish)
 #   RECIPE=default-compact-v8 PHOTO_SET=1 FIT_CROPS=6 VAL_CROPS=3 TEST_CROPS=2 PAIR_FRACTION=0.85 \
@@ -164,7 +164,12 @@ if [ -n "$POLISH" ]; then
 fi
 #    the score logit mapped affinely (order unchanged) so the val photos' scores spread over (0, 1)
 $PY -m fgresq_sdk.train.calibrate --checkpoint "$best" --manifest "$WORK/val" --out "$WORK/run/calibrated.safetensors" --force
-.venv/bin/fgresq-sdk export --checkpoint "$WORK/run/calibrated.safetensors" --out "$WORK/default-bundle" --force
+.venv/bin/fgresq-sdk export --checkpoint "$WORK/run/calibrated.safetensors" --out "$WORK/plain-bundle" --force
+#    the naturalness term (fgresq_sdk/naturalness.py, since 2026-12-02): the score moved by the NIQE-style distance
+#    of the encoder's view, its weight chosen by cross-content SRCC on the val photos and the fused score
+#    recalibrated there (train/fuse_naturalness.py); encoder, heads and so every comparison stay the model's
+$PY -m fgresq_sdk.train.fuse_naturalness --model "$WORK/plain-bundle" --val-manifest "$WORK/val" \
+    --out "$WORK/default-bundle" --force
 eval_both "$WORK/test" "$WORK/eval-default" "$WORK/eval-installed"
 # 5. independent check on mate-backgrounds (reserved: never used for data, selection or tuning; one file per
 #    design, 1 crop each): the new bundle and the installed default, reported only
@@ -223,7 +228,7 @@ then
   echo "the new model ranks an example of the quick start wrong: kept the installed one"
   exit 0
 fi
-rm -f fgresq_sdk/default_model/*.onnx fgresq_sdk/default_model/*.npz fgresq_sdk/default_model/model.json
+rm -f fgresq_sdk/default_model/*.onnx fgresq_sdk/default_model/*.npz fgresq_sdk/default_model/*.json
 SHIPPED_POLISH=$([ "$SHIPPED" = "$RECIPE" ] || echo "$POLISH")  # set apart: prefix assignments see each other
 BASE_RECIPE=$RECIPE RECIPE="$SHIPPED" POLISH="$SHIPPED_POLISH" \
     POLISH_PAIR_FRACTION="$POLISH_PAIR_FRACTION" POLISH_JUNK_FRACTION="$POLISH_JUNK_FRACTION" PHOTO_SET="$PHOTO_SET" SPLIT="$SPLIT" FIT_CROPS="$FIT_CROPS" VAL_CROPS="$VAL_CROPS" \
@@ -238,10 +243,10 @@ from fgresq_sdk.export.onnx_export import carried_meta
 src = load_bundle(sys.argv[1])
 dst = Path("fgresq_sdk/default_model")
 files = {}
-for role in ("encoder", "heads"):
+m = src.manifest
+for role in ("encoder", "heads") + ((m["naturalness"]["pristine"],) if "naturalness" in m else ()):
     shutil.copy2(src.path(role), dst / src.path(role).name)
     files[role] = src.path(role).name
-m = src.manifest
 extra = carried_meta(m)
 env = os.environ
 recipe = env["RECIPE"]
@@ -249,7 +254,9 @@ extra["training"] = {"recipe": f"train/configs/{recipe}.json", "script": "script
                      "checkpoint": Path(sys.argv[2]).name, "selected_by": f"best pair ACC on the val photos ({env['VAL_CROPS']} crop{'s' * (env['VAL_CROPS'] != '1')} each)"
                                     + (" and their sharpening-residue check (2 crops each)"
                                        if env.get("POLISH_RESIDUE_FRACTION") else ""),
-                     "score_calibration": "train/calibrate.py on the val photos (5th/95th logit percentiles -> 0.05/0.95)",
+                     "score_calibration": "train/calibrate.py on the val photos (5th/95th logit percentiles -> 0.05/0.95)"
+                                          + ("; with the naturalness term, train/fuse_naturalness.py on the fused logit"
+                                             if "naturalness" in m else ""),
                      "data": f"synthetic FGRestore-style (degradations v{env['FIT_DEGRADATIONS']} with hard negatives, {env['FIT_CROPS']} crops "
                              f"per photo) from the fit photos of {env['SPLIT']} (photo set {env['PHOTO_SET']}: "
                              "scikit-image + Debian packages), seed 0; ranked pairs only: a seeded "

@@ -479,43 +479,6 @@ def _check_markdown_numbers(md: str, want: dict) -> None:
             assert _cell_is(rows[m][7], want[m][task]["srcc"]), rows[m]
 
 
-def test_score_fusion_probe_rejoins_the_eval_rows(tiny_bundle, tmp_path, capsys):
-    """k = 0 is the model alone and a huge k the NIQE-style term alone: both must give back the eval's own numbers,
-    recomputed from the rows it wrote (the probe's joins by image and by (reference, junk kind) are right)."""
-    import csv
-
-    from fgresq_sdk.train import score_fusion
-    from fgresq_sdk.train.evaluate import evaluate, write_report
-
-    man = build_tiny_manifest(tmp_path / "data")
-    man.save(tmp_path / "man")
-    res = evaluate(tiny_bundle, tmp_path / "man", backend="onnxruntime")
-    write_report(res, tmp_path / "ev")
-    mdir = str(tmp_path / "man")
-    args = ["--val-eval", str(tmp_path / "ev"), "--val-manifest", mdir, "--test-eval", str(tmp_path / "ev"),
-            "--test-manifest", mdir]
-    assert score_fusion.main(args + ["--ks", "0,1e6"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    alone, niqe_only = out["rows"][0]["test"], out["rows"][1]["test"]
-    assert alone["cross_content_srcc"] == pytest.approx(res["cross_content_srcc"]["FGResQ"]["all"], abs=1e-9)
-    assert alone["junk_vs_clean"] == pytest.approx(res["junk_vs_clean"]["clean_wins"], abs=1e-9)
-    assert niqe_only["cross_content_srcc"] == pytest.approx(res["cross_content_srcc"]["NIQE (NR)"]["all"], abs=1e-9)
-    assert niqe_only["junk_vs_clean"] == pytest.approx(res["junk_vs_clean_baselines"]["NIQE (NR)"]["clean_wins"])
-    assert out["chosen_k"] in (0.0, 1e6) and out["rows"][0]["val"] == alone  # the same folder on both sides
-    # an evaluation written without the NIQE column: one line, exit 2
-    rows = list(csv.DictReader(open(tmp_path / "ev" / "eval-images.csv", newline="")))
-    old = tmp_path / "old-ev"
-    old.mkdir()
-    with open(old / "eval-images.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "NIQE (NR)"], extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    (old / "eval-junk.csv").write_bytes((tmp_path / "ev" / "eval-junk.csv").read_bytes())
-    assert score_fusion.main(args[:4] + ["--test-eval", str(old), "--test-manifest", mdir]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and str(old) in err[0] and "NIQE (NR)" in err[0]
-
-
 def test_junk_vs_clean_does_not_depend_on_where_the_data_lies(tmp_path):
     """The hard negatives are seeded by each reference's name inside the manifest: the same test set copied to
     another work folder gets the same junk and the same numbers (they were keyed by the full path, so the

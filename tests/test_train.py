@@ -1071,7 +1071,13 @@ def test_default_recipe_smoke_run(tmp_path):
     assert np.array_equal(np.argsort(after, kind="stable"), np.argsort(before, kind="stable"))
     export_bundle(load_checkpoint(save_checkpoint(model, tmp_path / "cal.safetensors", source="test")).eval(),
                   tmp_path / "bundle", source="test", include_checkpoint=False)
-    out = evaluate(tmp_path / "bundle", mans["test"])
+    # the naturalness term, fitted on val as the script does (train/fuse_naturalness.py), then the test evaluation
+    from fgresq_sdk.train.fuse_naturalness import fuse
+
+    assert "fgresq_sdk.train.fuse_naturalness --model" in script
+    fuse(tmp_path / "bundle", mans["val"], tmp_path / "fused", ks=(0.0, 1.0))
+    assert load_bundle(tmp_path / "fused").manifest["naturalness"]["fit"]["val_images"] > 0
+    out = evaluate(tmp_path / "fused", mans["test"])
     assert set(out["methods"]) >= {"FGResQ", "PSNR", "SSIM", "LapVar (NR)", "NIQE (NR)"}
     assert out["cross_content_srcc"]["FGResQ"]["all"] is not None
     impl = out["by_implementation"]  # the v2 test data names each (content, task)'s generator

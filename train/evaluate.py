@@ -62,8 +62,9 @@ PROTOCOL_NOTES = [
     "SRCC within each range; '-' = fewer than 3 items or not available.",
     "LapVar (NR): no-reference classical baseline, variance of the Laplacian of the luma (higher = sharper); "
     "a no-reference model should also be compared with no-reference peers.",
-    "NIQE (NR): opinion-unaware no-reference baseline (train/niqe.py), minus the distance of an image's "
-    "natural-scene statistics from a model of clean fit photos (higher = more natural); 64-pixel patches.",
+    "NIQE (NR): opinion-unaware no-reference baseline (fgresq_sdk/niqe.py, pristine model fitted by train/niqe.py), "
+    "minus the distance of an image's natural-scene statistics from a model of clean fit photos (higher = more "
+    "natural); 64-pixel patches, flat patches left out, an all-flat image at the maximum distance.",
     "Cross-content SRCC: SRCC over all images of a task pooled across contents and scenes, MOS scaled to [0, 1] "
     "by each scene's declared mos_range.",
     "Junk vs clean: every clean reference against five hard negatives made from every reference (pure noise, "
@@ -186,7 +187,7 @@ def _nr_functions(errors: list[dict]) -> dict[str, Callable[[np.ndarray], float]
     except (OSError, ValueError) as exc:
         errors.append({"image_id": "", "stage": "nr_baseline", "error": f"NIQE skipped: {exc}"})
     else:
-        fns["NIQE (NR)"] = lambda luma: -niqe.distance(luma, pristine)
+        fns["NIQE (NR)"] = lambda luma: -pristine.distance(luma)
     return fns
 
 

@@ -1,0 +1,178 @@
+"""The naturalness term: a bundle section that moves the score by the NIQE-style distance of the encoder's view
+(fgresq_sdk/naturalness.py), its fit on val photos (train/fuse_naturalness.py), and every writer that carries it."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fgresq_sdk.bundle import load_bundle
+from fgresq_sdk.errors import BundleError
+from fgresq_sdk.naturalness import NaturalnessTerm, score_logit
+from fgresq_sdk.niqe import FLAT_DISTANCE, Pristine, luma_of_view
+from fgresq_sdk.preprocess import preprocess
+
+from .conftest import needs_torch, photo
+
+SECTION = {"method": "niqe-log-distance", "pristine": "niqe_pristine", "weight": 2.0, "scale": 0.8, "offset": 0.3}
+
+
+@pytest.fixture(scope="module")
+def fused_bundle(tiny_bundle, tmp_path_factory) -> Path:
+    from fgresq_sdk.train.fuse_naturalness import write_fused_bundle
+    from fgresq_sdk.train.niqe import DEFAULT_PRISTINE
+
+    return write_fused_bundle(load_bundle(tiny_bundle), tmp_path_factory.mktemp("fused") / "b", DEFAULT_PRISTINE,
+                              dict(SECTION))
+
+
+def _images(tmp_path: Path) -> list[Path]:
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    arrays = {"astronaut.png": photo("astronaut"), "coffee.png": photo("coffee"),
+              "flat.png": np.full((200, 300, 3), 128, np.uint8),
+              "noise.png": rng.integers(0, 256, (240, 240, 3), dtype=np.uint8),
+              "chelsea.jpg": photo("chelsea")}
+    out = []
+    for name, a in arrays.items():
+        Image.fromarray(a).save(tmp_path / name)
+        out.append(tmp_path / name)
+    return out
+
+
+def _expected(plain_scores, paths, bundle) -> np.ndarray:
+    """The section's formula, from the plain bundle's scores and the distance of each preprocessed image."""
+    pre = bundle.preprocess
+    pristine = Pristine.from_bytes(bundle.read("niqe_pristine"))
+    out = []
+    for s, p in zip(plain_scores, paths):
+        d = pristine.distance(luma_of_view(preprocess(p, bundle.preprocess_spec), pre["mean"], pre["std"]))
+        z = SECTION["scale"] * (math.log(s / (1 - s)) - SECTION["weight"] * math.log(d)) + SECTION["offset"]
+        out.append(1 / (1 + math.exp(-z)))
+    return np.array(out)
+
+
+def test_scorer_applies_the_term_per_image_across_batches_and_bad_inputs(tiny_bundle, fused_bundle, tmp_path):
+    from fgresq_sdk.scorer import Scorer
+
+    paths = _images(tmp_path)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    items = paths[:2] + [tmp_path / "broken.png"] + paths[2:]
+    plain = Scorer(tiny_bundle, backend="onnxruntime").score(paths)
+    fused = Scorer(fused_bundle, backend="onnxruntime", batch_size=2)
+    encoded = list(fused.iter_encode(items))
+    assert encoded[2].error and encoded[2].score is None
+    got = np.array([e.score for e in encoded if e.error is None])
+    want = _expected(plain, paths, load_bundle(fused_bundle))
+    assert np.abs(got - want).max() < 1e-6
+    flat = encoded[3]
+    assert flat.log_distance == pytest.approx(math.log(FLAT_DISTANCE))
+    assert got[2] < got[[0, 1, 4]].min()  # weight 2 on ln d: the flat frame falls below the photos
+    assert fused.describe()["naturalness"]["weight"] == SECTION["weight"]
+    # features (so compare and rank) are the plain bundle's
+    np.testing.assert_allclose(fused.encode(paths)[0], Scorer(tiny_bundle, backend="onnxruntime").encode(paths)[0],
+                               atol=1e-6)
+
+
+@needs_torch
+def test_torch_backend_gives_the_same_fused_scores(fused_bundle, tmp_path):
+    from fgresq_sdk.scorer import Scorer
+
+    paths = _images(tmp_path)
+    ort = Scorer(fused_bundle, backend="onnxruntime").score(paths)
+    torch_scores = Scorer(fused_bundle, backend="torch").score(paths)
+    assert np.abs(ort - torch_scores).max() <= 1e-4
+
+
+def test_score_logit_is_clamped_where_float32_saturates():
+    z = score_logit(np.array([0.0, 0.5, 1.0], np.float32))
+    assert np.all(np.isfinite(z)) and z[1] == 0 and z[0] == pytest.approx(-z[2]) and abs(z[2]) < 17
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda s, f: s.update(method="brisque"), "naturalness.method must be 'niqe-log-distance'"),
+    (lambda s, f: s.update(pristine="nope"), "naturalness.pristine must name a file listed"),
+    (lambda s, f: s.update(weight="1"), "naturalness.weight must be a finite number"),
+    (lambda s, f: s.update(weight=-0.5), "weight ≥ 0 and scale > 0"),
+    (lambda s, f: s.update(scale=0), "weight ≥ 0 and scale > 0"),
+    (lambda s, f: s.pop("offset"), "naturalness.offset must be a finite number"),
+])
+def test_malformed_sections_are_one_line_bundle_errors(fused_bundle, tmp_path, change, match):
+    b = tmp_path / "b"
+    shutil.copytree(fused_bundle, b)
+    m = json.loads((b / "model.json").read_text())
+    change(m["naturalness"], m["files"])
+    (b / "model.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=match) as exc:
+        load_bundle(b)
+    assert "\n" not in str(exc.value) and "model.json" in str(exc.value)
+
+
+def test_a_replaced_or_unusable_pristine_file_is_refused(fused_bundle, tmp_path):
+    from fgresq_sdk.scorer import Scorer
+
+    b = tmp_path / "b"
+    shutil.copytree(fused_bundle, b)
+    raw = json.loads((b / "niqe-pristine.json").read_text())
+    raw["cov"][0][0] = -1.0
+    (b / "niqe-pristine.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="sha256 mismatch"):
+        Scorer(b, backend="onnxruntime")
+    with pytest.raises(BundleError, match="niqe-pristine.json: covariance is not positive definite"):
+        Scorer(b, backend="onnxruntime", verify=False)
+
+
+def test_derived_and_repository_exports_carry_the_term(fused_bundle, tmp_path):
+    from fgresq_sdk.export.quantize import quantize_bundle
+    from fgresq_sdk.export.triton_repo import export_triton_repo
+    from fgresq_sdk.scorer import Scorer
+
+    int8 = load_bundle(quantize_bundle(fused_bundle, tmp_path / "int8", validate=False))
+    assert int8.manifest["naturalness"] == load_bundle(fused_bundle).manifest["naturalness"]
+    assert Scorer(int8, backend="onnxruntime").naturalness is not None
+    repo = export_triton_repo(fused_bundle, tmp_path / "repo")
+    record = json.loads((repo / "fgresq_triton_repo.json").read_text())
+    pristine = repo / record["naturalness"]["pristine"]
+    assert pristine.read_bytes() == (fused_bundle / "niqe-pristine.json").read_bytes()
+
+
+@needs_torch
+def test_fit_on_val_photos_writes_a_calibrated_bundle_and_leaves_the_model_alone(tiny_bundle, tmp_path, capsys):
+    from fgresq_sdk.scorer import Scorer
+    from fgresq_sdk.train import fuse_naturalness
+
+    from .test_eval import build_tiny_manifest
+
+    build_tiny_manifest(tmp_path / "data").save(tmp_path / "val")
+    out = tmp_path / "fused"
+    args = ["--model", str(tiny_bundle), "--val-manifest", str(tmp_path / "val"), "--out", str(out), "--ks", "0,1,3"]
+    assert fuse_naturalness.main(args) == 0
+    fused = load_bundle(out)
+    sec = fused.manifest["naturalness"]
+    assert sec["fit"]["k"] in (0.0, 1.0, 3.0) and sec["weight"] == pytest.approx(sec["fit"]["k"] * sec["fit"]["weight_per_k"])
+    best = max(r["val_cross_content_srcc"] for r in sec["fit"]["grid"])
+    assert [r["val_cross_content_srcc"] for r in sec["fit"]["grid"] if r["k"] == sec["fit"]["k"]] == [best]
+    for role in ("encoder", "heads"):
+        assert (out / fused.entry(role)["path"]).read_bytes() == (tiny_bundle / fused.entry(role)["path"]).read_bytes()
+    # recalibrated: the val images' fused scores have their 5th / 95th percentile logits at 0.05 / 0.95
+    from fgresq_sdk.train.manifest import Manifest
+
+    man = Manifest.load(tmp_path / "val")
+    scores = Scorer(out, backend="onnxruntime").score([man.image_path(i) for i in man.images])
+    p5, p95 = np.percentile(score_logit(scores), [5, 95])
+    assert (p5, p95) == pytest.approx((math.log(0.05 / 0.95), math.log(0.95 / 0.05)), abs=1e-4)
+    # a second fit on the fused bundle, or over a folder that is not a bundle: one line, nothing written
+    capsys.readouterr()
+    assert fuse_naturalness.main(["--model", str(out)] + args[2:4] + ["--out", str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already has a naturalness term" in err[0] and not (tmp_path / "again").exists()
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    assert fuse_naturalness.main(args[:4] + ["--out", str(keep)]) == 2
+    assert (keep / "notes.txt").read_text() == "mine"
