@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from .errors import BundleError
-from .niqe import Pristine, luma_of_view
+from .niqe import PATCH, Pristine, luma_of_view
+from .preprocess import PreprocessSpec
 
 SECTION = "naturalness"
 METHOD = "niqe-log-distance"
@@ -35,7 +36,10 @@ _SCORE_CLAMP = 1e-7  # a float32 score's logit is only known to about ±16
 
 
 def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    try:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    except OverflowError:  # an integer beyond float range
+        return False
 
 
 def validate_section(manifest: dict, where: str) -> None:
@@ -56,6 +60,9 @@ def validate_section(manifest: dict, where: str) -> None:
             raise BundleError(f"{where}: {SECTION}.{key} must be a finite number")
     if sec["weight"] < 0 or sec["scale"] <= 0:
         raise BundleError(f"{where}: {SECTION} needs weight ≥ 0 and scale > 0")
+    size = PreprocessSpec.from_dict(manifest["preprocess"], where=where).size
+    if size < PATCH:  # refused at load, not at the first image
+        raise BundleError(f"{where}: {SECTION} needs a model input of at least {PATCH} px (preprocess size {size})")
 
 
 def score_logit(score: np.ndarray | float) -> np.ndarray:
@@ -84,9 +91,9 @@ class NaturalnessTerm:
             pristine = Pristine.from_bytes(data, where=str(bundle.path(sec["pristine"])))
         except ValueError as exc:
             raise BundleError(str(exc)) from None
-        spec = bundle.preprocess
+        spec = bundle.preprocess_spec  # mean/std with the legacy defaults where the manifest has none
         return cls(pristine, float(sec["weight"]), float(sec["scale"]), float(sec["offset"]),
-                   tuple(spec["mean"]), tuple(spec["std"]))
+                   tuple(spec.mean), tuple(spec.std))
 
     def log_distance(self, views: np.ndarray) -> float:
         """Mean ln d over the views [V, 3, S, S] (normalised model inputs) of one image."""

@@ -170,7 +170,9 @@ class Pristine:
             raise ValueError(f"{where}: mean/cov are not numbers") from None
         if mean.shape != (N_FEATURES,) or cov.shape != (N_FEATURES, N_FEATURES) or patch != PATCH:
             raise ValueError(f"{where}: needs a {N_FEATURES}-feature mean and covariance with {PATCH}-px patches")
-        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(cov)) and np.allclose(cov, cov.T)):
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(cov))):
+            raise ValueError(f"{where}: mean/cov are not finite")
+        if not np.allclose(cov, cov.T):
             raise ValueError(f"{where}: covariance is not a finite symmetric matrix")
         try:
             np.linalg.cholesky(cov)

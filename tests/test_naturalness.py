@@ -95,18 +95,20 @@ def test_score_logit_is_clamped_where_float32_saturates():
 
 
 @pytest.mark.parametrize("change,match", [
-    (lambda s, f: s.update(method="brisque"), "naturalness.method must be 'niqe-log-distance'"),
-    (lambda s, f: s.update(pristine="nope"), "naturalness.pristine must name a file listed"),
-    (lambda s, f: s.update(weight="1"), "naturalness.weight must be a finite number"),
-    (lambda s, f: s.update(weight=-0.5), "weight ≥ 0 and scale > 0"),
-    (lambda s, f: s.update(scale=0), "weight ≥ 0 and scale > 0"),
-    (lambda s, f: s.pop("offset"), "naturalness.offset must be a finite number"),
+    (lambda m: m["naturalness"].update(method="brisque"), "naturalness.method must be 'niqe-log-distance'"),
+    (lambda m: m["naturalness"].update(pristine="nope"), "naturalness.pristine must name a file listed"),
+    (lambda m: m["naturalness"].update(weight="1"), "naturalness.weight must be a finite number"),
+    (lambda m: m["naturalness"].update(weight=10 ** 400), "naturalness.weight must be a finite number"),
+    (lambda m: m["naturalness"].update(weight=-0.5), "weight ≥ 0 and scale > 0"),
+    (lambda m: m["naturalness"].update(scale=0), "weight ≥ 0 and scale > 0"),
+    (lambda m: m["naturalness"].pop("offset"), "naturalness.offset must be a finite number"),
+    (lambda m: m.update(preprocess={"size": 32}), r"at least 64 px \(preprocess size 32\)"),
 ])
 def test_malformed_sections_are_one_line_bundle_errors(fused_bundle, tmp_path, change, match):
     b = tmp_path / "b"
     shutil.copytree(fused_bundle, b)
     m = json.loads((b / "model.json").read_text())
-    change(m["naturalness"], m["files"])
+    change(m)
     (b / "model.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match=match) as exc:
         load_bundle(b)

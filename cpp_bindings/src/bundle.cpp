@@ -227,6 +227,49 @@ std::string json_text(const Json* v) {
   return out;
 }
 
+// Python's repr() of a value json.loads gave (None, True, 3, 1.5, 'text', [...], {...}), cut after kMaxShown
+// characters: validate_section quotes values with !r.
+void py_value(const Json& v, std::string& out) {
+  if (out.size() > kMaxShown) return;
+  switch (v.type) {
+    case Json::Type::Null: out += "None"; return;
+    case Json::Type::Bool: out += v.boolean ? "True" : "False"; return;
+    case Json::Type::Number:
+      if (v.integer) out += v.string == "-0" ? "0" : v.string;
+      else out += py_float(v.number);
+      return;
+    case Json::Type::String: out += py_repr(v.string); return;
+    case Json::Type::Array:
+      out += '[';
+      for (size_t k = 0; k < v.array.size() && out.size() <= kMaxShown; ++k) {
+        if (k) out += ", ";
+        py_value(v.array[k], out);
+      }
+      out += ']';
+      return;
+    case Json::Type::Object:
+      out += '{';
+      for (size_t k = 0; k < v.object.size() && out.size() <= kMaxShown; ++k) {
+        if (k) out += ", ";
+        out += py_repr(v.object[k].first) + ": ";
+        py_value(v.object[k].second, out);
+      }
+      out += '}';
+      return;
+  }
+}
+
+std::string py_value_text(const Json* v) {
+  if (!v) return "None";  // Python: sec.get(key) is None
+  std::string out;
+  py_value(*v, out);
+  if (out.size() > kMaxShown) {
+    out.resize(kMaxShown);
+    out += kEllipsis;
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------- the schema
 
 // A manifest path must name a file below the bundle folder, spelled portably ('/' separators only).
@@ -352,6 +395,56 @@ void read_preprocess(const Json& pre, const std::string& ms, PreprocessSpec& spe
   } else if (rsize[0] != s || rsize[1] != s) {
     corrupt(ms + ": preprocess.resize.size " + pair_text(rsize) + " must be " + pair_text(want) +
             " (preprocess.size, when there is no crop)");
+  }
+}
+
+// ---------------------------------------------------------------- the naturalness term
+
+constexpr const char* kNaturalness = "naturalness";
+constexpr const char* kNaturalnessMethod = "niqe-log-distance";
+
+// fgresq_sdk.naturalness.validate_section, same order and wording ("upgrade fgresq", as the format check says
+// for this library). Returns the term without its pristine model (read with the other files) and fills
+// `role` with the pristine file's role. An unknown method string is UNSUPPORTED, like an unknown preprocess
+// method: the bundle is newer than this library.
+niqe::Term check_naturalness(const Json& m, const Json& sec, const std::string& ms, std::string& role) {
+  const std::string n = kNaturalness;
+  if (!sec.is_object()) corrupt(ms + ": '" + n + "' is not an object");
+  const Json* method = sec.get("method");
+  if (!method || !method->is_string() || method->string != kNaturalnessMethod)
+    throw Error(method && method->is_string() ? FGRESQ_UNSUPPORTED : FGRESQ_CORRUPTED,
+                ms + ": " + n + ".method must be '" + kNaturalnessMethod + "' (got " + py_value_text(method) +
+                    "); upgrade fgresq if the bundle is newer");
+  const Json* pristine = sec.get("pristine");
+  if (!pristine || !pristine->is_string() || !m.get("files")->get(pristine->string))
+    corrupt(ms + ": " + n + ".pristine must name a file listed in 'files' (got " + py_value_text(pristine) + ")");
+  role = pristine->string;
+  for (const char* key : {"weight", "scale", "offset"}) {
+    const Json* v = sec.get(key);  // _finite: int or float, never a bool (JSON numbers here are finite)
+    if (!v || !v->is_number() || !std::isfinite(v->number))
+      corrupt(ms + ": " + n + "." + key + " must be a finite number");
+  }
+  niqe::Term term;
+  term.weight = sec.get("weight")->number;
+  term.scale = sec.get("scale")->number;
+  term.offset = sec.get("offset")->number;
+  if (term.weight < 0 || term.scale <= 0) corrupt(ms + ": " + n + " needs weight \xE2\x89\xA5 0 and scale > 0");
+  return term;
+}
+
+// The preprocess mean/std as the JSON doubles (the term undoes the normalisation in float64, as
+// luma_of_view does with the manifest's numbers); the defaults where the manifest has none.
+void read_norm(const Json& pre, niqe::Term& term) {
+  const double mean[3] = {0.48145466, 0.4578275, 0.40821073}, stdv[3] = {0.26862954, 0.26130258, 0.27577711};
+  for (int c = 0; c < 3; ++c) {
+    term.mean[c] = mean[c];
+    term.stdv[c] = stdv[c];
+  }
+  const Json* m = pre.get("mean");
+  const Json* s = pre.get("std");
+  for (size_t c = 0; c < 3; ++c) {  // read_triple validated both when present (3 numbers)
+    if (m && m->is_array() && m->array.size() == 3) term.mean[c] = m->array[c].number;
+    if (s && s->is_array() && s->array.size() == 3) term.stdv[c] = s->array[c].number;
   }
 }
 
@@ -514,6 +607,14 @@ LoadedBundle load_bundle(const std::string& path, bool verify) {
   read_preprocess(*pre, ms, info.pre);
   const Json* precision = m.get("precision");
   if (precision && !precision->is_string()) corrupt(ms + ": precision must be a string");
+  std::string pristine_role;  // the naturalness term's pristine file, when the bundle has the term
+  if (const Json* nat = m.get(kNaturalness)) {
+    info.naturalness = check_naturalness(m, *nat, ms, pristine_role);
+    if (info.pre.size < niqe::kPatch)  // refused at load, not at the first image (as validate_section)
+      corrupt(ms + ": naturalness needs a model input of at least " + std::to_string(niqe::kPatch) +
+              " px (preprocess size " + std::to_string(info.pre.size) + ")");
+    read_norm(*pre, *info.naturalness);
+  }
   info.precision = precision ? precision->string : "fp32";
   const Json* cfg = m.get("config");
   if (const Json* n = m.get("name"); n && n->is_string()) info.name = n->string;
@@ -529,9 +630,15 @@ LoadedBundle load_bundle(const std::string& path, bool verify) {
   if (ec) throw Error(FGRESQ_NOT_FOUND, rs + ": cannot resolve the bundle folder (" + ec.message() + ")");
   std::vector<fs::path> reals;
   for (const Entry& e : entries) reals.push_back(resolve_entry(e, root, real_root));
+  std::vector<uint8_t> pristine_bytes;
+  std::string pristine_path;
   for (size_t k = 0; k < entries.size(); ++k) {
     const Entry& e = entries[k];
-    std::vector<uint8_t>* dst = e.role == "encoder" ? &out.encoder_bytes : e.role == "heads" ? &out.heads_bytes : nullptr;
+    const bool pristine = !pristine_role.empty() && e.role == pristine_role;
+    std::vector<uint8_t>* dst = e.role == "encoder" ? &out.encoder_bytes
+                                : e.role == "heads" ? &out.heads_bytes
+                                : pristine          ? &pristine_bytes
+                                                    : nullptr;
     if (!dst) continue;  // checkpoint, compare_head, engine...: never opened here, so neither read nor hashed
     const std::string ps = display(root / e.rel);
     *dst = read_entry(e, reals[k], real_root, ps);
@@ -541,7 +648,20 @@ LoadedBundle load_bundle(const std::string& path, bool verify) {
         corrupt(ps + ": sha256 mismatch (file is corrupted or was replaced; expected " + e.sha256.substr(0, 12) +
                 kEllipsis + ", got " + digest.substr(0, 12) + kEllipsis + ")");
     }
-    (e.role == "encoder" ? info.encoder_path : info.heads_path) = ps;
+    if (e.role == "encoder") info.encoder_path = ps;
+    else if (e.role == "heads") info.heads_path = ps;
+    if (pristine) pristine_path = ps;
+  }
+  if (info.naturalness) {
+    // A section naming the encoder or the heads as its pristine file gets those bytes (and refuses them).
+    const std::vector<uint8_t>& bytes = pristine_role == "encoder" ? out.encoder_bytes
+                                        : pristine_role == "heads" ? out.heads_bytes
+                                                                   : pristine_bytes;
+    niqe::Term& term = *info.naturalness;
+    term.pristine_path = pristine_role == "encoder" ? info.encoder_path
+                         : pristine_role == "heads" ? info.heads_path
+                                                    : pristine_path;
+    term.pristine = niqe::parse_pristine(bytes.data(), bytes.size(), term.pristine_path);
   }
   return out;
 }

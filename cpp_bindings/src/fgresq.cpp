@@ -73,7 +73,16 @@ fgresq::detail::CompareHead load_head(const std::vector<uint8_t>& bytes, const s
   return h;
 }
 
-// Preprocess + encode images[0..n) in batches of model->batch_size.
+// A bundle with a naturalness term scores each image as the Python Scorer does: its encoder score fused with
+// ln d, the NIQE-style distance of the very tensor the encoder read. Features are never touched.
+void fuse_scores(const fgresq::detail::niqe::Term& term, const float* x, size_t b, int size, float* scores) {
+  const size_t per = 3 * size_t(size) * size_t(size);
+  for (size_t k = 0; k < b; ++k)
+    scores[k] = static_cast<float>(term.fuse(scores[k], term.log_distance(x + k * per, size)));
+}
+
+// Preprocess + encode images[0..n) in batches of model->batch_size; scores with the bundle's naturalness
+// term when it has one (only computed when scores are asked for: compare needs features alone).
 void encode_images(const fgresq_model* m, const fgresq_image* images, size_t n, float* features, float* scores,
                    const char* label = "image") {
   const int s = m->info.pre.size;
@@ -93,6 +102,7 @@ void encode_images(const fgresq_model* m, const fgresq_image* images, size_t n, 
     feat_buf.resize(b * f);
     score_buf.resize(b);
     m->encoder->encode(x.data(), b, feat_buf.data(), score_buf.data());
+    if (scores && m->info.naturalness) fuse_scores(*m->info.naturalness, x.data(), b, s, score_buf.data());
     if (features) std::memcpy(features + start * f, feat_buf.data(), b * f * sizeof(float));
     if (scores) std::memcpy(scores + start, score_buf.data(), b * sizeof(float));
   }

@@ -30,6 +30,16 @@ Writes into OUT:
                            mean/std in numpy (float32 [3,224,224])
   cv2/resize.tsv           name  width  height: cv2/<name>_<width>x<height>.u8 holds cv2.resize(rgb, (width,
                            height), INTER_LINEAR) (HWC uint8), the full resize before any crop
+  bundle_niqe/             the bundle with the naturalness term (fgresq_sdk/naturalness.py), written by
+                           fgresq_sdk.train.fuse_naturalness.write_fused_bundle with the shipped pristine model and
+                           the fixed section NIQE_SECTION (weights that visibly move the scores)
+  niqe/cases.tsv           name  width  height  channels  expected score (bundle_niqe's Scorer.score: fused) for the
+                           parity cases plus a flat gray frame (all patches flat: d = 1e4) and a noise frame;
+                           niqe/images/<name>.raw their pixels, niqe/pre/<name>.f32 the model input the term reads
+                           (float32 [3,S,S]), niqe/logd.tsv  name  ln d  (Encoded.log_distance)
+  niqe/distances.tsv       name  rows  cols  distance: fgresq_sdk.niqe.Pristine.distance (the shipped pristine
+                           model) of the float64 lumas niqe/lumas/<name>.f64 (rows packed): a photo, a noisy one,
+                           a flat one (exactly 1e4), a partly flat one, an odd-sized crop, a single patch
   release/                 release parity, against the INDEPENDENT reference of tests/official_format.py (not
                            the SDK's model code): FGResQ.pth in the authors' released format (official_state,
                            TINY towers), bundle/ = `fgresq-sdk import-official FGResQ.pth --config fgresq-vit-tiny`
@@ -353,6 +363,71 @@ def write_file_data(out: Path, scorer, imgs: dict[str, np.ndarray]) -> None:
         write_compare(d / fname, scorer, paths, FILE_PAIRS, raw)
 
 
+# The term's section for the test bundle: weights that visibly move every score while keeping the fused
+# scores away from 0 and 1 (where an absolute tolerance would say little).
+NIQE_SECTION = {"method": "niqe-log-distance", "pristine": "niqe_pristine", "weight": 1.3, "scale": 0.5,
+                "offset": 3.0}
+
+
+def niqe_lumas() -> dict[str, np.ndarray]:
+    """0-255 float64 lumas for the distance parity: each exercises one branch of fgresq_sdk/niqe.py."""
+    rng = np.random.default_rng(5)
+    cam = photo("camera").astype(np.float64)  # 512x512
+    return {
+        "photo": cam,
+        "noisy": np.clip(cam + rng.normal(0.0, 25.0, cam.shape), 0.0, 255.0),
+        "flat": np.full((200, 300), 128.0),                                            # every patch flat: 1e4
+        "part_flat": np.concatenate([np.full((128, 128), 90.0), cam[:128, :128]], axis=1),  # half the patches flat
+        "odd_crop": cam[:301, :203] * 0.7 + 3.3,   # odd sizes: partial patches and an odd half dropped
+        "single_patch": cam[100:164, 200:264],     # one patch kept: zero image covariance
+    }
+
+
+def write_niqe_data(out: Path, bundle: Path, imgs: dict[str, np.ndarray]) -> None:
+    """The naturalness term: a fused copy of the test bundle, its Python scores and ln d, and NIQE distances."""
+    from fgresq_sdk.bundle import load_bundle
+    from fgresq_sdk.niqe import Pristine
+    from fgresq_sdk.preprocess import preprocess
+    from fgresq_sdk.scorer import Scorer
+    from fgresq_sdk.train.fuse_naturalness import write_fused_bundle
+    from fgresq_sdk.train.niqe import DEFAULT_PRISTINE
+
+    d = out / "niqe"
+    shutil.rmtree(d, ignore_errors=True)
+    for sub in ("images", "pre", "lumas"):
+        (d / sub).mkdir(parents=True)
+    fused = write_fused_bundle(load_bundle(bundle), out / "bundle_niqe", DEFAULT_PRISTINE, dict(NIQE_SECTION),
+                               force=True)
+    scorer = Scorer(fused, backend="onnxruntime")
+    assert scorer.naturalness is not None, "the fused bundle has no naturalness term"
+    rng = np.random.default_rng(6)
+    cases = dict(imgs)
+    cases["flat_gray_96x80"] = np.full((80, 96, 3), 128, np.uint8)
+    cases["noise_224x224"] = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    names, arrays = list(cases), list(cases.values())
+    scores = scorer.score(arrays)
+    logd = {e.name: e.log_distance for e in scorer.iter_encode(arrays, names=names)}
+    plain = Scorer(bundle, backend="onnxruntime").score(arrays)
+    pre_cfg = scorer.bundle.preprocess
+    with open(d / "cases.tsv", "w") as f, open(d / "logd.tsv", "w") as g:
+        for name, arr, s in zip(names, arrays, scores):
+            ch = 1 if arr.ndim == 2 else arr.shape[2]
+            (d / "images" / f"{name}.raw").write_bytes(np.ascontiguousarray(arr).tobytes())
+            (d / "pre" / f"{name}.f32").write_bytes(preprocess(arr, pre_cfg).astype("<f4").tobytes())
+            f.write(f"{name}\t{arr.shape[1]}\t{arr.shape[0]}\t{ch}\t{float(s)!r}\n")
+            g.write(f"{name}\t{logd[name]!r}\n")
+    moved = np.abs(scores.astype(np.float64) - plain)[:len(imgs)]  # the flat frame sits near 0 either way
+    assert moved.min() > 1e-2, f"the term hardly moves some scores ({moved.min():.3g}); the test would prove little"
+    pristine = Pristine.from_bytes(DEFAULT_PRISTINE.read_bytes(), where=str(DEFAULT_PRISTINE))
+    with open(d / "distances.tsv", "w") as f:
+        for name, luma in niqe_lumas().items():
+            luma = np.ascontiguousarray(luma, np.float64)
+            (d / "lumas" / f"{name}.f64").write_bytes(luma.astype("<f8").tobytes())
+            f.write(f"{name}\t{luma.shape[0]}\t{luma.shape[1]}\t{pristine.distance(luma)!r}\n")
+    print(f"niqe: {len(names)} fused scores (moved by {moved.min():.3f}..{moved.max():.3f}), "
+          f"ln d {min(logd.values()):.3f}..{max(logd.values()):.3f}")
+
+
 def write_example_images(out: Path, imgs: dict[str, np.ndarray]) -> None:
     """Binary PPM/PGM files, the format examples/fgresq_example.cpp reads."""
     d = out / "example"
@@ -403,6 +478,7 @@ def main() -> int:
 
     write_file_data(out, scorer, imgs)
     write_example_images(out, imgs)
+    write_niqe_data(out, bundle, imgs)
 
     # The official preprocess spec (import-official's default) and the explicit legacy one, on the same model.
     base = {k: v for k, v in pre_cfg.items() if k in ("size", "mean", "std")}

@@ -291,6 +291,117 @@ int main(int argc, char** argv) {
       fs::remove_all(b);
     }
   }
+  // ---- The naturalness term (bundle_niqe): its section is checked like validate_section (same wording; the
+  // C++ says "upgrade fgresq"), its pristine file like any read file (sha256) and like Pristine.from_dict.
+  {
+    const fs::path nbundle = dir / "bundle_niqe";
+    const std::string text = read_text(nbundle / "model.json");
+    const std::string ms = "/model.json: ";
+    const std::string sec = "\n  \"naturalness\"";  // replacements inside the section only
+    const std::string weights = "naturalness needs weight \xE2\x89\xA5 0 and scale > 0";
+    struct NiqeCase {
+      const char* name;
+      std::string manifest;
+      fgresq_status status;
+      std::string part;
+    };
+    const std::vector<NiqeCase> cases = {
+        {"niqe_not_object", replaced(text, "\"naturalness\": {", "\"naturalness\": [1], \"naturalness_was\": {"),
+         FGRESQ_CORRUPTED, ms + "'naturalness' is not an object"},
+        {"niqe_method_unknown", replaced(text, "\"niqe-log-distance\"", "\"brisque\"", sec), FGRESQ_UNSUPPORTED,
+         ms + "naturalness.method must be 'niqe-log-distance' (got 'brisque'); upgrade fgresq if the bundle is newer"},
+        {"niqe_method_number", replaced(text, "\"niqe-log-distance\"", "2", sec), FGRESQ_CORRUPTED,
+         ms + "naturalness.method must be 'niqe-log-distance' (got 2)"},
+        {"niqe_method_missing", replaced(text, "\"method\": ", "\"method_was\": ", sec), FGRESQ_CORRUPTED,
+         ms + "naturalness.method must be 'niqe-log-distance' (got None)"},
+        {"niqe_role_unlisted", replaced(text, "\"pristine\": \"niqe_pristine\"", "\"pristine\": \"niqe_model\"", sec),
+         FGRESQ_CORRUPTED, ms + "naturalness.pristine must name a file listed in 'files' (got 'niqe_model')"},
+        {"niqe_role_list", replaced(text, "\"pristine\": \"niqe_pristine\"", "\"pristine\": [\"niqe_pristine\", true]", sec),
+         FGRESQ_CORRUPTED, ms + "naturalness.pristine must name a file listed in 'files' (got ['niqe_pristine', True])"},
+        {"niqe_weight_bool", replaced(text, "\"weight\": 1.3", "\"weight\": true", sec), FGRESQ_CORRUPTED,
+         ms + "naturalness.weight must be a finite number"},
+        {"niqe_weight_string", replaced(text, "\"weight\": 1.3", "\"weight\": \"1.3\"", sec), FGRESQ_CORRUPTED,
+         ms + "naturalness.weight must be a finite number"},
+        {"niqe_offset_missing", replaced(text, "\"offset\": ", "\"offset_was\": ", sec), FGRESQ_CORRUPTED,
+         ms + "naturalness.offset must be a finite number"},
+        // Python reads 1e999 as inf ("must be a finite number"); this library's JSON reader refuses the number.
+        {"niqe_weight_overflow", replaced(text, "\"weight\": 1.3", "\"weight\": 1e999", sec), FGRESQ_CORRUPTED,
+         ms + "manifest is not valid JSON (number out of range"},
+        {"niqe_weight_negative", replaced(text, "\"weight\": 1.3", "\"weight\": -1.3", sec), FGRESQ_CORRUPTED, ms + weights},
+        {"niqe_scale_zero", replaced(text, "\"scale\": 0.5", "\"scale\": 0", sec), FGRESQ_CORRUPTED, ms + weights},
+        {"niqe_scale_negative", replaced(text, "\"scale\": 0.5", "\"scale\": -0.5", sec), FGRESQ_CORRUPTED, ms + weights},
+        // NIQE reads 64-px patches of the model's input: a smaller input is refused at load, as in Python.
+        {"niqe_input_small", replaced(text, "\"size\": 224", "\"size\": 32", "\n  \"preprocess\""), FGRESQ_CORRUPTED,
+         ms + "naturalness needs a model input of at least 64 px (preprocess size 32)"},
+        // A listed role that is no pristine model: read (and hashed) like any file, then refused as one.
+        {"niqe_role_heads", replaced(text, "\"pristine\": \"niqe_pristine\"", "\"pristine\": \"heads\"", sec),
+         FGRESQ_CORRUPTED, "/heads.npz: not valid JSON ("},
+    };
+    for (const NiqeCase& c : cases) {
+      fs::path b = variant(nbundle, work, c.name, c.manifest);
+      m = nullptr;
+      fgresq_status st = fgresq_open(b.string().c_str(), nullptr, &m);
+      std::string msg = fgresq_last_error();
+      CHECK_MSG(st == c.status, "%s: fgresq_open returned %s (%s)", c.name, fgresq_status_string(st), msg.c_str());
+      CHECK_MSG(contains(msg, c.part), "%s: message '%s' lacks '%s'", c.name, msg.c_str(), c.part.c_str());
+      CHECK_MSG(msg.find('\n') == std::string::npos, "%s: message is not one line", c.name);
+      CHECK(m == nullptr);
+      fs::remove_all(b);
+    }
+    // Extra keys in the section (the fit's record) and weight 0 are fine.
+    {
+      std::string ok = replaced(text, "\"weight\": 1.3", "\"weight\": 0, \"fit\": {\"k\": 0.5}", sec);
+      fs::path b = variant(nbundle, work, "niqe_fit_key", ok);
+      CHECK_MSG(fgresq_open(b.string().c_str(), nullptr, &m) == FGRESQ_OK, "extra key: %s", fgresq_last_error());
+      fgresq_close(m);
+      m = nullptr;
+    }
+    // The pristine file: tampered (sha256), missing, and with verify off its content rules.
+    const std::string pf = "niqe-pristine.json";
+    fs::path b = copy_bundle(nbundle, work / "niqe_pristine");
+    flip_byte(b / pf, 200);
+    EXPECT_STATUS(fgresq_open(b.string().c_str(), nullptr, &m), FGRESQ_CORRUPTED,
+                  pf + ": sha256 mismatch (file is corrupted or was replaced; expected");
+    CHECK(m == nullptr);
+    fs::remove(b / pf);
+    EXPECT_STATUS(fgresq_open(b.string().c_str(), nullptr, &m), FGRESQ_NOT_FOUND,
+                  pf + ": file listed in model.json as 'niqe_pristine' is missing");
+    // Pristine files with a 36-feature mean and a covariance c·I (+ one asymmetric entry), as text.
+    auto pristine = [](double diag, double asym, const std::string& format) {
+      std::string mean, cov;
+      for (int i = 0; i < 36; ++i) {
+        mean += std::string(i ? ", " : "") + "0.5";
+        cov += std::string(i ? ", " : "") + "[";
+        for (int j = 0; j < 36; ++j)
+          cov += std::string(j ? ", " : "") + std::to_string(i == j ? diag : (i == 0 && j == 1 ? asym : 0.0));
+        cov += "]";
+      }
+      return "{\"format\": \"" + format + "\", \"patch\": 64, \"mean\": [" + mean + "], \"cov\": [" + cov + "]}";
+    };
+    const std::string fmt = "fgresq-niqe-pristine/1";
+    const std::vector<std::pair<std::string, std::string>> contents = {
+        {pristine(0.0, 0.0, fmt), pf + ": covariance is not positive definite"},
+        {pristine(1.0, 0.5, fmt), pf + ": covariance is not a finite symmetric matrix"},
+        {pristine(1.0, 0.0, "fgresq-niqe-pristine/9"), pf + ": not a fgresq-niqe-pristine/1 file"},
+        {replaced(pristine(1.0, 0.0, fmt), "\"patch\": 64", "\"patch\": 96"),
+         pf + ": needs a 36-feature mean and covariance with 64-px patches"},
+        {replaced(pristine(1.0, 0.0, fmt), "\"mean\": [0.5", "\"mean\": [\"0.5\""), pf + ": mean/cov are not numbers"},
+        {"{\"format\": NaN}", pf + ": not valid JSON ("},
+    };
+    for (const auto& [content, part] : contents) {
+      write_text(b / pf, content);
+      EXPECT_STATUS(fgresq_open(b.string().c_str(), &noverify_defaults(), &m), FGRESQ_CORRUPTED, part);
+      CHECK(m == nullptr);
+      CHECK(std::string(fgresq_last_error()).find('\n') == std::string::npos);
+    }
+    // A valid pristine model of its own opens with verify off (and is refused by its sha256 with verify on).
+    write_text(b / pf, pristine(1.0, 0.0, fmt));
+    CHECK_MSG(fgresq_open(b.string().c_str(), &noverify_defaults(), &m) == FGRESQ_OK, "own pristine: %s",
+              fgresq_last_error());
+    fgresq_close(m);
+    m = nullptr;
+    EXPECT_STATUS(fgresq_open(b.string().c_str(), nullptr, &m), FGRESQ_CORRUPTED, pf + ": sha256 mismatch");
+  }
   // A symlink inside the bundle that points outside it is refused; one that stays inside is fine.
   {
     const std::string refused = "heads.npz: file listed in model.json as 'heads' resolves outside the bundle folder (refused)";

@@ -154,11 +154,65 @@ int main(int argc, char** argv) {
     CHECK(false);
   }
 
+  // The naturalness term (bundle_niqe: the same graphs plus model.json "naturalness"): every score path gives
+  // Python's fused scores; the features, and so compare, stay the encoder's.
+  double max_fused = 0.0, min_moved = 1.0;
+  size_t n_fused = 0;
+  {
+    const auto ncases = load_cases(dir + "/niqe");
+    const auto nimages = images_of(ncases);
+    n_fused = ncases.size();
+    fgresq_model* mn = open_or_die(dir + "/bundle_niqe");
+    std::vector<float> fused;
+    max_fused = check_scores(mn, ncases, fused, 1e-5, "Python (naturalness term)");
+    // The bundle without the term still gives the encoder's scores, visibly different from the fused ones.
+    std::vector<float> plain(n_fused);
+    CHECK(fgresq_score(m, nimages.data(), n_fused, plain.data()) == FGRESQ_OK);
+    for (size_t i = 0; i < cases.size() && i < n_fused; ++i) {
+      CHECK_MSG(std::fabs(plain[i] - scores[i]) <= 1e-6, "%s: plain bundle %.8f vs %.8f", cases[i].name.c_str(),
+                plain[i], scores[i]);
+      min_moved = std::min(min_moved, double(std::fabs(fused[i] - plain[i])));
+    }
+    CHECK_MSG(min_moved > 1e-2, "the term moves a score by only %.3g", min_moved);
+    // fgresq_encode: the same features as the plain bundle, bit for bit, and the fused scores.
+    const size_t f = size_t(fgresq_feature_size(mn));
+    std::vector<float> qf(n_fused * f), qp(n_fused * f), sf(n_fused);
+    CHECK(fgresq_encode(mn, nimages.data(), n_fused, qf.data(), sf.data()) == FGRESQ_OK);
+    CHECK(fgresq_encode(m, nimages.data(), n_fused, qp.data(), nullptr) == FGRESQ_OK);
+    CHECK(qf == qp);
+    for (size_t i = 0; i < n_fused; ++i) CHECK(std::fabs(sf[i] - fused[i]) <= 1e-6);
+    // fgresq_rank reports (and ranks with) the fused scores; compare is unchanged.
+    const Ranked rn = rank_images(mn, nimages);
+    for (size_t i = 0; i < n_fused; ++i) CHECK(std::fabs(rn.scores[i] - fused[i]) <= 1e-6);
+    double pf[3], pp[3];
+    CHECK(fgresq_compare(mn, &nimages[0], &nimages[1], pf) == FGRESQ_OK);
+    CHECK(fgresq_compare(m, &nimages[0], &nimages[1], pp) == FGRESQ_OK);
+    CHECK(pf[0] == pp[0] && pf[1] == pp[1] && pf[2] == pp[2]);
+    // One at a time and in batches of 3: the term is per image.
+    fgresq_options o;
+    fgresq_options_init(&o);
+    o.batch_size = 3;
+    fgresq_model* m3 = nullptr;
+    CHECK(fgresq_open((dir + "/bundle_niqe").c_str(), &o, &m3) == FGRESQ_OK);
+    std::vector<float> s3(n_fused);
+    CHECK(fgresq_score(m3, nimages.data(), n_fused, s3.data()) == FGRESQ_OK);
+    for (size_t i = 0; i < n_fused; ++i) {
+      float s1 = -1;
+      CHECK(fgresq_score(mn, &nimages[i], 1, &s1) == FGRESQ_OK);
+      CHECK_MSG(std::fabs(s1 - fused[i]) <= 1e-6 && std::fabs(s3[i] - fused[i]) <= 1e-6, "%s: single %.8f, batch of 3 "
+                "%.8f, batched %.8f", ncases[i].name.c_str(), s1, s3[i], fused[i]);
+    }
+    fgresq_close(m3);
+    fgresq_close(mn);
+  }
+
   std::printf("parity: %zu images, max |dscore| = %.3g, max preprocessing d (0-1 pixel scale) = %.3g "
               "(normalised: %.3g, %zu/%zu values bit-identical), max |dwin_rate| = %.3g, max |dstrength| = %.3g, "
               "max |dprob| = %.3g (raw %.3g); rank_features n = %zu: max |dstrength| = %.3g, max |dwin_rate| = %.3g\n",
               n, max_score, max_pre, max_norm, exact, total, rank_diff.win, rank_diff.strength, max_cmp, max_raw, n_big,
               big_diff.strength, big_diff.win);
+  std::printf("parity: naturalness term, %zu images: max |dscore| = %.3g vs Python (scores moved by >= %.3g)\n",
+              n_fused, max_fused, min_moved);
   fgresq_close(m);
   return testing::finish("test_parity");
 }

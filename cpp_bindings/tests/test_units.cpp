@@ -1,12 +1,21 @@
 // Unit tests of the internals that need no model: SHA-256, JSON, .npz/.npy reader, resampling (Pillow and
-// OpenCV), center crop, ranking.
+// OpenCV), center crop, ranking, the NIQE-style distance and the naturalness term.
+//
+//   test_units                 the unit tests
+//   test_units TESTDATA_DIR    the NIQE parity instead (ctest `niqe_parity`): distances and ln d against
+//                              fgresq_sdk/niqe.py on make_test_data.py's lumas and model inputs
 #include <algorithm>
 #include <cstring>
+#include <limits>
+#include <map>
+#include <numeric>
 #include <random>
 #include <stdexcept>
 
+#include "bundle.hpp"
 #include "error.hpp"
 #include "json.hpp"
+#include "niqe.hpp"
 #include "npz.hpp"
 #include "preprocess.hpp"
 #include "ranking.hpp"
@@ -401,7 +410,293 @@ static void test_ranking_large() {
   CHECK(bradley_terry(pref, m) == dom.theta);
 }
 
-int main() {
+// ---------------------------------------------------------------- NIQE (fgresq_sdk/niqe.py)
+
+// A pristine JSON file with `n` features: mean zeros, covariance diag * identity (+ `asym` at [0][1] only).
+static std::string pristine_text(int n, double diag, double asym = 0.0, const std::string& extra = "") {
+  std::string mean, cov;
+  for (int i = 0; i < n; ++i) {
+    mean += std::string(i ? ", " : "") + "0.0";
+    std::string row;
+    for (int j = 0; j < n; ++j) {
+      const double v = i == j ? diag : (i == 0 && j == 1 ? asym : 0.0);
+      row += std::string(j ? ", " : "") + std::to_string(v);
+    }
+    cov += std::string(i ? ", " : "") + "[" + row + "]";
+  }
+  return "{\"format\": \"fgresq-niqe-pristine/1\", " + extra + "\"mean\": [" + mean + "], \"cov\": [" + cov + "]}";
+}
+
+static std::string replaced_first(std::string s, const std::string& from, const std::string& to) {
+  const size_t k = s.find(from);
+  CHECK(k != std::string::npos);
+  if (k != std::string::npos) s.replace(k, from.size(), to);
+  return s;
+}
+
+static niqe::Pristine pristine_of(const std::string& text, std::string* msg = nullptr, fgresq_status* st = nullptr) {
+  niqe::Pristine p;
+  const fgresq_status s = status_of([&] {
+    p = niqe::parse_pristine(reinterpret_cast<const uint8_t*>(text.data()), text.size(), "dir/niqe-pristine.json");
+  }, msg);
+  if (st) *st = s;
+  return p;
+}
+
+// A smooth, textured test luma (no flat patch): a sum of sines plus a fixed pseudo-random grain.
+static niqe::Plane texture(int rows, int cols, unsigned seed = 1) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<double> grain(-8.0, 8.0);
+  niqe::Plane p(rows, cols);
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c)
+      p.at(r, c) = 128.0 + 60.0 * std::sin(0.11 * r) * std::cos(0.07 * c) + 20.0 * std::sin(0.5 * (r + c)) + grain(rng);
+  return p;
+}
+
+static void test_niqe_sums_and_blur() {
+  // numpy's pairwise summation: exact on integers, and as accurate as a long double sum on noise.
+  std::vector<double> ints(4096);
+  std::iota(ints.begin(), ints.end(), 1.0);
+  CHECK(niqe::pairwise_sum(ints.data(), ints.size()) == 4096.0 * 4097.0 / 2.0);
+  std::mt19937 rng(3);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  for (size_t n : {size_t(1), size_t(7), size_t(8), size_t(127), size_t(129), size_t(3969), size_t(4096)}) {
+    std::vector<double> x(n);
+    long double ref = 0;
+    for (double& v : x) {
+      v = normal(rng);
+      ref += v;
+    }
+    CHECK_MSG(std::fabs(niqe::pairwise_sum(x.data(), n) - double(ref)) < 1e-12, "pairwise_sum n = %zu", n);
+  }
+  CHECK(niqe::pairwise_sum(nullptr, 0) == 0.0);
+  // The blur keeps a constant (its taps sum to 1) and spreads an impulse into the separable 7x7 kernel.
+  niqe::Plane flat(9, 11);
+  std::fill(flat.v.begin(), flat.v.end(), 200.0);
+  for (double v : niqe::gaussian_blur(flat).v) CHECK(std::fabs(v - 200.0) < 1e-12);
+  niqe::Plane impulse(15, 15);
+  impulse.at(7, 7) = 1.0;
+  const niqe::Plane k = niqe::gaussian_blur(impulse);
+  double total = 0.0;
+  for (double v : k.v) total += v;
+  CHECK(std::fabs(total - 1.0) < 1e-15);
+  CHECK(k.at(7, 3) == 0.0 && k.at(3, 7) == 0.0 && k.at(7, 4) > 0.0);  // radius 3
+  CHECK(std::fabs(k.at(6, 8) - k.at(8, 6)) < 1e-18 && std::fabs(k.at(6, 7) - k.at(7, 6)) < 1e-18);
+  // k(7, 7) = centre tap², k(7, 8) = centre · next tap: their ratio is the Gaussian's at one pixel, sigma 7/6.
+  CHECK(std::fabs(k.at(7, 8) / k.at(7, 7) - std::exp(-0.5 / ((7.0 / 6.0) * (7.0 / 6.0)))) < 1e-12);
+  // Edge-replicated borders: a step at the first column is still a step after blurring a 1-pixel-tall image.
+  niqe::Plane row(1, 8);
+  for (int c = 0; c < 8; ++c) row.at(0, c) = c < 4 ? 0.0 : 10.0;
+  const niqe::Plane b = niqe::gaussian_blur(row);
+  CHECK(b.at(0, 0) == 0.0 && std::fabs(b.at(0, 7) - 10.0) < 1e-12 && std::fabs(b.at(0, 3) + b.at(0, 4) - 10.0) < 1e-12);
+  // MSCN of a constant is zero (up to the taps' rounding).
+  for (double v : niqe::mscn(flat).v) CHECK(std::fabs(v) < 1e-9);
+}
+
+static void test_niqe_fits() {
+  // The moment ratio of a Gaussian is pi/2 (shape 2), of a Laplacian 2 (shape 1).
+  CHECK(std::fabs(niqe::nearest_shape(3.14159265358979323846 / 2.0) - 2.0) < 1e-9);
+  CHECK(std::fabs(niqe::nearest_shape(2.0) - 1.0) < 1e-9);
+  // Outside the grid: below its smallest ratio the largest shape; inf / NaN / a huge ratio land on idx - 1 of
+  // numpy's clipped index, i.e. 0.201 (not 0.2), exactly as fgresq_sdk/niqe.py's expression.
+  CHECK(std::fabs(niqe::nearest_shape(0.0) - 9.999) < 1e-9);
+  CHECK(std::fabs(niqe::nearest_shape(std::numeric_limits<double>::infinity()) - 0.201) < 1e-12);
+  CHECK(std::fabs(niqe::nearest_shape(std::numeric_limits<double>::quiet_NaN()) - 0.201) < 1e-12);
+  CHECK(std::fabs(niqe::nearest_shape(1e300) - 0.201) < 1e-12);
+  // Fits on samples: Gaussian → shape ~2, Laplacian → ~1; the AGGD of a symmetric law has mean ~0, lvar ~ rvar.
+  std::mt19937 rng(11);
+  std::normal_distribution<double> normal(0.0, 3.0);
+  std::exponential_distribution<double> expo(1.0);
+  const size_t n = 200000;
+  std::vector<double> g(n), l(n);
+  for (size_t i = 0; i < n; ++i) {
+    g[i] = normal(rng);
+    l[i] = (i % 2 ? 1.0 : -1.0) * expo(rng);
+  }
+  const niqe::Ggd gg = niqe::ggd_fit(g.data(), n);
+  CHECK_MSG(std::fabs(gg.shape - 2.0) < 0.05 && std::fabs(gg.var - 9.0) < 0.1, "ggd(normal) = %g, %g", gg.shape, gg.var);
+  CHECK_MSG(std::fabs(niqe::ggd_fit(l.data(), n).shape - 1.0) < 0.05, "ggd(laplace)");
+  const niqe::Aggd ag = niqe::aggd_fit(g.data(), n);
+  CHECK_MSG(std::fabs(ag.shape - 2.0) < 0.05 && std::fabs(ag.mean) < 0.05 && std::fabs(ag.lvar / ag.rvar - 1.0) < 0.03,
+            "aggd(normal) = %g, %g, %g, %g", ag.shape, ag.mean, ag.lvar, ag.rvar);
+  // A one-sided sample: the AGGD mean follows the heavier side.
+  std::vector<double> skew(g);
+  for (double& v : skew) v = v > 0 ? 2.0 * v : v;
+  CHECK(niqe::aggd_fit(skew.data(), n).mean > 0.5);
+  // All zeros: no moments, ratios inf, variances 0 (no division by a zero count).
+  std::vector<double> zeros(100, 0.0);
+  const niqe::Ggd gz = niqe::ggd_fit(zeros.data(), zeros.size());
+  const niqe::Aggd az = niqe::aggd_fit(zeros.data(), zeros.size());
+  CHECK(gz.var == 0.0 && std::fabs(gz.shape - 0.201) < 1e-12);
+  CHECK(az.lvar == 0.0 && az.rvar == 0.0 && az.mean == 0.0 && std::fabs(az.shape - 0.201) < 1e-12);
+}
+
+static void test_niqe_distance() {
+  // Patch grid: whole 64-px patches from the top-left; a flat image has only NaN rows; too small is refused.
+  size_t rows = 0;
+  const std::vector<double> f = niqe::features(texture(130, 200), niqe::kPatch, &rows);
+  CHECK(rows == 6 && f.size() == 6 * size_t(niqe::kFeatures));
+  CHECK(std::all_of(f.begin(), f.end(), [](double v) { return std::isfinite(v); }));
+  niqe::Plane flat(128, 128);
+  std::fill(flat.v.begin(), flat.v.end(), 77.0);
+  const std::vector<double> ff = niqe::features(flat, niqe::kPatch, &rows);
+  CHECK(rows == 4 && std::all_of(ff.begin(), ff.end(), [](double v) { return std::isnan(v); }));
+  std::string msg;
+  CHECK(status_of([] { size_t r; niqe::features(niqe::Plane(63, 100), niqe::kPatch, &r); }, &msg) == FGRESQ_UNSUPPORTED);
+  CHECK_MSG(msg == "NIQE needs a luma of at least 64x64 pixels, got shape (63, 100)", "%s", msg.c_str());
+
+  // Distances against a pristine N(0, 4 I): an all-flat image is exactly FLAT_DISTANCE; a single kept patch has
+  // no covariance of its own, so the pool is 2 I and d = |f| / sqrt(2).
+  const niqe::Pristine p = pristine_of(pristine_text(niqe::kFeatures, 4.0));
+  CHECK(niqe::distance(p, flat) == niqe::kFlatDistance);
+  const niqe::Plane one = texture(64, 64, 5);
+  const std::vector<double> f1 = niqe::features(one, niqe::kPatch, &rows);
+  CHECK(rows == 1);
+  double norm2 = 0.0;
+  for (double v : f1) norm2 += v * v;
+  const double d1 = niqe::distance(p, one);
+  CHECK_MSG(std::fabs(d1 - std::sqrt(norm2 / 2.0)) < 1e-12 * d1, "single patch: %.17g vs %.17g", d1,
+            std::sqrt(norm2 / 2.0));
+  // Half of the patches flat: they are left out, and the rest still gives a finite distance.
+  niqe::Plane part = texture(128, 256, 7);
+  for (int r = 0; r < 128; ++r)
+    for (int c = 0; c < 128; ++c) part.at(r, c) = 90.0;
+  const double dp = niqe::distance(p, part), dt = niqe::distance(p, texture(128, 128, 7));
+  CHECK(std::isfinite(dp) && dp > 0.0 && dp < niqe::kFlatDistance && std::isfinite(dt));
+  // A pristine far from everything: the distance is capped at FLAT_DISTANCE.
+  niqe::Pristine far = p;
+  std::fill(far.mean.begin(), far.mean.end(), 1e9);
+  CHECK(niqe::distance(far, texture(128, 128)) == niqe::kFlatDistance);
+}
+
+static void test_niqe_pristine_rules() {
+  // fgresq_sdk.niqe.Pristine.from_dict: the rules and the wording, "<where>: ..." on one line.
+  const std::string w = "dir/niqe-pristine.json: ";
+  struct Bad {
+    std::string text, msg;
+  };
+  std::string sym = pristine_text(niqe::kFeatures, 1.0);
+  const std::vector<Bad> bad = {
+      {"{\"format\": ", "not valid JSON ("},
+      {"[1, 2]", "not a fgresq-niqe-pristine/1 file"},
+      {"{\"format\": \"fgresq-niqe-pristine/2\", \"mean\": [], \"cov\": []}", "not a fgresq-niqe-pristine/1 file"},
+      {"{\"format\": \"fgresq-niqe-pristine/1\", \"cov\": []}", "mean/cov are not numbers"},
+      {"{\"format\": \"fgresq-niqe-pristine/1\", \"mean\": [\"a\"], \"cov\": []}", "mean/cov are not numbers"},
+      {"{\"format\": \"fgresq-niqe-pristine/1\", \"mean\": [], \"cov\": [[1, 2], [3]]}", "mean/cov are not numbers"},
+      {"{\"format\": \"fgresq-niqe-pristine/1\", \"mean\": {}, \"cov\": []}", "mean/cov are not numbers"},
+      {pristine_text(35, 1.0), "needs a 36-feature mean and covariance with 64-px patches"},
+      {pristine_text(niqe::kFeatures, 1.0, 0.0, "\"patch\": 32, "), "needs a 36-feature mean and covariance with 64-px patches"},
+      {pristine_text(niqe::kFeatures, 1.0, 0.0, "\"patch\": true, "), "needs a 36-feature mean and covariance"},
+      {"{\"format\": \"fgresq-niqe-pristine/1\", \"mean\": 1.0, \"cov\": []}", "needs a 36-feature mean"},
+      {pristine_text(niqe::kFeatures, 1.0, 0.5), "covariance is not a finite symmetric matrix"},
+      {replaced_first(sym, "0.0", "null"), "mean/cov are not finite"},  // numpy: None -> nan
+      {pristine_text(niqe::kFeatures, 0.0), "covariance is not positive definite"},
+      {pristine_text(niqe::kFeatures, -1.0), "covariance is not positive definite"},
+  };
+  for (const Bad& b : bad) {
+    std::string msg;
+    fgresq_status st;
+    pristine_of(b.text, &msg, &st);
+    CHECK_MSG(st == FGRESQ_CORRUPTED && msg.rfind(w + b.msg, 0) == 0 && msg.find('\n') == std::string::npos,
+              "%s: got '%s'", b.msg.c_str(), msg.c_str());
+  }
+  // Accepted: patch 64 or 64.0 (Python compares with ==), extra keys, a difference np.allclose tolerates.
+  for (const std::string& ok : {pristine_text(niqe::kFeatures, 1.0, 0.0, "\"patch\": 64.0, \"n_images\": 3, "),
+                                pristine_text(niqe::kFeatures, 1.0, 1e-9)}) {
+    fgresq_status st;
+    std::string msg;
+    const niqe::Pristine p = pristine_of(ok, &msg, &st);
+    CHECK_MSG(st == FGRESQ_OK && p.mean.size() == 36 && p.cov.size() == 36 * 36 && p.patch == 64, "%s", msg.c_str());
+  }
+}
+
+static void test_naturalness_term() {
+  niqe::Term t;  // weight 0, scale 1, offset 0: the encoder's score back
+  for (float s : {0.25f, 0.5f, 0.9f}) CHECK(std::fabs(t.fuse(s, 3.0) - double(s)) < 1e-12);
+  CHECK(std::fabs(t.fuse(0.0f, 0.0) - 1e-7) < 1e-18);  // clamped where float32 cannot tell it from 0
+  CHECK(std::fabs(t.fuse(1.0f, 0.0) - (1.0 - 1e-7)) < 1e-15);
+  CHECK(std::isnan(t.fuse(std::numeric_limits<float>::quiet_NaN(), 0.0)));
+  t.weight = 1.3;
+  t.scale = 0.5;
+  t.offset = 3.0;
+  const double s = double(0.2f), z = 0.5 * (std::log(s / (1.0 - s)) - 1.3 * 2.0) + 3.0;
+  CHECK(std::fabs(t.fuse(0.2f, 2.0) - 1.0 / (1.0 + std::exp(-z))) < 1e-14);
+  CHECK(t.fuse(0.2f, 1.0) > t.fuse(0.2f, 2.0));  // farther from clean photos: lower
+  // luma_of_view undoes the normalisation: BT.601 of rgb·255.
+  const double mean[3] = {0.5, 0.25, 0.125}, stdv[3] = {0.5, 0.25, 2.0};
+  std::vector<float> view(3 * 64 * 64);
+  const double rgb[3] = {1.0, 0.5, 0.25};
+  for (size_t c = 0; c < 3; ++c)
+    for (size_t i = 0; i < 64 * 64; ++i) view[c * 64 * 64 + i] = float((rgb[c] - mean[c]) / stdv[c]);
+  const niqe::Plane luma = niqe::luma_of_view(view.data(), 64, mean, stdv);
+  CHECK(luma.rows == 64 && luma.cols == 64);
+  CHECK(std::fabs(luma.at(10, 20) - 255.0 * (0.299 * 1.0 + 0.587 * 0.5 + 0.114 * 0.25)) < 1e-9);
+  // A uniform view is all flat: ln d = ln 1e4.
+  t.pristine = pristine_of(pristine_text(niqe::kFeatures, 1.0));
+  std::copy(mean, mean + 3, t.mean);
+  std::copy(stdv, stdv + 3, t.stdv);
+  CHECK(t.log_distance(view.data(), 64) == std::log(niqe::kFlatDistance));
+}
+
+// ---------------------------------------------------------------- NIQE parity with the Python SDK
+
+static double rel_diff(double a, double b) { return std::fabs(a - b) / std::max(std::fabs(b), 1e-300); }
+
+static int niqe_parity(const std::string& dir) {
+  // The pristine model as the fused bundle ships it, parsed by the C++ reader.
+  const auto bytes = testing::read_bytes(dir + "/bundle_niqe/niqe-pristine.json");
+  const niqe::Pristine p = niqe::parse_pristine(bytes.data(), bytes.size(), "niqe-pristine.json");
+  double worst = 0.0;
+  for (const auto& row : testing::read_tsv(dir + "/niqe/distances.tsv")) {
+    niqe::Plane luma(std::stoi(row.at(1)), std::stoi(row.at(2)));
+    const auto raw = testing::read_bytes(dir + "/niqe/lumas/" + row[0] + ".f64");
+    CHECK(raw.size() == luma.v.size() * 8);
+    std::memcpy(luma.v.data(), raw.data(), std::min(raw.size(), luma.v.size() * 8));
+    const double want = std::stod(row.at(3)), got = niqe::distance(p, luma);
+    worst = std::max(worst, rel_diff(got, want));
+    CHECK_MSG(rel_diff(got, want) <= 1e-7, "%s: distance %.17g, Python %.17g", row[0].c_str(), got, want);
+    if (row[0] == "flat") CHECK_MSG(got == 1e4 && want == 1e4, "flat: %.17g, Python %.17g", got, want);
+  }
+  // ln d of the model inputs, through the bundle's term (its mean/std): Python's tensors and this library's own.
+  LoadedBundle b = load_bundle(dir + "/bundle_niqe", true);
+  CHECK(b.info.naturalness.has_value());
+  if (!b.info.naturalness) return testing::finish("niqe_parity");
+  const niqe::Term& term = *b.info.naturalness;
+  CHECK(term.weight == 1.3 && term.scale == 0.5 && term.offset == 3.0 && term.stdv[0] == 0.26862954);
+  const int S = b.info.pre.size;
+  double worst_logd = 0.0, worst_own = 0.0;
+  size_t n = 0;
+  std::vector<float> own(3 * size_t(S) * S);
+  std::map<std::string, std::vector<std::string>> images;
+  for (const auto& row : testing::read_tsv(dir + "/niqe/cases.tsv")) images[row.at(0)] = row;
+  for (const auto& row : testing::read_tsv(dir + "/niqe/logd.tsv")) {
+    const std::string& name = row.at(0);
+    const double want = std::stod(row.at(1));
+    const auto x = testing::read_f32(dir + "/niqe/pre/" + name + ".f32");
+    CHECK(x.size() == own.size());
+    const double got = term.log_distance(x.data(), S);
+    worst_logd = std::max(worst_logd, rel_diff(got, want));
+    CHECK_MSG(rel_diff(got, want) <= 1e-7, "%s: ln d %.17g, Python %.17g", name.c_str(), got, want);
+    if (name.rfind("flat", 0) == 0) CHECK_MSG(got == std::log(1e4) && want == std::log(1e4), "%s: ln d %.17g", name.c_str(), got);
+    const auto& c = images.at(name);
+    const auto px = testing::read_bytes(dir + "/niqe/images/" + name + ".raw");
+    const int w = std::stoi(c.at(1)), h = std::stoi(c.at(2)), ch = std::stoi(c.at(3));
+    preprocess(ImageView{px.data(), w, h, size_t(w) * size_t(ch), ch}, b.info.pre, own.data());
+    const double from_own = term.log_distance(own.data(), S);
+    worst_own = std::max(worst_own, rel_diff(from_own, want));
+    CHECK_MSG(rel_diff(from_own, want) <= 1e-7, "%s: ln d of this library's tensor %.17g, Python %.17g", name.c_str(),
+              from_own, want);
+    ++n;
+  }
+  CHECK(n >= 10);
+  std::printf("niqe parity: max relative |d distance| = %.3g; %zu model inputs: max relative |d ln d| = %.3g "
+              "(Python's tensors), %.3g (this library's)\n", worst, n, worst_logd, worst_own);
+  return testing::finish("niqe_parity");
+}
+
+int main(int argc, char** argv) {
+  if (argc >= 2) return niqe_parity(argv[1]);
   test_sha256();
   test_json();
   test_npz();
@@ -409,5 +704,10 @@ int main() {
   test_resample_cv2();
   test_ranking();
   test_ranking_large();
+  test_niqe_sums_and_blur();
+  test_niqe_fits();
+  test_niqe_distance();
+  test_niqe_pristine_rules();
+  test_naturalness_term();
   return testing::finish("test_units");
 }
