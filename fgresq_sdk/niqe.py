@@ -73,13 +73,14 @@ def ggd_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def aggd_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(shape, mean, left variance, right variance) of an asymmetric generalised Gaussian per row of x (N, M)."""
     x = np.asarray(x, np.float64)
+    sq = x * x  # computed once: the same values every sum below used to recompute
     neg, pos = x < 0, x > 0
-    lvar = np.sum(np.where(neg, x * x, 0.0), axis=-1) / np.maximum(neg.sum(-1), 1)
-    rvar = np.sum(np.where(pos, x * x, 0.0), axis=-1) / np.maximum(pos.sum(-1), 1)
+    lvar = np.sum(np.where(neg, sq, 0.0), axis=-1) / np.maximum(neg.sum(-1), 1)
+    rvar = np.sum(np.where(pos, sq, 0.0), axis=-1) / np.maximum(pos.sum(-1), 1)
     sl, sr = np.sqrt(lvar), np.sqrt(rvar)
     gamma = np.divide(sl, sr, out=np.ones_like(sl), where=sr > 0)
     mabs = np.mean(np.abs(x), axis=-1)
-    msq = np.mean(x * x, axis=-1)
+    msq = np.mean(sq, axis=-1)
     r_hat = np.divide(mabs * mabs, msq, out=np.zeros_like(msq), where=msq > 0)
     big_r = r_hat * (gamma ** 3 + 1) * (gamma + 1) / (gamma ** 2 + 1) ** 2
     rho = np.divide(1.0, big_r, out=np.full_like(big_r, np.inf), where=big_r > 0)

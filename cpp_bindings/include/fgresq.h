@@ -98,7 +98,9 @@ FGRESQ_API int32_t fgresq_feature_size(const fgresq_model* model);
 /* Bundle name from model.json (valid until fgresq_close). */
 FGRESQ_API const char* fgresq_model_name(const fgresq_model* model);
 
-/* Quality score in (0, 1) per image, higher is better. scores_out has n entries. */
+/* Quality score in (0, 1) per image, higher is better. scores_out has n entries. For a bundle with a
+ * `naturalness` section (fgresq_sdk/naturalness.py) it is the fused score, as the Python SDK's: the encoder's
+ * score moved by the NIQE-style distance of the tensor it read; fgresq_encode and fgresq_rank return the same. */
 FGRESQ_API fgresq_status fgresq_score(fgresq_model* model, const fgresq_image* images, size_t n, float* scores_out);
 
 /* probs_out[3]: P(a better), P(b better), P(similar); they sum to 1. Order-symmetrised like the Python SDK's
