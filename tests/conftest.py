@@ -82,6 +82,23 @@ def tiny_bundle(tmp_path_factory) -> Path:
     return _export("fgresq-vit-tiny", tmp_path_factory.mktemp("bundles") / "tiny", seed=0)
 
 
+# A naturalness section with weights that visibly move the scores (fgresq_sdk/naturalness.py).
+NATURALNESS_SECTION = {"method": "niqe-log-distance", "pristine": "niqe_pristine", "weight": 2.0, "scale": 0.8,
+                       "offset": 0.3}
+
+
+@pytest.fixture(scope="session")
+def fused_tiny_bundle(tiny_bundle, tmp_path_factory) -> Path:
+    """The tiny bundle plus a naturalness term (fixed section, the shipped pristine model): what the term's own
+    tests and the server tests score with, so the fused score is checked on every path that serves it."""
+    from fgresq_sdk.bundle import load_bundle
+    from fgresq_sdk.train.fuse_naturalness import write_fused_bundle
+    from fgresq_sdk.train.niqe import DEFAULT_PRISTINE
+
+    return write_fused_bundle(load_bundle(tiny_bundle), tmp_path_factory.mktemp("fused") / "tiny-fused",
+                              DEFAULT_PRISTINE, dict(NATURALNESS_SECTION))
+
+
 @pytest.fixture(scope="session")
 def official_b16(tmp_path_factory):
     """A ViT-B/16 checkpoint in the released FGResQ.pth format (random transformers towers + heads)."""

@@ -16,18 +16,14 @@ from fgresq_sdk.naturalness import NaturalnessTerm, score_logit
 from fgresq_sdk.niqe import FLAT_DISTANCE, Pristine, luma_of_view
 from fgresq_sdk.preprocess import preprocess
 
-from .conftest import needs_torch, photo
+from .conftest import NATURALNESS_SECTION, needs_torch, photo
 
-SECTION = {"method": "niqe-log-distance", "pristine": "niqe_pristine", "weight": 2.0, "scale": 0.8, "offset": 0.3}
+SECTION = NATURALNESS_SECTION
 
 
 @pytest.fixture(scope="module")
-def fused_bundle(tiny_bundle, tmp_path_factory) -> Path:
-    from fgresq_sdk.train.fuse_naturalness import write_fused_bundle
-    from fgresq_sdk.train.niqe import DEFAULT_PRISTINE
-
-    return write_fused_bundle(load_bundle(tiny_bundle), tmp_path_factory.mktemp("fused") / "b", DEFAULT_PRISTINE,
-                              dict(SECTION))
+def fused_bundle(fused_tiny_bundle) -> Path:
+    return fused_tiny_bundle
 
 
 def _images(tmp_path: Path) -> list[Path]:
@@ -178,3 +174,26 @@ def test_fit_on_val_photos_writes_a_calibrated_bundle_and_leaves_the_model_alone
     (keep / "notes.txt").write_text("mine")
     assert fuse_naturalness.main(args[:4] + ["--out", str(keep)]) == 2
     assert (keep / "notes.txt").read_text() == "mine"
+
+
+def test_every_view_the_encoder_reads_is_measured(fused_bundle, tmp_path):
+    """With --flip (each image and its mirror) the term is the mean ln d over both views, as the score is the
+    mean over both; with crops the same holds over the crops."""
+    from fgresq_sdk.crops import crop_views
+    from fgresq_sdk.preprocess import load_image
+    from fgresq_sdk.scorer import Scorer
+
+    path = _images(tmp_path)[0]
+    bundle = load_bundle(fused_bundle)
+    pre, pristine = bundle.preprocess, Pristine.from_bytes(bundle.read("niqe_pristine"))
+
+    def ln_d(view):
+        return math.log(pristine.distance(luma_of_view(view, pre["mean"], pre["std"])))
+
+    view = preprocess(path, bundle.preprocess_spec)
+    flipped = next(Scorer(bundle, backend="onnxruntime", flip=True).iter_encode([path]))
+    assert flipped.log_distance == pytest.approx((ln_d(view) + ln_d(view[..., ::-1])) / 2, rel=1e-12)
+    crops = crop_views(load_image(path, str(path)), 3, bundle.preprocess_spec)
+    cropped = next(Scorer(bundle, backend="onnxruntime", crops=3).iter_encode([path]))
+    assert cropped.log_distance == pytest.approx(np.mean([ln_d(c) for c in crops]), rel=1e-12)
+    assert cropped.log_distance != pytest.approx(ln_d(view), rel=1e-6)  # the crops are other pixels

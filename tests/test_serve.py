@@ -226,10 +226,11 @@ def env() -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(env, tiny_bundle, tmp_path_factory):
+def server(env, fused_tiny_bundle, tmp_path_factory):
     """One server for the module (max batch 8, 20 ms queue delay so concurrent requests merge); stopped with
-    SIGINT by the last test, which checks the cleanup."""
-    srv = Server(env, tiny_bundle, tmp_path_factory.mktemp("serve"),
+    SIGINT by the last test, which checks the cleanup. Its bundle has a naturalness term, so every "remote
+    equals local" below also checks that the server returns the fused score."""
+    srv = Server(env, fused_tiny_bundle, tmp_path_factory.mktemp("serve"),
                  ("--max-batch-size", "8", "--max-queue-delay-us", "20000"))
     yield srv
     if srv.proc.poll() is None:  # the SIGINT test did not run (-k): stop it politely, then for sure
@@ -240,10 +241,12 @@ def server(env, tiny_bundle, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def local(tiny_bundle):
+def local(fused_tiny_bundle):
     from fgresq_sdk.scorer import Scorer
 
-    return Scorer(tiny_bundle)
+    scorer = Scorer(fused_tiny_bundle)
+    assert scorer.naturalness is not None
+    return scorer
 
 
 @pytest.fixture(scope="module")
@@ -273,10 +276,11 @@ def test_ready_only_once_the_model_is_loaded(server):
         "score": "TYPE_FP32", "features": "TYPE_FP32", "error": "TYPE_STRING"}
 
 
-def test_info_names_the_bundle_and_no_server_path(server, tiny_bundle):
+def test_info_names_the_bundle_and_no_server_path(server, fused_tiny_bundle):
     from fgresq_sdk.bundle import load_bundle
     from fgresq_sdk.client import RemoteScorer
 
+    tiny_bundle = fused_tiny_bundle
     with RemoteScorer(server.url) as r:
         info = r.info
     bundle = load_bundle(tiny_bundle)
@@ -432,7 +436,8 @@ def _parse_config(path: Path):
     return text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
 
 
-def test_triton_repo_validates_against_tritons_schema(tiny_bundle, tmp_path, local, photo_paths):
+def test_triton_repo_validates_against_tritons_schema(fused_tiny_bundle, tmp_path, local, photo_paths):
+    tiny_bundle = fused_tiny_bundle  # with a naturalness term: the repository must tell clients how to add it
     import onnxruntime as ort
     from tritonclient.grpc import model_config_pb2 as pb
 
@@ -467,7 +472,16 @@ def test_triton_repo_validates_against_tritons_schema(tiny_bundle, tmp_path, loc
     assert {o.name for o in sess.get_outputs()} == set(outs)
     x = np.stack([preprocess(p, bundle.preprocess_spec) for p in photo_paths[:2]])
     feats, score = sess.run(["features", "score"], {"image": x})
-    np.testing.assert_allclose(score, local.score(photo_paths[:2]), atol=1e-6)
+    # The graph's score is the encoder's; the repository's record says how a client adds the bundle's term, and
+    # doing so gives the SDK's scores (the pristine model travels inside the model folder).
+    from fgresq_sdk.naturalness import NaturalnessTerm
+
+    record = json.loads((repo / "fgresq_triton_repo.json").read_text())
+    assert (repo / record["naturalness"]["pristine"]).is_file()
+    term = NaturalnessTerm.from_bundle(bundle)
+    fused = term.fuse(np.asarray(score).reshape(-1), [term.log_distance(v[None]) for v in x])
+    np.testing.assert_allclose(fused, local.score(photo_paths[:2]), atol=1e-6)
+    assert np.abs(np.asarray(score).reshape(-1) - fused).max() > 1e-3
     from fgresq_sdk.heads import CompareHeadNP
 
     head = CompareHeadNP.from_npz((repo / "fgresq_encoder" / "heads.npz").read_bytes())
