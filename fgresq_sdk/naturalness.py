@@ -20,6 +20,7 @@ validates the section with the same rules.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -50,11 +51,11 @@ def validate_section(manifest: dict, where: str) -> None:
     if not isinstance(sec, dict):
         raise BundleError(f"{where}: '{SECTION}' is not an object")
     if sec.get("method") != METHOD:
-        raise BundleError(f"{where}: {SECTION}.method must be '{METHOD}' (got {sec.get('method')!r}); "
+        raise BundleError(f"{where}: {SECTION}.method must be '{METHOD}' (got {json.dumps(sec.get('method'))}); "
                           "upgrade fgresq-sdk if the bundle is newer")
     role = sec.get("pristine")
     if not isinstance(role, str) or role not in manifest.get("files", {}):
-        raise BundleError(f"{where}: {SECTION}.pristine must name a file listed in 'files' (got {role!r})")
+        raise BundleError(f"{where}: {SECTION}.pristine must name a file listed in 'files' (got {json.dumps(role)})")
     for key in ("weight", "scale", "offset"):
         if not _finite(sec.get(key)):
             raise BundleError(f"{where}: {SECTION}.{key} must be a finite number")

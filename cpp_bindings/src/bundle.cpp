@@ -227,49 +227,6 @@ std::string json_text(const Json* v) {
   return out;
 }
 
-// Python's repr() of a value json.loads gave (None, True, 3, 1.5, 'text', [...], {...}), cut after kMaxShown
-// characters: validate_section quotes values with !r.
-void py_value(const Json& v, std::string& out) {
-  if (out.size() > kMaxShown) return;
-  switch (v.type) {
-    case Json::Type::Null: out += "None"; return;
-    case Json::Type::Bool: out += v.boolean ? "True" : "False"; return;
-    case Json::Type::Number:
-      if (v.integer) out += v.string == "-0" ? "0" : v.string;
-      else out += py_float(v.number);
-      return;
-    case Json::Type::String: out += py_repr(v.string); return;
-    case Json::Type::Array:
-      out += '[';
-      for (size_t k = 0; k < v.array.size() && out.size() <= kMaxShown; ++k) {
-        if (k) out += ", ";
-        py_value(v.array[k], out);
-      }
-      out += ']';
-      return;
-    case Json::Type::Object:
-      out += '{';
-      for (size_t k = 0; k < v.object.size() && out.size() <= kMaxShown; ++k) {
-        if (k) out += ", ";
-        out += py_repr(v.object[k].first) + ": ";
-        py_value(v.object[k].second, out);
-      }
-      out += '}';
-      return;
-  }
-}
-
-std::string py_value_text(const Json* v) {
-  if (!v) return "None";  // Python: sec.get(key) is None
-  std::string out;
-  py_value(*v, out);
-  if (out.size() > kMaxShown) {
-    out.resize(kMaxShown);
-    out += kEllipsis;
-  }
-  return out;
-}
-
 // ---------------------------------------------------------------- the schema
 
 // A manifest path must name a file below the bundle folder, spelled portably ('/' separators only).
@@ -413,11 +370,11 @@ niqe::Term check_naturalness(const Json& m, const Json& sec, const std::string& 
   const Json* method = sec.get("method");
   if (!method || !method->is_string() || method->string != kNaturalnessMethod)
     throw Error(method && method->is_string() ? FGRESQ_UNSUPPORTED : FGRESQ_CORRUPTED,
-                ms + ": " + n + ".method must be '" + kNaturalnessMethod + "' (got " + py_value_text(method) +
+                ms + ": " + n + ".method must be '" + kNaturalnessMethod + "' (got " + json_text(method) +
                     "); upgrade fgresq if the bundle is newer");
   const Json* pristine = sec.get("pristine");
   if (!pristine || !pristine->is_string() || !m.get("files")->get(pristine->string))
-    corrupt(ms + ": " + n + ".pristine must name a file listed in 'files' (got " + py_value_text(pristine) + ")");
+    corrupt(ms + ": " + n + ".pristine must name a file listed in 'files' (got " + json_text(pristine) + ")");
   role = pristine->string;
   for (const char* key : {"weight", "scale", "offset"}) {
     const Json* v = sec.get(key);  // _finite: int or float, never a bool (JSON numbers here are finite)
