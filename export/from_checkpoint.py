@@ -1,7 +1,8 @@
 """`export --format onnx`: an fp32 bundle from our .safetensors checkpoint, or re-exported from a bundle's.
 
 The input a user names is either a checkpoint file or a bundle folder; a bundle's checkpoint is read through
-the bundle (verified against its sha256, read once), like every other bundle file.
+the bundle (verified against its sha256, read once), like every other bundle file, and a re-exported bundle keeps
+its naturalness term.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ def export_checkpoint(src: str | Path, out: str | Path, *, opset: int = DEFAULT_
     from fgresq_sdk.model import load_checkpoint
 
     ckpt = Path(src)
+    bundle = None
     if ckpt.is_dir():
         from fgresq_sdk.bundle import load_bundle
 
@@ -24,4 +26,4 @@ def export_checkpoint(src: str | Path, out: str | Path, *, opset: int = DEFAULT_
         model = load_checkpoint(bundle.read("checkpoint"), name=display_path(ckpt))
     else:
         model = load_checkpoint(ckpt)
-    return export_bundle(model, out, source=f"exported from {ckpt.name}", opset=opset, force=force)
+    return export_bundle(model, out, source=f"exported from {ckpt.name}", opset=opset, force=force, carry_from=bundle)

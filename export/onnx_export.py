@@ -51,17 +51,24 @@ def carried_meta(manifest: dict[str, Any]) -> dict[str, Any]:
     return extra
 
 
-def copy_carried_files(bundle, tmp: Path) -> dict[str, str]:
-    """Copy (verified) what a derived bundle keeps of its source besides the encoder: the numpy heads and, with
-    a naturalness term, its pristine model (the score depends on it). Returns role → path inside tmp."""
-    files = {"heads": HEADS_FILE}
+def copy_naturalness(bundle, tmp: Path) -> dict[str, str]:
+    """A naturalness term's pristine model, copied (verified) into tmp: the bundle's score depends on it, so every
+    bundle made from this one keeps it. Returns role → path inside tmp (nothing without a term)."""
     section = bundle.manifest.get("naturalness")
-    if section is not None:
-        files[section["pristine"]] = bundle.entry(section["pristine"])["path"]
-    for role, rel in files.items():
-        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-        copy_verified(bundle, role, tmp / rel)
-    return files
+    if section is None:
+        return {}
+    role = section["pristine"]
+    rel = bundle.entry(role)["path"]
+    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+    copy_verified(bundle, role, tmp / rel)
+    return {role: rel}
+
+
+def copy_carried_files(bundle, tmp: Path) -> dict[str, str]:
+    """Copy (verified) what a derived bundle keeps of its source besides the encoder: the numpy heads and a
+    naturalness term's pristine model. Returns role → path inside tmp."""
+    copy_verified(bundle, "heads", tmp / HEADS_FILE)
+    return {"heads": HEADS_FILE, **copy_naturalness(bundle, tmp)}
 
 
 def _export_encoder(model, out: Path, opset: int) -> int:
@@ -91,8 +98,11 @@ def check_encoder(out: Path) -> None:
 
 def export_bundle(model, out: str | Path, *, source: str, opset: int = DEFAULT_OPSET,
                   include_checkpoint: bool = True, force: bool = False,
-                  extra: dict[str, Any] | None = None, fuse: bool = False) -> Path:
+                  extra: dict[str, Any] | None = None, fuse: bool = False, carry_from=None) -> Path:
     """Write a complete bundle for `model` (an FGResQ in eval mode) into `out` (staged, see staged_bundle).
+
+    carry_from: the bundle being re-exported, whose naturalness term (section and pristine model) the new one
+    keeps, so that re-exporting never changes what `score` returns.
 
     The ViT towers' attention is always exported in the clean form (export/fusion.py). fuse=True also runs
     ONNX Runtime's transformer fusions (Attention, SkipLayerNormalization, QuickGelu) at export time: the
@@ -127,6 +137,9 @@ def export_bundle(model, out: str | Path, *, source: str, opset: int = DEFAULT_O
                 "logit_order": list(LOGIT_ORDER),  # the rows of heads.npz's compare_weight and compare_bias
                 "graph": graph}
         meta.update(extra or {})
+        if carry_from is not None and "naturalness" in carry_from.manifest:
+            files.update(copy_naturalness(carry_from, tmp))
+            meta["naturalness"] = carry_from.manifest["naturalness"]
         write_manifest(tmp, name=model.cfg["name"], config=model.cfg, files=files, precision="fp32",
                        source=source, extra=meta)
     return out

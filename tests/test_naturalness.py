@@ -125,6 +125,7 @@ def test_a_replaced_or_unusable_pristine_file_is_refused(fused_bundle, tmp_path)
         Scorer(b, backend="onnxruntime", verify=False)
 
 
+@needs_torch
 def test_derived_and_repository_exports_carry_the_term(fused_bundle, tmp_path):
     from fgresq_sdk.export.quantize import quantize_bundle
     from fgresq_sdk.export.triton_repo import export_triton_repo
@@ -133,6 +134,14 @@ def test_derived_and_repository_exports_carry_the_term(fused_bundle, tmp_path):
     int8 = load_bundle(quantize_bundle(fused_bundle, tmp_path / "int8", validate=False))
     assert int8.manifest["naturalness"] == load_bundle(fused_bundle).manifest["naturalness"]
     assert Scorer(int8, backend="onnxruntime").naturalness is not None
+    # re-exported from its checkpoint: the same term, so the same scores
+    from fgresq_sdk.export.from_checkpoint import export_checkpoint
+
+    photos = _images(tmp_path)[:2]
+    again = load_bundle(export_checkpoint(fused_bundle, tmp_path / "re"))
+    assert again.manifest["naturalness"] == load_bundle(fused_bundle).manifest["naturalness"]
+    assert np.abs(Scorer(again, backend="onnxruntime").score(photos)
+                  - Scorer(fused_bundle, backend="onnxruntime").score(photos)).max() < 1e-5
     repo = export_triton_repo(fused_bundle, tmp_path / "repo")
     record = json.loads((repo / "fgresq_triton_repo.json").read_text())
     pristine = repo / record["naturalness"]["pristine"]
