@@ -96,7 +96,7 @@ def fused_tiny_bundle(tiny_bundle, tmp_path_factory) -> Path:
     from fgresq_sdk.train.niqe import DEFAULT_PRISTINE
 
     return write_fused_bundle(load_bundle(tiny_bundle), tmp_path_factory.mktemp("fused") / "tiny-fused",
-                              DEFAULT_PRISTINE, dict(NATURALNESS_SECTION))
+                              DEFAULT_PRISTINE.read_bytes(), dict(NATURALNESS_SECTION))
 
 
 @pytest.fixture(scope="session")

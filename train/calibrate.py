@@ -37,20 +37,21 @@ def score_logits(model, manifest: Manifest, batch_size: int = 32) -> np.ndarray:
     return model.score_logit(q).squeeze(-1).cpu().numpy() if ids else np.zeros(0, dtype=np.float32)
 
 
-def percentile_affine(logits: np.ndarray, low: float = LOW, high: float = HIGH) -> tuple[float, float]:
-    """(α, β) mapping the 5th / 95th percentiles of `logits` to the logits of scores `low` / `high`."""
+def percentile_affine(logits: np.ndarray, low: float = LOW,
+                      high: float = HIGH) -> tuple[float, float, float, float]:
+    """(α, β) mapping the 5th / 95th percentiles of `logits` to the logits of scores `low` / `high`, and those two
+    percentiles (z5, z95) for the record."""
     z5, z95 = (float(v) for v in np.percentile(logits, [5, 95]))
     if not z95 - z5 > 1e-6:
         raise ValueError("the val images' score logits do not spread: nothing to calibrate against")
     t_lo, t_hi = math.log(low / (1 - low)), math.log(high / (1 - high))
     alpha = (t_hi - t_lo) / (z95 - z5)
-    return alpha, t_lo - alpha * z5
+    return alpha, t_lo - alpha * z5, z5, z95
 
 
 def calibrate(model, logits: np.ndarray, low: float = LOW, high: float = HIGH) -> dict:
     """Set the model's score scale and head bias so that the 5th / 95th percentiles of `logits` score low / high."""
-    alpha, beta = percentile_affine(logits, low, high)
-    z5, z95 = (float(v) for v in np.percentile(logits, [5, 95]))
+    alpha, beta, z5, z95 = percentile_affine(logits, low, high)
     k = model.score_scale
     new_k = alpha * k
     with torch.no_grad():  # k'·(w·q + b') = α·k·(w·q + b) + β

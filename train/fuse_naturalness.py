@@ -15,6 +15,7 @@ mate-backgrounds photos. The encoder, the heads and so compare and rank are the 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -22,14 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from fgresq_sdk.bundle import MANIFEST, load_bundle, sha256_file, write_manifest
+from fgresq_sdk.bundle import MANIFEST, load_bundle, write_manifest
 from fgresq_sdk.errors import BundleError, FGResQError
 from fgresq_sdk.naturalness import METHOD, SECTION, NaturalnessTerm, score_logit
+from fgresq_sdk.niqe import Pristine
 
 from .calibrate import HIGH, LOW, percentile_affine
 from .evaluate import cross_content_srcc
 from .manifest import Manifest
-from .niqe import DEFAULT_PRISTINE, load_pristine
+from .niqe import DEFAULT_PRISTINE
 
 DEFAULT_KS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 PRISTINE_ROLE = "niqe_pristine"
@@ -38,14 +40,14 @@ PRISTINE_FILE = "niqe-pristine.json"
 _REWRITTEN = {"format", "format_version", "name", "created", "source", "precision", "config", "preprocess", "files"}
 
 
-def val_terms(bundle, manifest: Manifest, pristine_path: Path) -> tuple[list[str], np.ndarray, np.ndarray, list]:
+def val_terms(bundle, manifest: Manifest, pristine: Pristine) -> tuple[list[str], np.ndarray, np.ndarray, list]:
     """(image ids, score logits, ln d, errors) of the val images, through the runtime's own views."""
     from fgresq_sdk.scorer import Scorer
 
     scorer = Scorer(bundle, backend="onnxruntime")
     # weight 0, identity calibration: the Scorer reports ln d beside the model's own score
-    scorer.naturalness = NaturalnessTerm(load_pristine(pristine_path), 0.0, 1.0, 0.0,
-                                         tuple(bundle.preprocess["mean"]), tuple(bundle.preprocess["std"]))
+    spec = bundle.preprocess_spec  # mean/std with the legacy defaults, as NaturalnessTerm.from_bundle reads them
+    scorer.naturalness = NaturalnessTerm(pristine, 0.0, 1.0, 0.0, tuple(spec.mean), tuple(spec.std))
     ids = list(manifest.images)
     kept, logit, logd, errors = [], [], [], []
     for enc in scorer.iter_encode([manifest.image_path(i) for i in ids], names=ids):
@@ -74,8 +76,9 @@ def choose(ids: list[str], logit: np.ndarray, logd: np.ndarray, manifest: Manife
     return {"k": best["k"], "weight": best["weight"], "weight_per_k": per_k, "grid": rows}
 
 
-def write_fused_bundle(bundle, out: Path, pristine_path: Path, section: dict, force: bool = False) -> Path:
-    """A copy of `bundle` (every file verified as copied) plus the pristine model and the naturalness section."""
+def write_fused_bundle(bundle, out: Path, pristine: bytes, section: dict, force: bool = False) -> Path:
+    """A copy of `bundle` (every file verified as copied) plus the pristine model (the bytes of its JSON file) and
+    the naturalness section."""
     from fgresq_sdk.export.staging import check_out_dir, copy_verified, staged_bundle
 
     out = check_out_dir(out, force)
@@ -87,7 +90,7 @@ def write_fused_bundle(bundle, out: Path, pristine_path: Path, section: dict, fo
             dst.parent.mkdir(parents=True, exist_ok=True)
             copy_verified(bundle, role, dst)
             files[role] = entry["path"]
-        (tmp / PRISTINE_FILE).write_bytes(pristine_path.read_bytes())
+        (tmp / PRISTINE_FILE).write_bytes(pristine)
         files[PRISTINE_ROLE] = PRISTINE_FILE
         extra = {k: v for k, v in m.items() if k not in _REWRITTEN}
         extra[SECTION] = section
@@ -102,18 +105,20 @@ def fuse(model: Path, val_manifest: Path, out: Path, *, pristine_path: Path = DE
     if SECTION in bundle.manifest:
         raise BundleError(f"{model}: already has a {SECTION} term (fit on the bundle without it)")
     manifest = Manifest.load(val_manifest)
-    ids, logit, logd, errors = val_terms(bundle, manifest, pristine_path)
+    # read once: the model fitted with, the bytes shipped and the hash recorded are the same file content
+    data = pristine_path.read_bytes()
+    ids, logit, logd, errors = val_terms(bundle, manifest, Pristine.from_bytes(data, where=str(pristine_path)))
     if len(ids) < 10:
         raise ValueError(f"{val_manifest}: only {len(ids)} val images could be scored; need at least 10")
     pick = choose(ids, logit, logd, manifest, ks)
-    scale, offset = percentile_affine(logit - pick["weight"] * logd)
+    scale, offset, _, _ = percentile_affine(logit - pick["weight"] * logd)
     section = {"method": METHOD, "pristine": PRISTINE_ROLE, "weight": pick["weight"], "scale": scale,
                "offset": offset,
                "fit": {"k": pick["k"], "weight_per_k": pick["weight_per_k"], "grid": pick["grid"],
                        "val_images": len(ids), "val_errors": len(errors), "val_manifest": str(val_manifest),
                        "calibration": {"scores": [LOW, HIGH], "percentiles": [5, 95]},
-                       "pristine_sha256": sha256_file(pristine_path)}}
-    write_fused_bundle(bundle, out, pristine_path, section, force=force)
+                       "pristine_sha256": hashlib.sha256(data).hexdigest()}}
+    write_fused_bundle(bundle, out, data, section, force=force)
     return section
 
 

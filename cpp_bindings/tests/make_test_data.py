@@ -396,8 +396,8 @@ def write_niqe_data(out: Path, bundle: Path, imgs: dict[str, np.ndarray]) -> Non
     shutil.rmtree(d, ignore_errors=True)
     for sub in ("images", "pre", "lumas"):
         (d / sub).mkdir(parents=True)
-    fused = write_fused_bundle(load_bundle(bundle), out / "bundle_niqe", DEFAULT_PRISTINE, dict(NIQE_SECTION),
-                               force=True)
+    fused = write_fused_bundle(load_bundle(bundle), out / "bundle_niqe", DEFAULT_PRISTINE.read_bytes(),
+                               dict(NIQE_SECTION), force=True)
     scorer = Scorer(fused, backend="onnxruntime")
     assert scorer.naturalness is not None, "the fused bundle has no naturalness term"
     rng = np.random.default_rng(6)
