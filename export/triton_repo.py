@@ -29,6 +29,7 @@ from typing import Any
 from fgresq_sdk.bundle import load_bundle
 from fgresq_sdk.errors import BundleError, display_path
 
+from .onnx_export import copy_naturalness
 from .staging import copy_verified, refuse_protected_target, swap_into_place
 
 ENCODER_MODEL = "fgresq_encoder"
@@ -174,9 +175,7 @@ def export_triton_repo(bundle_dir: str | Path, out: str | Path, *, max_batch_siz
         if section is not None:
             # The graph's `score` is the encoder's; the bundle's score also has the naturalness term, which reads
             # the same preprocessed tensor: clients add it with fgresq_sdk.naturalness and this pristine model.
-            rel = bundle.entry(section["pristine"])["path"]
-            (enc / rel).parent.mkdir(parents=True, exist_ok=True)
-            copy_verified(bundle, section["pristine"], enc / rel)
+            (rel,) = copy_naturalness(bundle, enc).values()
             record["naturalness"] = {"pristine": f"{ENCODER_MODEL}/{rel}",
                                      "note": "the `score` output lacks the bundle's naturalness term: "
                                              "NaturalnessTerm.fuse(score, log_distance(tensor)) adds it"}
