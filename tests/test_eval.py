@@ -505,9 +505,11 @@ def test_junk_vs_clean_does_not_depend_on_where_the_data_lies(tmp_path):
     assert len({v["junk_mean_score"] for v in ra["per_kind"].values()}) == 5
 
 
-def _write_eval_rows(folder: Path, pref_by_photo: dict[str, float], clean_score: float = 0.9) -> Path:
+def _write_eval_rows(folder: Path, pref_by_photo: dict[str, float], clean_score: float = 0.9,
+                     hard_negative_score: float | None = None) -> Path:
     """A hand-made eval folder: photos p, q, r (r in two crops), one task each of two, 3 levels per content;
-    every ranked pair of a photo gets P(a better) = pref_by_photo[photo] (a is always the better image)."""
+    every ranked pair of a photo gets P(a better) = pref_by_photo[photo] (a is always the better image).
+    hard_negative_score: each content also gets its generator hard negative <cid>/J with this score."""
     import csv
 
     folder.mkdir(parents=True)
@@ -518,7 +520,12 @@ def _write_eval_rows(folder: Path, pref_by_photo: dict[str, float], clean_score:
         photo = cid.split("_c")[0]
         for lv, sc in enumerate(scores):
             images.append({"image_id": f"{cid}/L{lv}", "content_id": cid, "task": task, "scene": task,
-                           "reference": f"refs/{cid}.png", "unit_quality": 1.0 - lv / 2, "FGResQ": sc})
+                           "reference": f"refs/{cid}.png", "unit_quality": 1.0 - lv / 2, "FGResQ": sc,
+                           "hard_negative": 0})
+        if hard_negative_score is not None:
+            images.append({"image_id": f"{cid}/J", "content_id": cid, "task": task, "scene": task,
+                           "reference": f"refs/{cid}.png", "unit_quality": 0.0, "FGResQ": hard_negative_score,
+                           "hard_negative": 1})
         for a, b in ((0, 1), (1, 2), (0, 2)):
             pairs.append({"a": f"{cid}/L{a}", "b": f"{cid}/L{b}", "task": task, "label": "first",
                           "p_first_better": pref_by_photo[photo]})
@@ -531,6 +538,38 @@ def _write_eval_rows(folder: Path, pref_by_photo: dict[str, float], clean_score:
             w.writeheader()
             w.writerows(rows)
     return folder
+
+
+def test_cross_content_srcc_leaves_the_generator_hard_negatives_out():
+    """A val manifest made with --junk holds one hard negative per (content, task) far below every level; a test
+    manifest holds none. Left in, they lift the same model's cross-content SRCC (v20: 0.46 → 0.60 on the val
+    photos), so val and test would read different things. An id ending in /J without the generator's strength 1
+    is an ordinary image."""
+    from scipy.stats import spearmanr
+
+    from fgresq_sdk.train.evaluate import cross_content_srcc, hard_negative
+    from fgresq_sdk.train.manifest import ImageRecord, Manifest
+
+    images, scores = {}, {}
+    for cid, order in (("a", [0.9, 0.5, 0.6]), ("b", [0.7, 0.8, 0.2])):
+        for lv, sc in enumerate(order):
+            iid = f"{cid}/deblurring/L{lv}"
+            images[iid] = ImageRecord(iid, iid + ".png", "s", "deblurring", cid, 8.0 - 3 * lv, strength=0.1 + 0.3 * lv)
+            scores[iid] = sc
+        iid = f"{cid}/deblurring/J"
+        images[iid] = ImageRecord(iid, iid + ".png", "s", "deblurring", cid, 0.1, strength=1.0)
+        scores[iid] = 0.01
+    m = Manifest(root=Path("."), images=images, pairs=[], scenes={"s": {"mos_range": [0.0, 10.0]}})
+    levels = [i for i in images if not i.endswith("/J")]
+    want = spearmanr([scores[i] for i in levels], [images[i].mos for i in levels]).statistic
+    got = cross_content_srcc(scores, m, sorted(images), ["deblurring"])
+    assert got["all"] == pytest.approx(want) and got["deblurring"] == pytest.approx(want)
+    every = sorted(images)
+    assert spearmanr([scores[i] for i in every], [images[i].mos for i in every]).statistic > want + 0.05
+    assert hard_negative(m, "a/deblurring/J") and not hard_negative(m, "a/deblurring/L0")
+    images["a/deblurring/J"].strength = None  # a user's image that happens to be called J
+    assert not hard_negative(m, "a/deblurring/J")
+    assert cross_content_srcc(scores, m, sorted(images), ["deblurring"])["all"] != pytest.approx(want)
 
 
 def test_paired_bootstrap_counts_photos_as_eval_does_and_resamples_them_together(tmp_path, capsys):
@@ -558,6 +597,11 @@ def test_paired_bootstrap_counts_photos_as_eval_does_and_resamples_them_together
     assert w["cross_content_srcc"] == pytest.approx(
         spearmanr([0.8, 0.5, 0.3] * 2 + scores[6:], [1.0, 0.5, 0.0] * 4).statistic)
     assert w["junk_vs_clean"] == pytest.approx(1.0)  # only clean 0.9 references left, every junk below
+    # the generator's hard negatives (eval writes hard_negative = 1) stay out of cross-content SRCC, as in eval:
+    # scored above everything they would pull it down, yet the statistic is the same
+    with_j = statistics(load_records(_write_eval_rows(tmp_path / "j", {"p": 0.9, "q": 0.2, "r": 0.7},
+                                                      hard_negative_score=0.99)))
+    assert with_j["cross_content_srcc"] == pytest.approx(sa["cross_content_srcc"], abs=1e-12)
     same = paired_bootstrap(a, a, draws=50, seed=3)
     assert all(r["sd_diff"] == 0.0 and r["ci95"] == [0.0, 0.0] for r in same["statistics"].values())
     res = paired_bootstrap(a, b, draws=200, seed=1)

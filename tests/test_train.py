@@ -365,6 +365,46 @@ def test_fidelity_options_change_what_the_scene_loss_compares(manifest_dir):
         load_train_config({"fgresq": {"fidelity_groups": "photo"}})
 
 
+def test_pooled_fidelity_compares_every_image_on_the_unit_scale(manifest_dir, tmp_path):
+    """fidelity_groups "pooled": one group over the whole batch, MOS mapped to [0, 1] by each scene's declared
+    range — so two scenes whose raw MOS disagree (s2's are twice s1's on a range twice as wide) are compared on
+    one scale, and pairs of different scenes count. The batch sampler then mixes scenes."""
+    from torch.utils.data import default_collate
+
+    from fgresq_sdk.model import FGResQ
+    from fgresq_sdk.train.datasets import PairDataset, TransformSpec
+    from fgresq_sdk.train.losses import scene_fidelity_loss
+    from fgresq_sdk.train.loop import set_seed
+    from fgresq_sdk.train.manifest import Manifest
+    from fgresq_sdk.train.stage2 import stage2_step
+
+    set_seed(0)
+    m = Manifest.load(manifest_dir)
+    m.scenes = {"s1": {"mos_range": [0, 10]}, "s2": {"mos_range": [0, 20]}}
+    first = {r.scene: r for r in m.images.values() if r.image_id.endswith("-c0-l1")}
+    assert m.unit_quality(first["s1"].image_id) == pytest.approx(0.8)
+    assert m.unit_quality(first["s2"].image_id) == pytest.approx(0.8)  # 16 of 20, where the raw MOS reads 16 vs 8
+    m.scenes["s2"]["higher_is_better"] = False
+    assert m.unit_quality(first["s2"].image_id) == pytest.approx(0.2)
+    m.scenes["s2"].pop("higher_is_better")
+    model = FGResQ("fgresq-vit-tiny").eval()
+    ds = PairDataset(m, TransformSpec(224, 256, 224), train=False)
+    batch = default_collate([ds[k] for k in range(len(ds))])
+    assert len(set(batch["scene"].tolist())) == 2
+    with torch.no_grad():
+        pooled = stage2_step(model, batch, fidelity_groups="pooled")
+        by_scene = stage2_step(model, batch)
+        scores = model.score_from_features(model.quality_features(torch.cat([batch["a"], batch["b"]])))
+    unit = torch.tensor([m.unit_quality(ds.pairs[k].a) for k in range(len(ds))]
+                        + [m.unit_quality(ds.pairs[k].b) for k in range(len(ds))])
+    ids = torch.cat([torch.as_tensor(batch["id_a"]), torch.as_tensor(batch["id_b"])])
+    expected = scene_fidelity_loss(scores, unit, [0] * len(unit), ids=ids)
+    assert float(pooled["loss_scene"]) == pytest.approx(float(expected), abs=1e-6)
+    assert abs(float(pooled["loss_scene"]) - float(by_scene["loss_scene"])) > 1e-4
+    assert float(pooled["loss_rank"]) == pytest.approx(float(by_scene["loss_rank"]), abs=1e-6)
+    assert pooled["scene"] == -1
+
+
 def _steps(log: Path) -> dict[tuple[str, int], float]:
     out = {}
     for line in log.read_text().splitlines():
@@ -662,9 +702,14 @@ def test_conv_stats_towers_train_both_stages_and_export_to_parity(manifest_dir, 
     cfg = {"name": "cnn", "model": config, "log_every": 1, "keep_checkpoints": None, "threads": 1,
            "data": {"resize": 256, "crop": 224, "hflip": True},
            "dfl": {"epochs": 1, "batch_size": 8, "lr": 1e-3},
-           "fgresq": {"epochs": 1, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1, "fidelity_groups": "content"}}
+           "fgresq": {"epochs": 1, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1,
+                      # the shipped tower also runs the mixed-scene batches of "pooled" fidelity end to end
+                      "fidelity_groups": "pooled" if config == "fgresq-compact-cnn-ms2" else "content"}}
     res = run_training(cfg, tmp_path / "run", manifest=manifest_dir, val_manifest=manifest_dir, progress=False,
                        export=True)
+    if config == "fgresq-compact-cnn-ms2":
+        steps = [json.loads(line) for line in (tmp_path / "run" / "logs.jsonl").read_text().splitlines()]
+        assert {r["scene"] for r in steps if r.get("event") == "step" and r.get("stage") == "fgresq"} == {"pooled"}
     d1 = load_checkpoint(tmp_path / "run" / "dfl" / "model.safetensors").state_dict()
     fin = load_checkpoint(res["model"]).eval()
     w = "degradation_tower.features.0.weight"

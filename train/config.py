@@ -102,7 +102,8 @@ DEFAULTS: dict[str, Any] = {
         # paper: a scene is a source dataset whose MOS are comparable across contents); "content" = only
         # images of one content within a scene. In a scene batch of 16 pairs of 16 contents, 97 % of the
         # "scene" comparisons join different contents — meaningful for human MOS, noise for synthetic MOS
-        # whose curve is drawn per content.
+        # whose curve is drawn per content; "pooled" = every two images of a batch that mixes scenes, on MOS
+        # mapped to [0, 1] by each scene's declared mos_range (the scale cross-content SRCC reads).
         "fidelity_groups": "scene",
         # > 0: the epoch checkpoints (validated, selected, exported) hold an exponential moving average of the
         # weights with this decay per step instead of the last step's weights (train/ema.py); 0 = off.
@@ -110,7 +111,7 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 # Keys (section, key) that take one of a few words (the first is the default above).
-CHOICES = {("fgresq", "fidelity_on"): ("score", "logit"), ("fgresq", "fidelity_groups"): ("scene", "content"),
+CHOICES = {("fgresq", "fidelity_on"): ("score", "logit"), ("fgresq", "fidelity_groups"): ("scene", "content", "pooled"),
            ("data", "eval_view"): ("model", "center-crop")}
 _FREE_KEYS = {"description", "notes", "paper"}
 

@@ -216,6 +216,8 @@ class PairDataset(_Base):
             "a": _to_tensor(ia, self.spec), "b": _to_tensor(ib, self.spec),
             "mos_a": torch.tensor(float(ra.mos), dtype=torch.float32),
             "mos_b": torch.tensor(float(rb.mos), dtype=torch.float32),
+            "unit_a": torch.tensor(self.manifest.unit_quality(p.a), dtype=torch.float32),
+            "unit_b": torch.tensor(self.manifest.unit_quality(p.b), dtype=torch.float32),
             "scene": self.scene_index[ra.scene],
             "content": self.content_index[ra.content_id],
             "label": LABEL_INDEX[p.label],

@@ -66,7 +66,9 @@ PROTOCOL_NOTES = [
     "minus the distance of an image's natural-scene statistics from a model of clean fit photos (higher = more "
     "natural); 64-pixel patches, flat patches left out, an all-flat image at the maximum distance.",
     "Cross-content SRCC: SRCC over all images of a task pooled across contents and scenes, MOS scaled to [0, 1] "
-    "by each scene's declared mos_range.",
+    "by each scene's declared mos_range; the generator's hard negatives (<content>/<task>/J, strength 1) are left "
+    "out, as the junk-vs-clean check reads them (a val manifest made with --junk holds them, a test manifest "
+    "does not: with them val read 0.60 where test read 0.39, without them 0.46).",
     "Junk vs clean: every clean reference against five hard negatives made from every reference (pure noise, "
     "flat frame, extreme blur, extreme JPEG, banding), share of pairs where the clean photo scores higher.",
     "Average: mean over the tasks that have a value.",
@@ -215,29 +217,32 @@ class NoReferenceScorer:
         return [self.fn(M.to_luma(a)) for a in images]
 
 
-def unit_quality(manifest, image_id: str) -> float:
-    """An image's MOS mapped to [0, 1] by its scene's declared mos_range, 1 = best (quality direction
-    respected): the one scale on which images of different contents and scenes are compared."""
-    r = manifest.images[image_id]
-    meta = (getattr(manifest, "scenes", None) or {}).get(r.scene) or {}
-    lo, hi = (meta.get("mos_range") or [0.0, 1.0])[:2]
-    v = (float(r.mos) - lo) / ((hi - lo) or 1.0)
-    return v if meta.get("higher_is_better", True) else 1.0 - v
+def hard_negative(manifest, image_id: str) -> bool:
+    """The generator's hard negative of a (content, task): image <content>/<task>/J at strength 1 (the strength
+    as well, so that a user's manifest whose ids happen to end in /J is not affected)."""
+    from .synthetic import is_hard_negative
+
+    return manifest.images[image_id].strength == 1.0 and is_hard_negative(image_id)
 
 
-def cross_content_srcc(scores: dict[str, float], manifest, ids: list[str], tasks: list[str]) -> dict:
+def cross_content_srcc(scores: dict[str, float], manifest, ids: list[str], tasks: list[str], *,
+                       hard_negatives: bool = False) -> dict:
     """SRCC over all images of a task pooled across contents (and over everything), MOS mapped to [0, 1]
     by each scene's declared mos_range (quality direction respected): an absolute-scale check, unlike the
-    per-scene SRCC which the paper averages."""
+    per-scene SRCC which the paper averages. The generator's hard negatives are left out: they sit far below
+    every level, so a manifest that holds them (val) read much higher than one that does not (test) for the
+    same model, and junk_vs_clean measures them on their own. hard_negatives=True keeps them (one number for
+    both absolute goals: fuse_naturalness chooses its weight by it)."""
     from scipy.stats import spearmanr
 
     out = {}
+    ids = [i for i in ids if hard_negatives or not hard_negative(manifest, i)]
     for t in list(tasks) + ["all"]:
         tid = [i for i in ids if i in scores and (t == "all" or manifest.images[i].task == t)]
         if len({manifest.images[i].content_id for i in tid}) < 2:
             out[t] = None
             continue
-        out[t] = float(spearmanr([scores[i] for i in tid], [unit_quality(manifest, i) for i in tid]).statistic)
+        out[t] = float(spearmanr([scores[i] for i in tid], [manifest.unit_quality(i) for i in tid]).statistic)
     return out
 
 
@@ -419,7 +424,7 @@ def evaluate(bundle_or_scorer, manifest, backend: str = "onnxruntime", *, device
     records = {
         "images": [{"image_id": i, "content_id": manifest.images[i].content_id, "task": manifest.images[i].task,
                     "scene": scene_of[i], "reference": manifest.images[i].reference or "",
-                    "unit_quality": unit_quality(manifest, i),
+                    "unit_quality": manifest.unit_quality(i), "hard_negative": int(hard_negative(manifest, i)),
                     **{name: sc.get(i) for name, sc in method_scores.items()}} for i in ids],
         "pairs": [{"a": p.a, "b": p.b, "task": t, "label": p.label, "p_first_better": float(v)}
                   for p, t, v in zip(pairs, pair_task, pref)],

@@ -61,14 +61,19 @@ def val_terms(bundle, manifest: Manifest, pristine: Pristine) -> tuple[list[str]
 
 
 def choose(ids: list[str], logit: np.ndarray, logd: np.ndarray, manifest: Manifest, ks=DEFAULT_KS) -> dict:
-    """The k (and w) with the best val cross-content SRCC, and every k's SRCC."""
+    """The k (and w) with the best val cross-content SRCC, and every k's SRCC.
+
+    The val photos' hard negatives stay in this SRCC (eval leaves them out of its own): the term exists for both
+    absolute goals, ordering across contents and clean above junk, and the pooled SRCC with the junk in reads
+    both at once; without them it would trade the junk margin away unseen."""
     per_k = float(np.std(logit) / max(np.std(logd), 1e-12))
     tasks = sorted({manifest.images[i].task for i in ids})
     rows = []
     for k in ks:
         fused = dict(zip(ids, logit - k * per_k * logd))
         rows.append({"k": float(k), "weight": float(k * per_k),
-                     "val_cross_content_srcc": cross_content_srcc(fused, manifest, ids, tasks)["all"]})
+                     "val_cross_content_srcc": cross_content_srcc(fused, manifest, ids, tasks,
+                                                                  hard_negatives=True)["all"]})
     scored = [r for r in rows if r["val_cross_content_srcc"] is not None]
     if not scored:
         raise ValueError("the val manifest needs images of at least two contents to choose the weight")

@@ -129,6 +129,15 @@ class Manifest:
         ref = self.images[image_id].reference
         return None if not ref else Path(self.root) / ref
 
+    def unit_quality(self, image_id: str) -> float:
+        """An image's MOS mapped to [0, 1] by its scene's declared mos_range, 1 = best (quality direction
+        respected): the one scale on which images of different contents and scenes are compared."""
+        r = self.images[image_id]
+        meta = (self.scenes or {}).get(r.scene) or {}
+        lo, hi = (meta.get("mos_range") or [0.0, 1.0])[:2]
+        v = (float(r.mos) - lo) / ((hi - lo) or 1.0)
+        return v if meta.get("higher_is_better", True) else 1.0 - v
+
     # ------------------------------------------------------------------ I/O
     def save(self, folder: str | os.PathLike) -> Path:
         """Write manifest.json, images.csv and pairs.csv into ``folder``; returns the manifest.json path.

@@ -10,7 +10,8 @@ and the distribution of B − A over the draws.
 
 Statistics (the comparison head's and the score's, as `eval` computes them):
 * ``pair_acc`` — mean over tasks of the pair ACC on ranked pairs (eval.json methods.FGResQ.average.acc);
-* ``cross_content_srcc`` — SRCC of the score against the unit-scaled MOS over all images of all tasks;
+* ``cross_content_srcc`` — SRCC of the score against the unit-scaled MOS over all images of all tasks (the
+  generator's hard negatives left out, as eval does);
 * ``junk_vs_clean`` — share of (clean reference, hard negative) pairs in which the clean photo scores higher.
 
 The unit is the photo: an image's content id without its crop suffix (``_c<k>``), since crops of one photo
@@ -97,6 +98,7 @@ def load_records(folder) -> EvalRecords:
     photo_by_image = {r["image_id"]: photo_of(r["content_id"]) for r in images}
     photo_by_ref = {r["reference"]: photo_of(r["content_id"]) for r in images if r.get("reference")}
     photos = sorted(set(photo_by_image.values()))
+    images = [r for r in images if r.get("hard_negative") != "1"]  # out of cross-content SRCC, as in eval
     index = {p: k for k, p in enumerate(photos)}
     tasks = sorted({r["task"] for r in pairs})
     refs = sorted({r["reference"] for r in junk_rows if r["kind"] == "clean"})

@@ -31,7 +31,7 @@ from .evaluate import scene_weighted_correlations
 from .logs import JsonlLogger, Progress
 from .losses import stage2_loss
 from .loop import count_trainable, fit, image_batch, stage_optimization
-from .sampler import SceneBatchSampler
+from .sampler import SceneBatchSampler, ShuffledBatchSampler
 
 __all__ = ["freeze_for_stage2", "stage2_step", "manifest_features", "validate_pairs", "run_fgresq"]
 
@@ -73,20 +73,23 @@ def stage2_step(model, batch: dict, lambda_scene: float = 5.0, lambda_rank: floa
     """One stage-2 forward: scores of both images of every pair, fidelity over all images, CE over pairs.
 
     fidelity_on "logit": the fidelity loss sees the score head's logit instead of its sigmoid;
-    fidelity_groups "content": it compares images of one content (and scene) only (config.py)."""
+    fidelity_groups "content": it compares images of one content (and scene) only; "pooled": every two images
+    of the batch, on MOS mapped to [0, 1] by each scene's declared range (config.py)."""
     n = batch["a"].shape[0]
     q = model.quality_features(torch.cat([batch["a"], batch["b"]]))
     scores = model.head(q).squeeze(-1) if fidelity_on == "logit" else model.score_from_features(q)
     logits = model.compare_logits(q[:n], q[n:])
     scenes = torch.as_tensor(batch["scene"])
-    groups = scenes
+    groups, mos = scenes, torch.cat([batch["mos_a"], batch["mos_b"]])
     if fidelity_groups == "content":  # one code per (scene, content); a pair's two images share both
         groups = scenes * (int(torch.as_tensor(batch["content"]).max()) + 1) + torch.as_tensor(batch["content"])
-    out = stage2_loss(scores, torch.cat([batch["mos_a"], batch["mos_b"]]), torch.cat([groups, groups]),
+    elif fidelity_groups == "pooled":  # one group; the unit scale makes MOS of different scenes comparable
+        groups, mos = torch.zeros_like(scenes), torch.cat([batch["unit_a"], batch["unit_b"]])
+    out = stage2_loss(scores, mos, torch.cat([groups, groups]),
                       logits, torch.as_tensor(batch["label"]), lambda_scene, lambda_rank,
                       ids=torch.cat([torch.as_tensor(batch["id_a"]), torch.as_tensor(batch["id_b"])]))
     out["pairs"] = int(n)
-    out["scene"] = int(scenes[0])
+    out["scene"] = -1 if fidelity_groups == "pooled" else int(scenes[0])  # a pooled batch has no one scene
     return out
 
 
@@ -165,7 +168,9 @@ def run_fgresq(model, train_m, tcfg: dict, stage_dir: Path, logger: JsonlLogger,
     dataset = PairDataset(train_m, spec, train=True, seed=seed, cache=cache)
     if len(dataset) == 0:
         raise TrainError("stage fgresq: the training manifest has no pairs")
-    sampler = SceneBatchSampler(dataset.pair_scenes, sc["batch_size"], seed=seed)
+    # "pooled" fidelity compares across scenes, so its batches mix them; otherwise the paper's one-scene batches
+    sampler = (ShuffledBatchSampler(len(dataset), sc["batch_size"], seed=seed) if sc["fidelity_groups"] == "pooled"
+               else SceneBatchSampler(dataset.pair_scenes, sc["batch_size"], seed=seed))
     if int(tcfg["data"]["num_workers"]) > 0:
         dataset.prefill()
     train_mode = freeze_for_stage2(model, sc["train_image_tower"], sc["degradation_trainable_blocks"])
@@ -188,7 +193,7 @@ def run_fgresq(model, train_m, tcfg: dict, stage_dir: Path, logger: JsonlLogger,
 
     def step_fn(batch: dict) -> dict[str, Any]:
         out = stage2_step(model, batch, lam1, lam2, **fidelity)
-        out["scene"] = scene_names[out["scene"]]
+        out["scene"] = scene_names.get(out["scene"], "pooled")
         return out
 
     fit(stage="fgresq", model=model, optimizer=optimizer, scheduler=scheduler, sampler=sampler, dataset=dataset,
