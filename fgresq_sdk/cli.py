@@ -161,13 +161,13 @@ def _scorer(model, backend, device, batch_size, crops: int = 1, precision=None, 
                   compile=compile_, flip=flip)
 
 
-def _run_encode(scorer, paths: list, label: str):
+def _run_encode(scorer, paths: list, label: str, features_only: bool = False):
     """Encode all paths with a progress bar; returns (encoded ok list, error dicts)."""
     ok, errors = [], []
     bar = progress(len(paths), label)
     with bar as p:
         task = p.add_task(label, total=len(paths)) if p is not None else None
-        for enc in scorer.iter_encode(paths, names=[display_path(x) for x in paths]):
+        for enc in scorer.iter_encode(paths, names=[display_path(x) for x in paths], features_only=features_only):
             if enc.error is None:
                 ok.append(enc)
             else:
@@ -225,7 +225,7 @@ def compare(
         _check_out(report, [a, b], "report")
     try:
         scorer = _scorer(model, backend, device, 2, crops, precision, flip=flip)
-        ok, errors = _run_encode(scorer, [a, b], "comparing")
+        ok, errors = _run_encode(scorer, [a, b], "comparing", features_only=True)  # compare reads no score
     except FGResQError as exc:
         _fail(str(exc))
     if errors:  # both inputs are reported when both are bad, not just the first

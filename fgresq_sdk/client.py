@@ -222,9 +222,11 @@ class RemoteScorer(ScoringMethods):
         return out  # type: ignore[return-value]
 
     # -- the Scorer API ----------------------------------------------------------------------------------
-    def iter_encode(self, items: Iterable[ImageInput], names: Sequence[str] | None = None) -> Iterator[Encoded]:
+    def iter_encode(self, items: Iterable[ImageInput], names: Sequence[str] | None = None, *,
+                    features_only: bool = False) -> Iterator[Encoded]:
         """Encode inputs in order; a bad input yields an Encoded with `error` set, the rest go on. A server
-        that cannot be reached or fails a whole request raises RemoteError."""
+        that cannot be reached or fails a whole request raises RemoteError. features_only changes nothing here:
+        the server always returns the scores with the features."""
 
         def batches():
             cur = []

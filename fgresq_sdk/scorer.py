@@ -118,17 +118,19 @@ class ScoringMethods:
 
     head: CompareHeadNP
 
-    def iter_encode(self, items: Iterable[ImageInput], names: Sequence[str] | None = None) -> Iterator[Encoded]:
+    def iter_encode(self, items: Iterable[ImageInput], names: Sequence[str] | None = None, *,
+                    features_only: bool = False) -> Iterator[Encoded]:
         raise NotImplementedError
 
-    def encode(self, images: Sequence[ImageInput]) -> tuple[np.ndarray, np.ndarray]:
-        """Strict variant: all inputs must be usable, else InputError for the first that is not."""
+    def encode(self, images: Sequence[ImageInput], *, features_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Strict variant: all inputs must be usable, else InputError for the first that is not.
+        features_only: the scores may be left out (NaN) where that saves work (see Scorer.iter_encode)."""
         feats, scores = [], []
-        for enc in self.iter_encode(images):
+        for enc in self.iter_encode(images, features_only=features_only):
             if enc.error is not None:
                 raise InputError(enc.name, enc.error)
             feats.append(enc.features)
-            scores.append(enc.score)
+            scores.append(np.nan if enc.score is None else enc.score)
         width = self.head.dim  # quality features q = [f, t, f + t]: the head's half-width
         return (np.stack(feats) if feats else np.zeros((0, width), np.float32)), np.asarray(scores, np.float32)
 
@@ -141,7 +143,7 @@ class ScoringMethods:
 
         Default: order-symmetrised (compare(a, b) mirrors compare(b, a); identical images are `similar`),
         the quantity `rank` uses. raw=True: the head on (a, b) only, as the authors' predict_pair."""
-        q, _ = self.encode([a, b])
+        q, _ = self.encode([a, b], features_only=True)
         return self.compare_features(_name_of(a, 0), _name_of(b, 1), q[0], q[1], raw=raw)
 
     def compare_features(self, a: str, b: str, fa: np.ndarray, fb: np.ndarray, raw: bool = False) -> Comparison:
@@ -215,8 +217,13 @@ class Scorer(ScoringMethods):
         with self._backend_lock:
             return self.backend.encode(x)
 
-    def iter_encode(self, items: Iterable[ImageInput], names: Sequence[str] | None = None) -> Iterator[Encoded]:
-        """Encode inputs in order; a bad input yields an Encoded with `error` set, the rest go on."""
+    def iter_encode(self, items: Iterable[ImageInput], names: Sequence[str] | None = None, *,
+                    features_only: bool = False) -> Iterator[Encoded]:
+        """Encode inputs in order; a bad input yields an Encoded with `error` set, the rest go on.
+
+        features_only: for callers that read only the features (`compare`): the score is None and a naturalness
+        term's NIQE-style distance is not computed (~7 ms of numpy per image, more than the encoder itself on
+        a GPU)."""
         spec = self.bundle.preprocess_spec
 
         def views(item, name) -> np.ndarray:
@@ -226,7 +233,7 @@ class Scorer(ScoringMethods):
                 crop_views(load_image(item, name), self.crops, spec)
             return np.concatenate([v, v[..., ::-1]]) if self.flip else v
 
-        term = self.naturalness
+        term = None if features_only else self.naturalness
 
         def work(job):
             """(index, name, views, error, ln d): ln d on the views the encoder reads, in the decode threads."""
@@ -263,7 +270,8 @@ class Scorer(ScoringMethods):
                 k = 0
                 for idx, name, _, err, logd in decoded:
                     if err is None:
-                        yield Encoded(idx, name, features=feats[k], score=float(scores[k]), log_distance=logd)
+                        yield Encoded(idx, name, features=feats[k],
+                                      score=None if features_only else float(scores[k]), log_distance=logd)
                         k += 1
                     else:
                         yield Encoded(idx, name, error=err)

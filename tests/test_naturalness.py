@@ -75,6 +75,31 @@ def test_scorer_applies_the_term_per_image_across_batches_and_bad_inputs(tiny_bu
                                atol=1e-6)
 
 
+def test_compare_skips_the_distance_and_decides_as_the_plain_model(tiny_bundle, fused_bundle, tmp_path, monkeypatch):
+    """compare reads only features, so it (and encode/iter_encode with features_only) never computes the NIQE-style
+    distance (~7 ms of numpy per image); its probabilities are the plain bundle's; the features-only Encoded
+    carries no score rather than an unfused one."""
+    from fgresq_sdk.naturalness import NaturalnessTerm
+    from fgresq_sdk.scorer import Scorer
+
+    paths = _images(tmp_path)
+    fused = Scorer(fused_bundle, backend="onnxruntime")
+    calls = []
+    original = NaturalnessTerm.log_distance
+    monkeypatch.setattr(NaturalnessTerm, "log_distance", lambda self, v: calls.append(1) or original(self, v))
+    got = fused.compare(paths[0], paths[1])
+    assert calls == []
+    want = Scorer(tiny_bundle, backend="onnxruntime").compare(paths[0], paths[1])
+    assert (got.p_first_better, got.p_second_better, got.p_similar) == pytest.approx(
+        (want.p_first_better, want.p_second_better, want.p_similar), abs=1e-6)
+    only = list(fused.iter_encode(paths[:2], features_only=True))
+    assert calls == [] and all(e.score is None and e.log_distance is None and e.features is not None for e in only)
+    feats, scores = fused.encode(paths[:2], features_only=True)
+    assert np.isnan(scores).all() and feats.shape[0] == 2
+    fused.score(paths[:2])  # the score does read it, once per image
+    assert len(calls) == 2
+
+
 @needs_torch
 def test_torch_backend_gives_the_same_fused_scores(fused_bundle, tmp_path):
     from fgresq_sdk.scorer import Scorer
