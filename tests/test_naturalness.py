@@ -100,6 +100,40 @@ def test_compare_skips_the_distance_and_decides_as_the_plain_model(tiny_bundle, 
     assert len(calls) == 2
 
 
+def test_the_weight_is_chosen_with_the_hard_negatives_in_and_both_readings_are_recorded():
+    """The term serves both absolute goals, so k is chosen by val cross-content SRCC with the val manifest's hard
+    negatives in; eval's reading without them (the test manifests' footing) is recorded beside it."""
+    from pathlib import Path
+
+    from fgresq_sdk.train.evaluate import cross_content_srcc
+    from fgresq_sdk.train.fuse_naturalness import choose
+    from fgresq_sdk.train.manifest import ImageRecord, Manifest
+
+    images, logit, logd = {}, [], []
+    for c, (offset, dist) in enumerate(((0.0, 1.0), (1.5, 1.3), (-0.7, 0.8))):
+        for lv in range(3):
+            iid = f"p{c}/deblurring/L{lv}"
+            images[iid] = ImageRecord(iid, iid + ".png", "s", "deblurring", f"p{c}", 0.9 - 0.3 * lv, strength=0.1 + 0.3 * lv)
+            logit.append(offset - 0.5 * lv)
+            logd.append(dist + 0.1 * lv)
+        iid = f"p{c}/deblurring/J"
+        images[iid] = ImageRecord(iid, iid + ".png", "s", "deblurring", f"p{c}", 0.0, strength=1.0)
+        logit.append(2.0)  # the model alone is fooled by the junk, the distance is not
+        logd.append(6.0)
+    m = Manifest(root=Path("."), images=images, pairs=[], scenes={"s": {"mos_range": [0.0, 1.0]}})
+    ids, logit, logd = list(images), np.array(logit), np.array(logd)
+    pick = choose(ids, logit, logd, m, ks=(0.0, 0.5, 1.0, 2.0))
+    for row in pick["grid"]:
+        fused = dict(zip(ids, logit - row["weight"] * logd))
+        assert row["val_cross_content_srcc"] == pytest.approx(
+            cross_content_srcc(fused, m, ids, ["deblurring"], hard_negatives=True)["all"])
+        assert row["val_cross_content_srcc_without_hard_negatives"] == pytest.approx(
+            cross_content_srcc(fused, m, ids, ["deblurring"])["all"])
+    assert pick["k"] == max(pick["grid"], key=lambda r: (r["val_cross_content_srcc"], -r["k"]))["k"]
+    assert pick["k"] > 0  # only the hard negatives ask for the term here
+    assert pick["grid"][0]["val_cross_content_srcc"] < pick["grid"][0]["val_cross_content_srcc_without_hard_negatives"]
+
+
 @needs_torch
 def test_torch_backend_gives_the_same_fused_scores(fused_bundle, tmp_path):
     from fgresq_sdk.scorer import Scorer

@@ -73,7 +73,10 @@ def choose(ids: list[str], logit: np.ndarray, logd: np.ndarray, manifest: Manife
         fused = dict(zip(ids, logit - k * per_k * logd))
         rows.append({"k": float(k), "weight": float(k * per_k),
                      "val_cross_content_srcc": cross_content_srcc(fused, manifest, ids, tasks,
-                                                                  hard_negatives=True)["all"]})
+                                                                  hard_negatives=True)["all"],
+                     # eval's reading (the test manifests hold no hard negatives): recorded, not chosen by
+                     "val_cross_content_srcc_without_hard_negatives": cross_content_srcc(
+                         fused, manifest, ids, tasks)["all"]})
     scored = [r for r in rows if r["val_cross_content_srcc"] is not None]
     if not scored:
         raise ValueError("the val manifest needs images of at least two contents to choose the weight")
