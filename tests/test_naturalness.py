@@ -113,7 +113,8 @@ def test_the_weight_is_chosen_with_the_hard_negatives_in_and_both_readings_are_r
     for c, (offset, dist) in enumerate(((0.0, 1.0), (1.5, 1.3), (-0.7, 0.8))):
         for lv in range(3):
             iid = f"p{c}/deblurring/L{lv}"
-            images[iid] = ImageRecord(iid, iid + ".png", "s", "deblurring", f"p{c}", 0.9 - 0.3 * lv, strength=0.1 + 0.3 * lv)
+            images[iid] = ImageRecord(iid, iid + ".png", "s", "deblurring", f"p{c}", 0.9 - 0.3 * lv,
+                                      strength=0.1 + 0.3 * lv)
             logit.append(offset - 0.5 * lv)
             logd.append(dist + 0.1 * lv)
         iid = f"p{c}/deblurring/J"
