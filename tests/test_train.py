@@ -643,20 +643,23 @@ def test_recipe_script_selects_the_best_val_epoch_and_prints_every_candidates_br
 
 def test_recipe_script_ship_rule_needs_a_better_mean_the_task_floor_and_no_worse_residue_check(tmp_path):
     """scripts/make_default_model.sh's ship_rule, run as the script defines it: a new default ships only with a higher
-    mean test pair ACC (junk-vs-clean breaks a tie at 3 decimals), no task below 0.85 where the installed one holds it,
-    and a sharpening-residue check at least the installed one's."""
+    mean test pair ACC, at a tie (3 decimals) meeting the junk-vs-clean target (0.95) where the installed one does
+    not, then a higher cross-content SRCC (3 decimals), then more junk wins; no task below 0.85 where the installed
+    one holds it, and a sharpening-residue check at least the installed one's."""
     import subprocess
     import sys
 
     script = (Path(__file__).resolve().parents[1] / "scripts" / "make_default_model.sh").read_text()
     func = re.search(r"^ship_rule\(\) \{.*?^\}$", script, re.M | re.S).group(0)
 
-    def result(name, mean, tasks=None, junk=None):
+    def result(name, mean, tasks=None, junk=None, cross=None):
         per_task = {t: {"acc": a} for t, a in (tasks or {"deblurring": mean, "denoising": mean}).items()}
         per_task["dehazing"] = {"acc": None}  # a task without ranked pairs is not a floor
         r = {"methods": {"FGResQ": {"average": {"acc": mean}, "per_task": per_task}}}
         if junk is not None:
             r["junk_vs_clean"] = {"clean_wins": junk}
+        if cross is not None:
+            r["cross_content_srcc"] = {"FGResQ": {"deblurring": cross, "all": cross}, "SSIM": {"all": 0.99}}
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(r))
         return path
@@ -676,6 +679,13 @@ def test_recipe_script_ship_rule_needs_a_better_mean_the_task_floor_and_no_worse
     assert not ships(result("worse", 0.940, junk=0.99), old, res_up, old_res)
     assert not ships(result("same-mean", 0.9441, junk=0.94), old, res_up, old_res)  # tie at 3 decimals: junk decides
     assert ships(result("same-mean-junk", 0.9441, junk=0.95), old, res_up, old_res)
+    # both meet the junk target: cross-content SRCC decides, then the junk wins
+    old_met = result("old-met", 0.944, junk=0.967, cross=0.428)
+    assert ships(result("cross-up", 0.9441, junk=0.955, cross=0.471), old_met, res_up, old_res)
+    assert not ships(result("cross-down", 0.9441, junk=0.99, cross=0.4271), old_met, res_up, old_res)
+    assert not ships(result("cross-tie", 0.9441, junk=0.966, cross=0.4284), old_met, res_up, old_res)
+    assert ships(result("cross-tie-junk", 0.9441, junk=0.968, cross=0.4284), old_met, res_up, old_res)
+    assert not ships(result("junk-lost", 0.9441, junk=0.949, cross=0.60), old_met, res_up, old_res)
     assert not ships(result("floor", 0.95, tasks={"deblurring": 0.84, "denoising": 1.0}), old, res_up, old_res)
     # where the installed model is itself below 0.85 on a task, the new one only has to hold that level
     old_low = result("old-low", 0.90, tasks={"deblurring": 0.80, "denoising": 1.0})

