@@ -262,7 +262,7 @@ BASE_RECIPE=$RECIPE RECIPE="$SHIPPED" POLISH="$SHIPPED_POLISH" \
     POLISH_PAIR_FRACTION="$POLISH_PAIR_FRACTION" POLISH_JUNK_FRACTION="$POLISH_JUNK_FRACTION" PHOTO_SET="$PHOTO_SET" SPLIT="$SPLIT" FIT_CROPS="$FIT_CROPS" VAL_CROPS="$VAL_CROPS" \
     PAIR_FRACTION="$PAIR_FRACTION" JUNK_FRACTION="$JUNK_FRACTION" JUNK_WEIGHTS="$JUNK_WEIGHTS" \
     FIT_DEGRADATIONS="$FIT_DEGRADATIONS" FIT_EXCLUDE="$FIT_EXCLUDE" POLISH_EXCLUDE="$POLISH_EXCLUDE" \
-    POLISH_RESIDUE_FRACTION="$POLISH_RESIDUE_FRACTION" \
+    POLISH_RESIDUE_FRACTION="$POLISH_RESIDUE_FRACTION" PRIOR="$PRIOR" \
     $PY - "$WORK/default-bundle" "$best" <<'PYEOF'
 import json, os, shutil, sys
 from pathlib import Path
@@ -305,8 +305,20 @@ if env.get("POLISH"):
         + (f", plus {float(env['POLISH_RESIDUE_FRACTION']) * 100:.0f} % of the ranked pairs of a residue-only fit "
            "folder (degradations v4 at residue share 1: super-resolution and deblurring, seed 0; train/merge.py)"
            if env.get("POLISH_RESIDUE_FRACTION") else ""))
+source = "trained from scratch on synthetic data (scripts/make_default_model.sh)"
+if env.get("PRIOR") and src.config.get("prior"):
+    from fgresq_sdk.train.fit_prior import WAIFU2X_MODEL, WAIFU2X_WHEEL
+    extra["training"]["prior"] = (
+        f"train/fit_prior.py: the first {len(src.config['prior']['channels'])} convolutions of {WAIFU2X_MODEL} "
+        f"({WAIFU2X_WHEEL} from PyPI, sha256 pinned; waifu2x, MIT), frozen, strides {src.config['prior']['strides']}; "
+        "a ridge readout of their statistics fitted on 150 seeded fit contents (λ by leave-photos-out CV), "
+        "its weight in the score logit chosen on the val photos")
+    source = ("trained from scratch on synthetic data, with a frozen pretrained low-level prior in the score "
+              "(scripts/make_default_model.sh)")
+if "naturalness" in m:
+    source += "; naturalness term fitted on val photos"
 write_manifest(dst, name=f"fgresq-{recipe}", config=src.config, files=files, precision="fp32",
-               source="trained from scratch on synthetic data (scripts/make_default_model.sh)", extra=extra)
+               source=source, extra=extra)
 print("installed", dst)
 PYEOF
 # 7. examples/ from this test set (the same images when the photos and seeds are unchanged)
