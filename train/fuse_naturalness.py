@@ -29,9 +29,9 @@ from fgresq_sdk.naturalness import METHOD, SECTION, NaturalnessTerm, score_logit
 from fgresq_sdk.niqe import Pristine
 
 from .calibrate import HIGH, LOW, percentile_affine
-from .evaluate import cross_content_srcc
 from .manifest import Manifest
 from .niqe import DEFAULT_PRISTINE
+from .term_weight import choose_weight
 
 DEFAULT_KS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 PRISTINE_ROLE = "niqe_pristine"
@@ -61,27 +61,10 @@ def val_terms(bundle, manifest: Manifest, pristine: Pristine) -> tuple[list[str]
 
 
 def choose(ids: list[str], logit: np.ndarray, logd: np.ndarray, manifest: Manifest, ks=DEFAULT_KS) -> dict:
-    """The k (and w) with the best val cross-content SRCC, and every k's SRCC.
-
-    The val photos' hard negatives stay in this SRCC (eval leaves them out of its own): the term exists for both
-    absolute goals, ordering across contents and clean above junk, and the pooled SRCC with the junk in reads
-    both at once; without them it would trade the junk margin away unseen."""
-    per_k = float(np.std(logit) / max(np.std(logd), 1e-12))
-    tasks = sorted({manifest.images[i].task for i in ids})
-    rows = []
-    for k in ks:
-        fused = dict(zip(ids, logit - k * per_k * logd))
-        rows.append({"k": float(k), "weight": float(k * per_k),
-                     "val_cross_content_srcc": cross_content_srcc(fused, manifest, ids, tasks,
-                                                                  hard_negatives=True)["all"],
-                     # eval's reading (the test manifests hold no hard negatives): recorded, not chosen by
-                     "val_cross_content_srcc_without_hard_negatives": cross_content_srcc(
-                         fused, manifest, ids, tasks)["all"]})
-    scored = [r for r in rows if r["val_cross_content_srcc"] is not None]
-    if not scored:
-        raise ValueError("the val manifest needs images of at least two contents to choose the weight")
-    best = max(scored, key=lambda r: (r["val_cross_content_srcc"], -r["k"]))
-    return {"k": best["k"], "weight": best["weight"], "weight_per_k": per_k, "grid": rows}
+    """The k (and w) with the best val cross-content SRCC, and every k's SRCC (train/term_weight.py's rule: the
+    hard negatives stay in, because the term exists for both absolute goals; without them it would trade the junk
+    margin away unseen)."""
+    return choose_weight(ids, logit, -logd, manifest, ks, "k")
 
 
 def write_fused_bundle(bundle, out: Path, pristine: bytes, section: dict, force: bool = False) -> Path:

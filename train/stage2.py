@@ -19,13 +19,12 @@ import torch
 from torch import nn
 
 from fgresq_sdk.model import save_checkpoint
-from fgresq_sdk.preprocess import normalize
 
 from . import metrics as M
 from .by_implementation import implementation_accuracy
 from .checkpoints import FINAL_NAME
 from .config import TrainError
-from .datasets import ImageCache, PairDataset, TransformSpec
+from .datasets import ImageCache, PairDataset, TransformSpec, view_batches
 from .ema import WeightEMA
 from .evaluate import scene_weighted_correlations
 from .logs import JsonlLogger, Progress
@@ -98,14 +97,10 @@ def manifest_features(model, manifest, spec, cache=None, batch_size: int = 32,
                       channels_last: bool = False) -> tuple[list[str], torch.Tensor]:
     """Quality features q of every manifest image (sorted ids) through the eval transform, i.e. exactly what
     inference feeds the model; the caller puts the model in eval mode."""
-    cache = cache if cache is not None else ImageCache(0)
     ids = sorted(manifest.images)
     device = next(model.parameters()).device
-    qs = []
-    for s in range(0, len(ids), batch_size):
-        x = torch.stack([torch.from_numpy(normalize(cache.get(manifest.image_path(k), spec.eval_view), spec.size,
-                                                    spec.mean, spec.std)) for k in ids[s:s + batch_size]])
-        qs.append(model.quality_features(image_batch(x, device, channels_last)))
+    qs = [model.quality_features(image_batch(x, device, channels_last))
+          for x in view_batches(manifest, ids, spec, cache, batch_size)]
     return ids, (torch.cat(qs) if qs else torch.zeros(0, device=device))
 
 
