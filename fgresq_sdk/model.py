@@ -253,7 +253,8 @@ class LowLevelPrior(nn.Module):
     the statistics; with E experts, E linear readouts are mixed by a softmax gate over the same statistics,
     r = Σ_e softmax(gate(s))_e · readout(s)_e. Why: a severity scale read one way for every restoration task
     mixes tasks whose statistics move in different directions; experts fitted per task and gated by a task
-    classifier of the statistics read 0.57 on val against 0.50 for one readout (probe v33, the history).
+    classifier of the statistics read 0.55 on val against 0.50 for one readout on the same fit photos, and 0.61
+    fitted on every fit content (probe v33, docs/default-model-history.md).
     Branch 0's convolutions are `convs[0:L]`, branch b's `convs[b·L:(b+1)·L]`, so a one-branch checkpoint keeps
     its names."""
 

