@@ -192,6 +192,14 @@ def test_fit_prior_fits_on_fit_photos_chooses_on_val_and_records_both_grids(tmp_
             term = (p * term).sum(1).double().numpy()
         y = [fit.unit_quality(i) for i in ids]
         assert spearmanr(term, y).statistic > 0.3
+    # the term is centred on val: the encoder's float32 sigmoid must not saturate on an offset (scores would tie)
+    val = Manifest.load(tmp_path / "val")
+    vstats, _ = fp.prior_statistics(model, val, sorted(val.images))
+    with torch.no_grad():
+        r = model.prior.readout(torch.from_numpy(vstats).float())
+        p = torch.softmax(model.prior.gate(torch.from_numpy(vstats).float()), dim=1)
+        vterm = (p * r).sum(1).double().numpy()
+    assert abs(vterm.mean()) <= 1e-3 * max(1.0, vterm.std())
     out = save_checkpoint(model, tmp_path / "prior.safetensors", source="test")
     again = load_checkpoint(out)
     assert again.prior is not None and torch.equal(again.prior.readout.weight, w)
