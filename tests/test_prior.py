@@ -152,6 +152,16 @@ def synthetic_manifests(root: Path):
     return fit, val
 
 
+def gated_term(model, stats: np.ndarray) -> np.ndarray:
+    """The prior's term from its statistics, the gate's softmax over the expert readouts written out by hand."""
+    import torch
+
+    with torch.no_grad():
+        s = torch.from_numpy(stats).float()
+        p = torch.softmax(model.prior.gate(s), dim=1)
+        return (p * model.prior.readout(s)).sum(1).double().numpy()
+
+
 @needs_torch
 def test_fit_prior_fits_on_fit_photos_chooses_on_val_and_records_both_grids(tmp_path):
     import torch
@@ -186,19 +196,13 @@ def test_fit_prior_fits_on_fit_photos_chooses_on_val_and_records_both_grids(tmp_
         fit = Manifest.load(tmp_path / "fit")
         ids = fp.fit_contents(fit, 5)
         stats, _ = fp.prior_statistics(model, fit, ids)
-        with torch.no_grad():
-            term = model.prior.readout(torch.from_numpy(stats).float())
-            p = torch.softmax(model.prior.gate(torch.from_numpy(stats).float()), dim=1)
-            term = (p * term).sum(1).double().numpy()
+        term = gated_term(model, stats)
         y = [fit.unit_quality(i) for i in ids]
         assert spearmanr(term, y).statistic > 0.3
     # the term is centred on val: the encoder's float32 sigmoid must not saturate on an offset (scores would tie)
     val = Manifest.load(tmp_path / "val")
     vstats, _ = fp.prior_statistics(model, val, sorted(val.images))
-    with torch.no_grad():
-        r = model.prior.readout(torch.from_numpy(vstats).float())
-        p = torch.softmax(model.prior.gate(torch.from_numpy(vstats).float()), dim=1)
-        vterm = (p * r).sum(1).double().numpy()
+    vterm = gated_term(model, vstats)
     assert abs(vterm.mean()) <= 1e-3 * max(1.0, vterm.std())
     out = save_checkpoint(model, tmp_path / "prior.safetensors", source="test")
     again = load_checkpoint(out)

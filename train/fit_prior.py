@@ -232,14 +232,15 @@ def fit_prior(checkpoint: Path, weights: "Path | list[Path]", fit_manifest: Path
     vids = sorted(val.images)
     val_stats, logit = prior_statistics(model, val, vids, score_logits=True)
     zv = (val_stats - mu) / sd
-    pick = choose_weight(vids, logit, gated_readout(zv, gate, experts), val, cs, "c")
+    r = gated_readout(zv, gate, experts)
+    pick = choose_weight(vids, logit, r, val, cs, "c")
     a = pick["weight"]
     W, b = experts
     # centred on val: the encoder returns sigmoid(logit + term) in float32, which reads 1.0 for logits above ~17; an
     # uncentred term (the experts' intercepts times a large weight) pushed most images there and tied their scores.
     # A constant shift of every expert shifts the gated term by that constant (the gate's weights sum to 1), so the
     # order and c's choice are unchanged.
-    b = b - float(np.mean(gated_readout(zv, gate, experts)))
+    b = b - float(np.mean(r))
     G, g = gate
     with torch.no_grad():  # on raw statistics s: z = (s − μ)/σ, so z·w + b = s·(w/σ) + (b − (μ/σ)·w)
         model.prior.readout.weight.copy_(torch.from_numpy(a * W / sd))
