@@ -94,8 +94,8 @@ def test_the_prior_weights_are_checked_against_the_pinned_files_and_the_prior_sh
 
 
 @needs_torch
-@pytest.mark.parametrize("branches, experts", [(1, 1), (2, 3)])
-def test_the_prior_moves_only_the_score_in_torch_and_in_the_exported_graph(tmp_path, branches, experts):
+@pytest.mark.parametrize("branches, experts, kurtosis", [(1, 1, False), (2, 3, False), (2, 3, True)])
+def test_the_prior_moves_only_the_score_in_torch_and_in_the_exported_graph(tmp_path, branches, experts, kurtosis):
     import torch
 
     from fgresq_sdk.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -107,6 +107,9 @@ def test_the_prior_moves_only_the_score_in_torch_and_in_the_exported_graph(tmp_p
     torch.manual_seed(0)
     base = FGResQ("fgresq-compact-cnn-ms2").eval()
     model = attach_prior(base, [random_convs(PRIOR_SHAPES, seed=1 + b) for b in range(branches)], experts)
+    if not kurtosis:  # a checkpoint written before the key: two statistics per channel
+        model = attach_prior(base, [random_convs(PRIOR_SHAPES, seed=1 + b) for b in range(branches)], experts,
+                             prior=dict(model.cfg["prior"], kurtosis=False))
     assert len(model.prior.convs) == 4 * branches and (model.prior.gate is None) == (experts == 1)
     x = torch.randn(3, 3, 224, 224) * 0.5
     with torch.no_grad():
@@ -114,9 +117,25 @@ def test_the_prior_moves_only_the_score_in_torch_and_in_the_exported_graph(tmp_p
         q1, s1 = model(x)  # zero readout: the same scores
         assert torch.equal(q0, q1) and torch.allclose(s0, s1, atol=1e-7)
         stats = model.prior.statistics(x)
-        assert stats.shape == (3, 2 * 240 * branches)
+        per = 3 if kurtosis else 2
+        assert stats.shape == (3, per * 240 * branches) and torch.isfinite(stats).all()
         if branches > 1:  # each branch reads the view with its own weights
-            assert not torch.allclose(stats[:, :480], stats[:, 480:])
+            n = per * 240
+            assert not torch.allclose(stats[:, :n], stats[:, n:2 * n])
+        if kurtosis:  # the first layer's three statistics of one channel, written out (kurtosis E[(y-μ)^4] / σ^4)
+            rgb = (x * model.prior.std + model.prior.mean).double()
+            conv = model.prior.convs[0]
+            y = torch.nn.functional.leaky_relu(torch.nn.functional.conv2d(rgb, conv.weight.double(),
+                                                                          conv.bias.double()), 0.1)[0, 5]
+            c = y - y.mean()
+            v = (c ** 2).mean()
+            want = [y.mean(), 0.5 * torch.log(v + 1e-8), torch.log((c ** 4).mean() + 1e-14) - 2 * torch.log(v + 1e-7)]
+            got = [stats[0, 5], stats[0, 16 + 5], stats[0, 32 + 5]]
+            assert torch.allclose(torch.stack(got).double(), torch.stack(want), atol=1e-4)
+            assert float(want[2]) > 0.5  # a leaky-ReLU response is heavy-tailed: the statistic is not σ again
+            # a flat frame: every channel constant, so every log kurtosis is finite, and 0
+            flat = model.prior.statistics(torch.full((1, 3, 224, 224), 0.1))
+            assert torch.allclose(flat.reshape(branches, -1)[:, 32:48], torch.zeros(16), atol=1e-3)
         model.prior.readout.weight.normal_(0, 0.05)
         model.prior.readout.bias.normal_(0.3, 0.2)
         if model.prior.gate is not None:
