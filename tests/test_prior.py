@@ -102,14 +102,13 @@ def test_the_prior_moves_only_the_score_in_torch_and_in_the_exported_graph(tmp_p
     from fgresq_sdk.bundle import load_bundle
     from fgresq_sdk.export.onnx_export import export_bundle
     from fgresq_sdk.model import FGResQ, load_checkpoint, save_checkpoint
-    from fgresq_sdk.train.fit_prior import attach_prior
+    from fgresq_sdk.train.fit_prior import PRIOR, attach_prior
 
     torch.manual_seed(0)
     base = FGResQ("fgresq-compact-cnn-ms2").eval()
-    model = attach_prior(base, [random_convs(PRIOR_SHAPES, seed=1 + b) for b in range(branches)], experts)
-    if not kurtosis:  # a checkpoint written before the key: two statistics per channel
-        model = attach_prior(base, [random_convs(PRIOR_SHAPES, seed=1 + b) for b in range(branches)], experts,
-                             prior=dict(model.cfg["prior"], kurtosis=False))
+    # without kurtosis: two statistics per channel, as the shipped default and checkpoints written before the key
+    model = attach_prior(base, [random_convs(PRIOR_SHAPES, seed=1 + b) for b in range(branches)], experts,
+                         prior=dict(PRIOR, kurtosis=kurtosis))
     assert len(model.prior.convs) == 4 * branches and (model.prior.gate is None) == (experts == 1)
     x = torch.randn(3, 3, 224, 224) * 0.5
     with torch.no_grad():
@@ -201,6 +200,7 @@ def test_fit_prior_fits_on_fit_photos_chooses_on_val_and_records_both_grids(tmp_
     assert rec["fit_contents"] == 5 and rec["lambda"] in (1.0, 100.0)
     assert rec["tasks"] == ["deblurring", "denoising"] and model.prior.gate is not None
     assert model.cfg["prior"]["branches"] == 2 and model.cfg["prior"]["experts"] == 2
+    assert model.cfg["prior"]["kurtosis"] is False  # opt-in (--kurtosis): the shipped recipe reads mean and log σ
     assert rec["lambda"] == max(rec["lambda_grid"], key=lambda r: (r["cv_srcc"], r["lambda"]))["lambda"]
     best = max(rec["grid"], key=lambda r: (r["val_cross_content_srcc"], -r["c"]))
     assert rec["c"] == best["c"] and rec["weight"] == pytest.approx(rec["c"] * rec["weight_per_c"])
