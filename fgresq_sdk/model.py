@@ -246,19 +246,19 @@ class LowLevelPrior(nn.Module):
 
     Config ``"prior": {"channels": [16, 32, 64, 128], "strides": [1, 2, 2, 2], "negative_slope": 0.1,
     "branches": 2, "experts": 6, "kurtosis": true}``: `branches` stacks of 3×3 convolutions without padding (each
-    its own pretrained weights, the same shape), each convolution followed by a leaky ReLU, on the view in [0, 1] RGB (the model's
-    normalisation undone); per layer the mean and log standard deviation of every channel. A strided layer's
-    output is exactly the full convolution's at those positions; only the next layer then sees the subsampled
-    map, which kept the probe's gain at a sixth of the cost. With one expert (the default) one linear unit reads
-    the statistics; with E experts, E linear readouts are mixed by a softmax gate over the same statistics,
-    r = Σ_e softmax(gate(s))_e · readout(s)_e. Why: a severity scale read one way for every restoration task
-    mixes tasks whose statistics move in different directions; experts fitted per task and gated by a task
-    classifier of the statistics read 0.55 on val against 0.50 for one readout on the same fit photos, and 0.61
-    fitted on every fit content (probe v33, docs/default-model-history.md).
-    With ``"kurtosis": true`` each layer also gives every channel's log kurtosis, ln(E[(y − μ)⁴] + 1e-16) −
-    2 ln(σ² + 1e-8) (0 for a constant channel). Why: rain streaks, block edges and grain are sparse, heavy-tailed
-    responses whose energy (σ) barely moves; on val the gated readout rose 0.607 → 0.629 and the fused score
-    0.614 → 0.631 (probe v34). Without the key a checkpoint reads as before.
+    its own pretrained weights, the same shape), each convolution followed by a leaky ReLU, on the view in [0, 1]
+    RGB (the model's normalisation undone); per layer the mean and log standard deviation of every channel. A
+    strided layer's output is exactly the full convolution's at those positions; only the next layer then sees the
+    subsampled map, which kept the probe's gain at a sixth of the cost. With one expert (the default) one linear
+    unit reads the statistics; with E experts, E linear readouts are mixed by a softmax gate over the same
+    statistics, r = Σ_e softmax(gate(s))_e · readout(s)_e. Why: a severity scale read one way for every
+    restoration task mixes tasks whose statistics move in different directions; experts fitted per task and gated
+    by a task classifier of the statistics read 0.55 on val against 0.50 for one readout on the same fit photos,
+    and 0.61 fitted on every fit content (probe v33, docs/default-model-history.md).
+    With ``"kurtosis": true`` each layer also gives every channel's log kurtosis, ln(E[(y − μ)⁴] + 1e-14) −
+    2 ln(σ² + 1e-7) (floors ε² and ε, ε = 1e-7, so a constant channel reads exactly 0). Why: rain streaks, block
+    edges and grain are sparse, heavy-tailed responses whose energy (σ) barely moves; on val the gated readout
+    rose 0.607 → 0.629 and the fused score 0.614 → 0.631 (probe v34). Without the key a checkpoint reads as before.
     Branch 0's convolutions are `convs[0:L]`, branch b's `convs[b·L:(b+1)·L]`, so a one-branch checkpoint keeps
     its names."""
 

