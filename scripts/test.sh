@@ -20,4 +20,6 @@ fi
 # torch/torchvision pinned to the releases open_clip's torchvision import works with (see DEVELOPERS.md).
 .venv/bin/pip install -q "torch==2.14.1" "torchvision==0.29.1"
 .venv/bin/pip install -q -e ".[dev]"
-exec .venv/bin/pytest "$@"
+# Two workers (the CI machine has 2 cores; FGRESQ_TEST_WORKERS changes it, 0 runs in this process): much of
+# the run waits on pip, subprocesses and servers. tests/conftest.py keeps each module on one worker.
+exec .venv/bin/pytest -n "${FGRESQ_TEST_WORKERS:-2}" --dist loadgroup "$@"

@@ -27,6 +27,20 @@ if "FGRESQ_CACHE_DIR" not in os.environ:
 # bundle: the int8 ladder works on ViT attention blocks, and random weights put scores at near-ties everywhere.
 TRAINED_VIT = Path(__file__).parent / "data" / "vit_default_model"
 
+# Under pytest-xdist (scripts/test.sh runs `-n 2 --dist loadgroup`) a module's tests stay on one worker, so its
+# module fixtures are built once. Three modules share one worker instead: two of them build this checkout with
+# pip (the same build/ and egg-info folders), and test_batch's Ray test counts every new /dev/shm entry, which
+# the Triton server of test_serve would add if they ran side by side.
+SERIAL_GROUP = "servers-and-builds"
+SERIAL_MODULES = frozenset({"test_serve", "test_installed_wheel", "test_batch"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if item.module else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(SERIAL_GROUP if module in SERIAL_MODULES else module))
+
+
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "cat")
 
 

@@ -129,7 +129,10 @@ def test_pytest_benchmark_suite_runs_ci_sized(tiny_bundle, tmp_path):
 
     report = tmp_path / "bench.json"
     root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, FGRESQ_BENCH_MODEL=str(tiny_bundle))
+    # a fresh session, not one of this run's xdist workers: pytest-benchmark disables itself where
+    # PYTEST_XDIST_WORKER is set
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    env["FGRESQ_BENCH_MODEL"] = str(tiny_bundle)
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "bench"),
                           "--benchmark-only", "--benchmark-min-rounds=1", "--benchmark-max-time=0.05",
                           "--benchmark-warmup=off", f"--benchmark-json={report}"],
