@@ -53,6 +53,18 @@ def photo(name: str) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :3])
 
 
+# The low-level prior's layer shapes (out, in channels of its 3×3 convolutions; fgresq_sdk.model.LowLevelPrior).
+PRIOR_SHAPES = [(16, 3), (32, 16), (64, 32), (128, 64)]
+
+
+def random_convs(shapes, seed=0):
+    """Seeded (weight, bias) pairs for a prior branch."""
+    rng = np.random.default_rng(seed)
+    # values exact in float16, so an fp16-stored layer reads back bit for bit
+    return [((rng.integers(-64, 64, (o, i, 3, 3)) / 256).astype(np.float32), rng.normal(size=o).astype(np.float32))
+            for o, i in shapes]
+
+
 @pytest.fixture(scope="session")
 def photo_dir(tmp_path_factory) -> Path:
     """Real photos at assorted sizes and formats, in two scene folders."""

@@ -8,12 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import HAS_TORCH, photo
+from .conftest import HAS_TORCH, PRIOR_SHAPES, photo, random_convs
 
 needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
-
-PRIOR_SHAPES = [(16, 3), (32, 16), (64, 32), (128, 64)]
-
 
 def write_ncnn(stem: Path, convs, *, fp16=(), slope="0.100000", act=2, tail_deconv=True, tag=None) -> None:
     """An ncnn model of these Convolution layers (3×3, bias, leaky ReLU), optionally a Deconvolution after."""
@@ -34,13 +31,6 @@ def write_ncnn(stem: Path, convs, *, fp16=(), slope="0.100000", act=2, tail_deco
     head = ["7767517", f"{len(rows) + 1} {len(rows) + 1}", "Input input 0 1 in0 0=8 1=8 2=3"]
     Path(str(stem) + ".param").write_text("\n".join(head + rows) + "\n")
     Path(str(stem) + ".bin").write_bytes(bytes(blob))
-
-
-def random_convs(shapes, seed=0):
-    rng = np.random.default_rng(seed)
-    # values exact in float16, so an fp16-stored layer reads back bit for bit
-    return [((rng.integers(-64, 64, (o, i, 3, 3)) / 256).astype(np.float32), rng.normal(size=o).astype(np.float32))
-            for o, i in shapes]
 
 
 def test_ncnn_convolutions_read_exactly_from_float32_and_float16_storage(tmp_path):
