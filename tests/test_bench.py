@@ -142,3 +142,22 @@ def test_pytest_benchmark_suite_runs_ci_sized(tiny_bundle, tmp_path):
     assert {"test_model_onnxruntime_fp32", "test_model_onnxruntime_int8", "test_model_torch_fp32",
             "test_end_to_end_onnxruntime_fp32", "test_rank[8]", "test_rank[32]",
             "test_rank_official_per_pair_baseline[8]"} <= names
+
+
+@needs_torch
+def test_isa_fingerprint_is_deterministic_and_the_pins_reach_the_child():
+    """bench/isa_repro.py: the same hash twice on one machine (otherwise comparing machines means nothing), the
+    weights actually trained (another step count, another hash), and --pin-avx2 runs under the three pins."""
+    script = Path(__file__).resolve().parents[1] / "bench" / "isa_repro.py"
+
+    def run(*args):
+        res = subprocess.run([sys.executable, str(script), "--size", "64", *args], capture_output=True, text=True,
+                             timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+    a, b, c = run("--steps", "2"), run("--steps", "2"), run("--steps", "3")
+    assert a["sha256"] == b["sha256"] != c["sha256"] and a["pins"] == {}
+    pinned = run("--steps", "2", "--pin-avx2")
+    assert pinned["pins"] == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+    assert pinned["isa"] and pinned["cpu"] and pinned["threads"] == 2

@@ -1,0 +1,91 @@
+"""Does training land on the same weights on CPUs with different vector ISAs? A fingerprint to compare machines.
+
+Why: the default model's recipe is deterministic on one machine, but its run on an AVX2-only Zen 3 trained other
+towers than on an AVX-512 Zen 4 (README, "Embedded default model"): float32 kernels that sum in another order
+differ in the last bits, and 2,000 optimiser steps grow that. Pinning the libraries to one instruction set
+(ATen's dispatch: ATEN_CPU_CAPABILITY; oneDNN: ONEDNN_MAX_CPU_ISA; MKL: MKL_CBWR) might make every x86 CPU that
+has AVX2 compute the same sums. This script trains the default recipe's towers (fgresq-compact-cnn-ms2) for a
+few AdamW steps with gradient clipping and the weight average, on seeded inputs, and prints the sha256 of the
+weights beside the CPU, the ISA, the thread count and the pins in force. Equal hashes on two CPUs with the same
+pins, torch build and threads mean training is portable there; the recipe can then set the pins.
+
+    .venv/bin/python bench/isa_repro.py                 # as the machine dispatches by itself
+    .venv/bin/python bench/isa_repro.py --pin-avx2      # re-executes itself with the three pins set
+
+Measured (defaults: 20 steps, batch 8, 224², 2 threads; torch 2.14.1+cu130), AMD EPYC family 25 model 1 (Zen 3,
+AVX2 only), 2026-12-03: unpinned b530c1f23f3dcfd0…, the same twice; --pin-avx2 1ce22b9cd8659e88… (MKL_CBWR alone
+gives that hash, ATEN_CPU_CAPABILITY or ONEDNN_MAX_CPU_ISA alone leave the unpinned one: on this CPU they are
+already AVX2, while MKL's default path on an AMD CPU is not its AVX2 branch). Not yet run on an AVX-512 CPU: equal
+--pin-avx2 hashes there would make the pins worth setting in scripts/make_default_model.sh (and the shipped towers
+would then have to be retrained under them).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+
+PINS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+
+
+def fingerprint(steps: int, batch: int, size: int, threads: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from fgresq_sdk.cpu import cpu_isa, cpu_model
+    from fgresq_sdk.model import FGResQ
+    from fgresq_sdk.train.ema import WeightEMA
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = FGResQ("fgresq-compact-cnn-ms2").train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
+    ema = WeightEMA(model, 0.995)
+    gen = torch.Generator().manual_seed(1)
+    losses = []
+    for step in range(steps):
+        x = torch.randn(batch, 3, size, size, generator=gen)
+        target = torch.rand(batch, generator=gen)
+        q = model.quality_features(x)
+        score = model.score_from_features(q)
+        half = batch // 2
+        logits = model.compare_logits(q[:half], q[half:2 * half])
+        label = (target[:half] < target[half:2 * half]).long()
+        loss = F.mse_loss(score, target) + F.cross_entropy(logits, label)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.update(model, step + 1)
+        losses.append(float(loss.detach()))
+    h = hashlib.sha256()
+    with ema.applied(model):
+        for name, t in sorted(model.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().contiguous().numpy().tobytes())
+    return {"sha256": h.hexdigest(), "last_loss": losses[-1], "cpu": cpu_model(), "isa": cpu_isa(),
+            "torch": torch.__version__, "threads": threads, "steps": steps, "batch": batch, "size": size,
+            "pins": {k: os.environ[k] for k in PINS if k in os.environ},
+            "aten_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pin-avx2", action="store_true", help="set the three pins (the process re-executes itself)")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--threads", type=int, default=2, help="2: the recipe's machine")
+    a = ap.parse_args(argv)
+    if a.pin_avx2 and any(os.environ.get(k) != v for k, v in PINS.items()):
+        # the libraries read these when they load: set them before torch is imported, in a fresh process
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **PINS})
+    print(json.dumps(fingerprint(a.steps, a.batch, a.size, a.threads)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
