@@ -583,6 +583,9 @@ def eval_cmd(
     model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for eval.json, eval.md and the rows behind them (eval-images.csv, eval-pairs.csv, eval-junk.csv)."),
     crops: int = CropsOpt, flip: bool = FlipOpt,
+    baselines: bool = typer.Option(True, "--baselines/--no-baselines",
+                                   help="Also PSNR/SSIM and the no-reference baselines (they do not depend on the "
+                                        "model; leaving them out more than halves the time)."),
 ):
     """Paper-style evaluation (Table 3 per task SRCC/PLCC/ACC, Table 2 ranges) with PSNR/SSIM and no-reference
     (Laplacian variance, NIQE-style) baselines."""
@@ -592,7 +595,7 @@ def eval_cmd(
     except ImportError as exc:
         _fail(f"eval needs the train extra: pip install 'fgresq-sdk[train]' ({exc})")
     try:
-        eval_main(model, manifest, out, backend.value, crops=crops, flip=flip)
+        eval_main(model, manifest, out, backend.value, crops=crops, flip=flip, baselines=baselines)
     except FGResQError as exc:
         _fail(str(exc))
     except (ValueError, FileNotFoundError) as exc:

@@ -373,6 +373,19 @@ def test_evaluate_end_to_end(tiny_bundle, tmp_path, capsys):
     assert "+ mirrored views" in (tmp_path / "cli-flip" / "eval.md").read_text()
     assert flipped["methods"]["PSNR"]["per_task"] == out["methods"]["PSNR"]["per_task"]
     assert flipped["methods"]["FGResQ"]["per_task"] != out["methods"]["FGResQ"]["per_task"]
+    # --no-baselines (the recipe's second model on the same photos): the model's numbers as with them, no peers
+    from cli_runner import run_cli
+
+    res_cli = run_cli("eval", "--model", tiny_bundle, "--manifest", tmp_path / "man", "--out", tmp_path / "nb",
+                      "--no-baselines", cwd=tmp_path)
+    assert res_cli.rc == 0, res_cli.err
+    bare = json.loads((tmp_path / "nb" / "eval.json").read_text())
+    assert set(bare["methods"]) == {"FGResQ"} and not bare.get("junk_vs_clean_baselines")
+    assert bare["methods"]["FGResQ"] == json.loads((tmp_path / "cli" / "eval.json").read_text())["methods"]["FGResQ"]
+    assert bare["cross_content_srcc"]["FGResQ"] == out["cross_content_srcc"]["FGResQ"]
+    assert "| FGResQ |" in res_cli.out and "not computed (--no-baselines)" in res_cli.out
+    rest = res_cli.out.replace("Baselines (PSNR/SSIM, LapVar, NIQE) not computed", "")
+    assert not any(m in rest for m in ("PSNR", "SSIM", "LapVar", "NIQE")), res_cli.out
 
 
 def _independent_metrics(bundle_dir: Path, man: Manifest) -> dict:
