@@ -383,6 +383,8 @@ def test_evaluate_end_to_end(tiny_bundle, tmp_path, capsys):
     assert set(bare["methods"]) == {"FGResQ"} and not bare.get("junk_vs_clean_baselines")
     assert bare["methods"]["FGResQ"] == json.loads((tmp_path / "cli" / "eval.json").read_text())["methods"]["FGResQ"]
     assert bare["cross_content_srcc"]["FGResQ"] == out["cross_content_srcc"]["FGResQ"]
+    # the model's junk-vs-clean check stays (the recipe's ship rule reads it); only the peers' go
+    assert bare["junk_vs_clean"]["clean_wins"] == out["junk_vs_clean"]["clean_wins"] is not None
     assert "| FGResQ |" in res_cli.out and "not computed (--no-baselines)" in res_cli.out
     rest = res_cli.out.replace("Baselines (PSNR/SSIM, LapVar, NIQE) not computed", "")
     assert not any(m in rest for m in ("PSNR", "SSIM", "LapVar", "NIQE")), res_cli.out
