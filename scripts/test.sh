@@ -20,6 +20,7 @@ fi
 # torch/torchvision pinned to the releases open_clip's torchvision import works with (see DEVELOPERS.md).
 .venv/bin/pip install -q "torch==2.14.1" "torchvision==0.29.1"
 .venv/bin/pip install -q -e ".[dev]"
-# Two workers (the CI machine has 2 cores; FGRESQ_TEST_WORKERS changes it, 0 runs in this process): much of
-# the run waits on pip, subprocesses and servers. tests/conftest.py keeps each module on one worker.
-exec .venv/bin/pytest -n "${FGRESQ_TEST_WORKERS:-2}" --dist loadgroup "$@"
+# One process by default. FGRESQ_TEST_WORKERS=2 runs two pytest-xdist workers (tests/conftest.py keeps each module
+# on one worker): 17 min instead of 25 on a 2-core Zen 3, but one of two such runs failed test_serve's SIGINT test
+# with PyTriton shared memory left behind while the other worker loaded the CPU (DEVELOPERS.md, Tests).
+exec .venv/bin/pytest -n "${FGRESQ_TEST_WORKERS:-0}" --dist loadgroup "$@"
