@@ -29,14 +29,16 @@ CARRIED_KEYS = ("opset", "feature_dim", "inputs", "outputs", "logit_order", "nat
 _LEGACY_COMPARE_OUTPUTS = ("logits", "logit_order")
 
 
+# heads.npz: its key -> the model parameter it holds. The one table for writing the file (head_arrays) and for
+# reading a bundle back into a model (read_back.py), so the two cannot drift apart.
+HEADS_NPZ_KEYS = {"head_weight": "head.weight", "head_bias": "head.bias",
+                  "compare_weight": "compare_head.weight", "compare_bias": "compare_head.bias"}
+
+
 def head_arrays(model) -> dict[str, np.ndarray]:
     """Regression and comparison head weights as float32 arrays (the torch-free heads read these)."""
-    return {
-        "head_weight": model.head.weight.detach().float().cpu().numpy(),
-        "head_bias": model.head.bias.detach().float().cpu().numpy(),
-        "compare_weight": model.compare_head.weight.detach().float().cpu().numpy(),
-        "compare_bias": model.compare_head.bias.detach().float().cpu().numpy(),
-    }
+    state = model.state_dict()
+    return {key: state[param].detach().float().cpu().numpy() for key, param in HEADS_NPZ_KEYS.items()}
 
 
 def carried_meta(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,8 @@ import numpy as np
 
 from fgresq_sdk.errors import BundleError, display_path
 
+from .onnx_export import HEADS_NPZ_KEYS
+
 # not in the exported graph; a bundle that lacks them still reads back (they are recorded as left at init)
 TRAINING_ONLY = ("degradation_proj",)
 SCORE_TOL, FEATURE_TOL = 1e-4, 1e-3
@@ -50,17 +52,20 @@ def read_back(bundle_dir: str | Path, *, drop_prior: bool = False, seed: int = 0
         raise BundleError(f"{where}: a {bundle.precision} bundle has rounded weights; read back an fp32 one")
     encoder = bundle.read("encoder")
     weights = graph_initializers(encoder)
-    with np.load(io.BytesIO(bundle.read("heads"))) as heads:
-        weights.update({"compare_head.weight": heads["compare_weight"], "compare_head.bias": heads["compare_bias"]})
-        head = {"head.weight": heads["head_weight"], "head.bias": heads["head_bias"]}
+    with np.load(io.BytesIO(bundle.read("heads"))) as z:
+        heads = {param: z[key] for key, param in HEADS_NPZ_KEYS.items()}
+    # the score head is also in the encoder graph: that copy is the one loaded, heads.npz's must agree with it
+    head = {k: v for k, v in heads.items() if not k.startswith("compare_head.")}
+    weights.update({k: v for k, v in heads.items() if k.startswith("compare_head.")})
     torch.manual_seed(seed)
     model = FGResQ(copy.deepcopy(bundle.config)).eval()
     state = model.state_dict()
     missing = [k for k in state if k not in weights and k not in TRAINING_ONLY]
     if missing:
         raise BundleError(f"{where}: the graph does not hold {len(missing)} of the model's parameters under their "
-                          f"names (e.g. {', '.join(missing[:3])}): rewritten at export (ViT attention) or merged with an identical "
-                          "tensor (e.g. untrained zero biases); only such a bundle's own checkpoint has them")
+                          f"names (e.g. {', '.join(missing[:3])}): rewritten at export (ViT attention) or merged "
+                          "with an identical tensor (e.g. untrained zero biases); only such a bundle's own checkpoint "
+                          "has them")
     for k, v in head.items():  # heads.npz repeats the score head: both copies must agree
         if not np.array_equal(weights.get(k), v):
             raise BundleError(f"{where}: {k} differs between encoder.onnx and heads.npz")
