@@ -10,14 +10,22 @@ weights beside the CPU, the ISA, the thread count and the pins in force. Equal h
 pins, torch build and threads mean training is portable there; the recipe can then set the pins.
 
     .venv/bin/python bench/isa_repro.py                 # as the machine dispatches by itself
-    .venv/bin/python bench/isa_repro.py --pin-avx2      # re-executes itself with the three pins set
+    .venv/bin/python bench/isa_repro.py --pins avx2     # re-executes itself with the three AVX2 pins set
+    .venv/bin/python bench/isa_repro.py --pins portable # the least each library offers: ATen's scalar-width
+                                                        # default kernels, oneDNN at SSE4.1, MKL's COMPATIBLE path
 
-Measured (defaults: 20 steps, batch 8, 224², 2 threads; torch 2.14.1+cu130), AMD EPYC family 25 model 1 (Zen 3,
-AVX2 only), 2026-12-03: unpinned b530c1f23f3dcfd0…, the same twice; --pin-avx2 1ce22b9cd8659e88… (MKL_CBWR alone
-gives that hash, ATEN_CPU_CAPABILITY or ONEDNN_MAX_CPU_ISA alone leave the unpinned one: on this CPU they are
-already AVX2, while MKL's default path on an AMD CPU is not its AVX2 branch). Not yet run on an AVX-512 CPU: equal
---pin-avx2 hashes there would make the pins worth setting in scripts/make_default_model.sh (and the shipped towers
-would then have to be retrained under them).
+Measured (defaults: 20 steps, batch 8, 224², 2 threads; torch 2.14.1+cu130; sha256 prefixes):
+
+| CPU | unpinned | `--pins avx2` | `--pins portable` |
+|---|---|---|---|
+| AMD EPYC family 25 model 1 (Zen 3, AVX2 only), 2026-12-03 | b530c1f23f3dcfd0 (twice) | 1ce22b9cd8659e88 | not run |
+| Intel Xeon family 6 model 167 (AVX-512, VNNI, AMX), 2026-12-03 | 051b6e31ab1d6949 | **aa9f947cd488e585** | 503657042fda82ca |
+
+So the AVX2 pins do **not** make training portable: the Intel prints another hash than the Zen 3 under the same
+pins (on the Intel each pin alone also changes the hash: ATen 48c2a01b…, oneDNN ad827a28…, MKL 18c3ef2d…; on the
+Zen 3 only MKL_CBWR did). What still differs is below the ISA (kernel blocking that follows cache sizes, or MKL's
+branch choice by vendor); `--pins portable` is the last probe (a Zen 3 printing 503657042fda82ca would mean it
+suffices; it costs 65.8 s against 16.1 s here for the 20 steps, so the recipe could not afford it anyway).
 """
 from __future__ import annotations
 
@@ -27,7 +35,9 @@ import json
 import os
 import sys
 
-PINS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+PIN_SETS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"},
+            "portable": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "COMPATIBLE"}}
+PINS = tuple(PIN_SETS["avx2"])  # the variables; each set gives all three
 
 
 def fingerprint(steps: int, batch: int, size: int, threads: int) -> dict:
@@ -74,15 +84,17 @@ def fingerprint(steps: int, batch: int, size: int, threads: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pin-avx2", action="store_true", help="set the three pins (the process re-executes itself)")
+    ap.add_argument("--pins", choices=sorted(PIN_SETS), help="set these three pins (the process re-executes itself)")
+    ap.add_argument("--pin-avx2", dest="pins", action="store_const", const="avx2", help="the same as --pins avx2")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--threads", type=int, default=2, help="2: the recipe's machine")
     a = ap.parse_args(argv)
-    if a.pin_avx2 and any(os.environ.get(k) != v for k, v in PINS.items()):
+    pins = PIN_SETS.get(a.pins or "", {})
+    if any(os.environ.get(k) != v for k, v in pins.items()):
         # the libraries read these when they load: set them before torch is imported, in a fresh process
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **PINS})
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **pins})
     print(json.dumps(fingerprint(a.steps, a.batch, a.size, a.threads)))
     return 0
 

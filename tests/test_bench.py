@@ -147,7 +147,7 @@ def test_pytest_benchmark_suite_runs_ci_sized(tiny_bundle, tmp_path):
 @needs_torch
 def test_isa_fingerprint_is_deterministic_and_the_pins_reach_the_child():
     """bench/isa_repro.py: the same hash twice on one machine (otherwise comparing machines means nothing), the
-    weights actually trained (another step count, another hash), and --pin-avx2 runs under the three pins."""
+    weights actually trained (another step count, another hash), and each pin set reaches the re-executed process."""
     script = Path(__file__).resolve().parents[1] / "bench" / "isa_repro.py"
 
     def run(*args):
@@ -161,3 +161,6 @@ def test_isa_fingerprint_is_deterministic_and_the_pins_reach_the_child():
     pinned = run("--steps", "2", "--pin-avx2")
     assert pinned["pins"] == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
     assert pinned["isa"] and pinned["cpu"] and pinned["threads"] == 2
+    portable = run("--steps", "2", "--pins", "portable")
+    assert portable["pins"] == {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "COMPATIBLE"}
+    assert portable["aten_capability"] == "DEFAULT"
