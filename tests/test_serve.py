@@ -428,6 +428,64 @@ def test_sigint_stops_cleanly_even_when_started_ignoring_it(server):
     assert "Traceback" not in err and "leaked" not in err, err[-2000:]
 
 
+# A process running a program from the server's folder (as tritonserver and its stubs do) maps one block and starts
+# a helper that maps another (as a stub's tensor-store manager); neither unlinks them when killed.
+SWEEP_SCRIPT = r"""
+import contextlib, json, os, subprocess, sys
+from multiprocessing import shared_memory
+from pathlib import Path
+from fgresq_sdk.serve import server
+
+MAP = ("import mmap, os, sys\n"
+       "for n in sys.argv[1:]:\n"
+       "    fd = os.open('/dev/shm/' + n, os.O_CREAT | os.O_RDWR, 0o600); os.ftruncate(fd, 4096)\n"
+       "    globals()[n] = mmap.mmap(fd, 4096)\n")
+HELPER = MAP + "print(flush=True); sys.stdin.read()"  # exits when its parent dies (stdin closed)
+CHILD = MAP.replace("argv[1:]", "argv[2:]") + (
+    "import subprocess; h = subprocess.Popen([sys.argv[1], '-c', HELPER, B], stdin=-1, stdout=-1)\n"
+    "h.stdout.readline(); print(flush=True); sys.stdin.read()")
+root = Path(sys.argv[1])
+pid = os.getpid()
+a, b, other = f"psm_fgresqtest{pid}", f"pytrtion{pid}-fgresqtest", f"fgresqtest{pid}"
+(root / "bin").mkdir(parents=True)
+(root / "bin" / "tritonserver").symlink_to(sys.executable)
+mine = shared_memory.SharedMemory(create=True, size=4096)  # this process's own block: not the server's
+child = None
+try:
+    child = subprocess.Popen([str(root / "bin" / "tritonserver"), "-c", f"HELPER = {HELPER!r}; B = {b!r}\n" + CHILD,
+                              sys.executable, a, other], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    child.stdout.readline()
+    att = shared_memory.SharedMemory(name=a)  # attached as PyTriton's client does: registered with our tracker
+    att.close()
+    found = server._shm_mapped(server._server_processes(root)[1], server._shm_prefixes(None))
+    server._sweep(root, None, found)
+    left = [n for n in (a, b, other, mine.name) if os.path.exists("/dev/shm/" + n)]
+    print(json.dumps({"tree": sorted([a, b]), "found": sorted(found), "left": left, "others": [other, mine.name],
+                      "child": child.wait(10)}))
+finally:
+    if child is not None and child.poll() is None:
+        child.kill()
+    for n in (a, b, other):
+        with contextlib.suppress(OSError):
+            os.unlink("/dev/shm/" + n)
+    mine.close()
+    mine.unlink()
+"""
+
+
+def test_sweep_unlinks_the_shared_memory_of_the_servers_processes_only(tmp_path):
+    """Names the server's processes (and their helpers) map are collected from /proc/<pid>/maps and unlinked
+    after they are killed; a block of another process, or with another prefix, stays; no resource-tracker
+    warning at exit for a block this process had attached."""
+    res = subprocess.run([sys.executable, "-c", SWEEP_SCRIPT, str(tmp_path / "fgresq-serve-x")],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 0 and res.stderr == "", res.stderr[-2000:]
+    out = json.loads(res.stdout)
+    assert out["found"] == out["tree"]
+    assert out["left"] == out["others"]
+    assert out["child"] == -signal.SIGKILL
+
+
 # -- the Triton model repository ----------------------------------------------------------------------------
 def _parse_config(path: Path):
     from google.protobuf import text_format

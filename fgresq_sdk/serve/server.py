@@ -9,7 +9,8 @@ Lifecycle. Ports are checked before anything starts (one line, exit 2 when one i
 written to a local model store before `tritonserver` starts, so it opens its HTTP/gRPC ports only once they
 are loaded: `/v2/health/ready` never answers 200 for a server without its model. SIGTERM and SIGINT (also
 when started from a non-interactive shell, which ignores SIGINT by default) stop the server, the Python
-backend stubs and PyTriton's proxy, and the workspace folder is removed. PyTriton's Python-backend stub
+backend stubs and PyTriton's proxy, and the workspace folder is removed, as is any PyTriton shared memory
+(/dev/shm) that the server's processes mapped and left behind (`_sweep`). PyTriton's Python-backend stub
 loads `libpython3.X.so` by name: the running interpreter's LIBDIR is put first on LD_LIBRARY_PATH so that a
 pyenv/venv interpreter does not get the system's library of another patch release.
 """
@@ -29,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -170,6 +171,7 @@ def serve(scorer, opts: ServeOptions, *, log: Callable[[str], None] = lambda m: 
     root = Path(tempfile.mkdtemp(prefix="fgresq-serve-"))
     triton = None
     started = False
+    shm: set[str] = set()  # shared memory mapped by the server's processes (_sweep unlinks what is left)
     try:
         config = TritonConfig(http_address=opts.host, grpc_address=opts.host, metrics_address=opts.host,
                               http_port=opts.http_port, grpc_port=opts.grpc_port, metrics_port=opts.metrics_port,
@@ -211,15 +213,17 @@ def serve(scorer, opts: ServeOptions, *, log: Callable[[str], None] = lambda m: 
         while not stop.is_set():
             if not triton.is_alive():
                 raise ServeError("Triton stopped unexpectedly")
+            shm |= _shm_mapped(_server_processes(root)[1], _shm_prefixes(_shm_prefix(triton)))
             stop.wait(0.5)
         log("stopping")
     finally:
         t0 = time.monotonic()
         try:
             if triton is not None:
+                shm |= _shm_mapped(_server_processes(root)[1], _shm_prefixes(_shm_prefix(triton)))
                 _stop_triton(triton, started)
         finally:
-            _sweep(root, _shm_prefix(triton))
+            _sweep(root, _shm_prefix(triton), shm)
             shutil.rmtree(root, ignore_errors=True)
             _restore_signal_handlers(signals)
             for k, v in saved_env.items():
@@ -258,33 +262,102 @@ def _shm_prefix(triton) -> str | None:
         return None
 
 
-def _sweep(root: Path, shm_prefix: str | None, wait_s: float = 3.0) -> None:
-    """Last resort after stopping: Python-backend stubs still running from our workspace (a tritonserver that
-    died without unloading its models leaves them orphaned) are killed, and the shared-memory regions named
-    with our prefix are unlinked. Both names are unique to this server: its temporary folder, its prefix."""
+def _shm_prefixes(shm_prefix: str | None) -> tuple[str, ...]:
+    """PyTriton's shared memory: its tensor store's `psm_*` blocks and the Python backend's regions."""
+    return ("psm_", "pytrtion", "pytriton") + ((shm_prefix,) if shm_prefix else ())
+
+
+def _server_processes(root: Path) -> tuple[list[int], set[int]]:
+    """The processes running a program from our temporary folder `root` (tritonserver, its Python-backend stubs,
+    also once orphaned), and those with all their descendants (the stubs' tensor-store managers and
+    multiprocessing resource trackers): this server's processes, never another program's."""
     marker = os.fsencode(str(root)) + b"/"
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
+    children: dict[int, list[int]] = {}
+    own = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return [], set()
+    for d in entries:
+        if not d.isdigit() or int(d) == os.getpid():
             continue
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
+            with open(f"/proc/{d}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            with open(f"/proc/{d}/cmdline", "rb") as f:
                 argv0 = f.read().split(b"\0", 1)[0]
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(d))
+        if argv0.startswith(marker):
+            own.append(int(d))
+    tree, todo = set(own), list(own)
+    while todo:
+        for c in children.get(todo.pop(), ()):
+            if c not in tree:
+                tree.add(c)
+                todo.append(c)
+    return own, tree
+
+
+def _shm_mapped(pids, prefixes: tuple[str, ...]) -> set[str]:
+    """The /dev/shm names (starting with one of `prefixes`) that the processes `pids` map now, per
+    /proc/<pid>/maps; a name already unlinked (`(deleted)`) is not one."""
+    names = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/maps", "rb") as f:
+                for line in f:
+                    path = line.split(None, 5)[5:]
+                    if path and path[0].startswith(b"/dev/shm/") and not path[0].endswith(b"(deleted)\n"):
+                        name = os.fsdecode(path[0][9:].rstrip(b"\n"))
+                        if name.startswith(prefixes) and "/" not in name:
+                            names.add(name)
         except OSError:
             continue
-        if argv0.startswith(marker):
-            found.append(int(pid))
-            with contextlib.suppress(OSError):
-                os.kill(int(pid), signal.SIGKILL)
+    return names
+
+
+def _sweep(root: Path, shm_prefix: str | None, shm: Iterable[str] = (), wait_s: float = 3.0) -> None:
+    """Last resort after stopping. Processes still running a program from our workspace (tritonserver, or its
+    Python-backend stubs orphaned by a tritonserver that exited without unloading its models) are killed, and
+    they and their helpers (a stub's tensor-store manager dies with it, its resource tracker then unlinks the
+    manager's blocks) get `wait_s` to exit. Then what is left in /dev/shm is unlinked if it has our prefix or is
+    in `shm`: names our processes mapped, read from their /proc/<pid>/maps while they ran and here before they
+    are killed, so this server's and never another program's. Why: PyTriton's `psm_*` blocks and the backend's
+    regions were once left behind by a stop on a loaded machine, and a block whose creator and tracker are gone
+    stays until reboot."""
+    own, tree = _server_processes(root)
+    shm = set(shm) | _shm_mapped(tree, _shm_prefixes(shm_prefix))
+    for pid in own:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + wait_s
-    while found and time.monotonic() < deadline:
-        found = [p for p in found if os.path.exists(f"/proc/{p}") and not _is_zombie(p)]
+    while tree and time.monotonic() < deadline:
+        tree = {p for p in tree if os.path.exists(f"/proc/{p}") and not _is_zombie(p)}
         time.sleep(0.05)
-    if shm_prefix and os.path.isdir("/dev/shm"):
-        for name in os.listdir("/dev/shm"):
-            if name.startswith(shm_prefix):
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join("/dev/shm", name))
+    if os.path.isdir("/dev/shm"):
+        shm |= {n for n in os.listdir("/dev/shm") if shm_prefix and n.startswith(shm_prefix)}
+        for name in sorted(shm):
+            _unlink_shm(name)
+
+
+def _unlink_shm(name: str) -> None:
+    """Unlink /dev/shm/`name`. A `psm_*` block this process attached (PyTriton's client) is registered with our
+    multiprocessing resource tracker, which would warn at exit that it "leaked" and then fail to unlink it: it
+    is dropped from the tracker, as `SharedMemory.unlink` does (registered first: unregistering an unknown name
+    makes the tracker print a traceback)."""
+    try:
+        os.unlink(os.path.join("/dev/shm", name))
+    except OSError:
+        return
+    if name.startswith("psm_"):
+        from multiprocessing import resource_tracker
+
+        if getattr(resource_tracker._resource_tracker, "_fd", None) is not None:  # only a tracker that runs
+            with contextlib.suppress(Exception):
+                resource_tracker.register("/" + name, "shared_memory")
+                resource_tracker.unregister("/" + name, "shared_memory")
 
 
 def _is_zombie(pid: int) -> bool:
