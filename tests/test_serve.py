@@ -457,7 +457,7 @@ try:
     child.stdout.readline()
     att = shared_memory.SharedMemory(name=a)  # attached as PyTriton's client does: registered with our tracker
     att.close()
-    found = server._shm_mapped(server._server_processes(root)[1], server._shm_prefixes(None))
+    found = server._server_shm(root, None)
     server._sweep(root, None, found)
     left = [n for n in (a, b, other, mine.name) if os.path.exists("/dev/shm/" + n)]
     print(json.dumps({"tree": sorted([a, b]), "found": sorted(found), "left": left, "others": [other, mine.name],

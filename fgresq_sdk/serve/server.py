@@ -213,14 +213,14 @@ def serve(scorer, opts: ServeOptions, *, log: Callable[[str], None] = lambda m: 
         while not stop.is_set():
             if not triton.is_alive():
                 raise ServeError("Triton stopped unexpectedly")
-            shm |= _shm_mapped(_server_processes(root)[1], _shm_prefixes(_shm_prefix(triton)))
+            shm |= _server_shm(root, _shm_prefix(triton))
             stop.wait(0.5)
         log("stopping")
     finally:
         t0 = time.monotonic()
         try:
             if triton is not None:
-                shm |= _shm_mapped(_server_processes(root)[1], _shm_prefixes(_shm_prefix(triton)))
+                shm |= _server_shm(root, _shm_prefix(triton))
                 _stop_triton(triton, started)
         finally:
             _sweep(root, _shm_prefix(triton), shm)
@@ -318,6 +318,13 @@ def _shm_mapped(pids, prefixes: tuple[str, ...]) -> set[str]:
     return names
 
 
+def _server_shm(root: Path, shm_prefix: str | None, tree: "set[int] | None" = None) -> set[str]:
+    """PyTriton's shared memory that this server's processes (`tree`, found from `root` when not given) map now."""
+    if tree is None:
+        tree = _server_processes(root)[1]
+    return _shm_mapped(tree, _shm_prefixes(shm_prefix))
+
+
 def _sweep(root: Path, shm_prefix: str | None, shm: Iterable[str] = (), wait_s: float = 3.0) -> None:
     """Last resort after stopping. Processes still running a program from our workspace (tritonserver, or its
     Python-backend stubs orphaned by a tritonserver that exited without unloading its models) are killed, and
@@ -328,7 +335,7 @@ def _sweep(root: Path, shm_prefix: str | None, shm: Iterable[str] = (), wait_s: 
     regions were once left behind by a stop on a loaded machine, and a block whose creator and tracker are gone
     stays until reboot."""
     own, tree = _server_processes(root)
-    shm = set(shm) | _shm_mapped(tree, _shm_prefixes(shm_prefix))
+    shm = set(shm) | _server_shm(root, shm_prefix, tree)
     for pid in own:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
