@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from fgresq_sdk.bundle import write_manifest
+from fgresq_sdk.heads import HEADS_NPZ_KEYS
 from fgresq_sdk.verdict import LOGIT_ORDER
 
 from .staging import check_out_dir, copy_verified, staged_bundle
@@ -29,10 +30,6 @@ CARRIED_KEYS = ("opset", "feature_dim", "inputs", "outputs", "logit_order", "nat
 _LEGACY_COMPARE_OUTPUTS = ("logits", "logit_order")
 
 
-# heads.npz: its key -> the model parameter it holds. The one table for writing the file (head_arrays) and for
-# reading a bundle back into a model (read_back.py), so the two cannot drift apart.
-HEADS_NPZ_KEYS = {"head_weight": "head.weight", "head_bias": "head.bias",
-                  "compare_weight": "compare_head.weight", "compare_bias": "compare_head.bias"}
 
 
 def head_arrays(model) -> dict[str, np.ndarray]:

@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fgresq_sdk.errors import BundleError, display_path
-
-from .onnx_export import HEADS_NPZ_KEYS
+from fgresq_sdk.heads import HEADS_NPZ_KEYS
 
 # not in the exported graph; a bundle that lacks them still reads back (they are recorded as left at init)
 TRAINING_ONLY = ("degradation_proj",)

@@ -15,7 +15,13 @@ import numpy as np
 
 from .verdict import LOGIT_ORDER, symmetrise
 
-__all__ = ["LOGIT_ORDER", "CompareHeadNP", "PairTerms", "softmax"]
+__all__ = ["HEADS_NPZ_KEYS", "LOGIT_ORDER", "CompareHeadNP", "PairTerms", "softmax"]
+
+# heads.npz: its key -> the torch model's parameter it holds. The one table for writing the file (export's
+# head_arrays), reading it here, and reading a bundle back into a model (export/read_back.py), so they cannot drift.
+HEADS_NPZ_KEYS = {"head_weight": "head.weight", "head_bias": "head.bias",
+                  "compare_weight": "compare_head.weight", "compare_bias": "compare_head.bias"}
+_COMPARE_KEYS = ("compare_weight", "compare_bias")
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -36,7 +42,8 @@ class CompareHeadNP:
 
         src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray)) else path_or_bytes
         with np.load(src, allow_pickle=False) as z:
-            return cls(z["compare_weight"].astype(np.float64), z["compare_bias"].astype(np.float64))
+            weight, bias = (z[key].astype(np.float64) for key in _COMPARE_KEYS)
+            return cls(weight, bias)
 
     @property
     def dim(self) -> int:
