@@ -7,8 +7,8 @@ measurement (../shared/notes/int8-on-avx2.md; README, Performance; bench/int8_ac
   without AVX-512 VNNI (AVX2-only, e.g. AMD Zen 3) when the full int8 range is used; that made
   scores move by up to 0.24 there. reduce_range cuts the error 15–30× on such CPUs and costs nothing
   measurable on VNNI CPUs;
-- the small heads after the towers (task MLP, prompt MLP, score head) stay fp32: they are the next
-  largest error source and a negligible share of the time;
+- the small heads after the towers (task MLP, prompt MLP, score head, the low-level prior's gate and
+  readout) stay fp32: they are the next largest error source and a negligible share of the time;
 - only weight×activation products: the attention's activation×activation MatMuls stay fp32;
 - where that is not close enough, attention in-projections (q, k, v) stay fp32 too: the image tower's
   first 1, 2, 4… blocks, then all of its blocks, then both towers' (`fp32_rungs`). Measured on the
@@ -46,8 +46,10 @@ from .derive import derive_bundle
 
 INT8_ENCODER = "encoder.int8.onnx"
 QUANTIZED_OPS = ["MatMul", "Gemm"]
-# Graph nodes outside the two vision towers (their names come from the torch module path).
-FP32_PREFIXES = ("/task_mlp/", "/prompt_mlp/", "/head/")
+# Graph nodes outside the two vision towers (their names come from the torch module path). The low-level prior's
+# gate and readout read ~2,000 statistics of very different ranges (means, log σ, classical statistics down to
+# log 1e-6): one uint8 scale per batch for all of them moved the default's scores by up to 1.0; in fp32, 0.003.
+FP32_PREFIXES = ("/task_mlp/", "/prompt_mlp/", "/head/", "/prior/")
 # The attention in-projections of a transformer block as the exporter names them: q, k and v apart (the
 # current export), or one packed in_proj MatMul (bundles exported before it, e.g. the embedded default).
 # A name also used by an activation×activation MatMul is kept fp32 by the weight rule anyway.
@@ -69,8 +71,13 @@ def _nodes_to_keep_fp32(model, in_proj: frozenset[str] = frozenset()) -> list[st
     """Head Gemms, MatMuls whose second input is not a constant weight (attention's QKᵀ and AV), and the
     attention in-projections named in `in_proj`."""
     weights = {t.name for t in model.graph.initializer}
-    return [node.name for node in model.graph.node if node.op_type in QUANTIZED_OPS and (
+    keep = [node for node in model.graph.node if node.op_type in QUANTIZED_OPS and (
         node.name.startswith(FP32_PREFIXES) or node.input[1] not in weights or node.name in in_proj)]
+    # ONNX Runtime's dynamic quantizer first rewrites each Gemm as a MatMul named "<name>_MatMul" (+ an Add) and
+    # matches nodes_to_exclude against the new names: a Gemm excluded by its own name was quantized anyway (the
+    # conv-stats default's heads and prior, all Gemms, went int8 and its scores moved by up to 1.0)
+    return [name for node in keep for name in ((node.name, node.name + "_MatMul") if node.op_type == "Gemm"
+                                               else (node.name,))]
 
 
 def _in_projections(model, tower: str) -> dict[int, set[str]]:
@@ -261,7 +268,7 @@ def quantize_bundle(src: str | Path, out: str | Path, *, per_channel: bool = Tru
                "weights": ("int8 per-channel" if per_channel else "int8 per-tensor") + ", reduce_range (7-bit)",
                "scheme": {"kind": "dynamic", "activations": "uint8, per batch", "weights": "int8",
                           "weight_bits": 7, "per_channel": per_channel},
-               "fp32": "heads (task_mlp, prompt_mlp, head), activation×activation MatMuls and the attention "
+               "fp32": "heads (task_mlp, prompt_mlp, head), the low-level prior's gate and readout, activation×activation MatMuls and the attention "
                        "in-projections named by fp32_rung (none; image-attention-in:k: the image tower's first k "
                        "blocks'; image-attention-in: all of the image tower's; attention-in: both towers')",
                "built_on": {"machine": platform.machine(), "cpu": cpu_model(), "isa": cpu_isa()}}

@@ -68,6 +68,33 @@ def test_int8_keeps_fp32_decisions_on_the_default_model(int8_default, batch):
 
 
 
+def test_int8_of_the_embedded_default_keeps_its_gemm_heads_and_prior_fp32_and_its_scores(tmp_path):
+    """The shipped default (conv-stats towers, low-level prior): every Linear of it exports as a Gemm, which ONNX
+    Runtime's dynamic quantizer renames "<name>_MatMul" before matching nodes_to_exclude. Excluded by their own
+    names only, the heads and the prior went int8 anyway and scores moved by up to 1.0 (the blur order inverted)."""
+    pytest.importorskip("onnx")
+    import onnx
+
+    from fgresq_sdk.bundle import default_bundle_path
+    from fgresq_sdk.export.quantize import FP32_PREFIXES, quantize_bundle
+    from fgresq_sdk.scorer import Scorer
+
+    default = default_bundle_path()
+    out = quantize_bundle(default, tmp_path / "default-int8", validate=False)
+    graph = onnx.load(str(out / "encoder.int8.onnx"))
+    int8_nodes = [n.name for n in graph.graph.node if n.op_type == "MatMulInteger"]
+    assert int8_nodes and not [n for n in int8_nodes if n.startswith(FP32_PREFIXES)], int8_nodes
+    assert any(n.name.startswith("/prior/") for n in graph.graph.node)  # the default has the prior to keep fp32
+    images, groups = _groups()
+    _, s32 = Scorer(default).encode(images)
+    _, s8 = Scorer(out).encode(images)
+    assert np.max(np.abs(s8 - s32)) <= MAX_SCORE_DELTA
+    pairs = [p for g in groups for p in itertools.permutations(g, 2)]
+    i, j = map(list, zip(*pairs))
+    clear = np.abs(s32[i] - s32[j]) >= 0.01
+    assert ((s32[i] > s32[j]) == (s8[i] > s8[j]))[clear].all()
+
+
 def _in_projections(bundle_dir) -> dict[tuple[str, int], set[str]]:
     """Attention in-projection op types per (tower, block): "MatMul" fp32, "MatMulInteger" int8."""
     import re
