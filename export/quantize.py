@@ -71,13 +71,17 @@ def _nodes_to_keep_fp32(model, in_proj: frozenset[str] = frozenset()) -> list[st
     """Head Gemms, MatMuls whose second input is not a constant weight (attention's QKᵀ and AV), and the
     attention in-projections named in `in_proj`."""
     weights = {t.name for t in model.graph.initializer}
-    keep = [node for node in model.graph.node if node.op_type in QUANTIZED_OPS and (
+    return [node.name for node in model.graph.node if node.op_type in QUANTIZED_OPS and (
         node.name.startswith(FP32_PREFIXES) or node.input[1] not in weights or node.name in in_proj)]
-    # ONNX Runtime's dynamic quantizer first rewrites each Gemm as a MatMul named "<name>_MatMul" (+ an Add) and
-    # matches nodes_to_exclude against the new names: a Gemm excluded by its own name was quantized anyway (the
-    # conv-stats default's heads and prior, all Gemms, went int8 and its scores moved by up to 1.0)
-    return [name for node in keep for name in ((node.name, node.name + "_MatMul") if node.op_type == "Gemm"
-                                               else (node.name,))]
+
+
+def _quantizer_names(model, names: list[str]) -> list[str]:
+    """`names` as ONNX Runtime's dynamic quantizer matches nodes_to_exclude: it first rewrites each Gemm as a
+    MatMul named "<name>_MatMul" (+ an Add), so a Gemm excluded by its own name was quantized anyway (the
+    conv-stats default's heads and prior, all Gemms, went int8 and its scores moved by up to 1.0). Both names
+    are given, for quantizers that keep the Gemm."""
+    gemms = {node.name for node in model.graph.node if node.op_type == "Gemm"}
+    return [alias for name in names for alias in ((name, name + "_MatMul") if name in gemms else (name,))]
 
 
 def _in_projections(model, tower: str) -> dict[int, set[str]]:
@@ -233,7 +237,8 @@ def quantize_bundle(src: str | Path, out: str | Path, *, per_channel: bool = Tru
             logging.disable(logging.WARNING)  # the quantizer's advice on the root logger is not for our users
             try:
                 quantize_dynamic(str(src_onnx), str(dst_onnx), weight_type=QuantType.QInt8, per_channel=per_channel,
-                                 reduce_range=True, op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=keep,
+                                 reduce_range=True, op_types_to_quantize=QUANTIZED_OPS,
+                                 nodes_to_exclude=_quantizer_names(graph, keep),
                                  extra_options={"MatMulConstBOnly": True})
             finally:
                 logging.disable(logging.NOTSET)
