@@ -4,8 +4,8 @@
 PyTriton pins numpy<2 while the dev venv has numpy 2, so the server runs from a venv of its own with the
 `[serve]` extra installed as a user would (`pip install -e .[serve]`), next to the dev venv
 (`$FGRESQ_SERVE_VENV`, default `<dev venv>/serve-env`; built once, ~45 s, reused while pyproject's
-dependencies and these extras are unchanged). Clients (tritonclient, RemoteScorer) run here in the dev venv. When the extra cannot be
-installed, the server tests skip and say why.
+dependencies and these extras are unchanged). Clients (tritonclient, RemoteScorer) run here in the dev venv.
+When the extra cannot be installed, the server tests skip and say why.
 
 Servers listen on 127.0.0.1 on free ports; every wait is bounded; every server is stopped and the tests
 check that nothing is left: processes, ports, /dev/shm segments, workspace folder.
