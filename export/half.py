@@ -10,6 +10,12 @@ What stays fp32:
   nn.LayerNorm as one node; its mean/variance reduction is where fp16 loses the most), and the ops of
   the decomposed forms and of the attention and activations — ReduceMean, Pow, Sqrt, Softmax, Sigmoid
   (QuickGELU is x·sigmoid(1.702x)), with their own weights (LayerNorm γ/β) kept fp32;
+* the low-level prior (`prior_nodes`, every node under `/prior/`): its statistics are variances, logs of
+  small numbers and kurtoses with floors such as 1e-12, and its readout multiplies them by weights in the tens;
+  in fp16 the floors flushed and a flat frame's score fell from 0.0014 to 0.0 (the classical statistics, since
+  2026-12-04), and every score moves by the statistics' fp16 rounding times those weights;
+* the Constant nodes read only by fp32 nodes (`_fp32_constants`): the converter rounds every Constant to fp16
+  (small values clamped to ~6e-8) and casts it back, so an fp32 node's floor or kernel was no longer its own;
 * with ``fp32_head=True`` (the TensorRT graph) also every node after the two towers (`head_nodes`): the
   task MLP, the prompt softmax and product, the prompt MLP, the feature concatenation, the regression
   head and its sigmoid — the torch backend's fp16/bf16 split. The `onnx-fp16` bundle keeps the head's
@@ -33,9 +39,11 @@ from .derive import derive_bundle
 FP16_ENCODER = "encoder.fp16.onnx"
 BLOCKED_OPS = ["LayerNormalization", "ReduceMean", "Pow", "Sqrt", "Softmax", "Sigmoid"]
 TOWER_PREFIXES = ("/image_tower/", "/degradation_tower/")
+PRIOR_PREFIX = "/prior/"
 CONVERSION = ("onnxruntime.transformers.float16.convert_float_to_float16, keep_io_types=True; fp32: the ops in "
               "fp32_ops everywhere and the fp32_nodes (the output nodes, or with fp32_head every node after the "
-              "two towers); no fp16 round trip between fp32 nodes, fp32 initializers of fp32 nodes kept fp32")
+              "two towers; the low-level prior; the Constant nodes only fp32 nodes read); no fp16 round trip "
+              "between fp32 nodes, fp32 initializers of fp32 nodes kept fp32")
 
 
 def head_nodes(model) -> list[str]:
@@ -47,6 +55,26 @@ def head_nodes(model) -> list[str]:
         name = node.name or ""
         if name.startswith("/") and not name.startswith(TOWER_PREFIXES) and node.op_type not in ("Constant", "Identity"):
             out.append(name)
+    return out
+
+
+def prior_nodes(model) -> list[str]:
+    """Names of the low-level prior's nodes (fgresq_sdk.model.LowLevelPrior, exported under `/prior/`)."""
+    return [n.name for n in model.graph.node if (n.name or "").startswith(PRIOR_PREFIX)]
+
+
+def _fp32_constants(model, fp32: set[str]) -> list[str]:
+    """Names of the Constant nodes whose every reader is an fp32 node (named in `fp32` or of a blocked op)."""
+    readers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    out = []
+    for node in model.graph.node:
+        read_by = [r for o in node.output for r in readers.get(o, [])]
+        if node.op_type == "Constant" and node.name and read_by and all(
+                r.name in fp32 or r.op_type in BLOCKED_OPS for r in read_by):
+            out.append(node.name)
     return out
 
 
@@ -166,7 +194,8 @@ def half_model(model, fp32_head: bool = False):
     if not any((n.name or "").startswith(TOWER_PREFIXES) for n in model.graph.node):
         raise ValueError("encoder graph has no /image_tower/ or /degradation_tower/ nodes: not an FGResQ "
                          "export, so the fp32 head cannot be told apart from the towers")
-    heads = head_nodes(model) if fp32_head else output_nodes(model)
+    heads = list(dict.fromkeys((head_nodes(model) if fp32_head else output_nodes(model)) + prior_nodes(model)))
+    heads += _fp32_constants(model, set(heads))
     originals = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer
                  if i.data_type == TensorProto.FLOAT}
     half = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(BLOCKED_OPS),

@@ -448,7 +448,12 @@ def test_fp16_onnx_keeps_its_fp32_islands(tiny_bundle, tmp_path, pair_images, fp
         path, details = b.path("encoder"), b.manifest["conversion"]
     assert details["fp32_ops"] == BLOCKED_OPS and details["fp32_head"] is fp32_head
     fp32_nodes = heads if fp32_head else set(output_nodes(fp32))
-    assert set(details["fp32_nodes"]) == fp32_nodes
+    # beside them, the Constant nodes only fp32 nodes read (a floor or kernel of an fp32 node stays its own); the
+    # tiny bundle has no low-level prior (tests/test_variants.py checks the default's)
+    op_of = {n.name: n.op_type for n in fp32.graph.node}
+    listed = set(details["fp32_nodes"])
+    assert {n for n in listed if op_of.get(n) != "Constant"} == fp32_nodes
+    fp32_nodes = listed
     half = onnx.load(str(path))
     onnx.checker.check_model(half)  # topologically sorted, consistently typed
     types = _float_types(half)

@@ -125,8 +125,36 @@ def test_fp16_onnx_bundle_on_cpu_within_fp16_tolerance(tiny_bundle, photo_paths,
     assert np.max(np.abs(s16 - s32)) <= 5e-3
 
 
+def test_fp16_bundle_of_the_embedded_default_keeps_its_prior_fp32_and_its_scores(photo_paths, tmp_path):
+    """The default's low-level prior reads variances and logs with floors down to 1e-12 and weighs them by tens:
+    converted to fp16 with the towers it moved scores by up to 0.047 (0.077 before the classical statistics) and
+    a flat frame's score to 0.0. Its nodes and the constants only fp32 nodes read stay fp32 in both fp16 graphs."""
+    pytest.importorskip("onnx")
+    import onnx
+
+    from fgresq_sdk.bundle import default_bundle_path
+    from fgresq_sdk.export.half import FP16_ENCODER, half_bundle, half_file
+    from fgresq_sdk.scorer import Scorer
+
+    src = default_bundle_path()
+    half = half_bundle(src, tmp_path / "fp16")
+    for path, fp32_head in ((half / FP16_ENCODER, False), (tmp_path / "trt.onnx", True)):
+        if fp32_head:
+            half_file(src / "encoder.onnx", path, fp32_head=True)
+        g = onnx.load(str(path))
+        halves = {o.name for o in g.graph.value_info if o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16}
+        # the prior's own nodes compute in fp32 (the converter's Cast where its term meets an fp16 head aside)
+        prior = [n for n in g.graph.node if n.name.startswith("/prior/") and n.op_type != "Cast"]
+        assert len(prior) > 100 and not [n.name for n in prior if set(n.output) & halves], path.name
+    flat = np.full((64, 64, 3), 128, np.uint8)
+    images = [flat] + [np.asarray(Image.open(p).convert("RGB").filter(ImageFilter.GaussianBlur(r)))
+                       for p in photo_paths[:4] for r in (0, 1, 3)]
+    s32, s16 = Scorer(src).score(images), Scorer(half).score(images)
+    assert s16[0] > 0 and np.max(np.abs(s16 - s32)) <= 5e-3
+
+
 @needs_torch
-def test_fp16_graph_that_crashes_the_ort_cpu_optimizer_loads(tmp_path):
+def test_fp16_graph_that_crashes_the_ort_cpu_optimizer_loads(tmp_path, photo_paths):
     """onnxruntime 1.32's CPU optimizer segfaults on an fp16 encoder whose head is fp32 (ConstantSharing then
     NchwcTransformer). The backend disables that pass for fp16 encoders on the CPU; run in a child process
     so a crash fails this test, not the whole suite."""
@@ -146,8 +174,10 @@ def test_fp16_graph_that_crashes_the_ort_cpu_optimizer_loads(tmp_path):
     m = json.loads((src / "model.json").read_text())
     write_manifest(dst, name=m["name"], config=m["config"], precision="fp16", source="test",
                    files={"encoder": "encoder.onnx", "heads": "heads.npz"})
-    code = ("import numpy as np\nfrom fgresq_sdk.scorer import Scorer\n"
-            f"s = Scorer({str(dst)!r}).score([np.full((64, 64, 3), 128, np.uint8)])\nprint(float(s[0]))")
+    # a photo: this bundle has no naturalness term, and the encoder's own float32 score of a perfectly flat frame
+    # is 0.0 (the default's prior reads its noise, gradient and contrast statistics at their 1e-6 floors)
+    code = ("from fgresq_sdk.scorer import Scorer\n"
+            f"s = Scorer({str(dst)!r}).score([{str(photo_paths[0])!r}])\nprint(float(s[0]))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, f"exit {res.returncode}: {res.stderr[-500:]}"
     assert 0 < float(res.stdout.strip()) < 1
