@@ -11,9 +11,8 @@ What stays fp32:
   the decomposed forms and of the attention and activations — ReduceMean, Pow, Sqrt, Softmax, Sigmoid
   (QuickGELU is x·sigmoid(1.702x)), with their own weights (LayerNorm γ/β) kept fp32;
 * the low-level prior (`prior_nodes`, every node under `/prior/`): its statistics are variances, logs of
-  small numbers and kurtoses with floors such as 1e-12, and its readout multiplies them by weights in the tens;
-  in fp16 the floors flushed and a flat frame's score fell from 0.0014 to 0.0 (the classical statistics, since
-  2026-12-04), and every score moves by the statistics' fp16 rounding times those weights;
+  small numbers and kurtoses with floors such as 1e-12, and its readout multiplies them by weights in the tens,
+  so the statistics' fp16 rounding moved the embedded default's scores by up to 0.047 (bound 5e-3);
 * the Constant nodes read only by fp32 nodes (`_fp32_constants`): the converter rounds every Constant to fp16
   (small values clamped to ~6e-8) and casts it back, so an fp32 node's floor or kernel was no longer its own;
 * with ``fp32_head=True`` (the TensorRT graph) also every node after the two towers (`head_nodes`): the
@@ -194,15 +193,15 @@ def half_model(model, fp32_head: bool = False):
     if not any((n.name or "").startswith(TOWER_PREFIXES) for n in model.graph.node):
         raise ValueError("encoder graph has no /image_tower/ or /degradation_tower/ nodes: not an FGResQ "
                          "export, so the fp32 head cannot be told apart from the towers")
-    heads = list(dict.fromkeys((head_nodes(model) if fp32_head else output_nodes(model)) + prior_nodes(model)))
-    heads += _fp32_constants(model, set(heads))
+    fp32_nodes = list(dict.fromkeys((head_nodes(model) if fp32_head else output_nodes(model)) + prior_nodes(model)))
+    fp32_nodes += _fp32_constants(model, set(fp32_nodes))
     originals = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer
                  if i.data_type == TensorProto.FLOAT}
     half = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(BLOCKED_OPS),
-                                    node_block_list=heads)
+                                    node_block_list=fp32_nodes)
     seams = _keep_fp32_islands_fp32(half, originals)
     details = {"method": CONVERSION, "fp32_ops": list(BLOCKED_OPS), "fp32_head": fp32_head,
-               "fp32_nodes": heads, **seams}
+               "fp32_nodes": fp32_nodes, **seams}
     return half, details
 
 

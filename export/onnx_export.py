@@ -30,8 +30,6 @@ CARRIED_KEYS = ("opset", "feature_dim", "inputs", "outputs", "logit_order", "nat
 _LEGACY_COMPARE_OUTPUTS = ("logits", "logit_order")
 
 
-
-
 def head_arrays(model) -> dict[str, np.ndarray]:
     """Regression and comparison head weights as float32 arrays (the torch-free heads read these)."""
     state = model.state_dict()

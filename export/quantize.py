@@ -273,9 +273,10 @@ def quantize_bundle(src: str | Path, out: str | Path, *, per_channel: bool = Tru
                "weights": ("int8 per-channel" if per_channel else "int8 per-tensor") + ", reduce_range (7-bit)",
                "scheme": {"kind": "dynamic", "activations": "uint8, per batch", "weights": "int8",
                           "weight_bits": 7, "per_channel": per_channel},
-               "fp32": "heads (task_mlp, prompt_mlp, head), the low-level prior's gate and readout, activation×activation MatMuls and the attention "
-                       "in-projections named by fp32_rung (none; image-attention-in:k: the image tower's first k "
-                       "blocks'; image-attention-in: all of the image tower's; attention-in: both towers')",
+               "fp32": "heads (task_mlp, prompt_mlp, head), the low-level prior's gate and readout, "
+                       "activation×activation MatMuls and the attention in-projections named by fp32_rung (none; "
+                       "image-attention-in:k: the image tower's first k blocks'; image-attention-in: all of the image "
+                       "tower's; attention-in: both towers')",
                "built_on": {"machine": platform.machine(), "cpu": cpu_model(), "isa": cpu_isa()}}
     path = derive_bundle(src, out, precision="int8", encoder_file=INT8_ENCODER, make_encoder=make,
                          details_key="quantization", details=details, force=force)

@@ -21,7 +21,6 @@ __all__ = ["HEADS_NPZ_KEYS", "LOGIT_ORDER", "CompareHeadNP", "PairTerms", "softm
 # head_arrays), reading it here, and reading a bundle back into a model (export/read_back.py), so they cannot drift.
 HEADS_NPZ_KEYS = {"head_weight": "head.weight", "head_bias": "head.bias",
                   "compare_weight": "compare_head.weight", "compare_bias": "compare_head.bias"}
-_COMPARE_KEYS = ("compare_weight", "compare_bias")
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -42,8 +41,7 @@ class CompareHeadNP:
 
         src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray)) else path_or_bytes
         with np.load(src, allow_pickle=False) as z:
-            weight, bias = (z[key].astype(np.float64) for key in _COMPARE_KEYS)
-            return cls(weight, bias)
+            return cls(z["compare_weight"].astype(np.float64), z["compare_bias"].astype(np.float64))
 
     @property
     def dim(self) -> int:

@@ -58,16 +58,17 @@ def _differences(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return y[:, :, :, 1:] - y[:, :, :, :-1], y[:, :, 1:, :] - y[:, :, :-1, :]
 
 
-def blur_effect(luma: torch.Tensor) -> torch.Tensor:
+def blur_effect(luma: torch.Tensor, gradients: "tuple[torch.Tensor, torch.Tensor] | None" = None) -> torch.Tensor:
     """Crété-Roffet et al. (2007): a 9-tap box re-blur removes little of the variation between neighbours of an
     image that is already blurred; per axis 1 − Σ max(0, |∇I| − |∇B|) / Σ |∇I|, the larger of the two
-    (1: flat or fully blurred, near 0: sharp)."""
+    (1: flat or fully blurred, near 0: sharp). `gradients`: luma's `_differences`, where the caller has them."""
     box = BLUR_TAPS // 2
+    gradients = gradients or _differences(luma)
     out = []
     for axis, (pad, shape) in enumerate((((box, box, 0, 0), (1, BLUR_TAPS)), ((0, 0, box, box), (BLUR_TAPS, 1)))):
         weight = torch.full((1, 1) + shape, 1.0 / BLUR_TAPS, dtype=luma.dtype, device=luma.device)
         blurred = F.conv2d(F.pad(luma, pad, mode="replicate"), weight)
-        d_img, d_blur = _differences(luma)[axis].abs(), _differences(blurred)[axis].abs()
+        d_img, d_blur = gradients[axis].abs(), _differences(blurred)[axis].abs()
         out.append(1 - _mean(F.relu(d_img - d_blur)) / (_mean(d_img) + EPS))
     return torch.maximum(out[0], out[1])
 
@@ -87,5 +88,5 @@ def classical_statistics(rgb: torch.Tensor) -> torch.Tensor:
              0.5 * torch.log(_mean(centred * centred) + EPS * EPS),
              _mean((hi - lo) / (hi + EPS)),
              (torch.log(ex + EPS) - torch.log(ey + EPS)).abs(),
-             blur_effect(luma)]
+             blur_effect(luma, (gx, gy))]
     return torch.stack(stats, dim=1)

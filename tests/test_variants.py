@@ -127,8 +127,8 @@ def test_fp16_onnx_bundle_on_cpu_within_fp16_tolerance(tiny_bundle, photo_paths,
 
 def test_fp16_bundle_of_the_embedded_default_keeps_its_prior_fp32_and_its_scores(photo_paths, tmp_path):
     """The default's low-level prior reads variances and logs with floors down to 1e-12 and weighs them by tens:
-    converted to fp16 with the towers it moved scores by up to 0.047 (0.077 before the classical statistics) and
-    a flat frame's score to 0.0. Its nodes and the constants only fp32 nodes read stay fp32 in both fp16 graphs."""
+    converted to fp16 with the towers it moved scores by up to 0.047 (0.077 before the classical statistics).
+    Its nodes and the constants only fp32 nodes read stay fp32 in both fp16 graphs."""
     pytest.importorskip("onnx")
     import onnx
 
