@@ -34,13 +34,22 @@ import hashlib
 import json
 import os
 import sys
+import time
+
+from fgresq_sdk.train.kernels import PORTABLE_ENV, apply_in_process  # noqa: E402  (torch-free module)
 
 PIN_SETS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"},
-            "portable": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "COMPATIBLE"}}
-PINS = tuple(PIN_SETS["avx2"])  # the variables; each set gives all three
+            "portable": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "COMPATIBLE"},
+            # what a training config's "cpu_kernels": "portable" sets (train/kernels.py); oneDNN is switched off
+            "cnr": dict(PORTABLE_ENV),
+            # the cheap candidate: oneDNN's AVX2 convolutions kept, MKL (the linear layers) on its COMPATIBLE branch;
+            # portable only if oneDNN's AVX2 kernels sum alike on every CPU (its blocking follows cache sizes)
+            "avx2-cnr": {**PORTABLE_ENV, "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+# the variables reported (MKL_ENABLE_INSTRUCTIONS: MKL's own ISA cap, to show a pinned hash does not follow it)
+PINS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS")
 
 
-def fingerprint(steps: int, batch: int, size: int, threads: int) -> dict:
+def fingerprint(steps: int, batch: int, size: int, threads: int, kernels: str = "native") -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -48,6 +57,7 @@ def fingerprint(steps: int, batch: int, size: int, threads: int) -> dict:
     from fgresq_sdk.model import FGResQ
     from fgresq_sdk.train.ema import WeightEMA
 
+    apply_in_process(kernels)
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = FGResQ("fgresq-compact-cnn-ms2").train()
@@ -56,6 +66,7 @@ def fingerprint(steps: int, batch: int, size: int, threads: int) -> dict:
     ema = WeightEMA(model, 0.995)
     gen = torch.Generator().manual_seed(1)
     losses = []
+    t0 = time.perf_counter()
     for step in range(steps):
         x = torch.randn(batch, 3, size, size, generator=gen)
         target = torch.rand(batch, generator=gen)
@@ -71,6 +82,7 @@ def fingerprint(steps: int, batch: int, size: int, threads: int) -> dict:
         opt.step()
         ema.update(model, step + 1)
         losses.append(float(loss.detach()))
+    seconds = time.perf_counter() - t0
     h = hashlib.sha256()
     with ema.applied(model):
         for name, t in sorted(model.state_dict().items()):
@@ -79,7 +91,8 @@ def fingerprint(steps: int, batch: int, size: int, threads: int) -> dict:
     return {"sha256": h.hexdigest(), "last_loss": losses[-1], "cpu": cpu_model(), "isa": cpu_isa(),
             "torch": torch.__version__, "threads": threads, "steps": steps, "batch": batch, "size": size,
             "pins": {k: os.environ[k] for k in PINS if k in os.environ},
-            "aten_capability": torch.backends.cpu.get_cpu_capability()}
+            "aten_capability": torch.backends.cpu.get_cpu_capability(), "onednn": torch.backends.mkldnn.enabled,
+            "seconds": round(seconds, 1)}
 
 
 def main(argv=None) -> int:
@@ -95,7 +108,7 @@ def main(argv=None) -> int:
     if any(os.environ.get(k) != v for k, v in pins.items()):
         # the libraries read these when they load: set them before torch is imported, in a fresh process
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **pins})
-    print(json.dumps(fingerprint(a.steps, a.batch, a.size, a.threads)))
+    print(json.dumps(fingerprint(a.steps, a.batch, a.size, a.threads, "portable" if a.pins == "cnr" else "native")))
     return 0
 
 

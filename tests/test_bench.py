@@ -163,4 +163,8 @@ def test_isa_fingerprint_is_deterministic_and_the_pins_reach_the_child():
     assert pinned["isa"] and pinned["cpu"] and pinned["threads"] == 2
     portable = run("--steps", "2", "--pins", "portable")
     assert portable["pins"] == {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "COMPATIBLE"}
-    assert portable["aten_capability"] == "DEFAULT"
+    assert portable["aten_capability"] == "DEFAULT" and portable["onednn"] is True
+    from fgresq_sdk.train.kernels import PORTABLE_ENV
+
+    cnr = run("--steps", "2", "--pins", "cnr")  # what a training config's "cpu_kernels": "portable" runs on
+    assert cnr["pins"] == PORTABLE_ENV and cnr["onednn"] is False

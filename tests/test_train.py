@@ -1015,6 +1015,48 @@ def test_train_through_the_fgresq_sdk_cli(manifest_dir, tmp_path):
     assert not (tmp_path / "x" / "logs.jsonl").exists()
 
 
+def test_portable_cpu_kernels_restart_the_cli_with_their_pins_and_repeat_the_weights(manifest_dir, tmp_path,
+                                                                                      monkeypatch):
+    """"cpu_kernels": "portable" (train/kernels.py): called from Python without the pins, run_training refuses
+    with one line naming them; `fgresq-sdk train` starts itself again with them, the run log records ATen's
+    capped capability, oneDNN off and the pins, and two runs give the same weights byte for byte. That the
+    weights also match on another CPU is what bench/isa_repro.py --pins cnr checks across machines."""
+    import subprocess
+    import sys
+
+    from fgresq_sdk.model import load_checkpoint
+    from fgresq_sdk.train.config import TrainError, load_train_config
+    from fgresq_sdk.train.kernels import PORTABLE_ENV
+    from fgresq_sdk.train.run import run_training
+
+    with pytest.raises(TrainError, match="cpu_kernels must be"):
+        load_train_config({"cpu_kernels": "fast"})
+    cfg = {"name": "portable", "model": "fgresq-compact-cnn-log", "threads": 2, "cpu_kernels": "portable",
+           "data": {"resize": 256, "crop": 224}, "dfl": {"epochs": 1, "batch_size": 8, "lr": 1e-3},
+           "fgresq": {"epochs": 1, "batch_size": 4, "lr": 1e-3}}
+    for k in PORTABLE_ENV:
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(TrainError, match="ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMPATIBLE,STRICT"):
+        run_training(cfg, tmp_path / "refused", manifest=manifest_dir, progress=False)
+    assert not (tmp_path / "refused").exists()
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    exe = Path(sys.executable).parent / "fgresq-sdk"
+    weights = []
+    for k in range(2):
+        out = tmp_path / f"run{k}"
+        r = subprocess.run([str(exe), "train", "--config", str(tmp_path / "cfg.json"), "--manifest", str(manifest_dir),
+                            "--out", str(out), "--no-progress"], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        start = json.loads((out / "logs.jsonl").read_text().splitlines()[0])
+        got = start["kernels"]
+        assert got["cpu_kernels"] == "portable" and got["onednn"] is False and got["pins"] == PORTABLE_ENV
+        assert got["aten_capability"] == "AVX2" or "warning" in got  # a CPU without AVX2 is told so
+        weights.append(load_checkpoint(out / "model.safetensors").state_dict())
+    assert weights[0].keys() == weights[1].keys()
+    for name, v in weights[0].items():
+        assert torch.equal(v, weights[1][name]), name
+
+
 def test_cli_warm_restart_of_stage2(manifest_dir, tmp_path):
     """The recipe's second stage-2 cycle (scripts/make_default_model.sh) through the one training CLI:
     --stage fgresq --resume --init-checkpoint on a run folder that holds only a copied dfl/."""

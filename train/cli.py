@@ -47,7 +47,16 @@ def train_cmd(
         help="With --stage fgresq: start stage 2 from this model checkpoint (a further cycle on a finished model)."),
 ) -> None:
     """Train FGResQ: stage 1 (degradation-aware feature learning), then stage 2 (score + compare heads)."""
-    from .config import TrainError
+    from .config import TrainError, load_train_config
+    from .kernels import missing_pins, reexec_with
+
+    try:
+        pins = missing_pins(load_train_config(config)["cpu_kernels"])
+    except TrainError:
+        pins = {}  # run_training reports the config's problem
+    if pins and _started_as_cli():
+        reexec_with(pins)  # the kernel pins must be in place before torch loads (train/kernels.py)
+
     from .logs import jsonable
     from .run import run_training
 
@@ -60,6 +69,15 @@ def train_cmd(
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(2)
     typer.echo(json.dumps(jsonable(res), indent=2))
+
+
+def _started_as_cli() -> bool:
+    """True when this process is the `fgresq-sdk` command (or python -m fgresq_sdk.cli), so starting it again
+    with other environment variables repeats exactly what the user ran; called from Python (a test's CliRunner),
+    run_training refuses a portable config without its pins instead."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return Path(sys.argv[0]).name == "fgresq-sdk" or getattr(spec, "name", "") in ("fgresq_sdk.cli", "fgresq_sdk")
 
 
 def list_train_configs_cmd() -> None:

@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .kernels import KERNELS
 from .manifest import TASKS
 
 __all__ = ["DEFAULTS", "DEFAULT_PROMPTS", "STAGES", "TrainError", "load_train_config", "list_train_configs"]
@@ -43,6 +44,10 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "threads": None,                  # torch.set_num_threads; None = all cores
     "device": "cpu",                  # torch device for training ("cuda", "cuda:1", ...)
+    # CPU kernels (train/kernels.py): "native" = the fastest this CPU has; "portable" = ATen capped at AVX2,
+    # oneDNN off, MKL's COMPATIBLE reproducibility branch, so every x86-64 CPU with AVX2 sums in the same order
+    # and a seed trains the same weights on an AVX-512 Intel and an AVX2-only AMD (~1.3-1.8x the step time)
+    "cpu_kernels": "native",
     "log_every": 1,                   # write a step line every N optimizer steps
     "keep_checkpoints": 2,            # epoch checkpoints kept per stage (None = all)
     "export": False,                  # export bundle/ at the end
@@ -167,6 +172,9 @@ def load_train_config(src: str | os.PathLike | dict | None) -> dict[str, Any]:
         if cfg[section][key] not in allowed:
             raise TrainError(f"training config: {section}.{key} must be "
                              f"{' or '.join(map(repr, allowed))}, not {cfg[section][key]!r}")
+    if cfg["cpu_kernels"] not in KERNELS:
+        raise TrainError(f"training config: cpu_kernels must be {' or '.join(map(repr, KERNELS))}, "
+                         f"not {cfg['cpu_kernels']!r}")
     if not 0.0 <= float(cfg["fgresq"]["ema_decay"]) < 1.0:
         raise TrainError(f"training config: fgresq.ema_decay must be in [0, 1), not {cfg['fgresq']['ema_decay']}")
     missing = [t for t in TASKS if t not in prompts]

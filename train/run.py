@@ -34,6 +34,8 @@ from .checkpoints import FINAL_NAME, load_weights_into
 from .config import STAGES, TrainError, load_train_config
 from .datasets import ImageCache, TransformSpec
 from .dfl import load_pretrained, run_dfl
+from .kernels import apply_in_process, missing_pins
+from .kernels import describe as describe_kernels
 from .logs import JsonlLogger, Progress
 from .loop import set_seed, set_threads
 from .manifest import Manifest, split_manifest
@@ -92,6 +94,10 @@ def run_training(config: str | os.PathLike | dict | None, out: str | os.PathLike
     if epochs is not None:
         for s in STAGES:
             tcfg[s]["epochs"] = int(epochs)
+    pins = missing_pins(tcfg["cpu_kernels"])
+    if pins:
+        raise TrainError(f"cpu_kernels {tcfg['cpu_kernels']!r} needs " + " ".join(f"{k}={v}" for k, v in pins.items())
+                         + " in the environment before torch loads (`fgresq-sdk train` sets them itself)")
     if tcfg["manifest"] is None:
         raise TrainError("no training manifest (give --manifest or set \"manifest\" in the config)")
     if tcfg["requires_pretrained"] and not tcfg["pretrained"]:
@@ -101,6 +107,7 @@ def run_training(config: str | os.PathLike | dict | None, out: str | os.PathLike
     if not resume and (log_path.exists() or any((out / s).exists() for s in STAGES)):
         raise TrainError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    apply_in_process(tcfg["cpu_kernels"])
     n_threads = set_threads(tcfg["threads"])
     allocator = keep_freed_memory()
     logger = JsonlLogger(log_path, t0)
@@ -108,7 +115,8 @@ def run_training(config: str | os.PathLike | dict | None, out: str | os.PathLike
     stages = list(STAGES) if stage == "all" else [stage]
     logger.log("run_start", config=tcfg, out=str(out), stage=stage, resume=resume, manifest=tcfg["manifest"],
                val_manifest=tcfg["val_manifest"], pretrained=tcfg["pretrained"], threads=n_threads,
-               allocator=allocator, torch=torch.__version__, versions=_versions())
+               allocator=allocator, torch=torch.__version__, versions=_versions(),
+               kernels=describe_kernels(tcfg["cpu_kernels"]))
 
     # data
     train_m = _load_manifest(_resolve(tcfg["manifest"]))
