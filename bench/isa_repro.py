@@ -13,6 +13,9 @@ pins, torch build and threads mean training is portable there; the recipe can th
     .venv/bin/python bench/isa_repro.py --pins avx2     # re-executes itself with the three AVX2 pins set
     .venv/bin/python bench/isa_repro.py --pins portable # the least each library offers: ATen's scalar-width
                                                         # default kernels, oneDNN at SSE4.1, MKL's COMPATIBLE path
+    .venv/bin/python bench/isa_repro.py --pins cnr      # what "cpu_kernels": "portable" trains on (train/kernels.py):
+                                                        # ATen at AVX2, oneDNN off, MKL COMPATIBLE,STRICT
+    .venv/bin/python bench/isa_repro.py --pins avx2-cnr # the same with oneDNN's AVX2 convolutions kept (cheaper)
 
 Measured (defaults: 20 steps, batch 8, 224², 2 threads; torch 2.14.1+cu130; sha256 prefixes):
 
@@ -20,6 +23,19 @@ Measured (defaults: 20 steps, batch 8, 224², 2 threads; torch 2.14.1+cu130; sha
 |---|---|---|---|
 | AMD EPYC family 25 model 1 (Zen 3, AVX2 only), 2026-12-03 | b530c1f23f3dcfd0 (twice) | 1ce22b9cd8659e88 | not run |
 | Intel Xeon family 6 model 167 (AVX-512, VNNI, AMX), 2026-12-03 | 051b6e31ab1d6949 | **aa9f947cd488e585** | 503657042fda82ca |
+
+| CPU | `--pins cnr` | `--pins avx2-cnr` |
+|---|---|---|
+| Intel Xeon family 6 model 167, 2026-12-04 | **d84cfaed1f279eb8** (21–24 s; unpinned 12 s) | **11646b4e65d436ce** (15–18 s) |
+| AMD (Zen 3 / Zen 4) | not run yet | not run yet |
+
+Both hashes stayed the same with MKL's own ISA cap lowered (MKL_ENABLE_INSTRUCTIONS=AVX2 or SSE4_2) and oneDNN capped
+at AVX2, while MKL's branch alone moves them (cnr with MKL_CBWR=AVX2: 19877abf…, AUTO: 1aaf03d5…): under these
+pins the weights do not follow what this CPU offers beyond AVX2. MKL documents its COMPATIBLE branch as the one
+that gives the same results on Intel and non-Intel CPUs (its AVX2 branch is ignored on non-Intel ones, which
+explains the table above); an AMD CPU printing the same `cnr` hash confirms it, and the same `avx2-cnr` hash would
+also clear oneDNN's AVX2 convolutions, which cost far less (stage-2 steps 1.13 s against `cnr`'s 2.30 s and native
+0.90 s on the Intel).
 
 So the AVX2 pins do **not** make training portable: the Intel prints another hash than the Zen 3 under the same
 pins (on the Intel each pin alone also changes the hash: ATen 48c2a01b…, oneDNN ad827a28…, MKL 18c3ef2d…; on the
