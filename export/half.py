@@ -34,11 +34,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from .derive import derive_bundle
+from .onnx_export import PRIOR_PREFIX
 
 FP16_ENCODER = "encoder.fp16.onnx"
 BLOCKED_OPS = ["LayerNormalization", "ReduceMean", "Pow", "Sqrt", "Softmax", "Sigmoid"]
 TOWER_PREFIXES = ("/image_tower/", "/degradation_tower/")
-PRIOR_PREFIX = "/prior/"
 CONVERSION = ("onnxruntime.transformers.float16.convert_float_to_float16, keep_io_types=True; fp32: the ops in "
               "fp32_ops everywhere and the fp32_nodes (the output nodes, or with fp32_head every node after the "
               "two towers; the low-level prior; the Constant nodes only fp32 nodes read); no fp16 round trip "

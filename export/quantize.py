@@ -43,13 +43,14 @@ import numpy as np
 from fgresq_sdk.errors import BundleError
 
 from .derive import derive_bundle
+from .onnx_export import PRIOR_PREFIX
 
 INT8_ENCODER = "encoder.int8.onnx"
 QUANTIZED_OPS = ["MatMul", "Gemm"]
 # Graph nodes outside the two vision towers (their names come from the torch module path). The low-level prior's
 # gate and readout read ~2,000 statistics of very different ranges (means, log σ, classical statistics down to
 # log 1e-6): one uint8 scale per batch for all of them moved the default's scores by up to 1.0; in fp32, 0.003.
-FP32_PREFIXES = ("/task_mlp/", "/prompt_mlp/", "/head/", "/prior/")
+FP32_PREFIXES = ("/task_mlp/", "/prompt_mlp/", "/head/", PRIOR_PREFIX)
 # The attention in-projections of a transformer block as the exporter names them: q, k and v apart (the
 # current export), or one packed in_proj MatMul (bundles exported before it, e.g. the embedded default).
 # A name also used by an activation×activation MatMul is kept fp32 by the weight rule anyway.
