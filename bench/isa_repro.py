@@ -26,7 +26,7 @@ Measured (defaults: 20 steps, batch 8, 224², 2 threads; torch 2.14.1+cu130; sha
 
 | CPU | `--pins cnr` | `--pins avx2-cnr` |
 |---|---|---|
-| Intel Xeon family 6 model 167, 2026-12-04 | **d84cfaed1f279eb8** (21–24 s; unpinned 12 s) | **11646b4e65d436ce** (15–18 s) |
+| Intel Xeon family 6 model 167, 2026-12-04 | **d84cfaed1f279eb8** (21–24 s; unpinned 12 s) | **11646b4e65d436ce** (15–18 s)|
 | AMD (Zen 3 / Zen 4) | not run yet | not run yet |
 
 Both hashes stayed the same with MKL's own ISA cap lowered (MKL_ENABLE_INSTRUCTIONS=AVX2 or SSE4_2) and oneDNN capped
@@ -52,7 +52,7 @@ import os
 import sys
 import time
 
-from fgresq_sdk.train.kernels import PORTABLE_ENV, apply_in_process  # noqa: E402  (torch-free module)
+from fgresq_sdk.train.kernels import PORTABLE_ENV, apply_in_process  # torch-free: imported before the re-exec
 
 PIN_SETS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"},
             "portable": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "COMPATIBLE"},

@@ -46,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "device": "cpu",                  # torch device for training ("cuda", "cuda:1", ...)
     # CPU kernels (train/kernels.py): "native" = the fastest this CPU has; "portable" = ATen capped at AVX2,
     # oneDNN off, MKL's COMPATIBLE reproducibility branch, so every x86-64 CPU with AVX2 sums in the same order
-    # and a seed trains the same weights on an AVX-512 Intel and an AVX2-only AMD (~1.3-1.8x the step time)
+    # and a seed trains the same weights on an AVX-512 Intel and an AVX2-only AMD (~2.5x the step time there)
     "cpu_kernels": "native",
     "log_every": 1,                   # write a step line every N optimizer steps
     "keep_checkpoints": 2,            # epoch checkpoints kept per stage (None = all)

@@ -18,9 +18,10 @@ libraries choose kernels by the CPU (bench/isa_repro.py measured each one moving
 
 numpy needs no pin: the training process only scales and shifts pixels with it (each operation correctly
 rounded whatever the vector width), and the synthetic data came out byte for byte the same with its AVX-512
-kernels disabled (val photos, 1,508 files, 2026-12-04). ATen and MKL read their variables once, when they load, so the pins must be in the
-environment before torch is imported: `reexec_with` starts the command again with them.
-Cost: ~1.3× the native step time on an Intel Xeon (AVX-512) for the compact CNN's stage-2 step.
+kernels disabled (val photos, 1,508 files, 2026-12-04). ATen and MKL read their variables once, when they load,
+so the pins must be in the environment before torch is imported: `reexec_with` starts the command again with them.
+Cost: the default recipe's steps took ~2.5× as long on an Intel Xeon with AVX-512 (stage 1 1.67 s vs 0.68 s,
+stage 2 2.30 s vs 0.90 s; README, "CPU kernels"), which is why that recipe stays native.
 """
 from __future__ import annotations
 
