@@ -66,6 +66,27 @@ def cpu_model() -> str:
     return _cpuinfo()[0] or platform.processor() or platform.machine() or "unknown"
 
 
+def cpu_generation() -> str | None:
+    """'<vendor> family F model M' from /proc/cpuinfo (None elsewhere). Why: a model name such as "Intel(R)
+    Xeon(R) Processor" covers several generations, whose kernels sum differently (training reproduces per
+    generation: README, "CPU kernels")."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("vendor_id", "cpu family", "model") and key not in fields:
+                    fields[key] = value.strip()
+                if len(fields) == 3 or not line.strip():
+                    break
+    except OSError:
+        return None
+    if len(fields) < 3:
+        return None
+    return f"{fields['vendor_id']} family {fields['cpu family']} model {fields['model']}"
+
+
 def simd_flags() -> list[str]:
     """The SIMD_FLAGS this CPU has, sorted."""
     return sorted(set(SIMD_FLAGS) & _cpuinfo()[1])

@@ -268,7 +268,7 @@ BASE_RECIPE=$RECIPE RECIPE="$SHIPPED" POLISH="$SHIPPED_POLISH" \
     POLISH_PAIR_FRACTION="$POLISH_PAIR_FRACTION" POLISH_JUNK_FRACTION="$POLISH_JUNK_FRACTION" PHOTO_SET="$PHOTO_SET" SPLIT="$SPLIT" FIT_CROPS="$FIT_CROPS" VAL_CROPS="$VAL_CROPS" \
     PAIR_FRACTION="$PAIR_FRACTION" JUNK_FRACTION="$JUNK_FRACTION" JUNK_WEIGHTS="$JUNK_WEIGHTS" \
     FIT_DEGRADATIONS="$FIT_DEGRADATIONS" FIT_EXCLUDE="$FIT_EXCLUDE" POLISH_EXCLUDE="$POLISH_EXCLUDE" \
-    POLISH_RESIDUE_FRACTION="$POLISH_RESIDUE_FRACTION" PRIOR="$PRIOR" \
+    POLISH_RESIDUE_FRACTION="$POLISH_RESIDUE_FRACTION" PRIOR="$PRIOR" WORK="$WORK" \
     $PY - "$WORK/default-bundle" "$best" <<'PYEOF'
 import json, os, shutil, sys
 from pathlib import Path
@@ -299,6 +299,9 @@ extra["training"] = {"recipe": f"train/configs/{recipe}.json", "script": "script
                              + (f" (hard-negative kinds drawn with weights {env['JUNK_WEIGHTS']})"
                                 if env.get("JUNK_WEIGHTS") else "")
                              + (f"; stage 2 without the pairs of {env['FIT_EXCLUDE']}" if env.get("FIT_EXCLUDE") else "")}
+# where the towers were trained: the recipe reproduces them byte for byte on that CPU type (README, "CPU kernels")
+from fgresq_sdk.train.logs import training_machine
+extra["training"]["trained_on"] = training_machine(Path(os.environ["WORK"]) / "run" / "logs.jsonl")
 if env.get("POLISH"):
     from fgresq_sdk.train.config import load_train_config
     n = load_train_config(f"train/configs/{env['POLISH']}.json")["fgresq"]["epochs"]  # the config's, not assumed

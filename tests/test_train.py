@@ -1140,6 +1140,15 @@ def test_default_recipe_smoke_run(tmp_path):
     recs = [json.loads(line) for line in (tmp_path / "run" / "logs.jsonl").read_text().splitlines()]
     ep = [r for r in recs if r["event"] == "epoch" and r["stage"] == "fgresq"]
     assert ep and "acc" in ep[-1]["val"]
+    # the install step writes where the towers were trained into the bundle (training.trained_on)
+    from fgresq_sdk.cpu import cpu_generation, cpu_model
+    from fgresq_sdk.train.logs import training_machine
+
+    machine = training_machine(tmp_path / "run" / "logs.jsonl")
+    assert machine["cpu"] == cpu_model() and machine["cpu_generation"] == cpu_generation()
+    assert cpu_generation() is None or re.fullmatch(r"\S+ family \d+ model \d+", cpu_generation())
+    assert machine["cpu_kernels"] == "native" and machine["threads"] == 1 and machine["torch"] == torch.__version__
+    assert "training_machine(Path(os.environ[\"WORK\"]) / \"run\" / \"logs.jsonl\")" in script
     # the val log splits the pooled pair ACC by task and by generator implementation: the pair-weighted mean of
     # the parts is the pooled value, and every implementation the val manifest records appears under its task
     val_m, v = Manifest.load(mans["val"]), ep[-1]["val"]

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LOG_SCHEMA", "jsonable", "JsonlLogger", "Progress"]
+__all__ = ["LOG_SCHEMA", "jsonable", "JsonlLogger", "Progress", "training_machine"]
 
 # The JSONL log: every line has "event", "time" (UTC ISO-8601) and "elapsed_s" (since the run started).
 LOG_SCHEMA = {
     "run_start": ["config", "out", "stage", "resume", "manifest", "val_manifest", "pretrained", "threads",
-                  "torch", "versions"],
+                  "torch", "versions", "cpu", "cpu_generation", "isa", "kernels"],
     "stage_start": ["stage", "start_epoch", "epochs", "steps_per_epoch", "total_steps", "n_train",
                     "n_trainable_params", "init"],
     "step": ["stage", "epoch", "step", "epoch_step", "steps_per_epoch", "lr", "loss",
@@ -105,3 +105,17 @@ class Progress:
         if self._p is not None:
             self._p.stop()
             self._p = None
+
+
+def training_machine(log_path: str | os.PathLike) -> dict[str, Any]:
+    """The machine a run trained on, from its log's run_start: CPU model, ISA, kernels, torch, threads. Why: the
+    training is deterministic on one CPU type but not across types (README, "CPU kernels"), so a bundle that
+    names where its weights were trained says where the recipe reproduces them byte for byte."""
+    for line in Path(log_path).read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        if rec.get("event") == "run_start":
+            kernels = rec.get("kernels") or {}
+            return {"cpu": rec.get("cpu"), "cpu_generation": rec.get("cpu_generation"), "isa": rec.get("isa"),
+                    "cpu_kernels": kernels.get("cpu_kernels", "native"), "aten_capability": kernels.get("aten_capability"),
+                    "torch": rec.get("torch"), "threads": rec.get("threads")}
+    raise ValueError(f"{log_path}: no run_start line")

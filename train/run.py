@@ -27,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from fgresq_sdk.cpu import cpu_generation, cpu_isa, cpu_model
 from fgresq_sdk.model import FGResQ, load_checkpoint, save_checkpoint
 
 from .allocator import keep_freed_memory
@@ -116,7 +117,7 @@ def run_training(config: str | os.PathLike | dict | None, out: str | os.PathLike
     logger.log("run_start", config=tcfg, out=str(out), stage=stage, resume=resume, manifest=tcfg["manifest"],
                val_manifest=tcfg["val_manifest"], pretrained=tcfg["pretrained"], threads=n_threads,
                allocator=allocator, torch=torch.__version__, versions=_versions(),
-               kernels=describe_kernels(tcfg["cpu_kernels"]))
+               cpu=cpu_model(), cpu_generation=cpu_generation(), isa=cpu_isa(), kernels=describe_kernels(tcfg["cpu_kernels"]))
 
     # data
     train_m = _load_manifest(_resolve(tcfg["manifest"]))
