@@ -271,6 +271,9 @@ class Bundle:
             "precision": self.precision,
             "created": self.manifest.get("created"),
             "source": self.manifest.get("source"),
+            # where the weights were trained (bundles from scripts/make_default_model.sh): the CPU type on which
+            # the recipe gives them again byte for byte
+            "trained_on": (self.manifest.get("training") or {}).get("trained_on"),
             "files": {k: v["path"] for k, v in self.manifest.get("files", {}).items()},
         }
 

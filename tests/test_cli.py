@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -302,3 +303,21 @@ def test_info_json(tiny_bundle, tmp_path):
     assert info["model"]["path"] == str(tiny_bundle)
     assert info["backend"] == "onnxruntime"
     assert "model_error" not in info
+    assert info["model"]["trained_on"] is None  # a bundle exported outside the recipe names no training machine
+
+
+def test_info_names_where_the_weights_were_trained(tiny_bundle, tmp_path):
+    """training.trained_on (written by scripts/make_default_model.sh) reaches `info`: where the recipe gives the
+    same weights byte for byte."""
+    import shutil
+
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    manifest = json.loads((bundle / "model.json").read_text())
+    machine = {"cpu": "AMD EPYC 9R14", "cpu_generation": "AuthenticAMD family 25 model 17", "isa": ["avx2"],
+               "cpu_kernels": "native", "aten_capability": "AVX512", "torch": "2.14.1", "threads": 2}
+    manifest["training"] = {"trained_on": machine}
+    (bundle / "model.json").write_text(json.dumps(manifest))
+    run = run_cli("info", "--model", bundle, "-f", "json", cwd=tmp_path)
+    assert run.rc == 0, run.err
+    assert run.json()["model"]["trained_on"] == machine
