@@ -1013,6 +1013,14 @@ def test_train_through_the_fgresq_sdk_cli(manifest_dir, tmp_path):
     assert bad.returncode == 2 and bad.stdout == ""  # no manifest anywhere: a usage error
     assert bad.stderr.startswith("error: ") and "manifest" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
     assert not (tmp_path / "x" / "logs.jsonl").exists()
+    # a folder that is not a manifest (a typo, a photo folder): one line, and no run folder left behind
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    wrong = subprocess.run([str(exe), "train", "--config", str(cfg), "--manifest", str(photos),
+                            "--out", str(tmp_path / "y")], capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 2 and wrong.stdout == "", wrong.stderr
+    assert wrong.stderr.strip() == f"error: manifest {photos}: no manifest.json in this folder (not a training manifest)"
+    assert not (tmp_path / "y").exists()
 
 
 def test_portable_cpu_kernels_restart_the_cli_with_their_pins_and_repeat_the_weights(manifest_dir, tmp_path,

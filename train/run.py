@@ -39,7 +39,7 @@ from .kernels import apply_in_process, missing_pins
 from .kernels import describe as describe_kernels
 from .logs import JsonlLogger, Progress
 from .loop import set_seed, set_threads
-from .manifest import Manifest, split_manifest
+from .manifest import MANIFEST_FILE, Manifest, split_manifest
 from .stage2 import run_fgresq
 
 __all__ = ["run_training"]
@@ -52,6 +52,8 @@ def _resolve(p: str | os.PathLike | None) -> Path | None:
 def _load_manifest(path: Path):
     if not path.exists():
         raise TrainError(f"manifest {path}: not found")
+    if path.is_dir() and not (path / MANIFEST_FILE).is_file():
+        raise TrainError(f"manifest {path}: no {MANIFEST_FILE} in this folder (not a training manifest)")
     return Manifest.load(path)
 
 
@@ -103,6 +105,11 @@ def run_training(config: str | os.PathLike | dict | None, out: str | os.PathLike
         raise TrainError("no training manifest (give --manifest or set \"manifest\" in the config)")
     if tcfg["requires_pretrained"] and not tcfg["pretrained"]:
         raise TrainError(f"training config {tcfg['name']} needs pretrained CLIP weights (--pretrained PATH)")
+    # data, read before anything is written: a mistyped manifest leaves no half-made run folder behind
+    train_m = _load_manifest(_resolve(tcfg["manifest"]))
+    val_m = _load_manifest(_resolve(tcfg["val_manifest"])) if tcfg["val_manifest"] else None
+    if val_m is None and float(tcfg["val_fraction"]) > 0:
+        train_m, val_m = split_manifest(train_m, 1.0 - float(tcfg["val_fraction"]), seed=int(tcfg["seed"]))
     out = Path(out)
     log_path = out / "logs.jsonl"
     if not resume and (log_path.exists() or any((out / s).exists() for s in STAGES)):
@@ -117,13 +124,9 @@ def run_training(config: str | os.PathLike | dict | None, out: str | os.PathLike
     logger.log("run_start", config=tcfg, out=str(out), stage=stage, resume=resume, manifest=tcfg["manifest"],
                val_manifest=tcfg["val_manifest"], pretrained=tcfg["pretrained"], threads=n_threads,
                allocator=allocator, torch=torch.__version__, versions=_versions(),
-               cpu=cpu_model(), cpu_generation=cpu_generation(), isa=cpu_isa(), kernels=describe_kernels(tcfg["cpu_kernels"]))
+               cpu=cpu_model(), cpu_generation=cpu_generation(), isa=cpu_isa(),
+               kernels=describe_kernels(tcfg["cpu_kernels"]))
 
-    # data
-    train_m = _load_manifest(_resolve(tcfg["manifest"]))
-    val_m = _load_manifest(_resolve(tcfg["val_manifest"])) if tcfg["val_manifest"] else None
-    if val_m is None and float(tcfg["val_fraction"]) > 0:
-        train_m, val_m = split_manifest(train_m, 1.0 - float(tcfg["val_fraction"]), seed=int(tcfg["seed"]))
     cache = ImageCache(tcfg["data"]["cache_mb"])
     prog = Progress(progress)
 
