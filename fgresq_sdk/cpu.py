@@ -41,22 +41,26 @@ def _cpuid_hidden() -> set[str]:
     return {flag for flag, name in _NUMPY_NAMES.items() if name in seen and not seen[name]}
 
 
-@functools.lru_cache(maxsize=1)
-def _cpuinfo() -> tuple[str | None, frozenset]:
-    model, flags = None, frozenset()
+def _cpuinfo_fields() -> dict[str, str]:
+    """Each /proc/cpuinfo key with its first value, in the file's order ({} where there is no such file); read
+    afresh on each call: `_cpuinfo` caches what the runtime asks for often, `cpu_generation` is asked once a run."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if model is None and key in ("model name", "Processor", "cpu model"):
-                    model = value.strip()
-                elif not flags and key in ("flags", "Features"):
-                    flags = frozenset(value.split())
-                if model is not None and flags:
-                    break
+                key, sep, value = line.partition(":")
+                if sep:
+                    fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    return fields
+
+
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> tuple[str | None, frozenset]:
+    fields = _cpuinfo_fields()
+    model = next((v for k, v in fields.items() if k in ("model name", "Processor", "cpu model")), None)
+    flags = frozenset(next((v for k, v in fields.items() if k in ("flags", "Features")), "").split())
     if is_x86():
         flags = flags - _cpuid_hidden()
     return model, flags
@@ -70,19 +74,8 @@ def cpu_generation() -> str | None:
     """'<vendor> family F model M' from /proc/cpuinfo (None elsewhere). Why: a model name such as "Intel(R)
     Xeon(R) Processor" covers several generations, whose kernels sum differently (training reproduces per
     generation: README, "CPU kernels")."""
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("vendor_id", "cpu family", "model") and key not in fields:
-                    fields[key] = value.strip()
-                if len(fields) == 3 or not line.strip():
-                    break
-    except OSError:
-        return None
-    if len(fields) < 3:
+    fields = _cpuinfo_fields()
+    if not all(k in fields for k in ("vendor_id", "cpu family", "model")):
         return None
     return f"{fields['vendor_id']} family {fields['cpu family']} model {fields['model']}"
 

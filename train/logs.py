@@ -116,6 +116,7 @@ def training_machine(log_path: str | os.PathLike) -> dict[str, Any]:
         if rec.get("event") == "run_start":
             kernels = rec.get("kernels") or {}
             return {"cpu": rec.get("cpu"), "cpu_generation": rec.get("cpu_generation"), "isa": rec.get("isa"),
-                    "cpu_kernels": kernels.get("cpu_kernels", "native"), "aten_capability": kernels.get("aten_capability"),
-                    "torch": rec.get("torch"), "threads": rec.get("threads")}
+                    "cpu_kernels": kernels.get("cpu_kernels", "native"),
+                    "aten_capability": kernels.get("aten_capability"), "torch": rec.get("torch"),
+                    "threads": rec.get("threads")}
     raise ValueError(f"{log_path}: no run_start line")

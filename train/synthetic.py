@@ -834,10 +834,6 @@ def _generate_content(job: _ContentJob, cid: str, crop: np.ndarray) -> _ContentP
     return part
 
 
-def _generate_content_star(args: tuple) -> _ContentPart:
-    return _generate_content(*args)
-
-
 def _map_contents(job: _ContentJob, contents: list[tuple[str, np.ndarray]], workers: int):
     """Each content's part, in content order; with workers > 1 made in that many spawned processes (the
     output is byte for byte the sequential one: `_generate_content` draws nothing shared)."""
@@ -849,7 +845,7 @@ def _map_contents(job: _ContentJob, contents: list[tuple[str, np.ndarray]], work
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield from pool.map(_generate_content_star, [(job, cid, crop) for cid, crop in contents])
+        yield from pool.map(_generate_content, [job] * len(contents), *zip(*contents))
 
 
 def generate(photos: Sequence[tuple[str, np.ndarray]], out_dir, seed: int = 0, size: int = 256,
