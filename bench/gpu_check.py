@@ -6,8 +6,15 @@ next one runs; the whole run keeps inside --budget seconds, and the last stage g
   env          software and hardware: torch/CUDA/cuDNN/Triton, driver, GPU, onnxruntime providers,
                TensorRT (and the CUDA it was built for), open_clip: what this machine can run
   pytest       tests/test_gpu.py (the parity tests; log in pytest_gpu.log)
-  bench-tiny   the compact test config  (fgresq-vit-tiny)
-  bench-paper  the paper config         (fgresq-vit-b16), random weights
+  bench-default  the embedded default's config (fgresq-compact-cnn-ms2: what `fgresq-sdk rank` runs)
+  bench-paper    the paper config                (fgresq-vit-b16)
+  bench-tiny     the compact test config         (fgresq-vit-tiny; not in the default stages: launch-bound,
+                 it says little about the GPU), all three with random weights
+
+Time on the H200 (2026-12-04, torch 2.11): env 9 s, pytest 168 s, bench-paper 55 s for eager + CUDA graphs and
+~200 s more for its three compile rows, bench-tiny ~115 s. One call of gpu_check.sh (540 s) holds the default
+stages with the paper's compile rows cut short; a second call `--stages env,bench-paper --variants compile`
+(~230 s) gives them. Plan two calls, or name the stages.
 
 A bench stage builds the model with random weights (seed 0, heads widened ×20 as in the tests so scores
 spread), counts its FLOPs per image with torch.utils.flop_counter.FlopCounterMode (batch 1, math
@@ -60,8 +67,8 @@ FP32_TFLOPS = 67.0  # H100/H200 datasheet fp32 without tensor cores
 GPU_BATCHES = (1, 8, 32, 64, 128, 256)
 COMPILE_BATCHES = (1, 32, 256)
 CPU_BATCHES = (1, 2)
-CONFIGS = {"tiny": "fgresq-vit-tiny", "paper": "fgresq-vit-b16"}
-STAGE_LIMITS = {"env": 60, "pytest": 200, "bench-tiny": 90, "bench-paper": 300}  # caps; the last stage gets the rest
+CONFIGS = {"default": "fgresq-compact-cnn-ms2", "paper": "fgresq-vit-b16", "tiny": "fgresq-vit-tiny"}
+STAGE_LIMITS = {"env": 60, "pytest": 200, "bench-default": 90, "bench-tiny": 90, "bench-paper": 300}  # caps; the last stage gets the rest
 MIN_STAGE_S = 15
 
 
@@ -561,7 +568,7 @@ def main() -> int:
     ap.add_argument("--out", default=os.environ.get("OUT") or str(REPO / "out" / "gpu_check"))
     ap.add_argument("--budget", type=float, default=420.0, help="seconds for the whole run")
     ap.add_argument("--cpu", action="store_true", help="dry run on the CPU at tiny sizes")
-    ap.add_argument("--stages", default="env,pytest,bench-tiny,bench-paper")
+    ap.add_argument("--stages", default="env,pytest,bench-default,bench-paper")
     ap.add_argument("--variants", default="", help="comma-separated substrings: time only matching variants "
                                                     "(torch-fp32, the reference, always runs)")
     ap.add_argument("--compile-batches", default=",".join(map(str, COMPILE_BATCHES)),

@@ -27,7 +27,12 @@ Measured (defaults: 20 steps, batch 8, 224², 2 threads; torch 2.14.1+cu130; sha
 | CPU | `--pins cnr` | `--pins avx2-cnr` |
 |---|---|---|
 | Intel Xeon family 6 model 167, 2026-12-04 | **d84cfaed1f279eb8** (21–24 s; unpinned 12 s) | **11646b4e65d436ce** (15–18 s)|
+| Intel Xeon family 6 model 207 (AVX-512, AMX; the GPU machine's host), torch **2.11.0**+cu130, 2026-12-04 | **d84cfaed1f279eb8** (38 s) | **11646b4e65d436ce** (23 s); unpinned 051b6e31ab1d6949 |
 | AMD (Zen 3 / Zen 4) | not run yet | not run yet |
+
+The model-207 row (bench/results/h200-2026-12-04/isa_repro.jsonl) matches model 167 in all three columns, on
+another Intel generation *and* another torch release: the hashes follow the CPU vendor's kernel choices, not the
+torch build between 2.11 and 2.14.1, so an AMD fingerprint may come from either torch.
 
 Both hashes stayed the same with MKL's own ISA cap lowered (MKL_ENABLE_INSTRUCTIONS=AVX2 or SSE4_2) and oneDNN capped
 at AVX2, while MKL's branch alone moves them (cnr with MKL_CBWR=AVX2: 19877abf…, AUTO: 1aaf03d5…): under these

@@ -90,11 +90,33 @@ def _cast_to(node) -> int | None:
     return next((a.i for a in node.attribute if a.name == "to"), None)
 
 
+def _drop_duplicate_nodes(g) -> int:
+    """Remove nodes that repeat an earlier node exactly; returns how many. onnxruntime ≤ 1.30's converter inserts
+    one Cast(fp32) per fp32 reader of an fp16 tensor, all with the same name and output (`…_cast_to_fp32`), so a
+    tensor read by two fp32 nodes (the fp32 head's `/Add` and `/Concat`) was produced twice and the graph was no
+    longer in SSA form (onnx.checker and ONNX Runtime refuse it). Two different nodes writing one tensor are a
+    broken graph, not a repeat: that raises."""
+    first: dict[str, object] = {}
+    repeats = []
+    for n in g.node:
+        earlier = [first[o] for o in n.output if o in first]
+        if not earlier:
+            first.update(dict.fromkeys(n.output, n))
+        elif all(e == n for e in earlier):
+            repeats.append(n)
+        else:
+            raise ValueError(f"fp16 graph: tensor {n.output[0]!r} is written by two different nodes "
+                             f"({earlier[0].name!r}, {n.name!r})")
+    for n in repeats:
+        g.node.remove(n)
+    return len(repeats)
+
+
 def _keep_fp32_islands_fp32(model, originals: dict) -> dict:
     """Undo what the converter does at the seams of fp32 nodes; returns what was changed.
 
     convert_float_to_float16 routes every tensor that flows from one blocked (fp32) node to another
-    through Cast(fp16) → Cast(fp32), so the whole head and the score would be rounded to fp16 between
+    through Cast(fp16) → Cast(fp32) (older converters repeat such a cast once per reader: dropped first), so the whole head and the score would be rounded to fp16 between
     its fp32 nodes, and it stores the blocked nodes' own initializers (LayerNorm γ/β, head weights) as
     fp16 behind a Cast(fp32). Here: a Cast(fp32) of a Cast(fp16) reads the fp16 cast's input instead; a
     Cast(fp32) of a converted initializer reads the original fp32 values; casts left fp32 → fp32 are
@@ -104,9 +126,10 @@ def _keep_fp32_islands_fp32(model, originals: dict) -> dict:
     from onnx import TensorProto, numpy_helper
 
     g = model.graph
+    duplicates = _drop_duplicate_nodes(g)
     producer = {o: n for n in g.node for o in n.output}
     inits = {i.name: i for i in g.initializer}
-    changed = {"cast_pairs_bypassed": 0, "initializers_kept_fp32": 0, "identity_casts_removed": 0}
+    changed = {"duplicate_nodes_removed": duplicates, "cast_pairs_bypassed": 0, "initializers_kept_fp32": 0, "identity_casts_removed": 0}
     for n in g.node:
         if _cast_to(n) != TensorProto.FLOAT:
             continue

@@ -183,6 +183,38 @@ def test_fp16_graph_that_crashes_the_ort_cpu_optimizer_loads(tmp_path, photo_pat
     assert 0 < float(res.stdout.strip()) < 1
 
 
+def test_fp16_seams_drop_a_cast_the_converter_repeated_per_reader():
+    """onnxruntime 1.30's converter writes one identical Cast(fp32) per fp32 reader of an fp16 tensor (seen on
+    the GPU machine's image: `/image_tower/Gather_3_output_0_cast_to_fp32` twice, read by `/Add` and `/Concat`),
+    which onnx.checker refuses as not SSA. The seam pass keeps one; two different writers of a tensor raise."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from fgresq_sdk.export.half import _keep_fp32_islands_fp32
+
+    def graph(second_cast_input: str):
+        cast = dict(to=TensorProto.FLOAT)
+        nodes = [helper.make_node("Cast", ["x"], ["h"], name="to16", to=TensorProto.FLOAT16),
+                 helper.make_node("Relu", ["h"], ["r"], name="/image_tower/Relu"),
+                 helper.make_node("Cast", ["r"], ["r32"], name="r32_node", **cast),
+                 helper.make_node("Cast", [second_cast_input], ["r32"], name="r32_node", **cast),
+                 helper.make_node("Add", ["r32", "x"], ["a"], name="/Add"),
+                 helper.make_node("Concat", ["r32", "a"], ["y"], name="/Concat", axis=1)]
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    model = graph("r")
+    with pytest.raises(onnx.checker.ValidationError, match="SSA"):
+        onnx.checker.check_model(model)
+    changed = _keep_fp32_islands_fp32(model, {})
+    onnx.checker.check_model(model)
+    assert changed["duplicate_nodes_removed"] == 1
+    assert [n.name for n in model.graph.node].count("r32_node") == 1
+    with pytest.raises(ValueError, match="written by two different nodes"):
+        _keep_fp32_islands_fp32(graph("h"), {})
+
+
 def test_flip_views_average_each_image_with_its_mirror(tmp_path):
     """Scorer(flip=True): every image is encoded as itself and mirrored, features and scores averaged; checked
     against the plain scorer run on images mirrored by Pillow (224² images under a 224² spec, so no resampling
