@@ -16,6 +16,10 @@ pins, torch build and threads mean training is portable there; the recipe can th
     .venv/bin/python bench/isa_repro.py --pins cnr      # what "cpu_kernels": "portable" trains on (train/kernels.py):
                                                         # ATen at AVX2, oneDNN off, MKL COMPATIBLE,STRICT
     .venv/bin/python bench/isa_repro.py --pins avx2-cnr # the same with oneDNN's AVX2 convolutions kept (cheaper)
+    .venv/bin/python bench/isa_repro.py --pins avx2-cnr --emulate EPYC-Milan --steps 2
+                                   # the same on an emulated AMD Zen 3 (qemu-user, `apt-get install qemu-user-static`):
+                                   # what MKL and oneDNN choose from CPUID (vendor, ISA, caches) follows the model;
+                                   # ~100x slower, so compare short runs with the same --steps run natively
 
 Measured (defaults: 20 steps, batch 8, 224², 2 threads; torch 2.14.1+cu130; sha256 prefixes):
 
@@ -54,6 +58,8 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 
@@ -68,6 +74,7 @@ PIN_SETS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"
             "avx2-cnr": {**PORTABLE_ENV, "ONEDNN_MAX_CPU_ISA": "AVX2"}}
 # the variables reported (MKL_ENABLE_INSTRUCTIONS: MKL's own ISA cap, to show a pinned hash does not follow it)
 PINS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS")
+EMULATED_ENV = "FGRESQ_ISA_REPRO_EMULATED"  # set by --emulate for the emulated process: the CPU model it runs as
 
 
 def fingerprint(steps: int, batch: int, size: int, threads: int, kernels: str = "native") -> dict:
@@ -113,7 +120,23 @@ def fingerprint(steps: int, batch: int, size: int, threads: int, kernels: str = 
             "torch": torch.__version__, "threads": threads, "steps": steps, "batch": batch, "size": size,
             "pins": {k: os.environ[k] for k in PINS if k in os.environ},
             "aten_capability": torch.backends.cpu.get_cpu_capability(), "onednn": torch.backends.mkldnn.enabled,
-            "seconds": round(seconds, 1)}
+            "emulated_cpu": os.environ.get(EMULATED_ENV), "seconds": round(seconds, 1)}
+
+
+def emulate(model: str, argv: list[str], pins: dict[str, str]) -> int:
+    """Run this script under qemu-user's CPU `model` with the pins already in the environment (an execve inside
+    qemu-user would leave the emulator and run natively). qemu's warnings about CPUID bits its TCG lacks are
+    dropped; /proc/cpuinfo still names the host, so the result records the emulated model."""
+    qemu = shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")
+    if qemu is None:
+        print("isa_repro: --emulate needs qemu-user (apt-get install qemu-user-static)", file=sys.stderr)
+        return 2
+    env = {**os.environ, **pins, EMULATED_ENV: model}
+    res = subprocess.run([qemu, "-cpu", model, sys.executable, os.path.abspath(__file__), *argv], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sys.stderr.write("".join(line for line in res.stderr.splitlines(keepends=True) if "TCG doesn't support" not in line))
+    sys.stdout.write(res.stdout)
+    return res.returncode
 
 
 def main(argv=None) -> int:
@@ -124,8 +147,18 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--threads", type=int, default=2, help="2: the recipe's machine")
+    ap.add_argument("--emulate", metavar="QEMU_CPU", help="run under qemu-user as this CPU model, e.g. EPYC-Milan "
+                                                           "(AMD Zen 3), EPYC-Rome (Zen 2); see qemu-x86_64 -cpu help")
     a = ap.parse_args(argv)
     pins = PIN_SETS.get(a.pins or "", {})
+    if a.emulate:
+        given, rest = iter(sys.argv[1:] if argv is None else argv), []
+        for arg in given:  # everything but --emulate X / --emulate=X goes to the emulated run
+            if arg == "--emulate":
+                next(given, None)
+            elif not arg.startswith("--emulate="):
+                rest.append(arg)
+        return emulate(a.emulate, rest, pins)
     if any(os.environ.get(k) != v for k, v in pins.items()):
         # the libraries read these when they load: set them before torch is imported, in a fresh process
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **pins})

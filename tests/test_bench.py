@@ -168,3 +168,26 @@ def test_isa_fingerprint_is_deterministic_and_the_pins_reach_the_child():
 
     cnr = run("--steps", "2", "--pins", "cnr")  # what a training config's "cpu_kernels": "portable" runs on
     assert cnr["pins"] == PORTABLE_ENV and cnr["onednn"] is False
+
+
+def test_isa_repro_emulate_runs_under_qemu_as_the_named_cpu_or_says_what_is_missing(tmp_path):
+    """bench/isa_repro.py --emulate: the fingerprint of another CPU model (qemu-user), with the pins in the
+    environment of the emulated process (an execve there would leave the emulator) and the model recorded;
+    without qemu, one line naming the package."""
+    import os
+    import shutil
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "isa_repro.py"
+    env = {**os.environ, "PATH": str(tmp_path)}  # no qemu on this PATH
+    res = subprocess.run([sys.executable, str(script), "--emulate=EPYC-Milan"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert res.returncode == 2 and res.stderr.strip() == ("isa_repro: --emulate needs qemu-user "
+                                                          "(apt-get install qemu-user-static)")
+    if not (shutil.which("qemu-x86_64-static") or shutil.which("qemu-x86_64")):
+        pytest.skip("qemu-user is not installed (apt-get install qemu-user-static)")
+    res = subprocess.run([sys.executable, str(script), "--size", "32", "--batch", "2", "--steps", "1",
+                          "--pins", "avx2-cnr", "--emulate", "EPYC-Milan"], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["emulated_cpu"] == "EPYC-Milan" and got["aten_capability"] == "AVX2"
+    assert got["pins"]["MKL_CBWR"] == "COMPATIBLE,STRICT" and "TCG doesn't support" not in res.stderr
