@@ -38,6 +38,25 @@ The model-207 row (bench/results/h200-2026-12-04/isa_repro.jsonl) matches model 
 another Intel generation *and* another torch release: the hashes follow the CPU vendor's kernel choices, not the
 torch build between 2.11 and 2.14.1, so an AMD fingerprint may come from either torch.
 
+Emulated (`--emulate`, qemu-user 7.2 TCG, 2026-12-04; `--steps 2 --size 64 --batch 4`, against the same run natively
+on the Intel model 207; full-size runs take hours under TCG):
+
+| pins | native Intel (AVX-512 host) | qemu Skylake-Client (Intel, AVX2) | qemu EPYC-Milan (AMD Zen 3) |
+|---|---|---|---|
+| `avx2` | 3040137a90b4ac29 | **3040137a90b4ac29** | 3b1517d45482149f |
+| none | 87b585d7266a8e60 (AVX-512) | 3040137a90b4ac29 (= its avx2) | not run |
+| `avx2-cnr` | d67a99445922779e | 5563361a587ce562 | 5563361a587ce562 |
+| `cnr` | e173c6485226972b | 0c4aa469e60244e9 | 0c4aa469e60244e9 |
+
+What it shows: the emulator reproduces native arithmetic bit for bit where MKL runs its AVX2 branch (the `avx2`
+row: emulated Intel = native Intel), and it reproduces the vendor split the real Zen 3 showed (MKL ignores
+`MKL_CBWR=AVX2` on AMD: 3b15… ≠ 3040…). With MKL's COMPATIBLE branch (`cnr`, `avx2-cnr`) the emulated Intel and the
+emulated AMD agree with each other but **not with the native Intel**: that branch runs something the emulator
+computes differently from the hardware (an implementation-defined instruction such as the rcpps/rsqrtps
+approximations would do it; not identified). So qemu cannot certify COMPATIBLE's portability — and if the cause is
+such an instruction, real Intel and AMD could differ there too. Only a real AMD CPU answers it (the cnr and
+avx2-cnr rows above, 20 steps at 224², ~20 s each).
+
 Both hashes stayed the same with MKL's own ISA cap lowered (MKL_ENABLE_INSTRUCTIONS=AVX2 or SSE4_2) and oneDNN capped
 at AVX2, while MKL's branch alone moves them (cnr with MKL_CBWR=AVX2: 19877abf…, AUTO: 1aaf03d5…): under these
 pins the weights do not follow what this CPU offers beyond AVX2. MKL documents its COMPATIBLE branch as the one
