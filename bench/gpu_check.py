@@ -68,7 +68,8 @@ GPU_BATCHES = (1, 8, 32, 64, 128, 256)
 COMPILE_BATCHES = (1, 32, 256)
 CPU_BATCHES = (1, 2)
 CONFIGS = {"default": "fgresq-compact-cnn-ms2", "paper": "fgresq-vit-b16", "tiny": "fgresq-vit-tiny"}
-STAGE_LIMITS = {"env": 60, "pytest": 200, "bench-default": 90, "bench-tiny": 90, "bench-paper": 300}  # caps; the last stage gets the rest
+# caps; the last stage gets the rest
+STAGE_LIMITS = {"env": 60, "pytest": 200, "bench-default": 90, "bench-tiny": 90, "bench-paper": 300}
 MIN_STAGE_S = 15
 
 

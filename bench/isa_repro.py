@@ -166,8 +166,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--threads", type=int, default=2, help="2: the recipe's machine")
-    ap.add_argument("--emulate", metavar="QEMU_CPU", help="run under qemu-user as this CPU model, e.g. EPYC-Milan "
-                                                           "(AMD Zen 3), EPYC-Rome (Zen 2); see qemu-x86_64 -cpu help")
+    ap.add_argument("--emulate", metavar="QEMU_CPU",
+                    help="run under qemu-user as this CPU model, e.g. EPYC-Milan (AMD Zen 3), EPYC-Rome (Zen 2); "
+                         "see qemu-x86_64 -cpu help")
     a = ap.parse_args(argv)
     pins = PIN_SETS.get(a.pins or "", {})
     if a.emulate:

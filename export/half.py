@@ -116,9 +116,9 @@ def _keep_fp32_islands_fp32(model, originals: dict) -> dict:
     """Undo what the converter does at the seams of fp32 nodes; returns what was changed.
 
     convert_float_to_float16 routes every tensor that flows from one blocked (fp32) node to another
-    through Cast(fp16) → Cast(fp32) (older converters repeat such a cast once per reader: dropped first), so the whole head and the score would be rounded to fp16 between
-    its fp32 nodes, and it stores the blocked nodes' own initializers (LayerNorm γ/β, head weights) as
-    fp16 behind a Cast(fp32). Here: a Cast(fp32) of a Cast(fp16) reads the fp16 cast's input instead; a
+    through Cast(fp16) → Cast(fp32) (older converters repeat such a cast once per reader: dropped first), so
+    the whole head and the score would be rounded to fp16 between its fp32 nodes, and it stores the blocked
+    nodes' own initializers (LayerNorm γ/β, head weights) as fp16 behind a Cast(fp32). Here: a Cast(fp32) of a Cast(fp16) reads the fp16 cast's input instead; a
     Cast(fp32) of a converted initializer reads the original fp32 values; casts left fp32 → fp32 are
     dropped (their readers take the source; graph outputs keep theirs), and so is any node left unread.
     """
@@ -129,7 +129,8 @@ def _keep_fp32_islands_fp32(model, originals: dict) -> dict:
     duplicates = _drop_duplicate_nodes(g)
     producer = {o: n for n in g.node for o in n.output}
     inits = {i.name: i for i in g.initializer}
-    changed = {"duplicate_nodes_removed": duplicates, "cast_pairs_bypassed": 0, "initializers_kept_fp32": 0, "identity_casts_removed": 0}
+    changed = {"duplicate_nodes_removed": duplicates, "cast_pairs_bypassed": 0, "initializers_kept_fp32": 0,
+               "identity_casts_removed": 0}
     for n in g.node:
         if _cast_to(n) != TensorProto.FLOAT:
             continue
