@@ -18,8 +18,9 @@ pins, torch build and threads mean training is portable there; the recipe can th
     .venv/bin/python bench/isa_repro.py --pins avx2-cnr # the same with oneDNN's AVX2 convolutions kept (cheaper)
     .venv/bin/python bench/isa_repro.py --pins avx2-cnr --emulate EPYC-Milan --steps 2
                                    # the same on an emulated AMD Zen 3 (qemu-user, `apt-get install qemu-user-static`):
-                                   # what MKL and oneDNN choose from CPUID (vendor, ISA, caches) follows the model;
-                                   # ~100x slower, so compare short runs with the same --steps run natively
+                                   # what MKL and oneDNN choose from CPUID (vendor, ISA, caches) follows the model,
+                                   # but MKL's COMPATIBLE branch is not emulated faithfully (table below); ~800x
+                                   # slower (2 steps at 64²: 86 s vs 0.1 s), so compare short runs with native ones
 
 Measured (defaults: 20 steps, batch 8, 224², 2 threads; torch 2.14.1+cu130; sha256 prefixes):
 
