@@ -5,8 +5,9 @@
 # On the device machine, from the repository root, through the run tool:
 #   carry: ["bench/wheels"]   (fill it first, here: bash bench/prepare_gpu_wheels.sh)
 #   command: bash bench/gpu_check.sh          timeout_s: 540
-# The Python part keeps inside GPU_CHECK_BUDGET seconds (default 420); setup takes ~20-40 s.
-# Results: $OUT/gpu_check.json (everything), $OUT/gpu_table.md, $OUT/pytest_gpu.log, $OUT/gpu_check.log.
+# The Python part keeps inside GPU_CHECK_BUDGET seconds (default 400); setup takes ~10-40 s, step 4 ~80 s.
+# Results: $OUT/gpu_check.json (everything), $OUT/gpu_table.md, $OUT/pytest_gpu.log, $OUT/gpu_check.log,
+# $OUT/isa_repro.jsonl (the host CPU's training fingerprints, step 4).
 # Extra arguments go to gpu_check.py (e.g. --stages env,bench-paper, --variants compile, or --cpu for a dry run).
 #
 # The image (Python 3.12, torch + CUDA, onnx, onnxruntime CPU, no open_clip, no TensorRT, no network) gets:
@@ -111,7 +112,21 @@ EOF
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 # 3. The check itself.
-$PY bench/gpu_check.py --out "$OUT" --budget "${GPU_CHECK_BUDGET:-420}" "$@"
+$PY bench/gpu_check.py --out "$OUT" --budget "${GPU_CHECK_BUDGET:-400}" "$@"
 rc=$?
+
+# 4. The host CPU's training fingerprints (bench/isa_repro.py: unpinned, and the two portable pin sets), ~80 s: a
+#    GPU machine is another CPU type for free, and an AMD host would answer whether the portable kernels give the
+#    same weights on both vendors (the hashes to compare with are in isa_repro.py). GPU_CHECK_ISA=0 skips it.
+if [ "${GPU_CHECK_ISA:-1}" != 0 ]; then
+  for pins in "" cnr avx2-cnr; do
+    timeout 60 $PY bench/isa_repro.py ${pins:+--pins $pins} >> "$OUT/isa_repro.jsonl" \
+      || echo "gpu_check.sh: isa_repro ${pins:-unpinned} failed or took over 60 s"
+  done
+  $PY -c 'import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    print("isa_repro:", r["sha256"][:16], r["pins"] or "unpinned", r["cpu"], r["seconds"], "s")' "$OUT/isa_repro.jsonl" || true
+fi
 echo "gpu_check.sh: done (exit $rc); files in $OUT:"; ls -l "$OUT"
 exit $rc

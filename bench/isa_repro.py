@@ -33,6 +33,7 @@ Measured (defaults: 20 steps, batch 8, 224², 2 threads; torch 2.14.1+cu130; sha
 |---|---|---|
 | Intel Xeon family 6 model 167, 2026-12-04 | **d84cfaed1f279eb8** (21–24 s; unpinned 12 s) | **11646b4e65d436ce** (15–18 s)|
 | Intel Xeon family 6 model 207 (AVX-512, AMX; the GPU machine's host), torch **2.11.0**+cu130, 2026-12-04 | **d84cfaed1f279eb8** (38 s) | **11646b4e65d436ce** (23 s); unpinned 051b6e31ab1d6949 |
+| Intel Xeon family 6 model 207, 2 cores, torch 2.14.1 (bench/gpu_check.sh's step 4 in `--cpu` mode), 2026-12-04 | **d84cfaed1f279eb8** (23 s) | **11646b4e65d436ce** (15 s); unpinned 051b6e31ab1d6949 |
 | AMD (Zen 3 / Zen 4) | not run yet | not run yet |
 
 The model-207 row (bench/results/h200-2026-12-04/isa_repro.jsonl) matches model 167 in all three columns, on
