@@ -118,9 +118,10 @@ def _keep_fp32_islands_fp32(model, originals: dict) -> dict:
     convert_float_to_float16 routes every tensor that flows from one blocked (fp32) node to another
     through Cast(fp16) → Cast(fp32) (older converters repeat such a cast once per reader: dropped first), so
     the whole head and the score would be rounded to fp16 between its fp32 nodes, and it stores the blocked
-    nodes' own initializers (LayerNorm γ/β, head weights) as fp16 behind a Cast(fp32). Here: a Cast(fp32) of a Cast(fp16) reads the fp16 cast's input instead; a
-    Cast(fp32) of a converted initializer reads the original fp32 values; casts left fp32 → fp32 are
-    dropped (their readers take the source; graph outputs keep theirs), and so is any node left unread.
+    nodes' own initializers (LayerNorm γ/β, head weights) as fp16 behind a Cast(fp32). Here: a Cast(fp32) of a
+    Cast(fp16) reads the fp16 cast's input instead; a Cast(fp32) of a converted initializer reads the original
+    fp32 values; casts left fp32 → fp32 are dropped (their readers take the source; graph outputs keep theirs),
+    and so is any node left unread.
     """
     import onnx
     from onnx import TensorProto, numpy_helper
