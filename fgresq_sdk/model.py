@@ -243,7 +243,8 @@ class LowLevelPrior(nn.Module):
     in probe v32 (docs/default-model-history.md) a ridge readout of them, fitted on fit photos, read 0.50 on val
     alone, and with the score and the naturalness distance 0.54 against 0.48. train/fit_prior.py loads the
     convolutions (waifu2x's upconv_7 photo model, MIT licence) and fits the readout after training; training
-    steps never read it, and the comparison head (compare, rank) does not see it: only `score` moves.
+    steps never read it, and without `pair` (below) the comparison head (compare, rank) does not see it: only
+    `score` moves.
 
     Config ``"prior": {"channels": [16, 32, 64, 128], "strides": [1, 2, 2, 2], "negative_slope": 0.1,
     "branches": 2, "experts": 6, "kurtosis": true}``: `branches` stacks of 3×3 convolutions without padding (each
@@ -265,9 +266,18 @@ class LowLevelPrior(nn.Module):
     measure noise, haze and blur directly, and on the shipped towers they lifted val cross-content SRCC 0.624 →
     0.640 and test 0.593 → 0.606, every task up on both (probe v36).
     Branch 0's convolutions are `convs[0:L]`, branch b's `convs[b·L:(b+1)·L]`, so a one-branch checkpoint keeps
-    its names."""
+    its names.
+    With ``"pair": true`` the same statistics also give a pair term: a linear unit u(x) (`pair`) times a fixed
+    direction v in feature space (`pair_direction`, size `feature_size`) is added to the quality features, so
+    every comparison of a and b gains u(a) − u(b) on its "first better" logit and loses it on "second better",
+    while the score head and the "similar" logit do not move (v solves W_first·v = (1, −1, 0), W_second·v =
+    (−1, 1, 0), head·v = 0; train/pair_term.py). Why in the features: compare, rank, the C/C++ library, Triton
+    and the remote client all read the comparison head from heads.npz on the encoder's features, so the term
+    reaches every runtime without a new output or head. Why at all: a logistic regression of pair decisions on
+    these statistics, fitted on fit photos, ranked val pairs better than the trained towers (0.987 vs 0.947;
+    probe v37, docs/default-model-history.md)."""
 
-    def __init__(self, cfg: dict[str, Any], mean: list[float], std: list[float]):
+    def __init__(self, cfg: dict[str, Any], mean: list[float], std: list[float], feature_size: int = 0):
         super().__init__()
         channels, strides = [int(c) for c in cfg["channels"]], [int(s) for s in cfg["strides"]]
         if len(channels) != len(strides) or not channels:
@@ -291,6 +301,13 @@ class LowLevelPrior(nn.Module):
         n_stats += len(CLASSICAL_NAMES) if self.classical else 0
         self.readout = nn.Linear(n_stats, experts)
         self.gate = nn.Linear(n_stats, experts) if experts > 1 else None
+        self.pair: nn.Linear | None = None
+        self.pair_direction: nn.Parameter | None = None
+        if cfg.get("pair"):
+            if feature_size < 1:
+                raise ValueError("prior: 'pair' needs the model's feature size")
+            self.pair = nn.Linear(n_stats, 1)
+            self.pair_direction = nn.Parameter(torch.zeros(feature_size))
         for prm in self.parameters():
             prm.requires_grad_(False)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1), persistent=False)
@@ -318,12 +335,20 @@ class LowLevelPrior(nn.Module):
             stats.append(classical_statistics(rgb))
         return torch.cat(stats, dim=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The term added to the score logit, [N, 1]."""
-        s = self.statistics(x)
+    def _score_term(self, s: torch.Tensor) -> torch.Tensor:
         if self.gate is None:
             return self.readout(s)
         return (F.softmax(self.gate(s), dim=1) * self.readout(s)).sum(dim=1, keepdim=True)
+
+    def forward(self, x: torch.Tensor, with_shift: bool = False):
+        """The term added to the score logit, [N, 1]; with `with_shift`, (that term, the features' shift [N, F] or
+        None without a pair term) from one pass over the statistics. One entry point, called as the module: the
+        exported graph names its nodes `/prior/...` by that call, and export/half.py keeps them fp32 by the name."""
+        s = self.statistics(x)
+        term = self._score_term(s)
+        if not with_shift:
+            return term
+        return term, (None if self.pair is None else self.pair(s) * self.pair_direction)
 
 
 def build_image_tower(cfg: dict[str, Any]) -> nn.Module:
@@ -377,7 +402,7 @@ class FGResQ(nn.Module):
         self.prior: LowLevelPrior | None = None
         if self.cfg.get("prior"):
             pre = self.cfg["preprocess"]
-            self.prior = LowLevelPrior(self.cfg["prior"], pre["mean"], pre["std"])
+            self.prior = LowLevelPrior(self.cfg["prior"], pre["mean"], pre["std"], feature_size=3 * dim)
 
     # -- the forward pieces ------------------------------------------------------------------------------
     def degradation_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -421,7 +446,11 @@ class FGResQ(nn.Module):
         q = self.quality_features(x)
         if self.prior is None:
             return q, self.score_from_features(q)
-        return q, torch.sigmoid(self.score_logit(q) + self.prior(x)).squeeze(-1)
+        term, shift = self.prior(x, with_shift=True)
+        score = torch.sigmoid(self.score_logit(q) + term).squeeze(-1)
+        # the pair term moves the features along a direction the score head does not read: the score above is
+        # computed before it, so a model with the term scores exactly as without it
+        return (q if shift is None else q + shift), score
 
 
 # -- checkpoints (safetensors + JSON config in its metadata) -----------------------------------------------

