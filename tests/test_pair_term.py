@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from .conftest import HAS_TORCH, PRIOR_SHAPES, random_convs
-from .test_prior import synthetic_manifests, write_ncnn
+from .test_prior import prior_inputs
 
 needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
 
@@ -126,17 +126,12 @@ def test_the_pair_term_moves_every_comparison_by_its_difference_and_nothing_else
 def test_fit_prior_with_the_pair_term_fits_on_fit_pairs_and_weighs_it_on_val(tmp_path):
     import torch
 
-    from fgresq_sdk.model import FGResQ, load_checkpoint, save_checkpoint
+    from fgresq_sdk.model import load_checkpoint, save_checkpoint
     from fgresq_sdk.train import fit_prior as fp
     from fgresq_sdk.train.manifest import Manifest
     from fgresq_sdk.train.pair_term import DEFAULT_BETAS, head_margin, ranked_pairs
 
-    synthetic_manifests(tmp_path)
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(FGResQ("fgresq-compact-cnn-ms2"), tmp_path / "base.safetensors", source="test")
-    stems = [tmp_path / "w3", tmp_path / "w0"]
-    for k, stem in enumerate(stems):
-        write_ncnn(stem, random_convs(PRIOR_SHAPES, seed=3 + k))
+    ckpt, stems = prior_inputs(tmp_path)
     model, rec = fp.fit_prior(ckpt, stems, tmp_path / "fit", tmp_path / "val", lambdas=(1.0,), cs=(0.0, 1.0),
                               check_sha256=False, pair=True)
     pt = rec["pair_term"]

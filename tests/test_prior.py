@@ -167,6 +167,21 @@ def synthetic_manifests(root: Path):
     return fit, val
 
 
+def prior_inputs(tmp_path: Path):
+    """What fit_prior reads, made up: synthetic fit/val photos, an untrained checkpoint and two random ncnn branches."""
+    import torch
+
+    from fgresq_sdk.model import FGResQ, save_checkpoint
+
+    synthetic_manifests(tmp_path)
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(FGResQ("fgresq-compact-cnn-ms2"), tmp_path / "base.safetensors", source="test")
+    stems = [tmp_path / "w3", tmp_path / "w0"]
+    for k, stem in enumerate(stems):
+        write_ncnn(stem, random_convs(PRIOR_SHAPES, seed=3 + k))
+    return ckpt, stems
+
+
 def gated_term(model, stats: np.ndarray) -> np.ndarray:
     """The prior's term from its statistics, the gate's softmax over the expert readouts written out by hand."""
     import torch
@@ -186,12 +201,7 @@ def test_fit_prior_fits_on_fit_photos_chooses_on_val_and_records_both_grids(tmp_
     from fgresq_sdk.train import fit_prior as fp
     from fgresq_sdk.train.manifest import Manifest
 
-    synthetic_manifests(tmp_path)
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(FGResQ("fgresq-compact-cnn-ms2"), tmp_path / "base.safetensors", source="test")
-    stems = [tmp_path / "w3", tmp_path / "w0"]
-    for k, stem in enumerate(stems):
-        write_ncnn(stem, random_convs(PRIOR_SHAPES, seed=3 + k))
+    ckpt, stems = prior_inputs(tmp_path)
     model, rec = fp.fit_prior(ckpt, stems, tmp_path / "fit", tmp_path / "val", n_contents=5,
                               lambdas=(1.0, 100.0), cs=(0.0, 0.5, 2.0), check_sha256=False)
     assert rec["fit_contents"] == 5 and rec["lambda"] in (1.0, 100.0)

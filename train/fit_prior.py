@@ -39,6 +39,7 @@ from fgresq_sdk.model import FGResQ, load_checkpoint, save_checkpoint
 
 from .allocator import keep_freed_memory
 from .datasets import TransformSpec, view_batches
+from .folds import leave_groups_out
 from .manifest import Manifest
 from .ncnn_weights import leading_convolutions, parse_param
 from .pair_term import (choose_beta, choose_pair_lambda, fit_logistic, head_margin, install_pair_term,
@@ -209,13 +210,8 @@ def choose_lambda(z: np.ndarray, y: np.ndarray, task: np.ndarray, n_tasks: int, 
     larger λ); each fold fits its own gate and experts."""
     from scipy.stats import spearmanr
 
-    uniq = np.unique(groups)
-    if len(uniq) < folds:
-        raise ValueError(f"need at least {folds} fit contents for the readout, got {len(uniq)}")
-    perm = np.random.default_rng(seed).permutation(len(uniq))
     srcc = {lam: [] for lam in lambdas}
-    for k in range(folds):
-        held = np.isin(groups, uniq[perm[k::folds]])
+    for held in leave_groups_out(groups, folds, seed):
         gate = fit_gate(z[~held], task[~held], n_tasks)
         for lam in lambdas:
             experts = fit_experts(z[~held], y[~held], task[~held], n_tasks, lam)

@@ -24,6 +24,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .folds import leave_groups_out
+
 __all__ = ["DEFAULT_PAIR_LAMBDAS", "DEFAULT_BETAS", "ranked_pairs", "fit_logistic", "choose_pair_lambda",
            "head_margin", "choose_beta", "pair_direction", "install_pair_term"]
 
@@ -71,13 +73,8 @@ def _acc(margin: np.ndarray, a_better: np.ndarray) -> float:
 def choose_pair_lambda(dz: np.ndarray, y: np.ndarray, groups: np.ndarray, lambdas=DEFAULT_PAIR_LAMBDAS,
                        folds: int = 5, seed: int = 0) -> tuple[float, list[dict]]:
     """λ with the best mean held-out pair ACC over `folds` leave-groups-out folds (ties: the larger λ)."""
-    uniq = np.unique(groups)
-    if len(uniq) < folds:
-        raise ValueError(f"need at least {folds} fit contents for the pair term, got {len(uniq)}")
-    perm = np.random.default_rng(seed).permutation(len(uniq))
     accs = {lam: [] for lam in lambdas}
-    for k in range(folds):
-        held = np.isin(groups, uniq[perm[k::folds]])
+    for held in leave_groups_out(groups, folds, seed, what="the pair term"):
         for lam in lambdas:
             w = fit_logistic(dz[~held], y[~held], lam)
             accs[lam].append(_acc(dz[held] @ w, y[held]))
