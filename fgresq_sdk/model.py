@@ -274,8 +274,8 @@ class LowLevelPrior(nn.Module):
     (−1, 1, 0), head·v = 0; train/pair_term.py). Why in the features: compare, rank, the C/C++ library, Triton
     and the remote client all read the comparison head from heads.npz on the encoder's features, so the term
     reaches every runtime without a new output or head. Why at all: a logistic regression of pair decisions on
-    these statistics, fitted on fit photos, ranked val pairs better than the trained towers (0.987 vs 0.947;
-    probe v37, docs/default-model-history.md)."""
+    these statistics, fitted on fit photos, ranked the val pairs better than the trained towers' head (0.987 vs
+    0.971 without hard negatives; probe v37, docs/default-model-history.md)."""
 
     def __init__(self, cfg: dict[str, Any], mean: list[float], std: list[float], feature_size: int = 0):
         super().__init__()

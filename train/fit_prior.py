@@ -17,8 +17,8 @@ Steps, all deterministic:
 4. with --pair-term, the same statistics also fitted to the fit photos' ranked pairs and added to every comparison
    (train/pair_term.py: λ by leave-photos-out pair ACC, its weight β by val pair ACC).
 Nothing is learnt from test or mate-backgrounds photos. The towers and both heads stay the checkpoint's, so
-without --pair-term compare and rank decisions do not change; only `score` does. The gate needs no task from the user: it reads the
-image.
+without --pair-term compare and rank decisions do not change; only `score` does. The gate needs no task from the
+user: it reads the image.
 
 ``python -m fgresq_sdk.train.fit_prior --checkpoint CKPT --weights DIR --fit-manifest FIT --val-manifest VAL --out CKPT2``
 """

@@ -3,8 +3,8 @@
 Why: the towers, trained from scratch, order versions of one photo from what a few hundred photos taught them; the
 prior's statistics (pretrained waifu2x convolutions and classical severity measures) carry more. In probe v37
 (docs/default-model-history.md) a logistic regression of pair decisions on those statistics alone, fitted on fit
-photos, ranked the val pairs at 0.987 against the comparison head's 0.947, and head + term ranked the held-out
-test photos' pairs at 0.962 against 0.944 (deblurring 0.893 → 0.967; dehazing 0.976 → 0.939).
+photos, ranked the val pairs (hard negatives left out) at 0.987 against the comparison head's 0.971, and head + term
+ranked the held-out test photos' pairs at 0.962 against 0.944 (deblurring 0.893 → 0.967; dehazing 0.976 → 0.939).
 
 Steps, all deterministic (float64, L-BFGS from zeros):
 1. on the fit photos' ranked pairs (hard negatives included): logistic regression of "a is better" on z(a) − z(b),
