@@ -155,13 +155,11 @@ def test_fp16_bundle_of_the_embedded_default_keeps_its_prior_fp32_and_its_scores
     # decisions of the fp16 bundle stay the fp32 bundle's (300 test-photo images, 44,850 pairs: all identical,
     # |ΔP| ≤ 0.003, Intel Xeon 2026-12-04)
     from fgresq_sdk.heads import CompareHeadNP
+    from fgresq_sdk.ranking import symmetric_preferences
 
     head = CompareHeadNP.from_npz(str(src / "heads.npz"))
-    prefs = []
-    for bundle in (src, half):
-        p = head.all_pairs_probs(Scorer(bundle).encode(images)[0])
-        pr = p[..., 0] + 0.5 * p[..., 2]
-        prefs.append((0.5 * (pr + 1 - pr.T))[np.triu_indices(len(images), 1)])
+    prefs = [symmetric_preferences(head.all_pairs_probs(Scorer(bundle).encode(images)[0]))[0][
+        np.triu_indices(len(images), 1)] for bundle in (src, half)]
     flips = (prefs[0] > 0.5) != (prefs[1] > 0.5)
     assert np.abs(prefs[0] - prefs[1]).max() <= 0.02, np.abs(prefs[0] - prefs[1]).max()
     # a decision may flip only where fp32 itself calls it a near tie (|P − 0.5| ≤ 0.02; one of this set's 78 pairs)

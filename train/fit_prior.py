@@ -277,7 +277,7 @@ def fit_prior(checkpoint: Path, weights: "Path | list[Path]", fit_manifest: Path
               "lambda": lam, "lambda_grid": lam_rows, "val_manifest": str(val_manifest), "val_images": len(vids),
               **pick}
     if pair:
-        record["pair_term"] = fit_pair_term(model, fit, fit_ids, z, val, vids, (val_stats - mu) / sd, val_q, mu, sd)
+        record["pair_term"] = fit_pair_term(model, fit, fit_ids, z, val, vids, zv, val_q, mu, sd)
     return model, record
 
 

@@ -24,7 +24,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from fgresq_sdk.heads import CompareHeadNP
+
 from .folds import leave_groups_out
+from .metrics import pair_accuracy
 
 __all__ = ["DEFAULT_PAIR_LAMBDAS", "DEFAULT_BETAS", "ranked_pairs", "fit_logistic", "choose_pair_lambda",
            "head_margin", "choose_beta", "pair_direction", "install_pair_term"]
@@ -64,10 +67,9 @@ def fit_logistic(dz: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
 
 
 def _acc(margin: np.ndarray, a_better: np.ndarray) -> float:
-    """Pair ACC as eval counts it: an exact tie is half right."""
-    side = np.sign(margin)
-    want = np.where(a_better > 0.5, 1.0, -1.0)
-    return float(((side == want) + 0.5 * (side == 0)).mean())
+    """Pair ACC of a margin (> 0: a is better), counted by eval's own rule (train/metrics.py: ties half right)."""
+    margin = np.asarray(margin, np.float64)
+    return pair_accuracy(np.stack([margin, np.zeros_like(margin)], axis=1), np.where(a_better > 0.5, 0, 1))
 
 
 def choose_pair_lambda(dz: np.ndarray, y: np.ndarray, groups: np.ndarray, lambdas=DEFAULT_PAIR_LAMBDAS,
@@ -86,12 +88,9 @@ def choose_pair_lambda(dz: np.ndarray, y: np.ndarray, groups: np.ndarray, lambda
 def head_margin(compare_weight: np.ndarray, q: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The comparison head's "first" minus "second" logit for (a, b), averaged with minus that of (b, a): the bias
     cancels, and the sign is the symmetrised decision of a head whose "similar" logit does not separate them."""
-    w = np.asarray(compare_weight, np.float64)
-    f = w.shape[1] // 2
-    d = (w[0] - w[1])
-    q = np.asarray(q, np.float64)
-    first, second = q @ d[:f], q @ d[f:]
-    return 0.5 * ((first[a] + second[b]) - (first[b] + second[a]))
+    first, second = CompareHeadNP(np.asarray(compare_weight, np.float64), np.zeros(LOGIT_ROWS)).split_terms(q)
+    d1, d2 = first[:, 0] - first[:, 1], second[:, 0] - second[:, 1]
+    return 0.5 * ((d1[a] + d2[b]) - (d1[b] + d2[a]))
 
 
 def choose_beta(margin: np.ndarray, term: np.ndarray, a_better: np.ndarray,
