@@ -132,8 +132,10 @@ def prior_statistics(model: FGResQ, manifest: Manifest, ids: list[str], batch_si
         stats.append(model.prior.statistics(x.contiguous(memory_format=torch.channels_last)).double().numpy())
         if score_logits or features:
             q = model.quality_features(x)
-            logits.append(model.score_logit(q).squeeze(-1).double().numpy())
-            feats.append(q.double().numpy())
+            if score_logits:
+                logits.append(model.score_logit(q).squeeze(-1).double().numpy())
+            if features:
+                feats.append(q.double().numpy())
     if not stats:
         raise ValueError(f"{manifest.root}: no images to read")
     out = (np.concatenate(stats), np.concatenate(logits) if score_logits else None)
