@@ -27,7 +27,7 @@ CHECKPOINT_FILE = "model.safetensors"
 # The exporter names every node of the low-level prior after FGResQ.prior; fp16 and int8 keep them fp32.
 PRIOR_PREFIX = "/prior/"
 # Manifest keys describing the graph and the heads, carried unchanged into bundles derived from this one.
-CARRIED_KEYS = ("opset", "feature_dim", "inputs", "outputs", "logit_order", "naturalness")
+CARRIED_KEYS = ("opset", "feature_dim", "inputs", "outputs", "logit_order", "naturalness", "compare_calibration")
 # What older manifests listed among "outputs" for their compare_head.onnx graph.
 _LEGACY_COMPARE_OUTPUTS = ("logits", "logit_order")
 

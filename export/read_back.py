@@ -56,6 +56,12 @@ def read_back(bundle_dir: str | Path, *, drop_prior: bool = False, seed: int = 0
     # the score head is also in the encoder graph: that copy is the one loaded, heads.npz's must agree with it
     head = {k: v for k, v in heads.items() if not k.startswith("compare_head.")}
     weights.update({k: v for k, v in heads.items() if k.startswith("compare_head.")})
+    cal = bundle.manifest.get("compare_calibration")
+    if cal:  # train/calibrate_compare.py tempered the head in heads.npz: the model is the head it was fitted on
+        t, d = float(cal["temperature"]), float(cal["similar_offset"])
+        w, b = (np.asarray(weights[f"compare_head.{k}"], np.float64) for k in ("weight", "bias"))
+        weights["compare_head.weight"] = (w * t).astype(np.float32)
+        weights["compare_head.bias"] = ((b - np.array([0.0, 0.0, d])) * t).astype(np.float32)
     torch.manual_seed(seed)
     model = FGResQ(copy.deepcopy(bundle.config)).eval()
     state = model.state_dict()

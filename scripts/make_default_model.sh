@@ -10,7 +10,8 @@
 # (train/configs/default-compact-v20-polish.json: the fidelity loss on the logit, weighted 20; kept if val agrees),
 # the low-level prior (train/fit_prior.py: pretrained convolutions, readout fitted on fit photos, weight on val; since
 # 2026-12-04 also its pair term in every comparison: train/pair_term.py),
-# the naturalness term fitted on the val photos (train/fuse_naturalness.py), the held-out test evaluation, and
+# the naturalness term fitted on the val photos (train/fuse_naturalness.py), the comparison probabilities calibrated
+# there (train/calibrate_compare.py), the held-out test evaluation, and
 # the bundle copied into fgresq_sdk/default_model/. Budget: <= 90 min on 2 CPU cores (measured: see README).
 #   bash scripts/make_default_model.sh [WORK_DIR]          # the shipped recipe (v20 = RECIPE v20 + POLISH v20-polish)
 #   RECIPE=default-compact-v8 PHOTO_SET=1 FIT_CROPS=6 VAL_CROPS=3 TEST_CROPS=2 PAIR_FRACTION=0.85 \
@@ -205,6 +206,10 @@ fi
 #    of the encoder's view, its weight chosen by cross-content SRCC on the val photos and the fused score
 #    recalibrated there (train/fuse_naturalness.py); encoder, heads and so every comparison stay the model's
 $PY -m fgresq_sdk.train.fuse_naturalness --model "$WORK/plain-bundle" --val-manifest "$WORK/val" \
+    --out "$WORK/fused-bundle" --force
+#    the comparison probabilities calibrated on the val photos (train/calibrate_compare.py, since 2026-12-04): a
+#    temperature and a `similar` offset in heads.npz, fitted by three-way NLL; encoder, score and decisions stay
+$PY -m fgresq_sdk.train.calibrate_compare --model "$WORK/fused-bundle" --val-manifest "$WORK/val" \
     --out "$WORK/default-bundle" --force
 eval_both "$WORK/test" "$WORK/eval-default" "$WORK/eval-installed"
 # 5. independent check on mate-backgrounds (reserved: never used for data, selection or tuning; one file per
@@ -340,6 +345,8 @@ if env.get("PRIOR") and src.config.get("prior"):
               "(scripts/make_default_model.sh)")
 if "naturalness" in m:
     source += "; naturalness term fitted on val photos"
+if "compare_calibration" in m:
+    source += "; comparison probabilities calibrated on val photos"
 write_manifest(dst, name=f"fgresq-{recipe}", config=src.config, files=files, precision="fp32",
                source=source, extra=extra)
 print("installed", dst)

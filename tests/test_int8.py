@@ -95,7 +95,8 @@ def test_int8_of_the_embedded_default_keeps_its_gemm_heads_and_prior_fp32_its_sc
     assert ((s32[i] > s32[j]) == (s8[i] > s8[j]))[clear].all()
     # compare/rank decide with the comparison head on the features, which carry the prior's pair term (an fp32
     # /prior/ node): on 300 test-photo images of the default's recipe, 44,850 pairs, int8 flipped 2 decisions,
-    # both near ties (|P - 0.5| <= 0.018), max |dP| 0.047 (Intel Xeon, AVX-512 + VNNI, 2026-12-04)
+    # both near ties (|P - 0.5| <= 0.0004 with the calibrated head, 0.018 before), max |dP| 0.0015 (0.047 before
+    # calibration; Intel Xeon, AVX-512 + VNNI, 2026-12-04)
     from fgresq_sdk.heads import CompareHeadNP
     from fgresq_sdk.ranking import symmetric_preferences
 

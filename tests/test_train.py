@@ -1197,7 +1197,15 @@ def test_default_recipe_smoke_run(tmp_path):
     assert "fgresq_sdk.train.fuse_naturalness --model" in script
     fuse(tmp_path / "bundle", mans["val"], tmp_path / "fused", ks=(0.0, 1.0))
     assert load_bundle(tmp_path / "fused").manifest["naturalness"]["fit"]["val_images"] > 0
-    out = evaluate(tmp_path / "fused", mans["test"])
+    # and the comparison probabilities calibrated on val (train/calibrate_compare.py), the bundle the script evaluates
+    from fgresq_sdk.train.calibrate_compare import calibrate as calibrate_compare
+
+    assert re.search(r"fgresq_sdk\.train\.calibrate_compare --model \"\$WORK/fused-bundle\".*?--out \"\$WORK/default-bundle\"",
+                     script, re.S)
+    calibrate_compare(tmp_path / "fused", mans["val"], tmp_path / "default")
+    cal = load_bundle(tmp_path / "default").manifest
+    assert cal["compare_calibration"]["fit"]["val_pairs"] > 0 and cal["naturalness"]
+    out = evaluate(tmp_path / "default", mans["test"])
     assert set(out["methods"]) >= {"FGResQ", "PSNR", "SSIM", "LapVar (NR)", "NIQE (NR)"}
     assert out["cross_content_srcc"]["FGResQ"]["all"] is not None
     impl = out["by_implementation"]  # the v2 test data names each (content, task)'s generator
