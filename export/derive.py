@@ -15,6 +15,8 @@ from fgresq_sdk.errors import BundleError
 from .onnx_export import carried_meta, copy_carried_files
 from .staging import check_out_dir, copy_verified, staged_bundle
 
+# write_manifest sets these itself; every other key of a source manifest is carried over by `amended_bundle`
+REWRITTEN_KEYS = {"format", "format_version", "name", "created", "source", "precision", "config", "preprocess", "files"}
 SOURCE_ENCODER = ".source-encoder.onnx"  # the verified fp32 graph, converted from, then removed
 
 
@@ -40,4 +42,30 @@ def derive_bundle(src: str | Path, out: str | Path, *, precision: str, encoder_f
                        files=files,
                        precision=precision, source=f"{m.get('source')}; {precision} from {bundle.root.name}",
                        extra=extra)
+    return out
+
+
+def amended_bundle(bundle, out: str | Path, *, files: dict[str, tuple[str, bytes]], section: tuple[str, dict],
+                   source_note: str, force: bool = False) -> Path:
+    """A copy of loaded `bundle` (same precision, every file verified as copied) in which the roles of `files`
+    (role -> (file name, bytes)) are written anew or added, with manifest section `section` = (key, value) and
+    "; `source_note`" after its source. Why one place: the post-training steps that amend a finished bundle
+    (the naturalness term, the comparison calibration) must carry every other key and file alike."""
+    out = check_out_dir(out, force)
+    m = bundle.manifest
+    with staged_bundle(out, force) as tmp:
+        names = {}
+        for role, entry in m["files"].items():
+            dst = tmp / entry["path"]
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if role not in files:
+                copy_verified(bundle, role, dst)
+            names[role] = entry["path"]
+        for role, (name, data) in files.items():
+            names[role] = names.get(role, name)
+            (tmp / names[role]).write_bytes(data)
+        extra = {k: v for k, v in m.items() if k not in REWRITTEN_KEYS}
+        extra[section[0]] = section[1]
+        write_manifest(tmp, name=bundle.name, config=bundle.config, files=names, precision=bundle.precision,
+                       source=f"{m.get('source')}; {source_note}", extra=extra)
     return out

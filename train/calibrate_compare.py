@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fgresq_sdk.bundle import MANIFEST, load_bundle, write_manifest
+from fgresq_sdk.bundle import MANIFEST, load_bundle
 from fgresq_sdk.errors import BundleError, FGResQError
 from fgresq_sdk.heads import CompareHeadNP
 
@@ -42,7 +42,6 @@ LABELS = {"first": 0, "second": 1, "similar": 2}
 # the grid that seeds the optimiser (the NLL is smooth in (ln T, δ) but flat far from its minimum)
 T_GRID = tuple(2.0 ** k for k in range(0, 8))
 DELTA_GRID = tuple(np.arange(-2.0, 4.01, 0.5))
-_REWRITTEN = {"format", "format_version", "name", "created", "source", "precision", "config", "preprocess", "files"}
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -147,11 +146,13 @@ def tempered_heads(heads_npz: bytes, temperature: float, delta: float) -> bytes:
 
 
 def calibrate(model: Path, val_manifest: Path, out: Path, *, force: bool = False) -> dict:
-    from fgresq_sdk.export.staging import check_out_dir, copy_verified, staged_bundle
+    from fgresq_sdk.export.derive import amended_bundle
+    from fgresq_sdk.export.staging import check_out_dir
 
     bundle = load_bundle(model)
     if SECTION in bundle.manifest:
         raise BundleError(f"{model}: its comparison head is already calibrated (fit on the bundle without it)")
+    check_out_dir(out, force)  # a folder that is not ours is refused before the val photos are read
     manifest = Manifest.load(val_manifest)
     head = CompareHeadNP.from_npz(bundle.read("heads"))
     q, a, b, y, errors = val_pairs(bundle, manifest)
@@ -163,22 +164,8 @@ def calibrate(model: Path, val_manifest: Path, out: Path, *, force: bool = False
                        "val_errors": len(errors), "before": readings(l_ab, l_ba, y, 1.0, 0.0),
                        "after": readings(l_ab, l_ba, y, t, d)}}
     heads = tempered_heads(bundle.read("heads"), t, d)
-    out = check_out_dir(out, force)
-    m = bundle.manifest
-    with staged_bundle(out, force) as tmp:
-        files = {}
-        for role, entry in m["files"].items():
-            dst = tmp / entry["path"]
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if role == "heads":
-                dst.write_bytes(heads)
-            else:
-                copy_verified(bundle, role, dst)
-            files[role] = entry["path"]
-        extra = {k: v for k, v in m.items() if k not in _REWRITTEN}
-        extra[SECTION] = section
-        write_manifest(tmp, name=bundle.name, config=bundle.config, files=files, precision=bundle.precision,
-                       source=f"{m.get('source')}; comparison probabilities calibrated on val photos", extra=extra)
+    amended_bundle(bundle, out, files={"heads": (bundle.entry("heads")["path"], heads)}, section=(SECTION, section),
+                   source_note="comparison probabilities calibrated on val photos", force=force)
     return section
 
 

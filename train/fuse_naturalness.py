@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fgresq_sdk.bundle import MANIFEST, load_bundle, write_manifest
+from fgresq_sdk.bundle import MANIFEST, load_bundle
 from fgresq_sdk.errors import BundleError, FGResQError
 from fgresq_sdk.naturalness import METHOD, SECTION, NaturalnessTerm, score_logit
 from fgresq_sdk.niqe import Pristine
@@ -36,8 +36,6 @@ from .term_weight import choose_weight
 DEFAULT_KS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 PRISTINE_ROLE = "niqe_pristine"
 PRISTINE_FILE = "niqe-pristine.json"
-# write_manifest sets these itself; every other key of the source manifest is carried over
-_REWRITTEN = {"format", "format_version", "name", "created", "source", "precision", "config", "preprocess", "files"}
 
 
 def val_terms(bundle, manifest: Manifest, pristine: Pristine) -> tuple[list[str], np.ndarray, np.ndarray, list]:
@@ -70,24 +68,10 @@ def choose(ids: list[str], logit: np.ndarray, logd: np.ndarray, manifest: Manife
 def write_fused_bundle(bundle, out: Path, pristine: bytes, section: dict, force: bool = False) -> Path:
     """A copy of `bundle` (every file verified as copied) plus the pristine model (the bytes of its JSON file) and
     the naturalness section."""
-    from fgresq_sdk.export.staging import check_out_dir, copy_verified, staged_bundle
+    from fgresq_sdk.export.derive import amended_bundle
 
-    out = check_out_dir(out, force)
-    m = bundle.manifest
-    with staged_bundle(out, force) as tmp:
-        files = {}
-        for role, entry in m["files"].items():
-            dst = tmp / entry["path"]
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            copy_verified(bundle, role, dst)
-            files[role] = entry["path"]
-        (tmp / PRISTINE_FILE).write_bytes(pristine)
-        files[PRISTINE_ROLE] = PRISTINE_FILE
-        extra = {k: v for k, v in m.items() if k not in _REWRITTEN}
-        extra[SECTION] = section
-        write_manifest(tmp, name=bundle.name, config=bundle.config, files=files, precision=bundle.precision,
-                       source=f"{m.get('source')}; naturalness term fitted on val photos", extra=extra)
-    return out
+    return amended_bundle(bundle, out, files={PRISTINE_ROLE: (PRISTINE_FILE, pristine)}, section=(SECTION, section),
+                          source_note="naturalness term fitted on val photos", force=force)
 
 
 def fuse(model: Path, val_manifest: Path, out: Path, *, pristine_path: Path = DEFAULT_PRISTINE, ks=DEFAULT_KS,
