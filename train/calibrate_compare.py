@@ -31,7 +31,7 @@ import numpy as np
 
 from fgresq_sdk.bundle import MANIFEST, load_bundle
 from fgresq_sdk.errors import BundleError, FGResQError
-from fgresq_sdk.heads import CompareHeadNP
+from fgresq_sdk.heads import CompareHeadNP, softmax
 
 from .manifest import Manifest
 from .metrics import symmetrised_pair_probs
@@ -44,12 +44,6 @@ T_GRID = tuple(2.0 ** k for k in range(0, 8))
 DELTA_GRID = tuple(np.arange(-2.0, 4.01, 0.5))
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def pair_logits(head: CompareHeadNP, q: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The head's logits [N, 3] of every pair in both presentation orders (a first, then b first)."""
     first, second = head.split_terms(q)
@@ -59,7 +53,7 @@ def pair_logits(head: CompareHeadNP, q: np.ndarray, a: np.ndarray, b: np.ndarray
 def calibrated_probs(l_ab: np.ndarray, l_ba: np.ndarray, temperature: float, delta: float):
     """(P̃ [N], symmetrised three-way probabilities [N, 3]) under (T, δ)."""
     shift = np.array([0.0, 0.0, delta])
-    return symmetrised_pair_probs(_softmax(l_ab / temperature + shift), _softmax(l_ba / temperature + shift))
+    return symmetrised_pair_probs(softmax(l_ab / temperature + shift), softmax(l_ba / temperature + shift))
 
 
 def three_way_nll(three: np.ndarray, y: np.ndarray) -> float:
@@ -154,7 +148,8 @@ def calibrate(model: Path, val_manifest: Path, out: Path, *, force: bool = False
         raise BundleError(f"{model}: its comparison head is already calibrated (fit on the bundle without it)")
     check_out_dir(out, force)  # a folder that is not ours is refused before the val photos are read
     manifest = Manifest.load(val_manifest)
-    head = CompareHeadNP.from_npz(bundle.read("heads"))
+    heads_npz = bundle.read("heads")
+    head = CompareHeadNP.from_npz(heads_npz)
     q, a, b, y, errors = val_pairs(bundle, manifest)
     l_ab, l_ba = pair_logits(head, q, a, b)
     t, d = fit_calibration(l_ab, l_ba, y)
@@ -163,7 +158,7 @@ def calibrate(model: Path, val_manifest: Path, out: Path, *, force: bool = False
                        "val_pairs_by_label": {k: int(np.sum(y == v)) for k, v in LABELS.items()},
                        "val_errors": len(errors), "before": readings(l_ab, l_ba, y, 1.0, 0.0),
                        "after": readings(l_ab, l_ba, y, t, d)}}
-    heads = tempered_heads(bundle.read("heads"), t, d)
+    heads = tempered_heads(heads_npz, t, d)
     amended_bundle(bundle, out, files={"heads": (bundle.entry("heads")["path"], heads)}, section=(SECTION, section),
                    source_note="comparison probabilities calibrated on val photos", force=force)
     return section
