@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fgresq_sdk.errors import BundleError, display_path
-from fgresq_sdk.heads import HEADS_NPZ_KEYS
+from fgresq_sdk.heads import HEADS_NPZ_KEYS, tempered_compare_head
 
 # not in the exported graph; a bundle that lacks them still reads back (they are recorded as left at init)
 TRAINING_ONLY = ("degradation_proj",)
@@ -58,10 +58,9 @@ def read_back(bundle_dir: str | Path, *, drop_prior: bool = False, seed: int = 0
     weights.update({k: v for k, v in heads.items() if k.startswith("compare_head.")})
     cal = bundle.manifest.get("compare_calibration")
     if cal:  # train/calibrate_compare.py tempered the head in heads.npz: the model is the head it was fitted on
-        t, d = float(cal["temperature"]), float(cal["similar_offset"])
-        w, b = (np.asarray(weights[f"compare_head.{k}"], np.float64) for k in ("weight", "bias"))
-        weights["compare_head.weight"] = (w * t).astype(np.float32)
-        weights["compare_head.bias"] = ((b - np.array([0.0, 0.0, d])) * t).astype(np.float32)
+        w, b = tempered_compare_head(weights["compare_head.weight"], weights["compare_head.bias"],
+                                     float(cal["temperature"]), float(cal["similar_offset"]), undo=True)
+        weights["compare_head.weight"], weights["compare_head.bias"] = w.astype(np.float32), b.astype(np.float32)
     torch.manual_seed(seed)
     model = FGResQ(copy.deepcopy(bundle.config)).eval()
     state = model.state_dict()

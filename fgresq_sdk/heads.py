@@ -15,12 +15,25 @@ import numpy as np
 
 from .verdict import LOGIT_ORDER, symmetrise
 
-__all__ = ["HEADS_NPZ_KEYS", "LOGIT_ORDER", "CompareHeadNP", "PairTerms", "softmax"]
+__all__ = ["HEADS_NPZ_KEYS", "LOGIT_ORDER", "CompareHeadNP", "PairTerms", "softmax", "tempered_compare_head"]
 
 # heads.npz: its key -> the torch model's parameter it holds. The one table for writing the file (export's
 # head_arrays), reading it here, and reading a bundle back into a model (export/read_back.py), so they cannot drift.
 HEADS_NPZ_KEYS = {"head_weight": "head.weight", "head_bias": "head.bias",
                   "compare_weight": "compare_head.weight", "compare_bias": "compare_head.bias"}
+
+
+def tempered_compare_head(weight: np.ndarray, bias: np.ndarray, temperature: float, similar_offset: float, *,
+                          undo: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The comparison head whose logits are the given head's / T + (0, 0, δ), in float64: what
+    train/calibrate_compare.py writes into heads.npz (model.json "compare_calibration"); with `undo`, the head it
+    was fitted on from the calibrated one (export/read_back.py). One function both ways, so the two cannot drift."""
+    w, b = np.asarray(weight, np.float64), np.asarray(bias, np.float64)
+    shift = np.zeros(len(LOGIT_ORDER))
+    shift[LOGIT_ORDER.index("similar")] = similar_offset
+    if undo:
+        return w * temperature, (b - shift) * temperature
+    return w / temperature, b / temperature + shift
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -57,6 +70,12 @@ class CompareHeadNP:
         d = self.dim
         return np.asarray(q0, np.float64) @ self.weight[:, :d].T + np.asarray(q1, np.float64) @ self.weight[:, d:].T \
             + self.bias
+
+    def indexed_pair_logits(self, q: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits [N, 3] of the pairs (q[a], q[b]) in both presentation orders, (a first, b first), from each
+        image's two terms: evaluation and calibration read thousands of pairs of a few hundred images."""
+        first, second = self.split_terms(q)
+        return first[a] + second[b] + self.bias, first[b] + second[a] + self.bias
 
     def compare(self, fa: np.ndarray, fb: np.ndarray, raw: bool = False) -> np.ndarray:
         """Probabilities [3] (LOGIT_ORDER) that a is better, b is better, or both similar: the decision path

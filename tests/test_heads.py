@@ -147,3 +147,26 @@ def test_bundle_derived_from_a_legacy_one_has_no_compare_head(legacy_bundle, tmp
     assert m["files"]["heads"] == json.loads((LEGACY / "model.json").read_text())["files"]["heads"]
     want = Scorer(TRAINED_VIT).compare(*_pair(photo_paths)).verdict
     assert Scorer(out).compare(*_pair(photo_paths)).verdict == want
+
+
+def test_tempering_and_its_undo_are_inverse_and_temper_the_probabilities():
+    """train/calibrate_compare.py writes the tempered head, export/read_back.py undoes it: one function both ways."""
+    from fgresq_sdk.heads import CompareHeadNP, LOGIT_ORDER, softmax, tempered_compare_head
+
+    rng = np.random.default_rng(0)
+    w, b = rng.normal(size=(3, 8)), rng.normal(size=3)
+    tw, tb = tempered_compare_head(w, b, 4.0, 1.5)
+    back_w, back_b = tempered_compare_head(tw, tb, 4.0, 1.5, undo=True)
+    np.testing.assert_allclose(back_w, w, rtol=1e-12)
+    np.testing.assert_allclose(back_b, b, rtol=1e-12, atol=1e-12)
+    q = rng.normal(size=(5, 4))
+    a, c = np.array([0, 1, 2]), np.array([3, 4, 0])
+    plain = CompareHeadNP(w, b).indexed_pair_logits(q, a, c)[0]
+    tempered = CompareHeadNP(tw, tb).indexed_pair_logits(q, a, c)[0]
+    shift = np.where(np.array(LOGIT_ORDER) == "similar", 1.5, 0.0)
+    np.testing.assert_allclose(softmax(tempered), softmax(plain / 4.0 + shift), rtol=1e-12)
+    # the indexed logits are the head on the stacked pairs, in both orders
+    head = CompareHeadNP(w, b)
+    l_ab, l_ba = head.indexed_pair_logits(q, a, c)
+    np.testing.assert_allclose(l_ab, head.pair_logits(q[a], q[c]), rtol=1e-12)
+    np.testing.assert_allclose(l_ba, head.pair_logits(q[c], q[a]), rtol=1e-12)

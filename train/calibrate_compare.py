@@ -31,23 +31,16 @@ import numpy as np
 
 from fgresq_sdk.bundle import MANIFEST, load_bundle
 from fgresq_sdk.errors import BundleError, FGResQError
-from fgresq_sdk.heads import CompareHeadNP, softmax
+from fgresq_sdk.heads import CompareHeadNP, softmax, tempered_compare_head
 
-from .manifest import Manifest
+from .manifest import LABELS, Manifest
 from .metrics import symmetrised_pair_probs
 
 SECTION = "compare_calibration"
 METHOD = "temperature + similar offset, val three-way NLL"
-LABELS = {"first": 0, "second": 1, "similar": 2}
 # the grid that seeds the optimiser (the NLL is smooth in (ln T, δ) but flat far from its minimum)
 T_GRID = tuple(2.0 ** k for k in range(0, 8))
 DELTA_GRID = tuple(np.arange(-2.0, 4.01, 0.5))
-
-
-def pair_logits(head: CompareHeadNP, q: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The head's logits [N, 3] of every pair in both presentation orders (a first, then b first)."""
-    first, second = head.split_terms(q)
-    return first[a] + second[b] + head.bias, first[b] + second[a] + head.bias
 
 
 def calibrated_probs(l_ab: np.ndarray, l_ba: np.ndarray, temperature: float, delta: float):
@@ -118,7 +111,7 @@ def val_pairs(bundle, manifest: Manifest) -> tuple[np.ndarray, np.ndarray, np.nd
             continue
         kept[ids[enc.index]] = len(feats)
         feats.append(enc.features)
-    rows = [(kept[p.a], kept[p.b], LABELS[p.label]) for p in manifest.pairs
+    rows = [(kept[p.a], kept[p.b], LABELS.index(p.label)) for p in manifest.pairs
             if p.label in LABELS and p.a in kept and p.b in kept]
     if len(rows) < 10:
         raise ValueError(f"{manifest.root}: only {len(rows)} val pairs could be read; need at least 10")
@@ -131,9 +124,8 @@ def tempered_heads(heads_npz: bytes, temperature: float, delta: float) -> bytes:
     exported); every other array as it was."""
     with np.load(io.BytesIO(heads_npz), allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
-    arrays["compare_weight"] = (arrays["compare_weight"].astype(np.float64) / temperature).astype(np.float32)
-    bias = arrays["compare_bias"].astype(np.float64) / temperature + np.array([0.0, 0.0, delta])
-    arrays["compare_bias"] = bias.astype(np.float32)
+    w, b = tempered_compare_head(arrays["compare_weight"], arrays["compare_bias"], temperature, delta)
+    arrays["compare_weight"], arrays["compare_bias"] = w.astype(np.float32), b.astype(np.float32)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
@@ -151,11 +143,11 @@ def calibrate(model: Path, val_manifest: Path, out: Path, *, force: bool = False
     heads_npz = bundle.read("heads")
     head = CompareHeadNP.from_npz(heads_npz)
     q, a, b, y, errors = val_pairs(bundle, manifest)
-    l_ab, l_ba = pair_logits(head, q, a, b)
+    l_ab, l_ba = head.indexed_pair_logits(q, a, b)
     t, d = fit_calibration(l_ab, l_ba, y)
     section = {"method": METHOD, "temperature": t, "similar_offset": d,
                "fit": {"val_manifest": str(val_manifest), "val_pairs": int(len(y)),
-                       "val_pairs_by_label": {k: int(np.sum(y == v)) for k, v in LABELS.items()},
+                       "val_pairs_by_label": {k: int(np.sum(y == v)) for v, k in enumerate(LABELS)},
                        "val_errors": len(errors), "before": readings(l_ab, l_ba, y, 1.0, 0.0),
                        "after": readings(l_ab, l_ba, y, t, d)}}
     heads = tempered_heads(heads_npz, t, d)

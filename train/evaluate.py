@@ -333,13 +333,9 @@ def evaluate(bundle_or_scorer, manifest, backend: str = "onnxruntime", *, device
 
     if enc_ids and pairs:
         q = np.stack([feats[i] for i in enc_ids])
-        first, second = scorer.head.split_terms(q)
-        ia = np.array([pos[p.a] for p in pairs])
-        ib = np.array([pos[p.b] for p in pairs])
-        bias = scorer.head.bias
-        p_ab = softmax(first[ia] + second[ib] + bias)
-        p_ba = softmax(first[ib] + second[ia] + bias)
-        pref, three = M.symmetrised_pair_probs(p_ab, p_ba)
+        l_ab, l_ba = scorer.head.indexed_pair_logits(q, np.array([pos[p.a] for p in pairs]),
+                                                     np.array([pos[p.b] for p in pairs]))
+        pref, three = M.symmetrised_pair_probs(softmax(l_ab), softmax(l_ba))
     else:
         pref, three = np.zeros(0), np.zeros((0, 3))
     labels = [p.label for p in pairs]
