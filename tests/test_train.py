@@ -693,6 +693,52 @@ def test_recipe_script_ship_rule_needs_a_better_mean_the_task_floor_and_no_worse
     assert not ships(result("lose", 0.91, tasks={"deblurring": 0.79, "denoising": 1.0}), old_low, res_up, old_res)
 
 
+def test_recipe_script_times_every_step_and_reads_the_total_against_the_budget_on_its_cpu(tmp_path):
+    """scripts/make_default_model.sh's clock, run as the script defines it: $WORK/timings.tsv names the CPU, then
+    one row per step in seconds, then the total; at exit (also an early or failed one) the log says whether the
+    whole run stayed within the 90-minute budget, on which CPU. Every step of the script is charged to a name."""
+    import subprocess
+    import sys
+
+    from fgresq_sdk.cpu import cpu_model
+
+    script = (Path(__file__).resolve().parents[1] / "scripts" / "make_default_model.sh").read_text()
+    funcs = "\n".join(re.search(rf"^{name}\(\) \{{.*?^\}}$", script, re.M | re.S).group(0)
+                      for name in ("timing_start", "timed", "timing_summary"))
+    budget = re.search(r"^BUDGET_MIN=(\d+)$", script, re.M).group(1)
+    assert budget == "90"
+
+    def run(work, body):
+        prog = f"set -euo pipefail\nBUDGET_MIN={budget}\n{funcs}\ntiming_start\ntrap timing_summary EXIT\n{body}"
+        return subprocess.run(["bash", "-c", prog], capture_output=True, text=True,
+                              env={"PY": sys.executable, "WORK": str(work), "PATH": "/usr/bin:/bin"})
+
+    work = tmp_path / "within"
+    work.mkdir()
+    out = run(work, "timed photos\nSECONDS=125\ntimed data\nSECONDS=3000\ntimed training")
+    assert out.returncode == 0, out.stderr
+    rows = [line.split("\t") for line in (work / "timings.tsv").read_text().splitlines()]
+    assert rows[0][0] == "cpu" and rows[0][1].startswith(cpu_model())
+    assert [r[0] for r in rows[1:]] == ["photos", "data", "training", "total"]
+    assert int(rows[1][1]) <= 2 and int(rows[2][1]) == 125 and int(rows[3][1]) == 2875 and int(rows[4][1]) >= 3000
+    assert out.stdout.splitlines()[1].startswith("time: data 125 s (so far 2 min 5 s)")
+    last = out.stdout.splitlines()[-1]
+    assert last.startswith("time: whole script 50 min") and "within the 90-min budget" in last and cpu_model() in last
+    over = tmp_path / "over"
+    over.mkdir()
+    out = run(over, "SECONDS=5401\ntimed training\nfalse")
+    assert out.returncode == 1
+    last = out.stdout.splitlines()[-1]
+    assert "90 min 1 s, stopped with exit code 1: no reading against the 90-min budget" in last
+    out = run(over, "SECONDS=5401\ntimed training")
+    assert out.returncode == 0 and "90 min 1 s, OVER the 90-min budget" in out.stdout.splitlines()[-1]
+    # every step between the clock's start and the end is charged: the marks in the script's order
+    marks = re.findall(r"^\s*timed ([\w-]+)", script[script.index("trap timing_summary EXIT"):], re.M)
+    assert marks == ["photos", "data", "training", "polish", "score-calibration", "prior", "bundle",
+                     "test-evaluation", "mate-check", "residue-check", "install"]
+    assert script.rstrip().endswith("timed install")
+
+
 @pytest.mark.parametrize("config", ["fgresq-compact-cnn", "fgresq-compact-cnn-log", "fgresq-compact-cnn-logk",
                                     "fgresq-compact-cnn-ms", "fgresq-compact-cnn-ms2", "fgresq-compact-cnn-mscn",
                                     "fgresq-compact-cnn-nss"])
