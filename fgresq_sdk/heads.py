@@ -15,12 +15,22 @@ import numpy as np
 
 from .verdict import LOGIT_ORDER, symmetrise
 
-__all__ = ["HEADS_NPZ_KEYS", "LOGIT_ORDER", "CompareHeadNP", "PairTerms", "softmax", "tempered_compare_head"]
+__all__ = ["HEADS_NPZ_KEYS", "LOGIT_ORDER", "CompareHeadNP", "PairTerms", "similar_shift", "softmax",
+           "tempered_compare_head"]
 
 # heads.npz: its key -> the torch model's parameter it holds. The one table for writing the file (export's
 # head_arrays), reading it here, and reading a bundle back into a model (export/read_back.py), so they cannot drift.
 HEADS_NPZ_KEYS = {"head_weight": "head.weight", "head_bias": "head.bias",
                   "compare_weight": "compare_head.weight", "compare_bias": "compare_head.bias"}
+
+
+def similar_shift(similar_offset: float) -> np.ndarray:
+    """The calibration's logit shift in LOGIT_ORDER: δ on `similar`, 0 on the two ranked verdicts. One place
+    for it, so that the head calibrate_compare writes and the probabilities it fits by cannot disagree on which
+    logit δ moves."""
+    shift = np.zeros(len(LOGIT_ORDER))
+    shift[LOGIT_ORDER.index("similar")] = similar_offset
+    return shift
 
 
 def tempered_compare_head(weight: np.ndarray, bias: np.ndarray, temperature: float, similar_offset: float, *,
@@ -29,8 +39,7 @@ def tempered_compare_head(weight: np.ndarray, bias: np.ndarray, temperature: flo
     train/calibrate_compare.py writes into heads.npz (model.json "compare_calibration"); with `undo`, the head it
     was fitted on from the calibrated one (export/read_back.py). One function both ways, so the two cannot drift."""
     w, b = np.asarray(weight, np.float64), np.asarray(bias, np.float64)
-    shift = np.zeros(len(LOGIT_ORDER))
-    shift[LOGIT_ORDER.index("similar")] = similar_offset
+    shift = similar_shift(similar_offset)
     if undo:
         return w * temperature, (b - shift) * temperature
     return w / temperature, b / temperature + shift

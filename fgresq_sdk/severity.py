@@ -39,10 +39,26 @@ def noise_sigma(luma: torch.Tensor) -> torch.Tensor:
     return math.sqrt(math.pi / 2) / 6 * _mean(F.conv2d(luma, _kernel(_IMMERKAER, luma)).abs())
 
 
+def dark_channel(rgb: torch.Tensor) -> torch.Tensor:
+    """He et al.'s dark channel, [N, 1, H, W]: the minimum over colours, then over a 15×15 window (clipped at
+    the borders).
+
+    The window's minimum is taken in two passes, 15×1 then 1×15, in eager torch: the same values exactly (the
+    minimum over a square is the minimum over its columns of the minima over its rows, borders included), and
+    torch's 2-D max pool scans all 225 taps where two 1-D pools scan 30: ~3× faster, a quarter of the recipe's
+    prior step (train/fit_prior.py). An ONNX export keeps the one 15×15 MaxPool: ONNX Runtime's kernel is
+    already fast, and the exported encoder stays byte for byte the one the shipped default was built with."""
+    neg = -rgb.amin(dim=1, keepdim=True)
+    half = DARK_WINDOW // 2
+    if torch.onnx.is_in_onnx_export():
+        return -F.max_pool2d(neg, DARK_WINDOW, stride=1, padding=half)
+    rows = F.max_pool2d(neg, (DARK_WINDOW, 1), stride=1, padding=(half, 0))
+    return -F.max_pool2d(rows, (1, DARK_WINDOW), stride=1, padding=(0, half))
+
+
 def dark_channel_mean(rgb: torch.Tensor) -> torch.Tensor:
-    """He et al.'s dark channel (minimum over colours, then over a 15×15 window), averaged: haze lifts it."""
-    dark = rgb.amin(dim=1, keepdim=True)
-    return _mean(-F.max_pool2d(-dark, DARK_WINDOW, stride=1, padding=DARK_WINDOW // 2))
+    """The dark channel averaged over the view: haze lifts it."""
+    return _mean(dark_channel(rgb))
 
 
 def fine_coarse_laplacian(luma: torch.Tensor) -> torch.Tensor:

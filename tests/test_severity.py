@@ -64,6 +64,30 @@ def test_each_statistic_moves_with_its_degradation_on_a_photo():
 
 
 @needs_torch
+@pytest.mark.parametrize("shape", [(2, 3, 224, 224), (1, 3, 10, 37)])
+def test_the_dark_channel_is_the_minimum_over_colours_and_the_clipped_15x15_window(shape):
+    """Eager torch takes the window in two 1-D passes (severity.dark_channel); a direct numpy minimum over each
+    pixel's whole clipped window must give the same map, value for value (minima are exact), also where the
+    view is smaller than the window."""
+    import torch
+
+    from fgresq_sdk.severity import DARK_WINDOW, dark_channel, dark_channel_mean
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(shape, generator=gen)
+    x[:, :, : shape[2] // 3] = 0.6  # flat rows beside textured ones: ties and borders both
+    half = DARK_WINDOW // 2
+    lo = np.pad(x.numpy().min(axis=1), ((0, 0), (half, half), (half, half)), constant_values=np.inf)
+    want = np.lib.stride_tricks.sliding_window_view(lo, (DARK_WINDOW, DARK_WINDOW), axis=(1, 2)).min(axis=(3, 4))
+    with torch.no_grad():
+        got = dark_channel(x)
+        mean = dark_channel_mean(x)
+    assert got.shape == (shape[0], 1) + shape[2:]
+    np.testing.assert_array_equal(got[:, 0].numpy(), want)
+    np.testing.assert_allclose(mean.numpy(), want.mean(axis=(1, 2), dtype=np.float64), rtol=1e-6)
+
+
+@needs_torch
 def test_a_flat_frame_reads_finite_values_at_the_ends_of_each_scale():
     import torch
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from fgresq_sdk.bundle import MANIFEST, load_bundle
 from fgresq_sdk.errors import BundleError, FGResQError
-from fgresq_sdk.heads import CompareHeadNP, softmax, tempered_compare_head
+from fgresq_sdk.heads import CompareHeadNP, similar_shift, softmax, tempered_compare_head
 
 from .manifest import LABELS, Manifest
 from .metrics import symmetrised_pair_probs
@@ -45,7 +45,7 @@ DELTA_GRID = tuple(np.arange(-2.0, 4.01, 0.5))
 
 def calibrated_probs(l_ab: np.ndarray, l_ba: np.ndarray, temperature: float, delta: float):
     """(P̃ [N], symmetrised three-way probabilities [N, 3]) under (T, δ)."""
-    shift = np.array([0.0, 0.0, delta])
+    shift = similar_shift(delta)
     return symmetrised_pair_probs(softmax(l_ab / temperature + shift), softmax(l_ba / temperature + shift))
 
 
@@ -66,10 +66,11 @@ def fit_calibration(l_ab: np.ndarray, l_ba: np.ndarray, y: np.ndarray) -> tuple[
     log_t = torch.tensor(float(np.log(t0)), dtype=torch.float64, requires_grad=True)
     delta = torch.tensor(float(d0), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t, delta], max_iter=200, tolerance_grad=1e-10, line_search_fn="strong_wolfe")
+    on_similar = torch.from_numpy(similar_shift(1.0))
 
     def closure():
         opt.zero_grad()
-        shift = torch.stack([torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64), delta])
+        shift = on_similar * delta
         p_ab = torch.softmax(lab / log_t.exp() + shift, dim=1)
         p_ba = torch.softmax(lba / log_t.exp() + shift, dim=1)
         three = 0.5 * (p_ab + p_ba[:, [1, 0, 2]])
