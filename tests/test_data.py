@@ -436,9 +436,13 @@ def test_v2_degradations_every_implementation_runs_and_grows_with_strength():
             d_lo, d_hi = np.abs(syn._q(lo) - x).mean(), np.abs(syn._q(hi) - x).mean()
             assert d_hi >= d_lo - 0.5, (task, seed, d_lo, d_hi)
         assert len(kinds) >= 3
-    for kind in syn.JUNK_KINDS:
+    for kind in syn.JUNK_KINDS + syn.HELD_OUT_JUNK_KINDS:
         j = syn.junk_image(kind, x, np.random.default_rng(0))
         assert j.shape == x.shape and j.dtype == np.uint8
+    for seed in range(4):  # both of its draws: achromatic, and noise, not a flat frame
+        g = syn.junk_image("grey_noise", x, np.random.default_rng(seed)).astype(np.int16)
+        assert (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all() and g[..., 0].std() > 30
+    assert not set(syn.HELD_OUT_JUNK_KINDS) & set(syn.JUNK_KINDS)  # held out: no recipe draws them
 
 
 def test_v2_generate_with_junk(clean_photos, tmp_path):

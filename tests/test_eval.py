@@ -494,6 +494,29 @@ def _check_markdown_numbers(md: str, want: dict) -> None:
             assert _cell_is(rows[m][7], want[m][task]["srcc"]), rows[m]
 
 
+def test_held_out_junk_is_reported_apart_from_the_share_every_model_was_read_by(tmp_path):
+    """Grey noise (synthetic.HELD_OUT_JUNK_KINDS) is shown to the scorer and read on its own: a scorer that
+    rewards colour loses to colour noise and beats grey noise, and neither the share, its count nor the rows
+    behind the bootstrap see the held-out kind."""
+    from fgresq_sdk.train import photos as ph
+    from fgresq_sdk.train import synthetic as syn
+    from fgresq_sdk.train.evaluate import junk_vs_clean
+    from fgresq_sdk.train.manifest import Manifest
+
+    class Colourfulness:
+        def score(self, images):
+            return [float(np.ptp(np.asarray(im, np.float64), axis=2).mean()) for im in images]
+
+    srcs = [s for s in ph.skimage_sources() if s[0] in ("skimage-astronaut", "skimage-coffee")]
+    syn.generate(ph.load_photos(srcs, max_side=128), tmp_path / "test", seed=0, size=48, levels=3,
+                 tasks=("deblurring",))
+    r = junk_vs_clean(Colourfulness(), Manifest.load(tmp_path / "test"))
+    assert set(r["per_kind"]) == set(syn.JUNK_KINDS) and set(r["held_out_kinds"]) == {"grey_noise"}
+    assert r["n_junk"] == 2 * len(syn.JUNK_KINDS) and {row["kind"] for row in r["scores"]} == {"clean", *syn.JUNK_KINDS}
+    assert r["held_out_kinds"]["grey_noise"] == {"clean_wins": 1.0, "junk_mean_score": 0.0}
+    assert r["per_kind"]["noise"]["clean_wins"] == 0.0
+
+
 def test_junk_vs_clean_does_not_depend_on_where_the_data_lies(tmp_path):
     """The hard negatives are seeded by each reference's name inside the manifest: the same test set copied to
     another work folder gets the same junk and the same numbers (they were keyed by the full path, so the

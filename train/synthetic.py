@@ -601,6 +601,11 @@ def _make_sharpen_residue(task: str, rng: np.random.Generator, size: int) -> Deg
 
 
 JUNK_KINDS = ("noise", "flat", "extreme_blur", "extreme_jpeg", "banding")
+# Hard negatives the evaluation shows a model but no recipe draws (train/evaluate.py reports them apart from
+# JUNK_KINDS' share): whether the absolute sense reaches past the kinds it was taught. "grey_noise" is the noise
+# kind's draw on one channel, repeated: achromatic noise, which the default scored like a clean photo
+# (2026-12-05: 0.84-0.88 on the test references against colour noise's 0.05).
+HELD_OUT_JUNK_KINDS = ("grey_noise",)
 HARD_NEGATIVE_LEVEL = "J"  # the hard negative of a (content, task) is image <content>/<task>/J
 
 
@@ -645,6 +650,9 @@ def junk_image(kind: str, x: np.ndarray, rng: np.random.Generator) -> np.ndarray
     h, w = x.shape[:2]
     if kind == "noise":
         return _q(rng.uniform(0, 255, (h, w, 3)) if rng.random() < 0.5 else 128 + 60 * rng.standard_normal((h, w, 3)))
+    if kind == "grey_noise":
+        g = rng.uniform(0, 255, (h, w)) if rng.random() < 0.5 else 128 + 60 * rng.standard_normal((h, w))
+        return _q(np.repeat(g[:, :, None], 3, axis=2))
     if kind == "flat":
         return _q(np.ones_like(x) * (x.reshape(-1, 3).mean(0) if rng.random() < 0.5 else rng.uniform(0, 255, 3)))
     if kind == "extreme_blur":
