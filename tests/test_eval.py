@@ -345,6 +345,11 @@ def test_evaluate_end_to_end(tiny_bundle, tmp_path, capsys):
     assert set(peers["NIQE (NR)"]["per_kind"]) == set(res["junk_vs_clean"]["per_kind"])
     md = mp.read_text()
     assert "| Junk kind | clean wins | mean score | LapVar (NR): clean wins | NIQE (NR): clean wins |" in md
+    held = res["junk_vs_clean"]["held_out_kinds"]["grey_noise"]  # its own line, the peers' beside it
+    lap = peers["LapVar (NR)"]["held_out_kinds"]["grey_noise"]["clean_wins"]
+    niqe = peers["NIQE (NR)"]["held_out_kinds"]["grey_noise"]["clean_wins"]
+    assert (f"| grey_noise (held out: never trained on, not in 'all') | {held['clean_wins']:.3f} | "
+            f"{held['junk_mean_score']:.3f} | {lap:.3f} | {niqe:.3f} |") in md
     for needle in ("Deblurring SRCC", "SuperResolution SRCC", "Average SRCC", "[0.8,1.0]", "weighted by image count"):
         assert needle in md
     assert "| Method | Deblurring SRCC | PLCC | ACC | Denoising SRCC" in md
