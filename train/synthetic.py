@@ -648,11 +648,10 @@ def parse_junk_weights(text: str | None) -> dict[str, float] | None:
 def junk_image(kind: str, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Hard negatives: far below any restored output, whatever the content."""
     h, w = x.shape[:2]
-    if kind == "noise":
-        return _q(rng.uniform(0, 255, (h, w, 3)) if rng.random() < 0.5 else 128 + 60 * rng.standard_normal((h, w, 3)))
-    if kind == "grey_noise":
-        g = rng.uniform(0, 255, (h, w)) if rng.random() < 0.5 else 128 + 60 * rng.standard_normal((h, w))
-        return _q(np.repeat(g[:, :, None], 3, axis=2))
+    if kind in ("noise", "grey_noise"):  # uniform or Gaussian; grey: one channel's draw, repeated
+        shape = (h, w, 3 if kind == "noise" else 1)
+        field = rng.uniform(0, 255, shape) if rng.random() < 0.5 else 128 + 60 * rng.standard_normal(shape)
+        return _q(np.broadcast_to(field, (h, w, 3)))
     if kind == "flat":
         return _q(np.ones_like(x) * (x.reshape(-1, 3).mean(0) if rng.random() < 0.5 else rng.uniform(0, 255, 3)))
     if kind == "extreme_blur":
