@@ -20,7 +20,7 @@
 #     PAIR_FRACTION=0.80 JUNK_FRACTION=0.50; candidate v14: RECIPE=default-compact-v14 PAIR_FRACTION=0.60
 #     JUNK_FRACTION=0.35; candidate v15: RECIPE=default-compact-v15; the previous defaults v16 and v11: RECIPE=default-compact-v16 / -v11;
 #     candidate v18: RECIPE=default-compact-v18 JUNK_WEIGHTS=noise=1,flat=1,extreme_blur=2,extreme_jpeg=4,banding=2;
-#     every recipe before v19 also with POLISH=; the previous default v19: RECIPE=default-compact-v17
+#     every recipe before v19 also with POLISH=, every one before 2026-12-05 with SCORE_JUNK_WEIGHTS=; the previous default v19: RECIPE=default-compact-v17
 #     POLISH=default-compact-v19; candidate v21 (not shipped: test pair ACC 0.933 vs v20's 0.944):
 #     POLISH=default-compact-v21-polish POLISH_JUNK_FRACTION=0.40; candidate v22 (not shipped: 0.943 vs 0.944):
 #     FIT_CROPS=3, ~67 min; candidate v23 (not shipped: 0.919, deblurring 0.700; 94 min, over budget):
@@ -56,9 +56,10 @@ JUNK_WEIGHTS=${JUNK_WEIGHTS-} VAL_JUNK_WEIGHTS=${VAL_JUNK_WEIGHTS-}
 # the hard-negative kinds of the score's steps after training (score calibration, the prior's readout, the
 # naturalness term): when set, they read their own fit and val folders, the same photos, crops, seeds and degraded
 # images with the hard negatives drawn by these weights (grey noise: train/synthetic.py JUNK_KINDS), while the towers,
-# the pair term and the comparison calibration keep the data above (empty: one fit and one val folder for every step,
-# as every recipe before 2026-12-05)
-SCORE_JUNK_WEIGHTS=${SCORE_JUNK_WEIGHTS-}
+# the pair term and the comparison calibration keep the data above (the shipped recipe since 2026-12-05: the five
+# kinds and grey noise, equally, so the score learns that noise without colour is junk too; empty: one fit and one
+# val folder for every step, as every recipe before)
+SCORE_JUNK_WEIGHTS=${SCORE_JUNK_WEIGHTS-noise=1,flat=1,extreme_blur=1,extreme_jpeg=1,banding=1,grey_noise=1}
 # the polish cycle after the epoch choice (step 4; empty: none, as every recipe before v19) and its subset
 POLISH=${POLISH-default-compact-v20-polish}
 POLISH_PAIR_FRACTION=${POLISH_PAIR_FRACTION:-0.25} POLISH_JUNK_FRACTION=${POLISH_JUNK_FRACTION:-0.15}
