@@ -275,4 +275,7 @@ def test_fit_prior_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("error: ") for line in err)
     assert not (tmp_path / "new.safetensors").exists()
+    with pytest.raises(SystemExit):  # the pair term's own data without the pair term: refused before any work
+        fp.main(base + ["--out", str(tmp_path / "new.safetensors"), "--pair-fit-manifest", str(tmp_path)])
+    assert "need --pair-term" in capsys.readouterr().err and not (tmp_path / "new.safetensors").exists()
     assert json.loads(json.dumps(fp.PRIOR)) == fp.PRIOR
