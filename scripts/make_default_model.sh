@@ -55,7 +55,7 @@ FIT_EXCLUDE=${FIT_EXCLUDE-} POLISH_EXCLUDE=${POLISH_EXCLUDE-}
 JUNK_WEIGHTS=${JUNK_WEIGHTS-} VAL_JUNK_WEIGHTS=${VAL_JUNK_WEIGHTS-}
 # the hard-negative kinds of the score's steps after training (score calibration, the prior's readout, the
 # naturalness term): when set, they read their own fit and val folders, the same photos, crops, seeds and degraded
-# images with the hard negatives drawn by these weights (grey noise: train/synthetic.py JUNK_KINDS), while the towers,
+# images with the hard negatives drawn again by these weights (grey noise: train/synthetic.py JUNK_KINDS), while the towers,
 # the pair term and the comparison calibration keep the data above (the shipped recipe since 2026-12-05: the five
 # kinds and grey noise, equally, so the score learns that noise without colour is junk too; empty: one fit and one
 # val folder for every step, as every recipe before)
@@ -162,8 +162,9 @@ $PY -m fgresq_sdk.train.synthetic --out "$WORK/val" "${common[@]}" --degradation
 $PY -m fgresq_sdk.train.synthetic --out "$WORK/test" "${common[@]}" --degradations 2 --photo-split test --crops-per-photo "$TEST_CROPS" --seed 1
 VAL="$WORK/val" SCORE_FIT="$WORK/fit" SCORE_VAL="$WORK/val"
 if [ -n "$SCORE_JUNK_WEIGHTS" ]; then
-  $PY -m fgresq_sdk.train.synthetic --out "$WORK/fit-score" "${common[@]}" --degradations "$FIT_DEGRADATIONS" --junk --junk-weights "$SCORE_JUNK_WEIGHTS" --photo-split fit --crops-per-photo "$FIT_CROPS" --seed 0
-  $PY -m fgresq_sdk.train.synthetic --out "$WORK/val-score" "${common[@]}" --degradations 2 --junk --junk-weights "$SCORE_JUNK_WEIGHTS" --photo-split val --crops-per-photo "$VAL_CROPS" --seed 2
+  # (train/redraw_junk.py: synthetic's folders for these weights, drawing only the hard negatives again)
+  $PY -m fgresq_sdk.train.redraw_junk --src "$WORK/fit" --out "$WORK/fit-score" --junk-weights "$SCORE_JUNK_WEIGHTS"
+  $PY -m fgresq_sdk.train.redraw_junk --src "$WORK/val" --out "$WORK/val-score" --junk-weights "$SCORE_JUNK_WEIGHTS"
   SCORE_FIT="$WORK/fit-score" SCORE_VAL="$WORK/val-score"
 fi
 if [ -n "$POLISH_RESIDUE_FRACTION" ]; then

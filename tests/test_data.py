@@ -889,3 +889,41 @@ def test_photo_set_2_reads_rcc_members_and_never_displaces_set_1(tmp_path, monke
     split2 = json.loads((Path(__file__).parents[1] / "train" / "data" / "split-set2.json").read_text())["split"]
     split1 = json.loads((Path(__file__).parents[1] / "train" / "data" / "split.json").read_text())["split"]
     assert all(split2[n] == side for n, side in split1.items())  # set 1's photos keep their sides
+
+
+def test_redraw_junk_makes_synthetics_folder_with_other_hard_negatives_without_degrading_again(clean_photos, tmp_path,
+                                                                                               capsys):
+    """train/redraw_junk.py: the twin of a folder with its hard negatives drawn by other weights holds what
+    train/synthetic.py makes with those weights (images byte for byte, records, pairs in order, the junk recipe),
+    its other images are the source's files; a folder without hard negatives, or an output folder holding other
+    files, is refused in one line."""
+    from fgresq_sdk.train import redraw_junk as rj
+    from fgresq_sdk.train.manifest import Manifest
+
+    grey = {"noise": 1.0, "grey_noise": 3.0, "flat": 1.0}
+    src = syn.generate(clean_photos[:3], tmp_path / "src", seed=4, size=SIZE, version=2, junk=True, workers=1)
+    want = syn.generate(clean_photos[:3], tmp_path / "want", seed=4, size=SIZE, version=2, junk=True, junk_weights=grey)
+    assert rj.main(["--src", str(tmp_path / "src"), "--out", str(tmp_path / "twin"),
+                    "--junk-weights", "noise=1,grey_noise=3,flat=1"]) == 0
+    twin = Manifest.load(tmp_path / "twin")
+    assert list(twin.images) == list(want.images) and twin.pairs == want.pairs and twin.scenes == want.scenes
+    assert twin.recipe["junk"] == want.recipe["junk"] and twin.recipe["redrawn_from"] == str((tmp_path / "src").resolve())
+    for iid, rec in want.images.items():
+        got = twin.images[iid]
+        assert (got.mos, got.scene, got.task, got.content_id, got.strength) == (rec.mos, rec.scene, rec.task,
+                                                                               rec.content_id, rec.strength), iid
+        assert twin.image_path(iid).read_bytes() == want.image_path(iid).read_bytes(), iid
+        assert twin.reference_path(iid).read_bytes() == want.reference_path(iid).read_bytes(), iid
+        inside = twin.image_path(iid).resolve().is_relative_to((tmp_path / "twin").resolve())
+        assert inside == iid.endswith("/J"), iid  # only the hard negatives are new files
+    assert sum(i.endswith("/J") for i in twin.images) == twin.recipe["junk"]["images"] > 0
+    assert any(src.image_path(i).read_bytes() != twin.image_path(i).read_bytes() for i in src.images if i.endswith("/J"))
+    capsys.readouterr()
+    plain = syn.generate(clean_photos[:1], tmp_path / "plain", seed=0, size=SIZE, version=2)
+    assert rj.main(["--src", str(tmp_path / "plain"), "--out", str(tmp_path / "t2")]) == 2
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    assert rj.main(["--src", str(tmp_path / "src"), "--out", str(tmp_path / "mine")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err) and "without --junk" in err[0]
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine" and not (tmp_path / "t2").exists()

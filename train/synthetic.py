@@ -782,6 +782,45 @@ class _ContentPart:
     n_junk: int = 0
 
 
+@dataclass
+class HardNegative:
+    kind: str
+    image: np.ndarray
+    mos: float
+    pairs: list[PairRecord]
+
+
+def hard_negative(seed: int, cid: str, ti: int, x: np.ndarray, mos_range: Sequence[float], last_mos: float,
+                  level_ids: Sequence[str], iid: str, junk_p: np.ndarray | None) -> HardNegative:
+    """The hard negative `iid` of one (content, task) and its pairs with the lowest, middle and highest of
+    `level_ids`. Every draw comes from its own generator, seeded by (seed, content, task), so
+    train/redraw_junk.py can draw it again with other weights and nothing else."""
+    jrng = np.random.default_rng([seed, _crc(cid), ti, 3])
+    kind = (UNWEIGHTED_JUNK_KINDS[int(jrng.integers(len(UNWEIGHTED_JUNK_KINDS)))] if junk_p is None
+            else JUNK_KINDS[int(jrng.choice(len(JUNK_KINDS), p=junk_p))])
+    lo, hi = float(mos_range[0]), float(mos_range[1])
+    jmos = round(lo + (hi - lo) * float(jrng.uniform(0.0, 0.03)), 6)
+    jmos = min(jmos, last_mos - 1e-3 * (hi - lo))
+    image = junk_image(kind, x, jrng)
+    pairs, n = [], len(level_ids)
+    for k in sorted({0, n // 2, n - 1}):
+        if jrng.random() < 0.5:
+            pairs.append(PairRecord(a=level_ids[k], b=iid, label="first"))
+        else:
+            pairs.append(PairRecord(a=iid, b=level_ids[k], label="second"))
+    return HardNegative(kind, image, jmos, pairs)
+
+
+def junk_recipe(junk_p: np.ndarray | None, n_junk: int) -> dict:
+    """The manifest recipe's "junk" entry: which kinds were drawn, how often, and how many."""
+    return {"kinds": list(UNWEIGHTED_JUNK_KINDS if junk_p is None else
+                          [k for k, q in zip(JUNK_KINDS, junk_p) if q > 0]),
+            "rule": "one hard negative J per (content, task), MOS in the bottom 3 % of the scene range, paired with the "
+                    "lowest, middle and highest strength (exempt from the coarse filter: they teach the absolute end "
+                    "of the scale)", "images": n_junk,
+            "kind_probabilities": (None if junk_p is None else dict(zip(JUNK_KINDS, map(float, junk_p))))}
+
+
 def _generate_content(job: _ContentJob, cid: str, crop: np.ndarray) -> _ContentPart:
     """One content's reference, degraded levels, hard negatives and pairs. Every draw is seeded by (seed,
     content, task), never by what other contents drew, so contents can be made in any order or process."""
@@ -823,22 +862,13 @@ def _generate_content(job: _ContentJob, cid: str, crop: np.ndarray) -> _ContentP
                     a, b, lab = ids[j], ids[i], "second"
                 part.pairs.append(PairRecord(a=a, b=b, label="similar" if similar else lab))
         if job.junk:  # hard negative of this (content, task): far below every level, paired across the range
-            jrng = np.random.default_rng([job.seed, _crc(cid), ti, 3])
-            kind = (UNWEIGHTED_JUNK_KINDS[int(jrng.integers(len(UNWEIGHTED_JUNK_KINDS)))] if job.junk_p is None
-                    else JUNK_KINDS[int(jrng.choice(len(JUNK_KINDS), p=job.junk_p))])
-            lo, hi = float(sc["mos_range"][0]), float(sc["mos_range"][1])
-            jmos = round(lo + (hi - lo) * float(jrng.uniform(0.0, 0.03)), 6)
-            jmos = min(jmos, mos[-1] - 1e-3 * (hi - lo))
             iid, rel = f"{cid}/{t}/{HARD_NEGATIVE_LEVEL}", f"images/{cid}/{t}/{HARD_NEGATIVE_LEVEL}.png"
-            _save_png(junk_image(kind, x, jrng), job.out_dir / rel)
+            j = hard_negative(job.seed, cid, ti, x, sc["mos_range"], mos[-1], ids, iid, job.junk_p)
+            _save_png(j.image, job.out_dir / rel)
             part.images[iid] = ImageRecord(image_id=iid, path=rel, scene=scene, task=t, content_id=cid,
-                                           mos=jmos, reference=ref_rel, strength=1.0)
+                                           mos=j.mos, reference=ref_rel, strength=1.0)
             part.n_junk += 1
-            for k in sorted({0, len(job.strengths) // 2, len(job.strengths) - 1}):
-                if jrng.random() < 0.5:
-                    part.pairs.append(PairRecord(a=ids[k], b=iid, label="first"))
-                else:
-                    part.pairs.append(PairRecord(a=iid, b=ids[k], label="second"))
+            part.pairs += j.pairs
     return part
 
 
@@ -950,12 +980,7 @@ def generate(photos: Sequence[tuple[str, np.ndarray]], out_dir, seed: int = 0, s
         "coarse_rule": "pairs with |MOS_a - MOS_b| > scene coarse_threshold dropped",
         "degradation_version": int(version),
         "implementations": implementations,
-        "junk": ({"kinds": list(UNWEIGHTED_JUNK_KINDS if junk_p is None else
-                                [k for k, q in zip(JUNK_KINDS, junk_p) if q > 0]), "rule": "one hard negative J per (content, task), MOS in the bottom 3 % "
-                  "of the scene range, paired with the lowest, middle and highest strength (exempt from the coarse "
-                  "filter: they teach the absolute end of the scale)", "images": n_junk,
-                  "kind_probabilities": (None if junk_p is None else dict(zip(JUNK_KINDS, map(float, junk_p))))}
-                 if junk else None),
+        "junk": junk_recipe(junk_p, n_junk) if junk else None,
         "counts": {"candidate_pairs": n_candidates, "coarse_dropped": n_coarse, "pairs": len(pairs),
                    "similar": n_sim, "images": len(images)},
     }
