@@ -1258,7 +1258,7 @@ def test_default_recipe_smoke_run(tmp_path):
     assert impl and sum(r["n_pairs"] for rows in impl.values() for r in rows.values()) > 0
     assert all(0.0 <= r["FGResQ"] <= 1.0 for rows in impl.values() for r in rows.values())
     jv = out["junk_vs_clean"]
-    assert jv["n_clean"] == 2 and jv["n_junk"] == 10 and 0.0 <= jv["clean_wins"] <= 1.0
+    assert jv["n_clean"] == 2 and jv["n_junk"] == 2 * 6 and 0.0 <= jv["clean_wins"] <= 1.0
 
 
 def test_score_calibration_spreads_scores_and_keeps_every_order(manifest_dir, tmp_path):
