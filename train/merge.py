@@ -26,7 +26,8 @@ from pathlib import Path
 from .manifest import Manifest, PairRecord, refuse_foreign_output
 
 
-def _absolute(root: Path, rel: str | None) -> str | None:
+def absolute_path(root: Path, rel: str | None) -> str | None:
+    """`rel` (relative to `root`) as an absolute path string; None or empty stays as it is."""
     return str((Path(root) / rel).resolve()) if rel else rel
 
 
@@ -49,7 +50,7 @@ def merge(base: Manifest, added: list[tuple[str, Manifest]]) -> Manifest:
             if new_id in images:
                 raise ValueError(f"{tag}: image id {new_id!r} is already in the merge")
             images[new_id] = replace(r, image_id=new_id, content_id=f"{tag}:{r.content_id}",
-                                     path=_absolute(m.root, r.path), reference=_absolute(m.root, r.reference))
+                                     path=absolute_path(m.root, r.path), reference=absolute_path(m.root, r.reference))
         pairs += [PairRecord(a=f"{tag}:{p.a}", b=f"{tag}:{p.b}", label=p.label) for p in m.pairs]
         # a key is implementation_key(content, task), content first: the tag prefixes it as it prefixes the content
         implementations.update({f"{tag}:{k}": v for k, v in (m.recipe.get("implementations") or {}).items()})

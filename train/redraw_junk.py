@@ -22,12 +22,9 @@ import numpy as np
 from PIL import Image
 
 from .manifest import SAVED_FILES, Manifest, foreign_entries
+from .merge import absolute_path
 from .synthetic import (HARD_NEGATIVE_LEVEL, TASKS, _save_png, hard_negative, is_hard_negative, junk_probabilities,
                         parse_junk_weights, junk_recipe)
-
-
-def _absolute(root: Path, rel: str | None) -> str | None:
-    return str((Path(root) / rel).resolve()) if rel else rel
 
 
 def redraw(src: Manifest, out: Path, junk_weights: dict[str, float] | None) -> Manifest:
@@ -40,7 +37,8 @@ def redraw(src: Manifest, out: Path, junk_weights: dict[str, float] | None) -> M
     images, drawn = {}, {}
     for iid, rec in src.images.items():
         if not is_hard_negative(iid):
-            images[iid] = replace(rec, path=_absolute(src.root, rec.path), reference=_absolute(src.root, rec.reference))
+            images[iid] = replace(rec, path=absolute_path(src.root, rec.path),
+                                  reference=absolute_path(src.root, rec.reference))
             continue
         cid, task = rec.content_id, rec.task
         level_ids = [f"{cid}/{task}/L{k}" for k in range(n_levels)]
@@ -49,7 +47,7 @@ def redraw(src: Manifest, out: Path, junk_weights: dict[str, float] | None) -> M
                           src.images[level_ids[-1]].mos, level_ids, iid, junk_p)
         rel = f"images/{cid}/{task}/{HARD_NEGATIVE_LEVEL}.png"
         _save_png(j.image, out / rel)
-        images[iid] = replace(rec, path=rel, mos=j.mos, reference=_absolute(src.root, rec.reference))
+        images[iid] = replace(rec, path=rel, mos=j.mos, reference=absolute_path(src.root, rec.reference))
         drawn[iid] = list(j.pairs)
     pairs = []
     for p in src.pairs:  # each hard negative's pairs where synthetic put them, in its order

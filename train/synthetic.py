@@ -784,7 +784,6 @@ class _ContentPart:
 
 @dataclass
 class HardNegative:
-    kind: str
     image: np.ndarray
     mos: float
     pairs: list[PairRecord]
@@ -808,7 +807,7 @@ def hard_negative(seed: int, cid: str, ti: int, x: np.ndarray, mos_range: Sequen
             pairs.append(PairRecord(a=level_ids[k], b=iid, label="first"))
         else:
             pairs.append(PairRecord(a=iid, b=level_ids[k], label="second"))
-    return HardNegative(kind, image, jmos, pairs)
+    return HardNegative(image, jmos, pairs)
 
 
 def junk_recipe(junk_p: np.ndarray | None, n_junk: int) -> dict:
