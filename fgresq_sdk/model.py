@@ -275,7 +275,12 @@ class LowLevelPrior(nn.Module):
     and the remote client all read the comparison head from heads.npz on the encoder's features, so the term
     reaches every runtime without a new output or head. Why at all: a logistic regression of pair decisions on
     these statistics, fitted on fit photos, ranked the val pairs better than the trained towers' head (0.987 vs
-    0.971 without hard negatives; probe v37, docs/default-model-history.md)."""
+    0.971 without hard negatives; probe v37, docs/default-model-history.md).
+    With ``"junk_floor": true`` (needs "pair") the same unit also loses slope · relu(threshold − ℓ(x)), ℓ the
+    score logit above: an image the score calls junk loses κ = 2·slope times its distance below the threshold in
+    every comparison, and images above it are not moved at all (train/junk_floor.py). Why: the head and the pair
+    term were fitted on versions of one photo, so `compare` and `rank` put a grey-noise PNG above a photo the score
+    rated far higher; the floor hands such pairs to the score without touching the others."""
 
     def __init__(self, cfg: dict[str, Any], mean: list[float], std: list[float], feature_size: int = 0):
         super().__init__()
@@ -308,6 +313,14 @@ class LowLevelPrior(nn.Module):
                 raise ValueError("prior: 'pair' needs the model's feature size")
             self.pair = nn.Linear(n_stats, 1)
             self.pair_direction = nn.Parameter(torch.zeros(feature_size))
+        self.junk_threshold: nn.Parameter | None = None
+        self.junk_slope: nn.Parameter | None = None
+        if cfg.get("junk_floor"):
+            if self.pair is None:
+                raise ValueError("prior: 'junk_floor' moves the features along the pair term's direction: it needs 'pair'")
+            # slope 0: no floor until train/junk_floor.py fits one
+            self.junk_threshold = nn.Parameter(torch.zeros(1))
+            self.junk_slope = nn.Parameter(torch.zeros(1))
         for prm in self.parameters():
             prm.requires_grad_(False)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1), persistent=False)
@@ -335,6 +348,14 @@ class LowLevelPrior(nn.Module):
             stats.append(classical_statistics(rgb))
         return torch.cat(stats, dim=1)
 
+    def junk_shift(self, logit: torch.Tensor) -> torch.Tensor | None:
+        """With "junk_floor": −slope · relu(threshold − logit), [N, 1], the pair term's unit for an image whose
+        score logit is below the threshold (None without the floor). Two parameters of their own, each an input of
+        its own node, so the exported graph keeps them under their names (export/read_back.py)."""
+        if self.junk_threshold is None:
+            return None
+        return -(self.junk_slope * F.relu(self.junk_threshold - logit))
+
     def _score_term(self, s: torch.Tensor) -> torch.Tensor:
         if self.gate is None:
             return self.readout(s)
@@ -344,11 +365,16 @@ class LowLevelPrior(nn.Module):
         """The term added to the score logit, [N, 1]; with `with_shift`, (that term, the features' shift [N, F] or
         None without a pair term) from one pass over the statistics. One entry point, called as the module: the
         exported graph names its nodes `/prior/...` by that call, and export/half.py keeps them fp32 by the name."""
-        s = self.statistics(x)
-        term = self._score_term(s)
+        term, unit = self.read(self.statistics(x))
         if not with_shift:
             return term
-        return term, (None if self.pair is None else self.pair(s) * self.pair_direction)
+        return term, (None if unit is None else unit * self.pair_direction)
+
+    def read(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the score term [N, 1], the pair term's unit u [N, 1] or None) from statistics already computed: what
+        the fitting steps (train/fit_prior.py, train/junk_floor.py) read the images through, without reading them
+        again."""
+        return self._score_term(s), (None if self.pair is None else self.pair(s))
 
 
 def build_image_tower(cfg: dict[str, Any]) -> nn.Module:
@@ -447,9 +473,13 @@ class FGResQ(nn.Module):
         if self.prior is None:
             return q, self.score_from_features(q)
         term, shift = self.prior(x, with_shift=True)
-        score = torch.sigmoid(self.score_logit(q) + term).squeeze(-1)
+        logit = self.score_logit(q) + term
+        score = torch.sigmoid(logit).squeeze(-1)
         # the pair term moves the features along a direction the score head does not read: the score above is
         # computed before it, so a model with the term scores exactly as without it
+        floor = self.prior.junk_shift(logit)
+        if floor is not None:  # the junk floor moves them along the same direction, by the score it leaves alone
+            shift = shift + floor * self.prior.pair_direction
         return (q if shift is None else q + shift), score
 
 

@@ -128,17 +128,21 @@ eval_both() {  # manifest, out for the new bundle, out for the installed default
 }
 ship_rule() {  # eval.json of new and installed on the test photos, then on the residue check: exit 0 = may ship
   # (step 6 says why); the comparison goes to stdout (the log)
-  # key: mean test pair ACC (3 decimals); at a tie the junk-vs-clean target met, then cross-content SRCC, then junk
+  # key: mean test pair ACC (3 decimals); at a tie the junk-vs-clean target met (by the score and, since
+  # 2026-12-05, by the comparisons that rank reads too), then cross-content SRCC, then junk
   $PY - "$@" <<'PYEOF'
 import json, sys
 new, old, new_res, old_res = (json.load(open(p)) for p in sys.argv[1:5])
 junk = lambda r: (r.get("junk_vs_clean") or {}).get("clean_wins", 0)
+junk_compared = lambda r: (r.get("junk_vs_clean") or {}).get("compare_clean_wins", 0)
 cross = lambda r: round(((r.get("cross_content_srcc") or {}).get("FGResQ") or {}).get("all") or 0.0, 3)
-key = lambda r: (round(r["methods"]["FGResQ"]["average"]["acc"], 3), junk(r) >= 0.95, cross(r), junk(r))
+key = lambda r: (round(r["methods"]["FGResQ"]["average"]["acc"], 3), junk(r) >= 0.95 and junk_compared(r) >= 0.95,
+                 cross(r), junk(r))
 # a new default must not lose the per-task floor (issue 13: pair ACC >= 0.85 on every task) the installed one holds
 floor = lambda r: min(v["acc"] for v in r["methods"]["FGResQ"]["per_task"].values() if v.get("acc") is not None)
 residue = lambda r: round(r["methods"]["FGResQ"]["average"]["acc"], 3)
-print("new", key(new), "lowest task", round(floor(new), 3), "installed", key(old), "lowest task", round(floor(old), 3))
+print("new", key(new), "lowest task", round(floor(new), 3), "junk by comparison", round(junk_compared(new), 3),
+      "installed", key(old), "lowest task", round(floor(old), 3), "junk by comparison", round(junk_compared(old), 3))
 print("sharpening-residue check: new", residue(new_res), "installed", residue(old_res))
 sys.exit(0 if key(new) > key(old) and floor(new) >= min(0.85, floor(old)) and residue(new_res) >= residue(old_res) else 1)
 PYEOF

@@ -444,6 +444,23 @@ def test_v2_degradations_every_implementation_runs_and_grows_with_strength():
         assert (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all() and g[..., 0].std() > 30
     # drawn only when a recipe names it: the unweighted draw is every earlier recipe's, byte for byte
     assert "grey_noise" in syn.JUNK_KINDS and "grey_noise" not in syn.UNWEIGHTED_JUNK_KINDS
+    # resized noise: a larger noise file as the bundle's resize brings it down, smoother than noise drawn at the
+    # working size but noise all the same (no flat frame), grey and colour among the draws
+    rough = lambda im: float(np.abs(np.diff(im.astype(np.int16)[..., 0], axis=1)).mean())  # noqa: E731
+    greys = set()
+    for seed in range(8):
+        r = syn.junk_image("resized_noise", x, np.random.default_rng(seed))
+        assert r.shape == x.shape and r.dtype == np.uint8 and r.std() > 5
+        assert rough(r) < rough(syn.junk_image("noise", x, np.random.default_rng(seed)))
+        greys.add(bool((r[..., 0] == r[..., 1]).all()))
+    assert greys == {True, False}
+    assert "resized_noise" not in syn.UNWEIGHTED_JUNK_KINDS
+    # a kind appended with weight 0 leaves a weighted draw of the kinds before it as it was (numpy's choice reads
+    # the cumulative probabilities): six-kind recipes keep their bytes
+    p6 = np.array([1, 1, 1, 1, 1, 1.0]) / 6
+    for seed in range(200):
+        assert (np.random.default_rng(seed).choice(6, p=p6)
+                == np.random.default_rng(seed).choice(7, p=np.append(p6, 0.0)))
 
 
 def test_v2_generate_with_junk(clean_photos, tmp_path):

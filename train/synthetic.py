@@ -600,12 +600,15 @@ def _make_sharpen_residue(task: str, rng: np.random.Generator, size: int) -> Deg
     return _named(f, kind)
 
 
-JUNK_KINDS = ("noise", "flat", "extreme_blur", "extreme_jpeg", "banding", "grey_noise")
+JUNK_KINDS = ("noise", "flat", "extreme_blur", "extreme_jpeg", "banding", "grey_noise", "resized_noise")
 # The draw without --junk-weights: the first five kinds, uniformly. "grey_noise" (the noise kind's draw on one channel,
 # repeated: achromatic noise) came later, once the default scored it like a clean photo (2026-12-05: 0.84-0.88 on the
 # test references against colour noise's 0.05) because every noise negative it was taught was chromatic; a recipe
 # draws it by naming it in --junk-weights, so every earlier recipe's data stays byte for byte. The evaluation
-# (train/evaluate.py) shows every model all of JUNK_KINDS.
+# (train/evaluate.py) shows every model all of JUNK_KINDS. "resized_noise" (2026-12-05, later): the same fields drawn
+# larger than the image and brought down by the bundle's own resize (Pillow's antialiased bilinear), as a user's
+# noise PNG of any size reaches the encoder: per-pixel noise at the working size alone taught a score that put a
+# 1024x768 grey-noise PNG at 0.76 and a colour one at 0.38, above a blurred photo.
 UNWEIGHTED_JUNK_KINDS = JUNK_KINDS[:5]
 HARD_NEGATIVE_LEVEL = "J"  # the hard negative of a (content, task) is image <content>/<task>/J
 
@@ -653,6 +656,8 @@ def junk_image(kind: str, x: np.ndarray, rng: np.random.Generator) -> np.ndarray
         shape = (h, w, 3 if kind == "noise" else 1)
         field = rng.uniform(0, 255, shape) if rng.random() < 0.5 else 128 + 60 * rng.standard_normal(shape)
         return _q(np.broadcast_to(field, (h, w, 3)))
+    if kind == "resized_noise":
+        return resized_noise(h, w, rng)
     if kind == "flat":
         return _q(np.ones_like(x) * (x.reshape(-1, 3).mean(0) if rng.random() < 0.5 else rng.uniform(0, 255, 3)))
     if kind == "extreme_blur":
@@ -665,6 +670,21 @@ def junk_image(kind: str, x: np.ndarray, rng: np.random.Generator) -> np.ndarray
         y = np.round(_gauss(x, 2.0) / 255.0 * (levels - 1)) / (levels - 1) * 255.0
         return _q(y)
     raise ValueError(kind)
+
+
+RESIZED_NOISE_SCALES = (1.25, 6.0)  # how much larger than the image its noise field is drawn, per side
+
+
+def resized_noise(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A uint8 noise image of a seeded larger size (each side 1.25-6x, log-uniform, independently: squashed as a
+    non-square file is) brought to h x w by Pillow's antialiased bilinear resize, the bundle's own
+    (fgresq_sdk.preprocess, bilinear-antialias); colour or grey, uniform or Gaussian, as the noise kinds."""
+    lo, hi = np.log(RESIZED_NOISE_SCALES[0]), np.log(RESIZED_NOISE_SCALES[1])
+    big_h, big_w = (int(round(n * np.exp(rng.uniform(lo, hi)))) for n in (h, w))
+    shape = (big_h, big_w, 3 if rng.random() < 0.5 else 1)
+    field = rng.uniform(0, 255, shape) if rng.random() < 0.5 else 128 + 60 * rng.standard_normal(shape)
+    big = Image.fromarray(_q(np.broadcast_to(field, (big_h, big_w, 3))))
+    return np.asarray(big.resize((w, h), Image.BILINEAR), dtype=np.uint8)
 
 
 _MAKERS: dict[str, Callable[[np.random.Generator, int], Degrade]] = {
