@@ -276,9 +276,9 @@ class LowLevelPrior(nn.Module):
     reaches every runtime without a new output or head. Why at all: a logistic regression of pair decisions on
     these statistics, fitted on fit photos, ranked the val pairs better than the trained towers' head (0.987 vs
     0.971 without hard negatives; probe v37, docs/default-model-history.md).
-    With ``"junk_floor": true`` (needs "pair") the same unit also loses slope · relu(threshold − ℓ(x)), ℓ the
-    score logit above: an image the score calls junk loses κ = 2·slope times its distance below the threshold in
-    every comparison, and images above it are not moved at all (train/junk_floor.py). Why: the head and the pair
+    With ``"junk_floor": true`` (needs "pair") the same unit also loses `slope` where ℓ(x), the score logit
+    above, is below `threshold`: an image the score calls junk loses κ = 2·slope of margin in every comparison with
+    an image above the threshold, while images on the same side of it compare as before (train/junk_floor.py). Why: the head and the pair
     term were fitted on versions of one photo, so `compare` and `rank` put a grey-noise PNG above a photo the score
     rated far higher; the floor hands such pairs to the score without touching the others."""
 
@@ -349,12 +349,13 @@ class LowLevelPrior(nn.Module):
         return torch.cat(stats, dim=1)
 
     def junk_shift(self, logit: torch.Tensor) -> torch.Tensor | None:
-        """With "junk_floor": −slope · relu(threshold − logit), [N, 1], the pair term's unit for an image whose
-        score logit is below the threshold (None without the floor). Two parameters of their own, each an input of
-        its own node, so the exported graph keeps them under their names (export/read_back.py)."""
+        """With "junk_floor": −slope where the score logit is below the threshold, else 0, [N, 1]: the pair term's
+        unit moves by a step, not by the distance, so two images that are both below it compare as before (None
+        without the floor). Two parameters of their own, each an input of its own node, so the exported graph
+        keeps them under their names (export/read_back.py)."""
         if self.junk_threshold is None:
             return None
-        return -(self.junk_slope * F.relu(self.junk_threshold - logit))
+        return -(self.junk_slope * (logit < self.junk_threshold).to(logit.dtype))
 
     def _score_term(self, s: torch.Tensor) -> torch.Tensor:
         if self.gate is None:

@@ -1,5 +1,5 @@
-"""The prior's junk floor: it moves the comparisons of an image whose score logit is below its threshold, by κ times
-the distance, and nothing else (torch, the exported graph and read_back alike); its fit chooses what its grid says
+"""The prior's junk floor: it moves the comparisons of an image whose score logit is below its threshold against
+images above it, by κ, and nothing else (torch, the exported graph and read_back alike); its fit chooses what its grid says
 and gives no weight where the comparisons are already right."""
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ def test_the_floor_is_chosen_by_val_pair_acc_and_gets_no_weight_where_comparison
     # comparisons already right everywhere: the tie goes to κ = 0, the floor does nothing
     right = np.where(y > 0.5, 1.0, -1.0)
     assert choose_floor(right, logit, a, b, y, logit[~junk])[1] == 0.0
-    # the floor's margin: only images below t move, by their distance to it
+    # the floor's margin: a step, one unit against an image below t; two on the same side of it do not move
     np.testing.assert_allclose(floor_margin(np.array([5.0, -1.0, -3.0]), np.array([0, 1, 2]), np.array([1, 2, 0]), 0.0),
-                               [1.0, 2.0, -3.0])
+                               [1.0, 0.0, -1.0])
 
 
 def _model_with_floor(seed: int = 0):
@@ -92,8 +92,9 @@ def test_the_floor_moves_only_comparisons_of_images_below_it_and_survives_export
     ia, ib = np.array([0, 1, 2, 3, 4, 5, 0]), np.array([5, 4, 3, 2, 1, 0, 1])
     moved = head.pair_logits(q.double().numpy()[ia], q.double().numpy()[ib])
     plain = head.pair_logits(q0.double().numpy()[ia], q0.double().numpy()[ib])
-    gap = np.maximum(t - logit, 0.0)
-    d = -0.5 * kappa * (gap[ia] - gap[ib])  # the unit's difference; the margin moves by twice it
+    step = (logit < t).astype(np.float64)
+    d = -0.5 * kappa * (step[ia] - step[ib])  # the unit's difference; the margin moves by twice it
+    assert (d == 0).any() and (d != 0).any()  # pairs on one side of t and pairs across it
     assert np.abs(d).max() > 0.1
     np.testing.assert_allclose(moved - plain, np.stack([d, -d, 0 * d], 1), atol=2e-4 * max(1.0, np.abs(d).max()))
     # a prior without the pair term has no direction to move along

@@ -6,8 +6,9 @@ versions of one photo: neither ever saw a pair of a photo and grey noise. So `co
 comparisons) could put a noise PNG above a clean photo that `score` rates far higher (2026-12-05: a 400x300 grey-
 noise frame scored 0.59 against the astronaut's 0.93, yet won the comparison; on the val photos' grey-noise pairs
 the comparison was right on 0.656, the score on 1.000). The floor hands such pairs to the score: an image whose
-score logit ℓ is below a threshold t loses κ · (t − ℓ) of margin in every comparison it is in; every image above t
-is not moved, so comparisons of images that are not junk by the score keep their decisions.
+score logit ℓ is below a threshold t loses κ of margin in every comparison with an image above t. A step, not a
+ramp: two images on the same side of t compare exactly as before, so the order among heavily degraded versions
+(the head's and pair term's job, which they do better than the score) is not handed to the score either.
 
 Steps, deterministic:
 1. on the val photos with hard negatives (the score's val folder): every ranked pair's margin as the model stands
@@ -17,7 +18,7 @@ Steps, deterministic:
 3. κ from a grid with 0 in it, (t, κ) by val pair ACC over every ranked pair at three decimals (eval's rule and
    the epoch choice's key; ties: the smaller κ, then the smaller t): a floor that does not help gets no weight;
 4. the floor enters the model as the pair term does (a unit along the pair direction, train/pair_term.py):
-   u(x) −= (κ/2) · relu(t − ℓ(x)), so a comparison's margin gains −κ · (relu(t − ℓ(a)) − relu(t − ℓ(b))).
+   u(x) −= (κ/2) · [ℓ(x) < t], so a comparison's margin gains −κ · ([ℓ(a) < t] − [ℓ(b) < t]).
 """
 from __future__ import annotations
 
@@ -30,12 +31,12 @@ __all__ = ["DEFAULT_QUANTILES", "DEFAULT_KAPPAS", "floor_margin", "choose_floor"
            "fit_junk_floor"]
 
 DEFAULT_QUANTILES = (0.0, 0.01, 0.02, 0.05)
-DEFAULT_KAPPAS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+DEFAULT_KAPPAS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
 
 def floor_margin(logit: np.ndarray, a: np.ndarray, b: np.ndarray, threshold: float) -> np.ndarray:
-    """−(relu(t − ℓ(a)) − relu(t − ℓ(b))): the floor's margin for (a, b) per unit of κ."""
-    below = np.maximum(threshold - np.asarray(logit, np.float64), 0.0)
+    """−([ℓ(a) < t] − [ℓ(b) < t]): the floor's margin for (a, b) per unit of κ."""
+    below = (np.asarray(logit, np.float64) < threshold).astype(np.float64)
     return below[b] - below[a]
 
 
