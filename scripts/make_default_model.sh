@@ -55,11 +55,17 @@ FIT_EXCLUDE=${FIT_EXCLUDE-} POLISH_EXCLUDE=${POLISH_EXCLUDE-}
 JUNK_WEIGHTS=${JUNK_WEIGHTS-} VAL_JUNK_WEIGHTS=${VAL_JUNK_WEIGHTS-}
 # the hard-negative kinds of the score's steps after training (score calibration, the prior's readout, the
 # naturalness term): when set, they read their own fit and val folders, the same photos, crops, seeds and degraded
-# images with the hard negatives drawn again by these weights (grey noise: train/synthetic.py JUNK_KINDS), while the towers,
-# the pair term and the comparison calibration keep the data above (the shipped recipe since 2026-12-05: the five
-# kinds and grey noise, equally, so the score learns that noise without colour is junk too; empty: one fit and one
-# val folder for every step, as every recipe before)
-SCORE_JUNK_WEIGHTS=${SCORE_JUNK_WEIGHTS-noise=1,flat=1,extreme_blur=1,extreme_jpeg=1,banding=1,grey_noise=1}
+# images with the hard negatives drawn again by these weights (grey noise: train/synthetic.py JUNK_KINDS), while the towers
+# and the comparison calibration keep the data above (the shipped recipe since 2026-12-05: the five kinds, grey noise
+# and resized noise, equally, so the score learns that noise without colour, and noise of a file larger than the
+# view, are junk too; without resized_noise, the recipe of the morning of 2026-12-05; empty: one fit and one val folder
+# for every step, as every recipe before)
+SCORE_JUNK_WEIGHTS=${SCORE_JUNK_WEIGHTS-noise=1,flat=1,extreme_blur=1,extreme_jpeg=1,banding=1,grey_noise=1,resized_noise=1}
+# the pair term's data (fit_prior --pair-fit-manifest / --pair-val-manifest): "score" (the shipped recipe since the
+# evening of 2026-12-05): the score's fit folder, its weight β chosen on the score's val folder pooled with the val
+# photos' own sharpening-residue folder (the v4 residue generators, 2 crops, seed 2), so the comparisons see every
+# junk kind too and β is read where the residue shows; "towers": the towers' fit and val folders, as before
+PAIR_DATA=${PAIR_DATA:-score}
 # the polish cycle after the epoch choice (step 4; empty: none, as every recipe before v19) and its subset
 POLISH=${POLISH-default-compact-v20-polish}
 POLISH_PAIR_FRACTION=${POLISH_PAIR_FRACTION:-0.25} POLISH_JUNK_FRACTION=${POLISH_JUNK_FRACTION:-0.15}
@@ -171,12 +177,18 @@ if [ -n "$SCORE_JUNK_WEIGHTS" ]; then
   $PY -m fgresq_sdk.train.redraw_junk --src "$WORK/val" --out "$WORK/val-score" --junk-weights "$SCORE_JUNK_WEIGHTS"
   SCORE_FIT="$WORK/fit-score" SCORE_VAL="$WORK/val-score"
 fi
+if [ -n "$POLISH_RESIDUE_FRACTION" ] || [ "$PAIR_DATA" = score ]; then residue_data "$WORK/val-residue" val 2 2; fi
 if [ -n "$POLISH_RESIDUE_FRACTION" ]; then
   residue_data "$WORK/residue-fit" fit "$FIT_CROPS" 0
-  residue_data "$WORK/val-residue" val 2 2
   $PY -m fgresq_sdk.train.merge --out "$WORK/val-plus" --base "$WORK/val" --add "residue=$WORK/val-residue"
   VAL="$WORK/val-plus"
 fi
+case "$PAIR_DATA" in
+  score) PAIR_FIT="$SCORE_FIT" PAIR_VAL="$WORK/pair-val"
+         $PY -m fgresq_sdk.train.merge --out "$PAIR_VAL" --base "$SCORE_VAL" --add "residue=$WORK/val-residue" ;;
+  towers) PAIR_FIT="$WORK/fit" PAIR_VAL="$WORK/val" ;;
+  *) echo "PAIR_DATA must be score or towers (got $PAIR_DATA)" >&2; exit 2 ;;
+esac
 timed data
 # 3. training (stage 1 DFL, stage 2 FGResQ; val metrics logged every epoch) on the CPU-budget subset: a seeded
 #    PAIR_FRACTION of the ranked pairs and JUNK_FRACTION of the hard-negative pairs (the 'similar' pairs left out:
@@ -250,7 +262,7 @@ PYEOF
   fi
   $PY -m fgresq_sdk.train.fit_prior --checkpoint "$CKPT" --weights "$W2X" --fit-manifest "$SCORE_FIT" \
       --val-manifest "$SCORE_VAL" --out "$WORK/run/prior.safetensors" --classical --pair-term \
-      --pair-fit-manifest "$WORK/fit" --pair-val-manifest "$WORK/val" --force
+      --pair-fit-manifest "$PAIR_FIT" --pair-val-manifest "$PAIR_VAL" --force
   CKPT="$WORK/run/prior.safetensors"
 fi
 timed prior
@@ -332,7 +344,7 @@ rm -f fgresq_sdk/default_model/*.onnx fgresq_sdk/default_model/*.npz fgresq_sdk/
 SHIPPED_POLISH=$([ "$SHIPPED" = "$RECIPE" ] || echo "$POLISH")  # set apart: prefix assignments see each other
 BASE_RECIPE=$RECIPE RECIPE="$SHIPPED" POLISH="$SHIPPED_POLISH" \
     POLISH_PAIR_FRACTION="$POLISH_PAIR_FRACTION" POLISH_JUNK_FRACTION="$POLISH_JUNK_FRACTION" PHOTO_SET="$PHOTO_SET" SPLIT="$SPLIT" FIT_CROPS="$FIT_CROPS" VAL_CROPS="$VAL_CROPS" \
-    PAIR_FRACTION="$PAIR_FRACTION" JUNK_FRACTION="$JUNK_FRACTION" JUNK_WEIGHTS="$JUNK_WEIGHTS" VAL_JUNK_WEIGHTS="$VAL_JUNK_WEIGHTS" SCORE_JUNK_WEIGHTS="$SCORE_JUNK_WEIGHTS" \
+    PAIR_FRACTION="$PAIR_FRACTION" JUNK_FRACTION="$JUNK_FRACTION" JUNK_WEIGHTS="$JUNK_WEIGHTS" VAL_JUNK_WEIGHTS="$VAL_JUNK_WEIGHTS" SCORE_JUNK_WEIGHTS="$SCORE_JUNK_WEIGHTS" PAIR_DATA="$PAIR_DATA" \
     FIT_DEGRADATIONS="$FIT_DEGRADATIONS" FIT_EXCLUDE="$FIT_EXCLUDE" POLISH_EXCLUDE="$POLISH_EXCLUDE" \
     POLISH_RESIDUE_FRACTION="$POLISH_RESIDUE_FRACTION" PRIOR="$PRIOR" WORK="$WORK" \
     $PY - "$WORK/default-bundle" "$best" <<'PYEOF'
@@ -369,6 +381,9 @@ extra["training"] = {"recipe": f"train/configs/{recipe}.json", "script": "script
                              + (f"; the score's steps after training (score calibration, the prior's readout, the "
                                 f"naturalness term) on the same fit and val photos with hard-negative kinds drawn with "
                                 f"weights {env['SCORE_JUNK_WEIGHTS']}" if env.get("SCORE_JUNK_WEIGHTS") else "")
+                             + ("; the pair term on the score's fit folder, its weight on the score's val folder "
+                                "pooled with the val photos' sharpening-residue folder (2 crops, seed 2)"
+                                if env.get("PAIR_DATA") == "score" else "")
                              + (f"; stage 2 without the pairs of {env['FIT_EXCLUDE']}" if env.get("FIT_EXCLUDE") else "")}
 # where the towers were trained: the recipe reproduces them byte for byte on that CPU type (README, "CPU kernels")
 from fgresq_sdk.train.logs import training_machine
