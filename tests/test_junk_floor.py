@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .conftest import HAS_TORCH, PRIOR_SHAPES, photo, random_convs
+from .conftest import HAS_TORCH, photo
+from .test_pair_term import exported_and_read_back, model_with_pair_term
 from .test_prior import prior_inputs
 
 needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
@@ -39,41 +40,16 @@ def test_the_floor_is_chosen_by_val_pair_acc_and_gets_no_weight_where_comparison
                                [1.0, 0.0, -1.0])
 
 
-def _model_with_floor(seed: int = 0):
-    import torch
-
-    from fgresq_sdk.model import FGResQ
-    from fgresq_sdk.train.fit_prior import PRIOR, attach_prior
-    from fgresq_sdk.train.pair_term import install_pair_term
-
-    torch.manual_seed(seed)
-    base = FGResQ("fgresq-compact-cnn-ms2").eval()
-    model = attach_prior(base, [random_convs(PRIOR_SHAPES, seed=1 + b) for b in range(2)], 3,
-                         prior=dict(PRIOR, classical=True, pair=True, junk_floor=True))
-    with torch.no_grad():
-        for lin in (model.prior.readout, model.prior.gate):  # non-zero biases: read_back needs distinct tensors
-            lin.weight.normal_(0, 0.05)
-            lin.bias.normal_(0, 0.1)
-    rng = np.random.default_rng(seed)
-    n = model.prior.readout.in_features
-    install_pair_term(model, rng.normal(size=n), rng.normal(size=n), rng.uniform(0.5, 2.0, size=n), beta=1.0)
-    return model
-
-
 @needs_torch
 def test_the_floor_moves_only_comparisons_of_images_below_it_and_survives_export_and_read_back(tmp_path):
     import copy
 
     import torch
 
-    from fgresq_sdk.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from fgresq_sdk.bundle import load_bundle
-    from fgresq_sdk.export.onnx_export import export_bundle
-    from fgresq_sdk.export.read_back import read_back
     from fgresq_sdk.heads import CompareHeadNP
     from fgresq_sdk.train.junk_floor import install_junk_floor
 
-    model = _model_with_floor()
+    _, model, _ = model_with_pair_term(junk_floor=True)
     x = torch.randn(6, 3, 224, 224) * torch.tensor([0.05, 0.1, 0.3, 0.6, 1.0, 1.5]).reshape(6, 1, 1, 1)
     with torch.no_grad():
         q0, s0 = model(x)  # slope 0: the floor is in the graph but moves nothing
@@ -104,11 +80,7 @@ def test_the_floor_moves_only_comparisons_of_images_below_it_and_survives_export
     with pytest.raises(ValueError, match="junk_floor"):
         FGResQ(cfg)
     # the exported graph computes the same, and reads back into the same floor
-    out = export_bundle(model, tmp_path / "bundle", source="test")
-    feats, scores = OnnxRuntimeBackend(load_bundle(out)).encode(x.numpy())
-    assert np.abs(scores.reshape(-1) - s.numpy()).max() <= 1e-4
-    assert np.abs(feats - q.numpy()).max() <= 1e-3 * max(1.0, float(q.abs().max()))
-    again, _ = read_back(out)
+    again = exported_and_read_back(model, x, q, s, tmp_path)
     assert again.cfg["prior"]["junk_floor"] is True
     assert torch.equal(again.prior.junk_threshold, model.prior.junk_threshold)
     assert torch.equal(again.prior.junk_slope, model.prior.junk_slope)

@@ -57,7 +57,9 @@ def test_pair_fit_recovers_a_rule_by_cv_and_weighs_it_by_val():
     np.testing.assert_allclose(head_margin(cw, q, a, b), want, atol=1e-12)
 
 
-def _model_with_pair_term(seed: int = 0):
+def model_with_pair_term(seed: int = 0, **prior_keys):
+    """(plain model, the same with a prior whose pair term is installed, (w, μ, σ, β)); `prior_keys` join the
+    prior's config (e.g. junk_floor=True)."""
     import torch
 
     from fgresq_sdk.model import FGResQ
@@ -67,7 +69,7 @@ def _model_with_pair_term(seed: int = 0):
     torch.manual_seed(seed)
     base = FGResQ("fgresq-compact-cnn-ms2").eval()
     model = attach_prior(base, [random_convs(PRIOR_SHAPES, seed=1 + b) for b in range(2)], 3,
-                         prior=dict(PRIOR, classical=True, pair=True))
+                         prior=dict(PRIOR, classical=True, pair=True, **prior_keys))
     with torch.no_grad():
         for lin in (model.prior.readout, model.prior.gate):  # non-zero biases: read_back needs distinct tensors
             lin.weight.normal_(0, 0.05)
@@ -79,17 +81,27 @@ def _model_with_pair_term(seed: int = 0):
     return base, model, (w, mu, sd, 3.0)
 
 
-@needs_torch
-def test_the_pair_term_moves_every_comparison_by_its_difference_and_nothing_else(tmp_path):
-    import torch
-
+def exported_and_read_back(model, x, q, s, tmp_path):
+    """`model` exported, its graph checked against the torch features q and scores s of views x, and read back."""
     from fgresq_sdk.backends.onnxruntime_backend import OnnxRuntimeBackend
     from fgresq_sdk.bundle import load_bundle
     from fgresq_sdk.export.onnx_export import export_bundle
     from fgresq_sdk.export.read_back import read_back
+
+    out = export_bundle(model, tmp_path / "bundle", source="test")
+    feats, scores = OnnxRuntimeBackend(load_bundle(out)).encode(x.numpy())
+    assert np.abs(scores.reshape(-1) - s.numpy()).max() <= 1e-4
+    assert np.abs(feats - q.numpy()).max() <= 1e-3 * max(1.0, float(q.abs().max()))
+    return read_back(out)[0]
+
+
+@needs_torch
+def test_the_pair_term_moves_every_comparison_by_its_difference_and_nothing_else(tmp_path):
+    import torch
+
     from fgresq_sdk.heads import CompareHeadNP
 
-    base, model, (w, mu, sd, beta) = _model_with_pair_term()
+    base, model, (w, mu, sd, beta) = model_with_pair_term()
     x = torch.randn(4, 3, 224, 224) * torch.tensor([0.1, 0.3, 0.6, 1.0]).reshape(4, 1, 1, 1)  # four noise levels
     with torch.no_grad():
         q0, _ = base(x)
@@ -112,11 +124,7 @@ def test_the_pair_term_moves_every_comparison_by_its_difference_and_nothing_else
     with torch.no_grad():
         assert torch.allclose(model.score_logit(q), model.score_logit(q0), atol=1e-4)
     # the exported graph computes the same features and scores, and reads back into the same term
-    out = export_bundle(model, tmp_path / "bundle", source="test")
-    feats, scores = OnnxRuntimeBackend(load_bundle(out)).encode(x.numpy())
-    assert np.abs(scores.reshape(-1) - s.numpy()).max() <= 1e-4
-    assert np.abs(feats - q.numpy()).max() <= 1e-3 * max(1.0, float(q.abs().max()))
-    again, _ = read_back(out)
+    again = exported_and_read_back(model, x, q, s, tmp_path)
     assert again.cfg["prior"]["pair"] is True
     assert torch.equal(again.prior.pair.weight, model.prior.pair.weight)
     assert torch.equal(again.prior.pair_direction, model.prior.pair_direction)
