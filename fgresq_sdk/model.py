@@ -278,9 +278,11 @@ class LowLevelPrior(nn.Module):
     0.971 without hard negatives; probe v37, docs/default-model-history.md).
     With ``"junk_floor": true`` (needs "pair") the same unit also loses `slope` where ℓ(x), the score logit
     above, is below `threshold`: an image the score calls junk loses κ = 2·slope of margin in every comparison with
-    an image above the threshold, while images on the same side of it compare as before (train/junk_floor.py). Why: the head and the pair
-    term were fitted on versions of one photo, so `compare` and `rank` put a grey-noise PNG above a photo the score
-    rated far higher; the floor hands such pairs to the score without touching the others."""
+    an image above the threshold, while images on the same side of it compare as before (train/junk_floor.py).
+    Why: the head and the pair term were fitted on versions of one photo, so `compare` and `rank` put a grey-noise
+    PNG above a photo the score rated far higher; the floor hands such pairs to the score without touching the
+    others. An option (fit_prior --junk-floor), not in the shipped recipe: its step cost test pair ACC and did not
+    reach noise the score rates like a degraded version (docs/default-model-history.md, 2026-12-05 evening)."""
 
     def __init__(self, cfg: dict[str, Any], mean: list[float], std: list[float], feature_size: int = 0):
         super().__init__()
@@ -317,7 +319,8 @@ class LowLevelPrior(nn.Module):
         self.junk_slope: nn.Parameter | None = None
         if cfg.get("junk_floor"):
             if self.pair is None:
-                raise ValueError("prior: 'junk_floor' moves the features along the pair term's direction: it needs 'pair'")
+                raise ValueError("prior: 'junk_floor' moves the features along the pair term's direction: "
+                                 "it needs 'pair'")
             # slope 0: no floor until train/junk_floor.py fits one
             self.junk_threshold = nn.Parameter(torch.zeros(1))
             self.junk_slope = nn.Parameter(torch.zeros(1))

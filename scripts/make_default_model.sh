@@ -55,11 +55,11 @@ FIT_EXCLUDE=${FIT_EXCLUDE-} POLISH_EXCLUDE=${POLISH_EXCLUDE-}
 JUNK_WEIGHTS=${JUNK_WEIGHTS-} VAL_JUNK_WEIGHTS=${VAL_JUNK_WEIGHTS-}
 # the hard-negative kinds of the score's steps after training (score calibration, the prior's readout, the
 # naturalness term): when set, they read their own fit and val folders, the same photos, crops, seeds and degraded
-# images with the hard negatives drawn again by these weights (grey noise: train/synthetic.py JUNK_KINDS), while the towers
-# and the comparison calibration keep the data above (the shipped recipe since 2026-12-05: the five kinds, grey noise
-# and resized noise, equally, so the score learns that noise without colour, and noise of a file larger than the
-# view, are junk too; without resized_noise, the recipe of the morning of 2026-12-05; empty: one fit and one val folder
-# for every step, as every recipe before)
+# images with the hard negatives drawn again by these weights (grey noise: train/synthetic.py JUNK_KINDS), while the
+# towers and the comparison calibration keep the data above (the shipped recipe since 2026-12-05: the five kinds,
+# grey noise and resized noise, equally, so the score learns that noise without colour, and noise of a file larger
+# than the view, are junk too; without resized_noise, the recipe of the morning of 2026-12-05; empty: one fit and
+# one val folder for every step, as every recipe before)
 SCORE_JUNK_WEIGHTS=${SCORE_JUNK_WEIGHTS-noise=1,flat=1,extreme_blur=1,extreme_jpeg=1,banding=1,grey_noise=1,resized_noise=1}
 # the pair term's data (fit_prior --pair-fit-manifest / --pair-val-manifest): "score" (the shipped recipe since the
 # evening of 2026-12-05): the score's fit folder, its weight β chosen on the score's val folder pooled with the val

@@ -1,6 +1,6 @@
 """The prior's junk floor: it moves the comparisons of an image whose score logit is below its threshold against
-images above it, by κ, and nothing else (torch, the exported graph and read_back alike); its fit chooses what its grid says
-and gives no weight where the comparisons are already right."""
+images above it, by κ, and nothing else (torch, the exported graph and read_back alike); its fit chooses what its
+grid says and gives no weight where the comparisons are already right."""
 from __future__ import annotations
 
 import numpy as np

@@ -644,8 +644,9 @@ def test_recipe_script_selects_the_best_val_epoch_and_prints_every_candidates_br
 def test_recipe_script_ship_rule_needs_a_better_mean_the_task_floor_and_no_worse_residue_check(tmp_path):
     """scripts/make_default_model.sh's ship_rule, run as the script defines it: a new default ships only with a higher
     mean test pair ACC, at a tie (3 decimals) meeting the junk-vs-clean target (0.95, by the score and by the
-    comparisons) where the installed one does not, then a higher cross-content SRCC (3 decimals), then more junk wins; no task below 0.85 where the installed
-    one holds it, and a sharpening-residue check at least the installed one's."""
+    comparisons) where the installed one does not, then a higher cross-content SRCC (3 decimals), then more junk
+    wins; no task below 0.85 where the installed one holds it, and a sharpening-residue check at least the installed
+    one's."""
     import subprocess
     import sys
 

@@ -42,8 +42,8 @@ from fgresq_sdk.model import FGResQ, load_checkpoint, save_checkpoint
 from .allocator import keep_freed_memory
 from .datasets import TransformSpec, view_batches
 from .folds import leave_groups_out
-from .manifest import Manifest
 from .junk_floor import fit_junk_floor
+from .manifest import Manifest
 from .ncnn_weights import leading_convolutions, parse_param
 from .pair_term import (choose_beta, choose_pair_lambda, fit_logistic, head_margin, install_pair_term,
                         ranked_pairs)
@@ -412,8 +412,8 @@ def main(argv=None) -> int:
     if "pair_term" in record:
         summary["pair_term"] = {k: record["pair_term"][k] for k in ("lambda", "beta", "fit_pairs", "val_pairs")}
     if "junk_floor" in record:
-        summary["junk_floor"] = {k: record["junk_floor"][k]
-                                 for k in ("threshold", "kappa", "images_below", "hard_negatives_below", "val_pair_acc")}
+        keys = ("threshold", "kappa", "images_below", "hard_negatives_below", "val_pair_acc")
+        summary["junk_floor"] = {k: record["junk_floor"][k] for k in keys}
     print(json.dumps(summary))
     return 0
 

@@ -91,4 +91,5 @@ def fit_junk_floor(model, manifest, ids: list[str], stats: np.ndarray, q: np.nda
             "val_pair_acc": {"before": _acc(margin, y), "after": _acc(final, y),
                              "hard_negative_pairs_before": acc(margin, pair_junk),
                              "hard_negative_pairs_after": acc(final, pair_junk),
-                             "other_pairs_before": acc(margin, ~pair_junk), "other_pairs_after": acc(final, ~pair_junk)}}
+                             "other_pairs_before": acc(margin, ~pair_junk),
+                             "other_pairs_after": acc(final, ~pair_junk)}}
