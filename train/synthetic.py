@@ -653,9 +653,7 @@ def junk_image(kind: str, x: np.ndarray, rng: np.random.Generator) -> np.ndarray
     """Hard negatives: far below any restored output, whatever the content."""
     h, w = x.shape[:2]
     if kind in ("noise", "grey_noise"):  # uniform or Gaussian; grey: one channel's draw, repeated
-        shape = (h, w, 3 if kind == "noise" else 1)
-        field = rng.uniform(0, 255, shape) if rng.random() < 0.5 else 128 + 60 * rng.standard_normal(shape)
-        return _q(np.broadcast_to(field, (h, w, 3)))
+        return _q(np.broadcast_to(_noise_field((h, w, 3 if kind == "noise" else 1), rng), (h, w, 3)))
     if kind == "resized_noise":
         return resized_noise(h, w, rng)
     if kind == "flat":
@@ -672,6 +670,11 @@ def junk_image(kind: str, x: np.ndarray, rng: np.random.Generator) -> np.ndarray
     raise ValueError(kind)
 
 
+def _noise_field(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """The noise kinds' float field: uniform over [0, 255) or Gaussian around 128 (σ 60), one coin flip each."""
+    return rng.uniform(0, 255, shape) if rng.random() < 0.5 else 128 + 60 * rng.standard_normal(shape)
+
+
 RESIZED_NOISE_SCALES = (1.25, 6.0)  # how much larger than the image its noise field is drawn, per side
 
 
@@ -681,8 +684,7 @@ def resized_noise(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     (fgresq_sdk.preprocess, bilinear-antialias); colour or grey, uniform or Gaussian, as the noise kinds."""
     lo, hi = np.log(RESIZED_NOISE_SCALES[0]), np.log(RESIZED_NOISE_SCALES[1])
     big_h, big_w = (int(round(n * np.exp(rng.uniform(lo, hi)))) for n in (h, w))
-    shape = (big_h, big_w, 3 if rng.random() < 0.5 else 1)
-    field = rng.uniform(0, 255, shape) if rng.random() < 0.5 else 128 + 60 * rng.standard_normal(shape)
+    field = _noise_field((big_h, big_w, 3 if rng.random() < 0.5 else 1), rng)
     big = Image.fromarray(_q(np.broadcast_to(field, (big_h, big_w, 3))))
     return np.asarray(big.resize((w, h), Image.BILINEAR), dtype=np.uint8)
 
