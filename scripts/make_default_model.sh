@@ -31,7 +31,9 @@
 #     candidate v27, the residue only in the polish, stages 1-2 as shipped: RECIPE=default-compact-v27
 #     POLISH_RESIDUE_FRACTION=0.25 (not shipped: 0.933, residue check 0.680); candidate v28, one stage-2 epoch for
 #     slow CPUs' budget (not shipped: 0.960 vs 0.962, residue 0.656 vs 0.666; 45.7 min on an Intel Xeon):
-#     RECIPE=default-compact-v28),
+#     RECIPE=default-compact-v28; candidate v29, one stage-2 epoch with the polish's loss and no polish, for slow CPUs'
+#     budget (not shipped: 0.972 vs 0.973, cross-content 0.602 vs 0.611 on the same CPU; training 15 min instead of 40 on
+#     an Intel Xeon): RECIPE=default-compact-v29 POLISH=),
 #     installed only if it passes step 6's rule against the shipped one
 # mate-backgrounds is never used for data, selection or tuning; step 5 only evaluates the models on it.
 set -euo pipefail

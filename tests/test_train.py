@@ -1032,6 +1032,18 @@ def test_train_configs_load_and_cli_signature():
                                 "threads", "export"]
 
 
+def test_every_recipe_config_validates_under_its_file_name():
+    """scripts/make_default_model.sh and the history run recipes by file name (RECIPE=default-compact-v29): each one
+    must pass the config schema and carry its own name, or a documented candidate would fail only when rerun."""
+    from fgresq_sdk.train.config import list_train_configs, load_train_config
+
+    root = Path(__file__).parents[1] / "train" / "configs"
+    paths = sorted(root.glob("*.json"))
+    assert {p.stem for p in paths} == set(list_train_configs())
+    for path in paths:
+        assert load_train_config(path)["name"] == path.stem, path
+
+
 def test_train_through_the_fgresq_sdk_cli(manifest_dir, tmp_path):
     """`fgresq-sdk train` as installed: the console script, the subcommand its CLI registers, its options."""
     import subprocess
