@@ -27,6 +27,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -233,11 +234,14 @@ class Server:
         assert self.tree, "no child processes were recorded (tritonserver should be one)"
         for port in (self.http, self.grpc, self.metrics):
             assert not listening(port), f"port {port} still open"
-        new = self.shm_left()
-        late = time.monotonic() + SHM_GRACE_S
-        while new and time.monotonic() < late:  # see SHM_GRACE_S
+        new = first = self.shm_left()
+        t0 = time.monotonic()
+        while new and time.monotonic() < t0 + SHM_GRACE_S:  # see SHM_GRACE_S
             time.sleep(0.2)
             new = self.shm_left()
+        if first and not new:  # shown in the warnings summary: how often the wait is needed, and how long
+            warnings.warn(f"{len(first)} PyTriton shared-memory blocks went {time.monotonic() - t0:.1f} s after "
+                          f"the server exited (first seen mapped by: {shm_holders(sorted(first)[0]) or 'no process'})")
         assert not new, (f"shared memory left {SHM_GRACE_S:g} s after the server exited: "
                          + "; ".join(f"{n} mapped by {shm_holders(n) or 'no process'}" for n in sorted(new)))
         assert self.workspace is not None, "the workspace folder was not seen in the server's processes"
