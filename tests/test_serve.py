@@ -146,7 +146,8 @@ def shm_holders(name: str) -> str:
     for d in filter(str.isdigit, os.listdir("/proc")):
         try:
             if f"/dev/shm/{name}".encode() in Path(f"/proc/{d}/maps").read_bytes():
-                holders.append(f"{d} {Path(f'/proc/{d}/cmdline').read_bytes().split(bytes(1))[0].decode(errors='replace')}")
+                argv0 = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")[0]
+                holders.append(f"{d} {argv0.decode(errors='replace')}")
         except OSError:
             continue
     return ", ".join(holders)
@@ -235,13 +236,14 @@ class Server:
         for port in (self.http, self.grpc, self.metrics):
             assert not listening(port), f"port {port} still open"
         new = first = self.shm_left()
-        t0 = time.monotonic()
+        t0, holders = time.monotonic(), {n: shm_holders(n) for n in first}
         while new and time.monotonic() < t0 + SHM_GRACE_S:  # see SHM_GRACE_S
             time.sleep(0.2)
             new = self.shm_left()
         if first and not new:  # shown in the warnings summary: how often the wait is needed, and how long
+            who = "; ".join(sorted(set(holders.values()) - {""})) or "no process"
             warnings.warn(f"{len(first)} PyTriton shared-memory blocks went {time.monotonic() - t0:.1f} s after "
-                          f"the server exited (first seen mapped by: {shm_holders(sorted(first)[0]) or 'no process'})")
+                          f"the server exited (then mapped by: {who})")
         assert not new, (f"shared memory left {SHM_GRACE_S:g} s after the server exited: "
                          + "; ".join(f"{n} mapped by {shm_holders(n) or 'no process'}" for n in sorted(new)))
         assert self.workspace is not None, "the workspace folder was not seen in the server's processes"
