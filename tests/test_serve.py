@@ -140,15 +140,16 @@ def shm_entries() -> set[str]:
 
 
 def shm_holders(name: str) -> str:
-    """Which processes map /dev/shm/`name` now ("pid argv0", comma-separated): a failed cleanup check says who
-    still holds a block, or that none does (its creator died without unlinking it)."""
+    """Which processes map /dev/shm/`name` now ("pid (parent pid, state) command line", comma-separated): a failed
+    cleanup check says who still holds a block, or that none does (its creator died without unlinking it)."""
     holders = []
     for d in filter(str.isdigit, os.listdir("/proc")):
         try:
             if f"/dev/shm/{name}".encode() in Path(f"/proc/{d}/maps").read_bytes():
-                argv0 = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")[0]
-                holders.append(f"{d} {argv0.decode(errors='replace')}")
-        except OSError:
+                state, ppid = Path(f"/proc/{d}/stat").read_bytes().rsplit(b")", 1)[1].split()[:2]
+                cmd = Path(f"/proc/{d}/cmdline").read_bytes().replace(b"\0", b" ").strip()[:160]
+                holders.append(f"{d} (parent {ppid.decode()}, {state.decode()}) {cmd.decode(errors='replace')}")
+        except (OSError, ValueError):
             continue
     return ", ".join(holders)
 
