@@ -27,18 +27,37 @@ if "FGRESQ_CACHE_DIR" not in os.environ:
 # bundle: the int8 ladder works on ViT attention blocks, and random weights put scores at near-ties everywhere.
 TRAINED_VIT = Path(__file__).parent / "data" / "vit_default_model"
 
-# Under pytest-xdist (scripts/test.sh runs `-n 2 --dist loadgroup`) a module's tests stay on one worker, so its
-# module fixtures are built once. Three modules share one worker instead: two of them build this checkout with
-# pip (the same build/ and egg-info folders), and test_batch's Ray test counts every new /dev/shm entry, which
-# the Triton server of test_serve would add if they ran side by side.
+# Under pytest-xdist (`FGRESQ_TEST_WORKERS=2 bash scripts/test.sh` runs `-n 2 --dist loadgroup`) a module's tests stay
+# on one worker, so its module fixtures are built once. Three modules share one worker instead: two of them build this
+# checkout with pip (the same build/ and egg-info folders), test_batch's Ray test counts every new /dev/shm entry, which
+# the Triton server of test_serve would add if they ran side by side, and test_serve's cleanup checks count processes
+# and /dev/shm entries too.
 SERIAL_GROUP = "servers-and-builds"
 SERIAL_MODULES = frozenset({"test_serve", "test_installed_wheel", "test_batch"})
 
 
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        module = item.module.__name__.rpartition(".")[2] if item.module else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(SERIAL_GROUP if module in SERIAL_MODULES else module))
+def work_unit(nodeid: str) -> str:
+    """The work unit a test belongs to: its module's name, or SERIAL_GROUP."""
+    module = nodeid.split("::", 1)[0].rpartition("/")[2].removesuffix(".py")
+    return SERIAL_GROUP if module in SERIAL_MODULES else module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Groups by `work_unit`, in the controller. Why not xdist_group marks added at collection: they never took
+    effect here — xdist's worker turns the marks into node-id suffixes in its own pytest_collection_modifyitems,
+    which ran before ours, and since pytest 9.2 that suffix no longer changes the node id at all
+    (pytest-dev/pytest-xdist#1386) — so until 2026-12-05 every module's tests were spread over both workers, and
+    test_serve's SIGINT check counted the other worker's module server's shared memory as its own."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ModuleGroups(config, log)
 
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "cat")

@@ -27,7 +27,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +40,6 @@ SERVE_ENV = Path(os.environ.get("FGRESQ_SERVE_VENV")
                      else Path(tempfile.gettempdir()) / f"fgresq-serve-env-{os.getuid()}"))
 START_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 20
-# How long the cleanup check waits for PyTriton's shared memory to go after the server exited. Why: on two xdist
-# workers, the other one loading both cores, the SIGINT test failed twice (2026-12-03 on a Zen 3; 2026-12-05 on an
-# Intel Xeon, where the blocks of both of the module's servers were still in /dev/shm though the SIGTERM server's
-# own check had passed, and gone minutes later). A block that outlives this wait is a leak until reboot.
-SHM_GRACE_S = 10
 
 
 # -- the serve venv ----------------------------------------------------------------------------------------
@@ -236,17 +230,9 @@ class Server:
         assert self.tree, "no child processes were recorded (tritonserver should be one)"
         for port in (self.http, self.grpc, self.metrics):
             assert not listening(port), f"port {port} still open"
-        new = first = self.shm_left()
-        t0, holders = time.monotonic(), {n: shm_holders(n) for n in first}
-        while new and time.monotonic() < t0 + SHM_GRACE_S:  # see SHM_GRACE_S
-            time.sleep(0.2)
-            new = self.shm_left()
-        if first and not new:  # shown in the warnings summary: how often the wait is needed, and how long
-            who = "; ".join(sorted(set(holders.values()) - {""})) or "no process"
-            warnings.warn(f"{len(first)} PyTriton shared-memory blocks went {time.monotonic() - t0:.1f} s after "
-                          f"the server exited (then mapped by: {who})")
-        assert not new, (f"shared memory left {SHM_GRACE_S:g} s after the server exited: "
-                         + "; ".join(f"{n} mapped by {shm_holders(n) or 'no process'}" for n in sorted(new)))
+        new = self.shm_left()
+        assert not new, "shared memory left: " + "; ".join(f"{n} mapped by {shm_holders(n) or 'no process'}"
+                                                            for n in sorted(new))
         assert self.workspace is not None, "the workspace folder was not seen in the server's processes"
         assert not self.workspace.exists(), f"workspace left: {self.workspace}"
 
