@@ -1,5 +1,5 @@
-"""`FGRESQ_TEST_WORKERS=2 bash scripts/test.sh` (two pytest-xdist workers) keeps each module's tests on one worker and
-the serial modules (tests/conftest.py, SERIAL_MODULES) together on one.
+"""Two pytest-xdist workers (`bash scripts/test.sh` on two or more CPUs) keep each module's tests on one worker and the
+serial modules (tests/conftest.py, SERIAL_MODULES) together on one.
 
 Why a test: the grouping failed silently for as long as it existed (xdist_group marks that never reached the
 scheduler; tests/conftest.py), and the only symptom was test_serve's SIGINT check failing now and then, when the other
@@ -17,8 +17,10 @@ import pytest
 pytest.importorskip("xdist")
 
 TESTS = Path(__file__).parent
-SERIAL = ["test_serve.py::test_tensorrt_plan_config_validates", "test_serve.py::test_serve_without_the_extra_names_it",
-          "test_serve.py::test_sweep_unlinks_the_shared_memory_of_the_servers_processes_only", "test_batch.py::test_help"]
+SERIAL = ["test_serve.py::test_tensorrt_plan_config_validates",
+          "test_serve.py::test_serve_without_the_extra_names_it",
+          "test_serve.py::test_sweep_unlinks_the_shared_memory_of_the_servers_processes_only",
+          "test_batch.py::test_help"]
 OTHER = ["test_ranking.py::test_bradley_terry_recovers_known_strengths",
          "test_ranking.py::test_certain_outcomes_stay_finite_and_converge",
          "test_ranking.py::test_equal_items_get_equal_strengths", "test_ranking.py::test_fit_needs_a_prior"]
@@ -26,8 +28,8 @@ OTHER = ["test_ranking.py::test_bradley_terry_recovers_known_strengths",
 
 def test_two_workers_keep_a_module_and_the_serial_modules_each_on_one_worker():
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}  # this may run on a worker
-    res = subprocess.run([sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "-v", "-p", "no:cacheprovider",
-                          *(f"tests/{t}" for t in SERIAL + OTHER)],
+    res = subprocess.run([sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "-v",
+                          "-p", "no:cacheprovider", *(f"tests/{t}" for t in SERIAL + OTHER)],
                          capture_output=True, text=True, cwd=TESTS.parent, env=env, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     worker = dict((m.group(2), m.group(1)) for m in
