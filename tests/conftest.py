@@ -31,9 +31,9 @@ TRAINED_VIT = Path(__file__).parent / "data" / "vit_default_model"
 # on one worker, so its module fixtures are built once. Three modules share one worker instead: two of them build this
 # checkout with pip (the same build/ and egg-info folders), test_batch's Ray test counts every new /dev/shm entry, which
 # the Triton server of test_serve would add if they ran side by side, and test_serve's cleanup checks count processes
-# and /dev/shm entries too.
+# and /dev/shm entries too; test_workers starts pytest on some of their tests, so it joins them.
 SERIAL_GROUP = "servers-and-builds"
-SERIAL_MODULES = frozenset({"test_serve", "test_installed_wheel", "test_batch"})
+SERIAL_MODULES = frozenset({"test_serve", "test_installed_wheel", "test_batch", "test_workers"})
 
 
 def work_unit(nodeid: str) -> str:

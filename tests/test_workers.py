@@ -19,7 +19,6 @@ pytest.importorskip("xdist")
 TESTS = Path(__file__).parent
 SERIAL = ["test_serve.py::test_tensorrt_plan_config_validates",
           "test_serve.py::test_serve_without_the_extra_names_it",
-          "test_serve.py::test_sweep_unlinks_the_shared_memory_of_the_servers_processes_only",
           "test_batch.py::test_help"]
 OTHER = ["test_ranking.py::test_bradley_terry_recovers_known_strengths",
          "test_ranking.py::test_certain_outcomes_stay_finite_and_converge",
