@@ -28,7 +28,7 @@ if "FGRESQ_CACHE_DIR" not in os.environ:
 TRAINED_VIT = Path(__file__).parent / "data" / "vit_default_model"
 
 # Under pytest-xdist (`bash scripts/test.sh` runs `-n 2 --dist loadgroup` on two or more CPUs) a module's tests stay
-# on one worker, so its module fixtures are built once. Three modules share one worker instead: two of them build this
+# on one worker, so its module fixtures are built once. Four modules share one worker instead: two of them build this
 # checkout with pip (the same build/ and egg-info folders), test_batch's Ray test counts every new /dev/shm entry, which
 # the Triton server of test_serve would add if they ran side by side, and test_serve's cleanup checks count processes
 # and /dev/shm entries too; test_workers starts pytest on some of their tests, so it joins them.
