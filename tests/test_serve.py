@@ -218,9 +218,6 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
-    def shm_left(self) -> set[str]:
-        return {n for n in shm_entries() - self.shm_before if n.startswith(("pytrtion", "psm_", "pytriton"))}
-
     def assert_nothing_left(self) -> None:
         deadline = time.monotonic() + 5  # orphans are reaped by init shortly after
         while time.monotonic() < deadline and any(alive(p, c) for p, c in self.tree.items()):
@@ -230,7 +227,8 @@ class Server:
         assert self.tree, "no child processes were recorded (tritonserver should be one)"
         for port in (self.http, self.grpc, self.metrics):
             assert not listening(port), f"port {port} still open"
-        new = self.shm_left()
+        new = {n for n in shm_entries() - self.shm_before
+               if n.startswith(("pytrtion", "psm_", "pytriton"))}
         assert not new, "shared memory left: " + "; ".join(f"{n} mapped by {shm_holders(n) or 'no process'}"
                                                             for n in sorted(new))
         assert self.workspace is not None, "the workspace folder was not seen in the server's processes"
