@@ -45,6 +45,11 @@ def train_cmd(
     init_checkpoint: Optional[Path] = typer.Option(
         None, "--init-checkpoint",
         help="With --stage fgresq: start stage 2 from this model checkpoint (a further cycle on a finished model)."),
+    compile_steps: Optional[bool] = typer.Option(
+        None, "--compile/--no-compile",
+        help="torch.compile the towers in full training batches: ~1/3 less step time on CPUs, float-noise "
+             "different weights; needs a C++ compiler, else it trains eagerly and says why (default: the "
+             "config's \"compile\", off)."),
 ) -> None:
     """Train FGResQ: stage 1 (degradation-aware feature learning), then stage 2 (score + compare heads)."""
     from .config import TrainError, load_train_config
@@ -64,7 +69,7 @@ def train_cmd(
         res = run_training(config, out, manifest=manifest, stage=stage.value if isinstance(stage, Enum) else stage,
                            resume=resume, pretrained=pretrained, epochs=epochs, threads=threads,
                            export=True if export else None, val_manifest=val_manifest, progress=progress,
-                           init_checkpoint=init_checkpoint)
+                           init_checkpoint=init_checkpoint, compile_steps=compile_steps)
     except (TrainError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(2)

@@ -48,6 +48,10 @@ DEFAULTS: dict[str, Any] = {
     # oneDNN off, MKL's COMPATIBLE reproducibility branch, so every x86-64 CPU with AVX2 sums in the same order
     # and a seed trains the same weights on an AVX-512 Intel and an AVX2-only AMD (~2.5x the step time there)
     "cpu_kernels": "native",
+    # torch.compile the towers' call in full training batches (train/compiled.py): float noise, ~1/3 less step
+    # time on 2-core CPUs; needs a C++ compiler (without one the run logs why and trains eagerly). An execution
+    # option like "threads": `fgresq-sdk train --compile` sets it; not with the portable kernels
+    "compile": False,
     "log_every": 1,                   # write a step line every N optimizer steps
     "keep_checkpoints": 2,            # epoch checkpoints kept per stage (None = all)
     "export": False,                  # export bundle/ at the end

@@ -23,6 +23,7 @@ from torch import nn
 from fgresq_sdk.model import CHECKPOINT_FORMAT, build_text_tower, read_checkpoint_metadata, save_checkpoint
 
 from .checkpoints import FINAL_NAME, load_weights_into
+from .compiled import step_callable
 from .config import TrainError
 from .datasets import ImageCache, ImageTaskDataset, TransformSpec
 from .loop import count_trainable, fit, image_batch, stage_optimization
@@ -181,8 +182,9 @@ def validate_tasks(model, text_feats: torch.Tensor, manifest, spec, cache=None, 
 
 def run_dfl(model, train_m, tcfg: dict, stage_dir: Path, logger, *, val_m=None, resume: bool = False,
             progress=None, cache=None, text_state: dict[str, torch.Tensor] | None = None,
-            pretrained_logit_scale: float | None = None, init: str = "") -> Path:
-    """Stage 1 on the images of a training manifest; returns the path of the stage's final model."""
+            pretrained_logit_scale: float | None = None, init: str = "", compile_steps: bool = False) -> Path:
+    """Stage 1 on the images of a training manifest; returns the path of the stage's final model.
+    compile_steps: full batches' degradation-tower calls through torch.compile (train/compiled.py)."""
     dc = tcfg["dfl"]
     seed = int(tcfg["seed"])
     # text_state / pretrained_logit_scale: from load_pretrained's report (the towers are already loaded).
@@ -220,9 +222,10 @@ def run_dfl(model, train_m, tcfg: dict, stage_dir: Path, logger, *, val_m=None, 
         model.degradation_tower.train()
 
     present_only = bool(dc["present_only"])
+    embed = step_callable(lambda x: degradation_embed(model, x), dc["batch_size"], compile_steps)
 
     def step_fn(batch: dict) -> dict[str, Any]:
-        feats = degradation_embed(model, batch["image"])
+        feats = embed(batch["image"])
         tasks = torch.as_tensor(batch["task"])
         loss = dfl_loss(feats, text_feats, tasks, logit_scale, present_only=present_only)
         with torch.no_grad():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -32,6 +33,7 @@ from fgresq_sdk.model import FGResQ, load_checkpoint, save_checkpoint
 
 from .allocator import keep_freed_memory
 from .checkpoints import FINAL_NAME, load_weights_into
+from .compiled import toolchain_problem
 from .config import STAGES, TrainError, load_train_config
 from .datasets import ImageCache, TransformSpec
 from .dfl import load_pretrained, run_dfl
@@ -72,11 +74,13 @@ def run_training(config: str | os.PathLike | dict | None, out: str | os.PathLike
                  manifest: str | os.PathLike | None = None, stage: str = "all", resume: bool = False,
                  pretrained: str | os.PathLike | None = None, epochs: int | None = None,
                  threads: int | None = None, export: bool | None = None, val_manifest=None,
-                 progress: bool = True, init_checkpoint: str | os.PathLike | None = None) -> dict[str, Any]:
+                 progress: bool = True, init_checkpoint: str | os.PathLike | None = None,
+                 compile_steps: bool | None = None) -> dict[str, Any]:
     """Run stage 1 then stage 2 (or one of them) into `out`; returns a summary dict.
 
     epochs overrides the epoch count of every stage that runs. init_checkpoint (stage "fgresq" only): start
-    stage 2 from that model instead of ``out/dfl``. Raises TrainError for usage problems.
+    stage 2 from that model instead of ``out/dfl``. compile_steps overrides the config's "compile" (train/compiled.py).
+    Raises TrainError for usage problems.
     """
     if init_checkpoint is not None and stage != "fgresq":
         raise TrainError("init_checkpoint needs stage='fgresq'")
@@ -97,6 +101,11 @@ def run_training(config: str | os.PathLike | dict | None, out: str | os.PathLike
     if epochs is not None:
         for s in STAGES:
             tcfg[s]["epochs"] = int(epochs)
+    if compile_steps is not None:
+        tcfg["compile"] = bool(compile_steps)
+    if tcfg["compile"] and tcfg["cpu_kernels"] == "portable":
+        raise TrainError("compile cannot be used with cpu_kernels 'portable': compiled kernels add in their own "
+                         "order, so the weights would no longer be the same on every CPU")
     pins = missing_pins(tcfg["cpu_kernels"])
     if pins:
         raise TrainError(f"cpu_kernels {tcfg['cpu_kernels']!r} needs " + " ".join(f"{k}={v}" for k, v in pins.items())
@@ -118,6 +127,13 @@ def run_training(config: str | os.PathLike | dict | None, out: str | os.PathLike
     apply_in_process(tcfg["cpu_kernels"])
     n_threads = set_threads(tcfg["threads"])
     allocator = keep_freed_memory()
+    compiled = {"requested": bool(tcfg["compile"]), "active": False}
+    if tcfg["compile"]:
+        problem = toolchain_problem()
+        compiled.update(active=problem is None, **({"eager_because": problem} if problem else {}))
+        if problem:
+            print(f"warning: --compile: training eagerly, torch.compile does not work here ({problem})",
+                  file=sys.stderr)
     logger = JsonlLogger(log_path, t0)
     (out / "config.json").write_text(json.dumps(tcfg, indent=2) + "\n", encoding="utf-8")
     stages = list(STAGES) if stage == "all" else [stage]
@@ -125,7 +141,7 @@ def run_training(config: str | os.PathLike | dict | None, out: str | os.PathLike
                val_manifest=tcfg["val_manifest"], pretrained=tcfg["pretrained"], threads=n_threads,
                allocator=allocator, torch=torch.__version__, versions=_versions(),
                cpu=cpu_model(), cpu_generation=cpu_generation(), isa=cpu_isa(),
-               kernels=describe_kernels(tcfg["cpu_kernels"]))
+               kernels=describe_kernels(tcfg["cpu_kernels"]), compile=compiled)
 
     cache = ImageCache(tcfg["data"]["cache_mb"])
     prog = Progress(progress)
@@ -162,7 +178,8 @@ def run_training(config: str | os.PathLike | dict | None, out: str | os.PathLike
         if "dfl" in stages:
             dfl_final = run_stage("dfl", 1, lambda: run_dfl(
                 model, train_m, tcfg, out / "dfl", logger, val_m=val_m, resume=resume, progress=prog, cache=cache,
-                text_state=text_state, pretrained_logit_scale=(pre_report or {}).get("logit_scale"), init=init))
+                text_state=text_state, pretrained_logit_scale=(pre_report or {}).get("logit_scale"), init=init,
+                compile_steps=compiled["active"]))
             init = f"stage 1 ({dfl_final})"
         elif init_checkpoint is not None and "fgresq" in stages:
             # continue stage 2 from a finished model (a second cosine cycle on more data; "warm restart")
@@ -173,7 +190,8 @@ def run_training(config: str | os.PathLike | dict | None, out: str | os.PathLike
             init = f"stage 1 ({dfl_final})"
         if "fgresq" in stages:
             run_stage("fgresq", 2, lambda: run_fgresq(model, train_m, tcfg, out / "fgresq", logger, val_m=val_m,
-                                                      resume=resume, progress=prog, cache=cache, init=init))
+                                                      resume=resume, progress=prog, cache=cache, init=init,
+                                                      compile_steps=compiled["active"]))
     finally:
         prog.stop()
     model.eval().cpu()

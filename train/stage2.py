@@ -12,7 +12,7 @@ and the cross-entropy ranking loss over the pairs (``compare_logits``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from fgresq_sdk.model import save_checkpoint
 from . import metrics as M
 from .by_implementation import implementation_accuracy
 from .checkpoints import FINAL_NAME
+from .compiled import step_callable
 from .config import TrainError
 from .datasets import ImageCache, PairDataset, TransformSpec, view_batches
 from .ema import WeightEMA
@@ -68,14 +69,16 @@ def freeze_for_stage2(model: nn.Module, train_image_tower: bool = True, degradat
 
 
 def stage2_step(model, batch: dict, lambda_scene: float = 5.0, lambda_rank: float = 1.0,
-                fidelity_on: str = "score", fidelity_groups: str = "scene") -> dict[str, Any]:
+                fidelity_on: str = "score", fidelity_groups: str = "scene",
+                features: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
     """One stage-2 forward: scores of both images of every pair, fidelity over all images, CE over pairs.
 
     fidelity_on "logit": the fidelity loss sees the score head's logit instead of its sigmoid;
     fidelity_groups "content": it compares images of one content (and scene) only; "pooled": every two images
-    of the batch, on MOS mapped to [0, 1] by each scene's declared range (config.py)."""
+    of the batch, on MOS mapped to [0, 1] by each scene's declared range (config.py). features: what computes q
+    (default model.quality_features; run_fgresq passes its compiled form with --compile)."""
     n = batch["a"].shape[0]
-    q = model.quality_features(torch.cat([batch["a"], batch["b"]]))
+    q = (features or model.quality_features)(torch.cat([batch["a"], batch["b"]]))
     scores = model.head(q).squeeze(-1) if fidelity_on == "logit" else model.score_from_features(q)
     logits = model.compare_logits(q[:n], q[n:])
     scenes = torch.as_tensor(batch["scene"])
@@ -154,8 +157,10 @@ def _acc_breakdown(manifest, pref: np.ndarray, labels: list[str]) -> dict[str, A
 
 
 def run_fgresq(model, train_m, tcfg: dict, stage_dir: Path, logger: JsonlLogger, *, val_m=None,
-               resume: bool = False, progress: Progress | None = None, cache=None, init: str = "") -> Path:
-    """Stage 2 on a training manifest; returns the path of the stage's final model."""
+               resume: bool = False, progress: Progress | None = None, cache=None, init: str = "",
+               compile_steps: bool = False) -> Path:
+    """Stage 2 on a training manifest; returns the path of the stage's final model.
+    compile_steps: full batches' quality_features through torch.compile (train/compiled.py)."""
     sc = tcfg["fgresq"]
     seed = int(tcfg["seed"])
     spec = TransformSpec.from_config(model.cfg, tcfg["data"])
@@ -185,9 +190,10 @@ def run_fgresq(model, train_m, tcfg: dict, stage_dir: Path, logger: JsonlLogger,
     lam1, lam2 = float(sc["lambda_scene"]), float(sc["lambda_rank"])
     fidelity = {"fidelity_on": sc["fidelity_on"], "fidelity_groups": sc["fidelity_groups"]}
     scene_names = {v: k for k, v in dataset.scene_index.items()}
+    features = step_callable(model.quality_features, 2 * int(sc["batch_size"]), compile_steps)  # a and b of each pair
 
     def step_fn(batch: dict) -> dict[str, Any]:
-        out = stage2_step(model, batch, lam1, lam2, **fidelity)
+        out = stage2_step(model, batch, lam1, lam2, features=features, **fidelity)
         out["scene"] = scene_names.get(out["scene"], "pooled")
         return out
 
