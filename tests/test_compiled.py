@@ -73,7 +73,7 @@ def test_full_batches_run_the_graph_short_ones_eagerly_with_the_same_values():
 
 def test_compiled_run_trains_both_stages_like_an_eager_one_up_to_float_noise(manifest_dir, tmp_path):
     """A compiled run logs the same losses step by step as an eager run of the same seed, up to float noise, and
-    says in its log that it was compiled."""
+    says in its log that it was compiled; a second compiled run repeats the first's weights exactly (one machine)."""
     _needs_toolchain()
     from fgresq_sdk.model import load_checkpoint
     from fgresq_sdk.train.run import run_training
@@ -81,19 +81,22 @@ def test_compiled_run_trains_both_stages_like_an_eager_one_up_to_float_noise(man
     from test_train import _steps
 
     runs = {}
-    for compiled in (False, True):
-        out = tmp_path / f"c{int(compiled)}"
-        run_training(_cfg(f"c{compiled}"), out, manifest=manifest_dir, progress=False, compile_steps=compiled)
+    for key, compiled in (("eager", False), ("compiled", True), ("again", True)):
+        out = tmp_path / key
+        run_training(_cfg(key), out, manifest=manifest_dir, progress=False, compile_steps=compiled)
         start = _log(out)[0]
         assert start["compile"] == {"requested": compiled, "active": compiled}
         assert json.loads((out / "config.json").read_text())["compile"] is compiled
-        runs[compiled] = out
-    eager, compiled = _steps(runs[False] / "logs.jsonl"), _steps(runs[True] / "logs.jsonl")
+        runs[key] = out
+    again = load_checkpoint(runs["again"] / "model.safetensors").state_dict()
+    for k, v in load_checkpoint(runs["compiled"] / "model.safetensors").state_dict().items():
+        assert torch.equal(v, again[k]), k
+    eager, compiled = _steps(runs["eager"] / "logs.jsonl"), _steps(runs["compiled"] / "logs.jsonl")
     assert eager.keys() == compiled.keys() and {k[0] for k in eager} == {"dfl", "fgresq"}
     for k, v in eager.items():
         assert compiled[k] == pytest.approx(v, rel=1e-3, abs=1e-4), k
-    wa = load_checkpoint(runs[False] / "model.safetensors").state_dict()
-    wb = load_checkpoint(runs[True] / "model.safetensors").state_dict()
+    wa = load_checkpoint(runs["eager"] / "model.safetensors").state_dict()
+    wb = load_checkpoint(runs["compiled"] / "model.safetensors").state_dict()
     assert wa.keys() == wb.keys()
     for k, v in wb.items():
         if v.is_floating_point():
