@@ -289,7 +289,7 @@ class BatchOptions:
     model: str | None = None
     backend: str = "auto"
     device: str = "cpu"
-    batch_size: int = 16
+    batch_size: int | None = None  # images per encoder call (None: the Scorer's default_batch_size)
     with_features: bool = False
     resume: bool = False
     engine: str = "local"
@@ -391,7 +391,7 @@ class ScoreActor:
     binary column (the file system path as bytes, for names that are not UTF-8) wins over `path_column`
     and is dropped from the output."""
 
-    def __init__(self, model: str | None, backend: str = "auto", device: str = "cpu", batch_size: int = 16,
+    def __init__(self, model: str | None, backend: str = "auto", device: str = "cpu", batch_size: int | None = None,
                  threads: int | None = None, with_features: bool = False, path_column: str = "path",
                  bytes_column: str | None = None):
         from .scorer import Scorer
@@ -454,16 +454,21 @@ def actor_plan(cluster_cpus: float, cluster_gpus: float, actors: int | None, cpu
 
 def add_scores(ds, model: str | os.PathLike | None = None, *, path_column: str = "path",
                bytes_column: str | None = None, backend: str = "auto", device: str | None = None,
-               batch_size: int = 16, actors: int | None = None, cpus_per_actor: float | None = None,
+               batch_size: int | None = None, actors: int | None = None, cpus_per_actor: float | None = None,
                gpus_per_actor: float = 0.0, with_features: bool = False):
     """Add `score` (float32, null on failure), `error` (string) and optionally `features` columns to a
     `ray.data.Dataset` with a column of image paths (`path_column`) or of encoded image bytes
     (`bytes_column`). Lazy, like every Ray Data transform: nothing runs until the dataset is consumed.
+    `batch_size`: images per encoder call in the actors (None: the Scorer's default); Ray hands each actor
+    that many rows per call, at least DEFAULT_BATCH, so that a small encoder batch does not multiply Ray's
+    per-call overhead.
 
     `model` must be a bundle folder every worker can read (None: the model embedded in the SDK). With
     `gpus_per_actor` > 0 the actors ask Ray for GPUs and run on `cuda` (unless `device` says otherwise).
     """
     import ray
+
+    from .scorer import DEFAULT_BATCH
 
     resources = ray.cluster_resources()
     n_actors, cpus, threads = actor_plan(float(resources.get("CPU", 1)), float(resources.get("GPU", 0)),
@@ -476,7 +481,7 @@ def add_scores(ds, model: str | os.PathLike | None = None, *, path_column: str =
     remote = {"num_cpus": cpus}
     if gpus_per_actor > 0:
         remote["num_gpus"] = gpus_per_actor
-    return ds.map_batches(ScoreActor, fn_constructor_kwargs=kwargs, batch_size=batch_size,
+    return ds.map_batches(ScoreActor, fn_constructor_kwargs=kwargs, batch_size=max(batch_size or 0, DEFAULT_BATCH),
                           batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=n_actors),
                           zero_copy_batch=True, **remote)
 

@@ -136,7 +136,9 @@ PrecisionOpt = typer.Option(None, "--precision", help="torch backend on CUDA: fp
 GraphsOpt = typer.Option(False, "--cuda-graphs", help="torch backend on CUDA: replay CUDA graphs per batch size.")
 CompileOpt = typer.Option(False, "--compile", help="torch backend: torch.compile (Inductor) with static batch "
                           "buckets; the first batch of each size compiles (cached on disk).")
-BatchOpt = typer.Option(16, "--batch-size", "-b", min=1, help="Images per encoder batch.")
+BatchOpt = typer.Option(None, "--batch-size", "-b", min=1, help="Images per encoder batch (default: 2 for a "
+                        "conv-stats model such as the embedded one on a CPU, where smaller batches stay in cache; "
+                        "16 otherwise).")
 FmtOpt = typer.Option(Fmt.table, "--format", "-f", help="Output format.")
 CropsOpt = typer.Option(1, "--crops", min=1, help="1: the bundle's preprocessing (its resize/crop spec). K>1: K "
                         "aligned 224² crops at native resolution, same positions for every image; outputs averaged.")
@@ -181,7 +183,7 @@ def _run_encode(scorer, paths: list, label: str, features_only: bool = False):
 def score(
     images: List[Path] = typer.Argument(..., help="Image files.", show_default=False, readable=False),
     model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt, device: str = DeviceOpt,
-    batch_size: int = BatchOpt, fmt: Fmt = FmtOpt, crops: int = CropsOpt, flip: bool = FlipOpt,
+    batch_size: Optional[int] = BatchOpt, fmt: Fmt = FmtOpt, crops: int = CropsOpt, flip: bool = FlipOpt,
     precision: Optional[Precision] = PrecisionOpt, cuda_graphs: bool = GraphsOpt, compile_: bool = CompileOpt,
 ):
     """Score each image: quality in (0, 1), higher is better."""
@@ -257,7 +259,7 @@ def compare(
 def rank(
     directory: Path = typer.Argument(..., help="Folder of restored images.", readable=False),
     model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt, device: str = DeviceOpt,
-    batch_size: int = BatchOpt,
+    batch_size: Optional[int] = BatchOpt,
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Include sub-folders."),
     group_by: GroupBy = typer.Option(GroupBy.none, "--group-by",
                                      help="parent: rank each sub-folder separately (implies --recursive)."),
@@ -788,7 +790,7 @@ def batch_cmd(
                                          "actors on cuda)."),
     object_store_mb: Optional[int] = typer.Option(None, "--object-store-mb", min=75, help="ray: object store "
                                                   "size of the local Ray started here (MiB)."),
-    batch_size: int = BatchOpt,
+    batch_size: Optional[int] = BatchOpt,
     model: Optional[Path] = ModelOpt, backend: BackendName = BackendOpt, device: str = DeviceOpt,
     with_features: bool = typer.Option(False, "--with-features", help="Also write the quality features q."),
     resume: bool = typer.Option(False, "--resume", help="Continue OUT: skip the paths it already holds."),

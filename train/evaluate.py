@@ -84,7 +84,7 @@ def _load_manifest(manifest):
     return manifest
 
 
-def _make_scorer(bundle_or_scorer, backend: str, device: str, batch_size: int):
+def _make_scorer(bundle_or_scorer, backend: str, device: str, batch_size: int | None):
     from fgresq_sdk.scorer import Scorer
 
     if isinstance(bundle_or_scorer, Scorer):
@@ -307,7 +307,7 @@ def compare_wins(head, q_clean: np.ndarray, q_junk: np.ndarray) -> np.ndarray:
 
 # -- the evaluation ---------------------------------------------------------------------------------------
 def evaluate(bundle_or_scorer, manifest, backend: str = "onnxruntime", *, device: str = "cpu",
-             batch_size: int = 16, baselines: bool = True,
+             batch_size: int | None = None, baselines: bool = True,
              log: Callable[[str], None] | None = None) -> dict:
     """Run the paper's evaluation of a bundle (folder, Bundle or ready Scorer) on a manifest.
 

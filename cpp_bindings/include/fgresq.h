@@ -61,7 +61,8 @@ typedef struct fgresq_options {
   uint32_t struct_size;  /* sizeof(fgresq_options); set by fgresq_options_init */
   int32_t backend;       /* fgresq_backend */
   int32_t threads;       /* intra-op threads; 0 = the cores this process may use */
-  int32_t batch_size;    /* images per encoder run; 0 = 16 (the Python SDK's default) */
+  int32_t batch_size;    /* images per encoder run; 0 = the Python SDK's default on a CPU: 2 for a conv-stats
+                            model (config vision_cfg kind, such as the embedded default), else 16 */
   int32_t verify;        /* nonzero (default): check the sha256 of the files it reads (encoder, heads) on
                             the bytes it then loads; 0: skip the hashes (the manifest is still validated) */
 } fgresq_options;
@@ -97,6 +98,8 @@ FGRESQ_API int32_t fgresq_input_size(const fgresq_model* model);
 FGRESQ_API int32_t fgresq_feature_size(const fgresq_model* model);
 /* Bundle name from model.json (valid until fgresq_close). */
 FGRESQ_API const char* fgresq_model_name(const fgresq_model* model);
+/* Images per encoder run: options->batch_size, or the default it chose for 0 (0 for a NULL model). */
+FGRESQ_API int32_t fgresq_batch_size(const fgresq_model* model);
 
 /* Quality score in (0, 1) per image, higher is better. scores_out has n entries. For a bundle with a
  * `naturalness` section (fgresq_sdk/naturalness.py) it is the fused score, as the Python SDK's: the encoder's

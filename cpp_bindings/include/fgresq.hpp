@@ -72,6 +72,7 @@ class Model {
   std::string name() const { return fgresq_model_name(handle_.get()); }
   int input_size() const { return fgresq_input_size(handle_.get()); }
   int feature_size() const { return fgresq_feature_size(handle_.get()); }
+  int batch_size() const { return fgresq_batch_size(handle_.get()); }
 
   std::vector<float> score(const std::vector<fgresq_image>& images) const {
     std::vector<float> out(images.size());

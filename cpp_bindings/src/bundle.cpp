@@ -580,6 +580,8 @@ LoadedBundle load_bundle(const std::string& path, bool verify) {
   // Informational (a cross-check against heads.npz); only a plausible integer is used.
   if (const Json* fd = m.get("feature_dim"); fd && fd->is_integer() && fd->number >= 1 && fd->number <= (1 << 24))
     info.feature_dim = int(fd->number);
+  if (const Json* vc = cfg->get("vision_cfg"); vc && vc->is_object())
+    if (const Json* kind = vc->get("kind"); kind && kind->is_string()) info.conv_stats = kind->string == "conv-stats";
 
   // ---- the files: every listed one present inside the bundle; only the two this library uses are read
   std::error_code ec;

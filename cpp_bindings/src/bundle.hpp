@@ -18,6 +18,9 @@ struct BundleInfo {
   std::string heads_path;
   PreprocessSpec pre;  // model.json "preprocess" (docs/preprocess-spec.md); pre.size is the input side
   int feature_dim = -1;  // manifest "feature_dim" (D), -1 if absent
+  // config "vision_cfg" "kind" is "conv-stats" (model.ConvStatsTower, the embedded default): it picks the default
+  // encoder batch (fgresq.cpp, as fgresq_sdk/scorer.py default_batch_size)
+  bool conv_stats = false;
   // model.json "naturalness" (fgresq_sdk/naturalness.py): the score term, its pristine file read, verified
   // and parsed; empty when the bundle has none (scores are then the encoder's own).
   std::optional<niqe::Term> naturalness;

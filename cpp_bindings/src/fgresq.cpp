@@ -216,7 +216,9 @@ fgresq_status fgresq_open(const char* bundle_dir, const fgresq_options* options,
       throw Error(FGRESQ_CORRUPTED, m->info.heads_path + ": compare head expects " +
                                         std::to_string(m->head.feature_size) + " features per image, model.json says 3x" +
                                         std::to_string(m->info.feature_dim));
-    m->batch_size = o.batch_size > 0 ? size_t(o.batch_size) : 16;
+    // 0: the Python SDK's default (fgresq_sdk/scorer.py default_batch_size; this library runs on the CPU): 2 for
+    // conv-stats towers, whose full-resolution maps stay in cache at 2 images and not at 16, else 16
+    m->batch_size = o.batch_size > 0 ? size_t(o.batch_size) : (m->info.conv_stats ? 2 : 16);
     fgresq::detail::EncoderOptions eo;
     eo.threads = o.threads;
     eo.input_size = m->info.pre.size;
@@ -239,6 +241,8 @@ int32_t fgresq_input_size(const fgresq_model* model) { return model ? model->inf
 int32_t fgresq_feature_size(const fgresq_model* model) { return model ? model->head.feature_size : 0; }
 
 const char* fgresq_model_name(const fgresq_model* model) { return model ? model->info.name.c_str() : ""; }
+
+int32_t fgresq_batch_size(const fgresq_model* model) { return model ? int32_t(model->batch_size) : 0; }
 
 fgresq_status fgresq_encode(fgresq_model* model, const fgresq_image* images, size_t n, float* features_out,
                             float* scores_out) {

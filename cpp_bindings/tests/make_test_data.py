@@ -438,6 +438,26 @@ def write_example_images(out: Path, imgs: dict[str, np.ndarray]) -> None:
     Image.fromarray(imgs["coffee_300x200"]).save(d / "coffee.ppm")
 
 
+def write_default_data(out: Path, names: list[str], arrays: list[np.ndarray]) -> None:
+    """The embedded default model (conv-stats towers with mirror views, naturalness term) copied to bundle_default,
+    and the Python SDK's scores of the cases with it (default_scores.tsv): its default encoder batch (2 on a CPU,
+    fgresq_sdk/scorer.py default_batch_size) and its scores, with the C library's own default."""
+    from fgresq_sdk.bundle import default_bundle_path
+    from fgresq_sdk.scorer import Scorer
+
+    src = default_bundle_path()
+    if src is None:
+        raise SystemExit("make_test_data: this checkout has no embedded default model (fgresq_sdk/default_model)")
+    dst = out / "bundle_default"
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+    scorer = Scorer(dst, backend="onnxruntime")
+    with open(out / "default_scores.tsv", "w") as f:
+        f.write(f"batch_size\t{scorer.batch_size}\n")
+        for name, s in zip(names, scorer.score(arrays)):
+            f.write(f"{name}\t{float(s)!r}\n")
+
+
 def main() -> int:
     out = Path(sys.argv[1])
     t0 = time.time()
@@ -479,6 +499,7 @@ def main() -> int:
     write_file_data(out, scorer, imgs)
     write_example_images(out, imgs)
     write_niqe_data(out, bundle, imgs)
+    write_default_data(out, names, arrays)
 
     # The official preprocess spec (import-official's default) and the explicit legacy one, on the same model.
     base = {k: v for k, v in pre_cfg.items() if k in ("size", "mean", "std")}

@@ -1,6 +1,7 @@
 // C API vs the Python SDK on the same pixels: preprocessing, scores, comparison and ranking.
 #include <algorithm>
 #include <cmath>
+#include <map>
 
 #include "fgresq.hpp"
 #include "test_common.hpp"
@@ -213,6 +214,42 @@ int main(int argc, char** argv) {
               big_diff.strength, big_diff.win);
   std::printf("parity: naturalness term, %zu images: max |dscore| = %.3g vs Python (scores moved by >= %.3g)\n",
               n_fused, max_fused, min_moved);
+  CHECK(fgresq_batch_size(m) == 16);  // ViT towers: the Python SDK's 16
   fgresq_close(m);
+
+  // The embedded default (conv-stats towers): the default batch is the Python SDK's (2 on a CPU), an explicit
+  // one wins, the scores match Python's, and the batch changes them only by float noise.
+  {
+    std::map<std::string, double> py;
+    long py_batch = -1;
+    for (const auto& row : testing::read_tsv(dir + "/default_scores.tsv")) {
+      if (row.at(0) == "batch_size") py_batch = std::stol(row.at(1));
+      else py[row.at(0)] = std::stod(row.at(1));
+    }
+    CHECK(py_batch == 2);
+    fgresq_model* md = open_or_die(dir + "/bundle_default");
+    CHECK(fgresq_batch_size(md) == py_batch);
+    fgresq_options o16;
+    fgresq_options_init(&o16);
+    o16.batch_size = 16;
+    fgresq_model* m16 = nullptr;
+    CHECK(fgresq_open((dir + "/bundle_default").c_str(), &o16, &m16) == FGRESQ_OK);
+    CHECK(fgresq_batch_size(m16) == 16);
+    std::vector<float> s2(n, -1.0f), s16(n, -1.0f);
+    CHECK(fgresq_score(md, images.data(), n, s2.data()) == FGRESQ_OK);
+    CHECK(fgresq_score(m16, images.data(), n, s16.data()) == FGRESQ_OK);
+    double worst_py = 0.0, worst_batch = 0.0;
+    for (size_t i = 0; i < n; ++i) {
+      CHECK_MSG(py.count(cases[i].name) == 1, "%s: no Python score for the default model", cases[i].name.c_str());
+      worst_py = std::max(worst_py, std::fabs(s2[i] - py[cases[i].name]));
+      worst_batch = std::max(worst_batch, double(std::fabs(s2[i] - s16[i])));
+    }
+    CHECK_MSG(worst_py <= 1e-4, "default model: max |dscore| vs Python %.3g", worst_py);
+    CHECK_MSG(worst_batch <= 1e-5, "default model: max |dscore| batch 2 vs 16 %.3g", worst_batch);
+    std::printf("parity: embedded default, %zu images at batch %d: max |dscore| = %.3g vs Python, %.3g vs batch 16\n",
+                n, fgresq_batch_size(md), worst_py, worst_batch);
+    fgresq_close(m16);
+    fgresq_close(md);
+  }
   return testing::finish("test_parity");
 }
