@@ -15,7 +15,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .backends import create_backend
+from .backends import create_backend, parse_device
 from .bundle import Bundle, default_bundle_path, load_bundle
 from .errors import BundleError, InputError, display_path
 from .heads import CompareHeadNP
@@ -39,9 +39,9 @@ DEFAULT_BATCH = 16
 def default_batch_size(config: dict, device: str) -> int:
     """The batch an encoder call gets when none is asked for: `config` is the bundle's model config, `device` the
     backend's resolved device ("cpu", "cuda", "cuda:N")."""
-    on_cpu = not str(device).startswith("cuda")
+    on_gpu = parse_device(str(device))[0] == "cuda"
     conv_stats = (config.get("vision_cfg") or {}).get("kind") == "conv-stats"
-    return CPU_CONV_STATS_BATCH if on_cpu and conv_stats else DEFAULT_BATCH
+    return CPU_CONV_STATS_BATCH if conv_stats and not on_gpu else DEFAULT_BATCH
 
 
 @dataclass
