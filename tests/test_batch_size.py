@@ -30,14 +30,17 @@ def _example_images() -> list[Path]:
 
 
 def _recording(scorer: Scorer) -> list[int]:
-    """The batch of every encoder call the scorer makes from now on."""
+    """The batch of every encoder call the scorer makes from now on (on all cores or, for calls of more than one
+    batch on a CPU, one core per batch)."""
     sizes: list[int] = []
-    encode = scorer.backend.encode
 
-    def spy(x):
-        sizes.append(int(x.shape[0]))
-        return encode(x)
-    scorer.backend.encode = spy
+    def spy(encode):
+        def call(x):
+            sizes.append(int(x.shape[0]))
+            return encode(x)
+        return call
+    scorer.backend.encode = spy(scorer.backend.encode)
+    scorer.backend.encode_one_core = spy(scorer.backend.encode_one_core)
     return sizes
 
 

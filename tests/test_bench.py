@@ -191,3 +191,21 @@ def test_isa_repro_emulate_runs_under_qemu_as_the_named_cpu_or_says_what_is_miss
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got["emulated_cpu"] == "EPYC-Milan" and got["aten_capability"] == "AVX2"
     assert got["pins"]["MKL_CBWR"] == "COMPATIBLE,STRICT" and "TCG doesn't support" not in res.stderr
+
+
+def test_one_core_bench_reports_both_paths_with_the_cpu(tiny_bundle, tmp_path):
+    """bench/one_core.py: both ways of scoring a folder timed in one process, the same scores, the CPU named."""
+    import os
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one usable core: nothing runs side by side")
+    script = Path(__file__).resolve().parents[1] / "bench" / "one_core.py"
+    out = tmp_path / "one_core.json"
+    res = subprocess.run([sys.executable, str(script), "--images", "12", "--rounds", "1", "--model", str(tiny_bundle),
+                          "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["images"] == 12 and r["workers"] >= 2 and r["cpu"] and r["simd"] is not None
+    assert len(r["ms_per_image"]["one_core"]) == len(r["ms_per_image"]["all_cores"]) == 1
+    assert r["speedup"] > 0 and r["max_abs_score_difference"] < 1e-5
+    assert "CPU: " in res.stdout and "x (max |Δscore|" in res.stdout

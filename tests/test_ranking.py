@@ -336,17 +336,22 @@ def test_rank_runs_the_encoder_once_per_image(tiny_bundle, photo_paths):
 
     scorer = Scorer(tiny_bundle, batch_size=4)
     calls = {"encoded": 0, "compare": 0}
-    enc, cmp_ = scorer.backend.encode, scorer.head.pair_logits
+    enc, enc_one, cmp_ = scorer.backend.encode, scorer.backend.encode_one_core, scorer.head.pair_logits
 
     def counting_encode(x):
         calls["encoded"] += x.shape[0]
         return enc(x)
+
+    def counting_encode_one_core(x):  # more than one batch on a CPU: each batch on one core (Scorer)
+        calls["encoded"] += x.shape[0]
+        return enc_one(x)
 
     def counting_compare(a, b):
         calls["compare"] += 1
         return cmp_(a, b)
 
     scorer.backend.encode, scorer.head.pair_logits = counting_encode, counting_compare
+    scorer.backend.encode_one_core = counting_encode_one_core
     result = scorer.rank(photo_paths)
     n = len(photo_paths)
     assert calls == {"encoded": n, "compare": 0}

@@ -18,6 +18,9 @@ class Backend(ABC):
     # Whether encode may run from several threads at once; Scorer serialises the calls of
     # a backend that says False.
     thread_safe: bool = False
+    # How many whole batches may run at once, each on one core (`encode_one_core`); 0: none, the backend spreads
+    # one batch over its own threads (GPUs, torch, TensorRT). Scorer uses it for calls of more than one batch.
+    one_core_workers: int = 0
     # Set by `create_backend("auto", …)`: why this backend was picked and why the others were skipped.
     auto_reason: str | None = None
     auto_skipped: dict[str, str] | None = None
@@ -25,6 +28,10 @@ class Backend(ABC):
     @abstractmethod
     def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[B,3,S,S] normalised images → (quality features q [B,3D], scores [B])."""
+
+    def encode_one_core(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`encode` on the calling thread alone (only where one_core_workers > 0)."""
+        raise NotImplementedError(f"{self.name} does not run batches one core each")
 
     def details(self) -> dict:
         """Backend-specific facts for `describe()` (providers, precision, engine…)."""

@@ -119,6 +119,7 @@ class OnnxRuntimeBackend(Backend):
         self.device = device
         self.precision = bundle.precision
         providers = providers_for(device)
+        self._bundle, self._providers = bundle, providers
         warn_int8_scheme(bundle)
         try:
             # Only the encoder: a bundle written before heads.npz became the one head may still list a
@@ -137,10 +138,29 @@ class OnnxRuntimeBackend(Backend):
                                "needs)")
         self.input_name = self.encoder.get_inputs()[0].name
         self.input_type = self.encoder.get_inputs()[0].type  # tensor(float) or tensor(float16)
+        # On the CPU, many batches run faster one core each than one after another on every core: the image
+        # decoding and the naturalness term of the next batches then share the cores with the encoder instead of
+        # fighting its spinning thread pool (README, "Encoder batch on a CPU"). The one-thread session is made at
+        # the first such call.
+        cores = int(threads or default_threads())
+        self.one_core_workers = cores if parse_device(device)[0] == "cpu" and cores > 1 else 0
+        self._one_core = None
+        self._one_core_lock = threading.Lock()
 
     def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._run(self.encoder, images)
+
+    def encode_one_core(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not self.one_core_workers:
+            raise BackendError("this session does not run batches one core each (not on the CPU, or one thread)")
+        with self._one_core_lock:
+            if self._one_core is None:
+                self._one_core, _ = _encoder_session(self._bundle, self.device, 1, self._providers)
+        return self._run(self._one_core, images)
+
+    def _run(self, session, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = images.astype(np.float16 if "float16" in self.input_type else np.float32, copy=False)
-        q, s = self.encoder.run(None, {self.input_name: x})
+        q, s = session.run(None, {self.input_name: x})
         return q.astype(np.float32, copy=False), s.astype(np.float32, copy=False)
 
     def details(self) -> dict:
