@@ -684,3 +684,39 @@ def test_paired_bootstrap_counts_photos_as_eval_does_and_resamples_them_together
     assert main([str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing" in err and "not found" in err
+
+
+@needs_torch
+def test_baselines_in_processes_are_the_sequential_ones(tiny_bundle, tmp_path, monkeypatch):
+    """The baselines and the peers' junk check run in a process pool on large manifests (baseline_pool): every
+    number, and the error of an unreadable image, as computed in one process."""
+    import contextlib
+    import os
+
+    import fgresq_sdk.train.evaluate as E
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one usable core: the baselines run in this process")
+    man = build_tiny_manifest(tmp_path / "data")
+    (tmp_path / "data" / "noise" / "noise_4.png").write_bytes(b"not a png")  # its errors come from the workers
+    monkeypatch.setattr(E, "PARALLEL_MIN_IMAGES", 10**9)
+    one = E.evaluate(tiny_bundle, man, backend="onnxruntime")
+    pools = []
+    real = E.baseline_pool
+
+    @contextlib.contextmanager
+    def recorded(n_images):
+        with real(n_images) as pool:
+            pools.append(pool)
+            yield pool
+    monkeypatch.setattr(E, "PARALLEL_MIN_IMAGES", 1)
+    monkeypatch.setattr(E, "baseline_pool", recorded)
+    many = E.evaluate(tiny_bundle, man, backend="onnxruntime")
+    assert len(pools) == 1 and pools[0] is not None
+    for key in ("methods", "range_srcc", "cross_content_srcc", "junk_vs_clean", "junk_vs_clean_baselines",
+                "errors", "counts"):
+        assert json.dumps(many[key], sort_keys=True) == json.dumps(one[key], sort_keys=True), key
+    stages = {e.get("stage") for e in many["errors"] if e.get("image_id") == "noise_4"}
+    assert {"encode", "baselines", "nr_baseline"} <= stages
+    assert set(many["junk_vs_clean_baselines"]) == {"LapVar (NR)", "NIQE (NR)"}
+    assert all("clean_wins" in v for v in many["junk_vs_clean_baselines"].values())

@@ -19,6 +19,7 @@ Every image is encoded once; all pair probabilities come from the per-image head
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -150,25 +151,65 @@ def _luma_of(path: str) -> np.ndarray:
     return M.to_luma(np.asarray(load_image(path, name=path)))
 
 
-def _fr_scores(manifest, ids: list[str], errors: list[dict], log: Callable[[str], None]) -> dict[str, dict]:
+def _fr_one(job: tuple[str, str]) -> tuple[dict | None, str | None]:
+    """PSNR and SSIM of one (image, reference) pair of paths, or the error's first line (one bad file must not
+    stop the evaluation). Module-level: it runs in the baseline processes."""
+    image, ref = job
+    try:
+        img, rl = _luma_of(image), _luma_of(ref)
+        return {"PSNR": M.psnr(img, rl), "SSIM": M.ssim(img, rl)}, None
+    except Exception as exc:  # noqa: BLE001
+        return None, str(exc).splitlines()[0]
+
+
+def _fr_scores(manifest, ids: list[str], errors: list[dict], log: Callable[[str], None],
+               pool=None) -> dict[str, dict]:
     """{image_id: {"PSNR": v, "SSIM": v}} for the images that have a usable reference."""
+    with_ref = [(iid, manifest.reference_path(iid)) for iid in ids]
+    with_ref = [(iid, ref) for iid, ref in with_ref if ref is not None]
+    jobs = [(str(manifest.image_path(iid)), str(ref)) for iid, ref in with_ref]
     out: dict[str, dict] = {}
-    n_ref = 0
-    for k, iid in enumerate(ids):
-        ref = manifest.reference_path(iid)
-        if ref is None:
-            continue
-        n_ref += 1
-        try:
-            img = _luma_of(str(manifest.image_path(iid)))
-            rl = _luma_of(str(ref))
-            out[iid] = {"PSNR": M.psnr(img, rl), "SSIM": M.ssim(img, rl)}
-        except Exception as exc:  # one bad file must not stop the evaluation
-            errors.append({"image_id": iid, "stage": "baselines", "error": str(exc).splitlines()[0]})
+    for k, ((iid, _), (value, error)) in enumerate(zip(with_ref, _map(_fr_one, jobs, pool))):
+        if error is None:
+            out[iid] = value
+        else:
+            errors.append({"image_id": iid, "stage": "baselines", "error": error})
         if (k + 1) % 500 == 0:
-            log(f"baselines: {k + 1}/{len(ids)} images")
+            log(f"baselines: {k + 1}/{len(jobs)} images with a reference")
     _luma_of.cache_clear()
     return out
+
+
+# -- where the baselines run ----------------------------------------------------------------------------
+PARALLEL_MIN_IMAGES = 200  # below this, a process pool's start (~2 s of imports) costs more than it saves
+
+
+def _map(fn, jobs: list, pool) -> list:
+    """fn over jobs in order: in the pool's processes when there is one, else here."""
+    if pool is None:
+        return [fn(j) for j in jobs]
+    return list(pool.map(fn, jobs, chunksize=16))
+
+
+@contextlib.contextmanager
+def baseline_pool(n_images: int):
+    """A process pool for the baselines (PSNR/SSIM, the no-reference peers and their junk check), or None.
+
+    Why processes: the baselines are numpy and scipy on one image at a time, and in threads the NIQE statistic
+    ran only 1.3x faster on 2 cores (its many small array operations hold the GIL); each image is independent,
+    so the values are the sequential ones exactly, in any number of processes. One worker per usable core
+    (the model's encoding is done by then); none for small manifests or a single core. Spawned, not forked: the
+    parent already runs ONNX Runtime's threads."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores < 2 or n_images < PARALLEL_MIN_IMAGES:
+        yield None
+        return
+    with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
 
 
 # -- no-reference classical baseline -------------------------------------------------------------------
@@ -179,6 +220,17 @@ def laplacian_variance(luma: np.ndarray) -> float:
     from scipy import ndimage
 
     return float(ndimage.laplace(np.asarray(luma, np.float64), mode="reflect").var())
+
+
+class NiqeBaseline:
+    """The NIQE peer as a picklable callable (luma -> minus the distance: higher = better), so that it runs in
+    the baseline processes."""
+
+    def __init__(self, pristine):
+        self.pristine = pristine
+
+    def __call__(self, luma: np.ndarray) -> float:
+        return -self.pristine.distance(luma)
 
 
 def _nr_functions(errors: list[dict]) -> dict[str, Callable[[np.ndarray], float]]:
@@ -192,32 +244,37 @@ def _nr_functions(errors: list[dict]) -> dict[str, Callable[[np.ndarray], float]
     except (OSError, ValueError) as exc:
         errors.append({"image_id": "", "stage": "nr_baseline", "error": f"NIQE skipped: {exc}"})
     else:
-        fns["NIQE (NR)"] = lambda luma: -pristine.distance(luma)
+        fns["NIQE (NR)"] = NiqeBaseline(pristine)
     return fns
 
 
-def _nr_scores(manifest, ids: list[str], errors: list[dict], fns) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {name: {} for name in fns}
-    for iid in ids:
-        for name, fn in fns.items():
-            try:
-                out[name][iid] = fn(_luma_of(str(manifest.image_path(iid))))
-            except Exception as exc:
-                errors.append({"image_id": iid, "stage": "nr_baseline", "method": name,
-                               "error": str(exc).splitlines()[0]})
-    _luma_of.cache_clear()
+def _nr_one(job) -> dict[str, tuple[float | None, str | None]]:
+    """{method: (value, error)} of every no-reference function on one image (a path, or an RGB array)."""
+    image, fns = job
+    out = {}
+    try:
+        luma = _luma_of(image) if isinstance(image, str) else M.to_luma(image)
+    except Exception as exc:  # noqa: BLE001 - one bad file must not stop the evaluation
+        return {name: (None, str(exc).splitlines()[0]) for name in fns}
+    for name, fn in fns.items():
+        try:
+            out[name] = (fn(luma), None)
+        except Exception as exc:  # noqa: BLE001
+            out[name] = (None, str(exc).splitlines()[0])
     return out
 
 
-class NoReferenceScorer:
-    """The one method junk_vs_clean needs from a scorer (score a list of RGB arrays), for a no-reference baseline:
-    the classical peers then face the same junk as the model."""
-
-    def __init__(self, fn: Callable[[np.ndarray], float]):
-        self.fn = fn
-
-    def score(self, images) -> list[float]:
-        return [self.fn(M.to_luma(a)) for a in images]
+def _nr_scores(manifest, ids: list[str], errors: list[dict], fns, pool=None) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {name: {} for name in fns}
+    jobs = [(str(manifest.image_path(iid)), fns) for iid in ids]
+    for iid, values in zip(ids, _map(_nr_one, jobs, pool)):
+        for name, (value, error) in values.items():
+            if error is None:
+                out[name][iid] = value
+            else:
+                errors.append({"image_id": iid, "stage": "nr_baseline", "method": name, "error": error})
+    _luma_of.cache_clear()
+    return out
 
 
 def hard_negative(manifest, image_id: str) -> bool:
@@ -249,15 +306,10 @@ def cross_content_srcc(scores: dict[str, float], manifest, ids: list[str], tasks
     return out
 
 
-def junk_vs_clean(scorer, manifest, seed: int = 0) -> dict:
-    """Clean references against hard negatives made from every reference (colour and grey noise, flat frame,
-    extreme blur, extreme JPEG, heavy banding: synthetic.JUNK_KINDS, junk_image): share of (clean, junk) pairs
-    over all contents in which the clean photo scores higher. Every kind counts, whether or not a recipe drew
-    it: issue 13's target names noise, and noise without colour is noise (grey noise joined on 2026-12-05, resized
-    noise later that day; the readings before are of the first five, then six kinds). The same pairs are also
-    read as `compare` and `rank` decide them (`compare_clean_wins`: the comparison head, both orders symmetrised,
-    prefers the clean photo): rank orders a folder by comparisons, and a score that knows junk did not make the
-    comparisons know it (2026-12-05: grey noise above the astronaut in `rank`)."""
+def junk_images(manifest, seed: int = 0) -> tuple[list[str], list[np.ndarray], dict[str, list[np.ndarray]]] | None:
+    """(reference names, clean references, {kind: hard negatives, one per reference}) of junk_vs_clean, or None
+    when the manifest has no references. Made once per evaluation: the model and every peer read the same
+    images (each kind made from every reference: synthetic.JUNK_KINDS, junk_image)."""
     from fgresq_sdk.preprocess import load_image
 
     from .synthetic import JUNK_KINDS, _crc, junk_image
@@ -267,19 +319,35 @@ def junk_vs_clean(scorer, manifest, seed: int = 0) -> dict:
     paths = {manifest.images[i].reference: str(manifest.reference_path(i)) for i in manifest.images
              if manifest.images[i].reference}
     if not paths:
-        return {}
+        return None
     rels = sorted(paths)
-    refs = [paths[rel] for rel in rels]
-    clean = [np.asarray(load_image(r, name=r)) for r in refs]
+    clean = [np.asarray(load_image(paths[rel], name=paths[rel])) for rel in rels]
+    junk = {kind: [junk_image(kind, c.astype(np.float32), np.random.default_rng([seed, _crc(rel), 7]))
+                   for c, rel in zip(clean, rels)] for kind in JUNK_KINDS}
+    return rels, clean, junk
+
+
+def junk_vs_clean(scorer, manifest, seed: int = 0, images=None) -> dict:
+    """Clean references against hard negatives made from every reference (colour and grey noise, flat frame,
+    extreme blur, extreme JPEG, heavy banding: synthetic.JUNK_KINDS, junk_image): share of (clean, junk) pairs
+    over all contents in which the clean photo scores higher. Every kind counts, whether or not a recipe drew
+    it: issue 13's target names noise, and noise without colour is noise (grey noise joined on 2026-12-05, resized
+    noise later that day; the readings before are of the first five, then six kinds). The same pairs are also
+    read as `compare` and `rank` decide them (`compare_clean_wins`: the comparison head, both orders symmetrised,
+    prefers the clean photo): rank orders a folder by comparisons, and a score that knows junk did not make the
+    comparisons know it (2026-12-05: grey noise above the astronaut in `rank`). images: junk_images' result, when
+    the caller has made it already."""
+    images = images if images is not None else junk_images(manifest, seed)
+    if images is None:
+        return {}
+    rels, clean, junk = images
     compares = hasattr(scorer, "head")  # a model; a no-reference statistic has a score and nothing to compare with
-    read = scorer.encode if compares else (lambda images: (None, scorer.score(images)))
+    read = scorer.encode if compares else (lambda arrays: (None, scorer.score(arrays)))
     c_q, c_sc = (None if v is None else np.asarray(v, np.float64) for v in read(clean))
     per_kind, j_all, w_all = {}, [], []
     rows = [{"reference": rel, "kind": "clean", "score": float(v)} for rel, v in zip(rels, c_sc)]
-    for kind in JUNK_KINDS:
-        junk = [junk_image(kind, c.astype(np.float32), np.random.default_rng([seed, _crc(rel), 7]))
-                for c, rel in zip(clean, rels)]
-        j_q, j = (None if v is None else np.asarray(v, np.float64) for v in read(junk))
+    for kind, arrays in junk.items():
+        j_q, j = (None if v is None else np.asarray(v, np.float64) for v in read(arrays))
         j_all.append(j)
         rows += [{"reference": rel, "kind": kind, "score": float(v)} for rel, v in zip(rels, j)]
         per_kind[kind] = {"clean_wins": float((c_sc[:, None] > j[None, :]).mean()), "junk_mean_score": float(j.mean())}
@@ -287,10 +355,39 @@ def junk_vs_clean(scorer, manifest, seed: int = 0) -> dict:
             w_all.append(compare_wins(scorer.head, c_q, j_q))
             per_kind[kind]["compare_clean_wins"] = float(w_all[-1].mean())
     j = np.concatenate(j_all)
-    out = {"n_clean": len(refs), "n_junk": int(j.size), "clean_wins": float((c_sc[:, None] > j[None, :]).mean())}
+    out = {"n_clean": len(rels), "n_junk": int(j.size), "clean_wins": float((c_sc[:, None] > j[None, :]).mean())}
     if compares:
         out["compare_clean_wins"] = float(np.concatenate(w_all, axis=1).mean())
     return {**out, "clean_mean_score": float(c_sc.mean()), "per_kind": per_kind, "scores": rows}
+
+
+class _ReadScores:
+    """A no-reference peer's scores of junk_images' arrays, read beforehand (all peers in one pass over the
+    images, in the baseline pool): junk_vs_clean asks for them list by list, in its own order."""
+
+    def __init__(self, values: dict[int, float]):
+        self.values = values
+
+    def score(self, arrays) -> list[float]:
+        return [self.values[id(a)] for a in arrays]
+
+
+def peers_junk_vs_clean(fns: dict, manifest, images, pool=None) -> dict[str, dict]:
+    """junk_vs_clean of every no-reference peer (without the per-image rows) on the same images as the model."""
+    if images is None:
+        return {name: {} for name in fns}
+    rels, clean, junk = images
+    arrays = list(clean) + [a for kind in junk for a in junk[kind]]
+    rows = _map(_nr_one, [(a, fns) for a in arrays], pool)
+    out = {}
+    for name in fns:
+        bad = next((r[name][1] for r in rows if r[name][1] is not None), None)
+        if bad is not None:  # informational, as the model's own check
+            out[name] = {"error": bad}
+            continue
+        peer = _ReadScores({id(a): r[name][0] for a, r in zip(arrays, rows)})
+        out[name] = {k: v for k, v in junk_vs_clean(peer, manifest, images=images).items() if k != "scores"}
+    return out
 
 
 def compare_wins(head, q_clean: np.ndarray, q_junk: np.ndarray) -> np.ndarray:
@@ -365,8 +462,26 @@ def evaluate(bundle_or_scorer, manifest, backend: str = "onnxruntime", *, device
     labels = [p.label for p in pairs]
     pair_task = [manifest.images[p.a].task for p in pairs]
 
-    # 3. full-reference baselines
-    fr = _fr_scores(manifest, ids, errors, log) if baselines else {}
+    # 3. the junk-vs-clean check (the model, then its no-reference peers on the same images) and the baselines:
+    #    PSNR/SSIM against the references, the no-reference peers on every image, all in one process pool when
+    #    it pays (baseline_pool)
+    try:
+        junk_set = junk_images(manifest)
+        junk = junk_vs_clean(scorer, manifest, images=junk_set)  # the model's own check, baselines or not
+    except Exception as exc:  # informational; never stops the evaluation
+        junk_set, junk = None, {"error": str(exc).splitlines()[0]}
+    junk_rows = junk.pop("scores", []) if isinstance(junk, dict) else []
+    nr_fns = _nr_functions(errors) if baselines else {}
+    fr, nr, junk_nr = {}, {}, {}
+    if baselines:
+        with baseline_pool(len(ids)) as pool:
+            fr = _fr_scores(manifest, ids, errors, log, pool)
+            nr = _nr_scores(manifest, ids, errors, nr_fns, pool)
+            if junk and "error" not in junk:
+                try:
+                    junk_nr = peers_junk_vs_clean(nr_fns, manifest, junk_set, pool)
+                except Exception as exc:  # informational, as the model's own check
+                    junk_nr = {name: {"error": str(exc).splitlines()[0]} for name in nr_fns}
     t_all = time.perf_counter() - t0
 
     # 4. metrics per task and method
@@ -377,11 +492,10 @@ def evaluate(bundle_or_scorer, manifest, backend: str = "onnxruntime", *, device
     # below is positive for a good predictor.
     mos_of = {i: (-1.0 if scene_of[i] in flipped else 1.0) * float(manifest.images[i].mos) for i in ids}
     method_scores = {"FGResQ": score}
-    nr_fns = _nr_functions(errors) if baselines else {}
     if baselines:
         method_scores["PSNR"] = {i: v["PSNR"] for i, v in fr.items()}
         method_scores["SSIM"] = {i: v["SSIM"] for i, v in fr.items()}
-        method_scores.update(_nr_scores(manifest, ids, errors, nr_fns))
+        method_scores.update(nr)
     scene_range = _scene_mos_ranges(ids, mos_of, scene_of)
 
     methods_out: dict[str, dict] = {}
@@ -433,17 +547,6 @@ def evaluate(bundle_or_scorer, manifest, backend: str = "onnxruntime", *, device
 
     cross = {name: cross_content_srcc(sc, manifest, ids, present) for name, sc in method_scores.items()}
     by_impl = implementation_accuracy(manifest, pairs, pref, method_scores)
-    try:
-        junk = junk_vs_clean(scorer, manifest)  # the model's own check: with or without the baselines
-    except Exception as exc:  # informational; never stops the evaluation
-        junk = {"error": str(exc).splitlines()[0]}
-    junk_rows = junk.pop("scores", []) if isinstance(junk, dict) else []
-    junk_nr = {}
-    for name, fn in (nr_fns.items() if junk and "error" not in junk else ()):
-        try:
-            junk_nr[name] = {k: v for k, v in junk_vs_clean(NoReferenceScorer(fn), manifest).items() if k != "scores"}
-        except Exception as exc:  # informational, as the model's own check
-            junk_nr[name] = {"error": str(exc).splitlines()[0]}
     records = {
         "images": [{"image_id": i, "content_id": manifest.images[i].content_id, "task": manifest.images[i].task,
                     "scene": scene_of[i], "reference": manifest.images[i].reference or "",
@@ -481,6 +584,7 @@ def evaluate(bundle_or_scorer, manifest, backend: str = "onnxruntime", *, device
                      "symmetrised_pairs": True, "fr_channel": "luma_bt601",
                      "psnr_cap_db": M.PSNR_CAP_DB, "range_normalisation": "per-scene observed min-max"},
         "errors": errors,
+        # pairs_and_baselines: the pair probabilities, the junk-vs-clean check (model and peers) and the baselines
         "timing_s": {"encode": round(t_encode, 3), "pairs_and_baselines": round(t_all - t_encode, 3),
                      "metrics": round(time.perf_counter() - t_all - t0, 3),
                      "total": round(time.perf_counter() - t0, 3)},
