@@ -292,8 +292,8 @@ class Scorer(ScoringMethods):
     def _iter_one_core(self, it, work, term, features_only: bool, workers: int) -> Iterator[Encoded]:
         """More than one batch on a CPU backend that offers it: each worker thread decodes a whole batch and runs
         it on one core, `workers` batches at once, results in input order. On 2 cores this scored the embedded
-        default's photos ~13 % faster than decoding beside one batch spread over both cores (README, "Encoder
-        batch on a CPU"): the decoding and the naturalness term no longer wait for the encoder's thread pool."""
+        default's photos 12-15 % faster than decoding beside one batch spread over both cores (README, "Batches
+        one core each"): the decoding and the naturalness term no longer fight the encoder's thread pool."""
         def batch_job(batch):
             decoded = [work(job) for job in batch]
             return decoded, self._encode_decoded(decoded, term, self._encode_one_core)
