@@ -306,10 +306,20 @@ def cross_content_srcc(scores: dict[str, float], manifest, ids: list[str], tasks
     return out
 
 
-def junk_images(manifest, seed: int = 0) -> tuple[list[str], list[np.ndarray], dict[str, list[np.ndarray]]] | None:
-    """(reference names, clean references, {kind: hard negatives, one per reference}) of junk_vs_clean, or None
-    when the manifest has no references. Made once per evaluation: the model and every peer read the same
-    images (each kind made from every reference: synthetic.JUNK_KINDS, junk_image)."""
+def junk_vs_clean(scorer, manifest, seed: int = 0, peers: dict | None = None, pool=None) -> dict:
+    """Clean references against hard negatives made from every reference (colour and grey noise, flat frame,
+    extreme blur, extreme JPEG, heavy banding: synthetic.JUNK_KINDS, junk_image): share of (clean, junk) pairs
+    over all contents in which the clean photo scores higher. Every kind counts, whether or not a recipe drew
+    it: issue 13's target names noise, and noise without colour is noise (grey noise joined on 2026-12-05, resized
+    noise later that day; the readings before are of the first five, then six kinds). The same pairs are also
+    read as `compare` and `rank` decide them (`compare_clean_wins`: the comparison head, both orders symmetrised,
+    prefers the clean photo): rank orders a folder by comparisons, and a score that knows junk did not make the
+    comparisons know it (2026-12-05: grey noise above the astronaut in `rank`).
+
+    peers ({name: luma -> score}, the no-reference baselines): read on the same images in the same pass (in
+    `pool` when given), their shares under "peers" (without the per-image rows). The junk is made once, one kind
+    at a time, for the model and every peer: it was made once per reader, and holding every kind at once would
+    hold seven images per reference."""
     from fgresq_sdk.preprocess import load_image
 
     from .synthetic import JUNK_KINDS, _crc, junk_image
@@ -319,75 +329,60 @@ def junk_images(manifest, seed: int = 0) -> tuple[list[str], list[np.ndarray], d
     paths = {manifest.images[i].reference: str(manifest.reference_path(i)) for i in manifest.images
              if manifest.images[i].reference}
     if not paths:
-        return None
+        return {}
     rels = sorted(paths)
     clean = [np.asarray(load_image(paths[rel], name=paths[rel])) for rel in rels]
-    junk = {kind: [junk_image(kind, c.astype(np.float32), np.random.default_rng([seed, _crc(rel), 7]))
-                   for c, rel in zip(clean, rels)] for kind in JUNK_KINDS}
-    return rels, clean, junk
-
-
-def junk_vs_clean(scorer, manifest, seed: int = 0, images=None) -> dict:
-    """Clean references against hard negatives made from every reference (colour and grey noise, flat frame,
-    extreme blur, extreme JPEG, heavy banding: synthetic.JUNK_KINDS, junk_image): share of (clean, junk) pairs
-    over all contents in which the clean photo scores higher. Every kind counts, whether or not a recipe drew
-    it: issue 13's target names noise, and noise without colour is noise (grey noise joined on 2026-12-05, resized
-    noise later that day; the readings before are of the first five, then six kinds). The same pairs are also
-    read as `compare` and `rank` decide them (`compare_clean_wins`: the comparison head, both orders symmetrised,
-    prefers the clean photo): rank orders a folder by comparisons, and a score that knows junk did not make the
-    comparisons know it (2026-12-05: grey noise above the astronaut in `rank`). images: junk_images' result, when
-    the caller has made it already."""
-    images = images if images is not None else junk_images(manifest, seed)
-    if images is None:
-        return {}
-    rels, clean, junk = images
     compares = hasattr(scorer, "head")  # a model; a no-reference statistic has a score and nothing to compare with
     read = scorer.encode if compares else (lambda arrays: (None, scorer.score(arrays)))
     c_q, c_sc = (None if v is None else np.asarray(v, np.float64) for v in read(clean))
-    per_kind, j_all, w_all = {}, [], []
+    peer_clean = _peer_scores(peers, clean, pool) if peers else {}
+    junk_scores, junk_q, peer_junk = {}, {}, {name: {} for name in peer_clean}
+    for kind in JUNK_KINDS:
+        junk = [junk_image(kind, c.astype(np.float32), np.random.default_rng([seed, _crc(rel), 7]))
+                for c, rel in zip(clean, rels)]
+        junk_q[kind], junk_scores[kind] = (None if v is None else np.asarray(v, np.float64) for v in read(junk))
+        for name, values in (_peer_scores(peers, junk, pool).items() if peers else ()):
+            peer_junk[name][kind] = values
+    out = _junk_shares(rels, c_sc, junk_scores, scorer.head if compares else None, c_q, junk_q)
+    if peers:
+        out["peers"] = {}
+        for name, c in peer_clean.items():
+            failed = [v for v in (c, *peer_junk[name].values()) if isinstance(v, str)]
+            if failed:  # informational, as the model's own check
+                out["peers"][name] = {"error": failed[0]}
+            else:
+                out["peers"][name] = _junk_shares(rels, c, peer_junk[name])
+                out["peers"][name].pop("scores")
+    return out
+
+
+def _peer_scores(peers: dict, arrays: list, pool) -> dict[str, np.ndarray | str]:
+    """{peer: its scores of the RGB arrays, or the first error's line} (in the pool's processes when given)."""
+    rows = _map(_nr_one, [(a, peers) for a in arrays], pool)
+    out = {}
+    for name in peers:
+        bad = next((r[name][1] for r in rows if r[name][1] is not None), None)
+        out[name] = bad if bad is not None else np.array([r[name][0] for r in rows], np.float64)
+    return out
+
+
+def _junk_shares(rels: list[str], c_sc: np.ndarray, junk_scores: dict[str, np.ndarray], head=None, c_q=None,
+                 junk_q: dict | None = None) -> dict:
+    """junk_vs_clean's numbers from the scores (and, for a model, the features) of the clean references and of
+    each kind's hard negatives."""
+    per_kind, w_all = {}, []
     rows = [{"reference": rel, "kind": "clean", "score": float(v)} for rel, v in zip(rels, c_sc)]
-    for kind, arrays in junk.items():
-        j_q, j = (None if v is None else np.asarray(v, np.float64) for v in read(arrays))
-        j_all.append(j)
+    for kind, j in junk_scores.items():
         rows += [{"reference": rel, "kind": kind, "score": float(v)} for rel, v in zip(rels, j)]
         per_kind[kind] = {"clean_wins": float((c_sc[:, None] > j[None, :]).mean()), "junk_mean_score": float(j.mean())}
-        if compares:
-            w_all.append(compare_wins(scorer.head, c_q, j_q))
+        if head is not None:
+            w_all.append(compare_wins(head, c_q, junk_q[kind]))
             per_kind[kind]["compare_clean_wins"] = float(w_all[-1].mean())
-    j = np.concatenate(j_all)
+    j = np.concatenate(list(junk_scores.values()))
     out = {"n_clean": len(rels), "n_junk": int(j.size), "clean_wins": float((c_sc[:, None] > j[None, :]).mean())}
-    if compares:
+    if head is not None:
         out["compare_clean_wins"] = float(np.concatenate(w_all, axis=1).mean())
     return {**out, "clean_mean_score": float(c_sc.mean()), "per_kind": per_kind, "scores": rows}
-
-
-class _ReadScores:
-    """A no-reference peer's scores of junk_images' arrays, read beforehand (all peers in one pass over the
-    images, in the baseline pool): junk_vs_clean asks for them list by list, in its own order."""
-
-    def __init__(self, values: dict[int, float]):
-        self.values = values
-
-    def score(self, arrays) -> list[float]:
-        return [self.values[id(a)] for a in arrays]
-
-
-def peers_junk_vs_clean(fns: dict, manifest, images, pool=None) -> dict[str, dict]:
-    """junk_vs_clean of every no-reference peer (without the per-image rows) on the same images as the model."""
-    if images is None:
-        return {name: {} for name in fns}
-    rels, clean, junk = images
-    arrays = list(clean) + [a for kind in junk for a in junk[kind]]
-    rows = _map(_nr_one, [(a, fns) for a in arrays], pool)
-    out = {}
-    for name in fns:
-        bad = next((r[name][1] for r in rows if r[name][1] is not None), None)
-        if bad is not None:  # informational, as the model's own check
-            out[name] = {"error": bad}
-            continue
-        peer = _ReadScores({id(a): r[name][0] for a, r in zip(arrays, rows)})
-        out[name] = {k: v for k, v in junk_vs_clean(peer, manifest, images=images).items() if k != "scores"}
-    return out
 
 
 def compare_wins(head, q_clean: np.ndarray, q_junk: np.ndarray) -> np.ndarray:
@@ -462,26 +457,21 @@ def evaluate(bundle_or_scorer, manifest, backend: str = "onnxruntime", *, device
     labels = [p.label for p in pairs]
     pair_task = [manifest.images[p.a].task for p in pairs]
 
-    # 3. the junk-vs-clean check (the model, then its no-reference peers on the same images) and the baselines:
-    #    PSNR/SSIM against the references, the no-reference peers on every image, all in one process pool when
-    #    it pays (baseline_pool)
-    try:
-        junk_set = junk_images(manifest)
-        junk = junk_vs_clean(scorer, manifest, images=junk_set)  # the model's own check, baselines or not
-    except Exception as exc:  # informational; never stops the evaluation
-        junk_set, junk = None, {"error": str(exc).splitlines()[0]}
-    junk_rows = junk.pop("scores", []) if isinstance(junk, dict) else []
+    # 3. the baselines (PSNR/SSIM against the references, the no-reference peers on every image) and the
+    #    junk-vs-clean check (the model and, with the baselines, its no-reference peers on the same images), all
+    #    in one process pool when it pays (baseline_pool)
     nr_fns = _nr_functions(errors) if baselines else {}
-    fr, nr, junk_nr = {}, {}, {}
-    if baselines:
-        with baseline_pool(len(ids)) as pool:
+    fr, nr = {}, {}
+    with baseline_pool(len(ids) if baselines else 0) as pool:
+        if baselines:
             fr = _fr_scores(manifest, ids, errors, log, pool)
             nr = _nr_scores(manifest, ids, errors, nr_fns, pool)
-            if junk and "error" not in junk:
-                try:
-                    junk_nr = peers_junk_vs_clean(nr_fns, manifest, junk_set, pool)
-                except Exception as exc:  # informational, as the model's own check
-                    junk_nr = {name: {"error": str(exc).splitlines()[0]} for name in nr_fns}
+        try:
+            junk = junk_vs_clean(scorer, manifest, peers=nr_fns, pool=pool)  # the model's own check, baselines or not
+        except Exception as exc:  # informational; never stops the evaluation
+            junk = {"error": str(exc).splitlines()[0]}
+    junk_rows = junk.pop("scores", []) if isinstance(junk, dict) else []
+    junk_nr = junk.pop("peers", {}) if isinstance(junk, dict) else {}
     t_all = time.perf_counter() - t0
 
     # 4. metrics per task and method
