@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import contextlib
+import functools
 import itertools
 import os
 import threading
@@ -231,9 +232,13 @@ class Scorer(ScoringMethods):
         """Whether the backend runs concurrent calls in parallel (else they are serialised by a lock)."""
         return bool(getattr(self.backend, "thread_safe", False))
 
-    def _encode_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _encode_batch(self, x: np.ndarray, one_core: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The backend on one batch, counted: on its every-core session (serialised when the backend needs it), or
+        with one_core on the calling thread alone (`_iter_one_core`)."""
         with self._count_lock:
             self.encoded_images += x.shape[0]
+        if one_core:
+            return self.backend.encode_one_core(x)
         with self._backend_lock:
             return self.backend.encode(x)
 
@@ -296,7 +301,7 @@ class Scorer(ScoringMethods):
         one core each"): the decoding and the naturalness term no longer fight the encoder's thread pool."""
         def batch_job(batch):
             decoded = [work(job) for job in batch]
-            return decoded, self._encode_decoded(decoded, term, self._encode_one_core)
+            return decoded, self._encode_decoded(decoded, term, functools.partial(self._encode_batch, one_core=True))
 
         def next_batch():
             return list(itertools.islice(it, self.batch_size))
@@ -313,11 +318,6 @@ class Scorer(ScoringMethods):
             finally:
                 for f in pending:  # a caller that stops early does not wait for batches it will not read
                     f.cancel()
-
-    def _encode_one_core(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with self._count_lock:
-            self.encoded_images += x.shape[0]
-        return self.backend.encode_one_core(x)
 
     @staticmethod
     def _encode_decoded(decoded: list, term, encode) -> tuple | None:

@@ -720,3 +720,24 @@ def test_baselines_in_processes_are_the_sequential_ones(tiny_bundle, tmp_path, m
     assert {"encode", "baselines", "nr_baseline"} <= stages
     assert set(many["junk_vs_clean_baselines"]) == {"LapVar (NR)", "NIQE (NR)"}
     assert all("clean_wins" in v for v in many["junk_vs_clean_baselines"].values())
+
+
+@needs_torch
+def test_a_broken_baseline_pool_is_the_peers_error_not_the_models(tiny_bundle, tmp_path):
+    """junk_vs_clean with peers: if the pool itself fails (a worker killed), the peers say so in one line and the
+    model's own check, which the ship rule reads, is unaffected."""
+    from fgresq_sdk.scorer import Scorer
+    from fgresq_sdk.train.evaluate import _nr_functions, junk_vs_clean
+
+    class BrokenPool:
+        def map(self, *args, **kwargs):
+            raise RuntimeError("A process in the process pool was terminated abruptly\nwhile the future was running")
+
+    man = build_tiny_manifest(tmp_path / "data")
+    scorer = Scorer(tiny_bundle, backend="onnxruntime")
+    alone = junk_vs_clean(scorer, man)
+    got = junk_vs_clean(scorer, man, peers=_nr_functions([]), pool=BrokenPool())
+    peers = got.pop("peers")
+    assert json.dumps(got, sort_keys=True) == json.dumps(alone, sort_keys=True)
+    assert set(peers) == {"LapVar (NR)", "NIQE (NR)"}
+    assert all(v == {"error": "A process in the process pool was terminated abruptly"} for v in peers.values())

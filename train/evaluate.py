@@ -357,8 +357,12 @@ def junk_vs_clean(scorer, manifest, seed: int = 0, peers: dict | None = None, po
 
 
 def _peer_scores(peers: dict, arrays: list, pool) -> dict[str, np.ndarray | str]:
-    """{peer: its scores of the RGB arrays, or the first error's line} (in the pool's processes when given)."""
-    rows = _map(_nr_one, [(a, peers) for a in arrays], pool)
+    """{peer: its scores of the RGB arrays, or the first error's line} (in the pool's processes when given). A
+    failure of the pool itself is the peers' error too: it must not take the model's own junk check with it."""
+    try:
+        rows = _map(_nr_one, [(a, peers) for a in arrays], pool)
+    except Exception as exc:  # noqa: BLE001 - e.g. a worker process killed for memory
+        return {name: str(exc).splitlines()[0] if str(exc) else type(exc).__name__ for name in peers}
     out = {}
     for name in peers:
         bad = next((r[name][1] for r in rows if r[name][1] is not None), None)

@@ -140,7 +140,7 @@ class OnnxRuntimeBackend(Backend):
         self.input_type = self.encoder.get_inputs()[0].type  # tensor(float) or tensor(float16)
         # On the CPU, many batches run faster one core each than one after another on every core: the image
         # decoding and the naturalness term of the next batches then share the cores with the encoder instead of
-        # fighting its spinning thread pool (README, "Encoder batch on a CPU"). The one-thread session is made at
+        # fighting its spinning thread pool (README, "Batches one core each"). The one-thread session is made at
         # the first such call.
         cores = int(threads or default_threads())
         self.one_core_workers = cores if parse_device(device)[0] == "cpu" and cores > 1 else 0
