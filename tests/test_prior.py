@@ -193,6 +193,45 @@ def gated_term(model, stats: np.ndarray) -> np.ndarray:
 
 
 @needs_torch
+def test_fit_prior_calibrating_first_gives_calibrate_then_fit_prior_exactly(tmp_path, monkeypatch):
+    """scripts/make_default_model.sh runs `fit_prior --calibrate` on the selected checkpoint instead of
+    train/calibrate.py and then fit_prior: one pass over the val photos fewer, and the same model to the bit (the
+    calibration's logits are made as calibrate.py makes them, the prior's per batch as before)."""
+    import torch
+
+    from fgresq_sdk.model import load_checkpoint, read_checkpoint_metadata, save_checkpoint
+    from fgresq_sdk.train import fit_prior as fp
+    from fgresq_sdk.train.calibrate import main as calibrate_main
+
+    ckpt, stems = prior_inputs(tmp_path)
+    kw = dict(n_contents=5, lambdas=(1.0, 100.0), cs=(0.0, 0.5, 2.0), check_sha256=False, classical=True, pair=True)
+    assert calibrate_main(["--checkpoint", str(ckpt), "--manifest", str(tmp_path / "val"),
+                           "--out", str(tmp_path / "cal.safetensors")]) == 0
+    two_steps, rec2 = fp.fit_prior(tmp_path / "cal.safetensors", stems, tmp_path / "fit", tmp_path / "val", **kw)
+    one_step, rec1 = fp.fit_prior(ckpt, stems, tmp_path / "fit", tmp_path / "val", calibrate_score=True, **kw)
+    assert load_checkpoint(ckpt).score_scale == 1.0 != one_step.score_scale == two_steps.score_scale
+    a, b = two_steps.state_dict(), one_step.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    cal = json.loads(read_checkpoint_metadata(tmp_path / "cal.safetensors")["score_calibration"])
+    assert rec1.pop("score_calibration") == dict(cal, manifest=str(tmp_path / "val"))
+    assert json.dumps(rec1, sort_keys=True) == json.dumps(rec2, sort_keys=True)
+    # the CLI keeps the calibration's record where calibrate.py's checkpoint keeps it (the made-up branches are
+    # not the pinned files: read them unchecked)
+    read = fp.read_waifu2x
+    monkeypatch.setattr(fp, "waifu2x_stems", lambda root: stems)
+    monkeypatch.setattr(fp, "read_waifu2x", lambda stem, check_sha256=True: read(stem, False))
+    out = tmp_path / "prior.safetensors"
+    assert fp.main(["--checkpoint", str(ckpt), "--calibrate", "--weights", str(tmp_path), "--fit-manifest",
+                    str(tmp_path / "fit"), "--val-manifest", str(tmp_path / "val"), "--out", str(out)]) == 0
+    meta = read_checkpoint_metadata(out)
+    assert json.loads(meta["score_calibration"]) == dict(cal, manifest=str(tmp_path / "val"))
+    assert "score calibrated on" in meta["source"] and load_checkpoint(out).score_scale == one_step.score_scale
+    with pytest.raises(ValueError, match="already has a prior"):
+        fp.fit_prior(save_checkpoint(one_step, tmp_path / "again.safetensors", source="test"), stems,
+                     tmp_path / "fit", tmp_path / "val", calibrate_score=True, check_sha256=False)
+
+
+@needs_torch
 def test_fit_prior_fits_on_fit_photos_chooses_on_val_and_records_both_grids(tmp_path):
     import torch
     from scipy.stats import spearmanr

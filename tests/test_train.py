@@ -237,6 +237,53 @@ def test_pair_dataset_same_crop_and_eval_matches_inference(manifest_dir):
     assert img_ds[0]["image"].shape == (3, 224, 224) and 0 <= img_ds[0]["task"] < 6
 
 
+def test_view_batches_read_ahead_in_order_and_equal_to_inference(manifest_dir):
+    from fgresq_sdk.preprocess import preprocess
+    from fgresq_sdk.train.datasets import TransformSpec, view_batches
+    from fgresq_sdk.train.manifest import Manifest
+
+    m = Manifest.load(manifest_dir)
+    ids = sorted(m.images)[:7]
+    spec = TransformSpec(size=224, resize=256, crop=224)
+    got = list(view_batches(m, ids, spec, batch_size=3))
+    assert [len(x) for x in got] == [3, 3, 1]
+    for k, x in zip(ids, torch.cat(got)):
+        assert np.array_equal(x.numpy(), preprocess(m.image_path(k), {"size": 224}))
+
+
+def test_read_ahead_keeps_order_raises_in_place_and_stops_with_its_consumer():
+    import threading
+    import time
+
+    from fgresq_sdk.train.datasets import read_ahead
+
+    assert list(read_ahead(iter(range(50)), depth=2)) == list(range(50))
+    assert list(read_ahead(iter([]))) == []
+
+    def failing():
+        yield 1
+        yield 2
+        raise OSError("unreadable image")
+    seen = []
+    with pytest.raises(OSError, match="unreadable image"):
+        for v in read_ahead(failing()):
+            seen.append(v)
+    assert seen == [1, 2]  # the items before the error, then the error itself
+
+    made = []
+
+    def endless():
+        while True:
+            made.append(len(made))
+            yield made[-1]
+    it = read_ahead(endless(), depth=2)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    it.close()  # the consumer stops early: the producer thread must end, not block on the full queue
+    time.sleep(0.3)
+    assert not any(t.name == "read-ahead" and t.is_alive() for t in threading.enumerate())
+    assert len(made) <= 3 + 2 + 2  # never more than the queue's depth (and one in hand) ahead
+
+
 def test_tokenizer_truncates_to_context_length():
     from fgresq_sdk.config import load_config
     from fgresq_sdk.train.dfl import build_frozen_text_tower, text_embeddings, tokenize

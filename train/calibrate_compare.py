@@ -106,7 +106,9 @@ def val_pairs(bundle, manifest: Manifest) -> tuple[np.ndarray, np.ndarray, np.nd
 
     ids = list(manifest.images)
     feats, kept, errors = [], {}, []
-    for enc in Scorer(bundle, backend="onnxruntime").iter_encode([manifest.image_path(i) for i in ids], names=ids):
+    # features only: the comparisons never read a score, so the naturalness term's distance is not computed
+    for enc in Scorer(bundle, backend="onnxruntime").iter_encode([manifest.image_path(i) for i in ids], names=ids,
+                                                                 features_only=True):
         if enc.error is not None:
             errors.append({"image_id": ids[enc.index], "error": enc.error})
             continue

