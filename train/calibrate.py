@@ -34,7 +34,13 @@ LOW, HIGH = 0.05, 0.95  # the scores the val logits' 5th and 95th percentiles ar
 def score_logits(model, manifest: Manifest, batch_size: int = 32) -> np.ndarray:
     """k·(w·q + b) of every manifest image through the inference preprocessing."""
     ids, q = manifest_features(model, manifest, TransformSpec.from_config(model.cfg), batch_size=batch_size)
-    return model.score_logit(q).squeeze(-1).cpu().numpy() if ids else np.zeros(0, dtype=np.float32)
+    return logits_of_features(model, q) if ids else np.zeros(0, dtype=np.float32)
+
+
+def logits_of_features(model, q: torch.Tensor) -> np.ndarray:
+    """The float32 score logits [N] of features q [N, F], in one product: the values the calibration is read from
+    (train/fit_prior.py --calibrate reads them from its own val pass the same way, to the bit)."""
+    return model.score_logit(q).squeeze(-1).cpu().numpy()
 
 
 def percentile_affine(logits: np.ndarray, low: float = LOW,

@@ -158,15 +158,10 @@ def read_ahead(items: Iterator, depth: int = 2) -> Iterator:
     stop = threading.Event()
     end = object()
 
-    def produce():
+    def produce():  # a put blocked on a full queue is freed by the consumer's drain below, then sees the stop
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                q.put((item, None))
                 if stop.is_set():
                     return
             q.put((end, None))

@@ -40,7 +40,7 @@ from fgresq_sdk.errors import FGResQError
 from fgresq_sdk.model import FGResQ, load_checkpoint, save_checkpoint
 
 from .allocator import keep_freed_memory
-from .calibrate import calibrate
+from .calibrate import calibrate, logits_of_features
 from .datasets import TransformSpec, view_batches
 from .folds import leave_groups_out
 from .junk_floor import fit_junk_floor
@@ -144,8 +144,7 @@ def prior_statistics(model: FGResQ, manifest: Manifest, ids: list[str], batch_si
     if calibrate_score:
         if not score_logits:
             raise ValueError("calibrate_score needs score_logits")
-        # as train/calibrate.py computes them: the features of every batch joined, their float32 logits at once
-        record = calibrate(model, model.score_logit(torch.cat(qs)).squeeze(-1).cpu().numpy())
+        record = calibrate(model, logits_of_features(model, torch.cat(qs)))  # as train/calibrate.py reads them
     # per batch, as the features were made: the same calls give the same bits
     out = (np.concatenate(stats),
            np.concatenate([model.score_logit(q).squeeze(-1).double().numpy() for q in qs]) if score_logits else None)
