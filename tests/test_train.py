@@ -787,10 +787,79 @@ def test_recipe_script_times_every_step_and_reads_the_total_against_the_budget_o
     out = run(over, "SECONDS=5401\ntimed training")
     assert out.returncode == 0 and "90 min 1 s, OVER the 90-min budget" in out.stdout.splitlines()[-1]
     # every step between the clock's start and the end is charged: the marks in the script's order
-    marks = re.findall(r"^\s*timed ([\w-]+)", script[script.index("trap timing_summary EXIT"):], re.M)
+    marks = re.findall(r"^\s*timed ([\w-]+)", script[script.index("timing_summary' EXIT"):], re.M)
     assert marks == ["photos", "data", "training", "polish", "score-calibration", "prior", "bundle",
-                     "test-evaluation", "mate-check", "residue-check", "install"]
+                     "test-evaluation", "background-wait", "mate-check", "residue-check", "install"]
     assert script.rstrip().endswith("timed install")
+
+
+def _script_functions(*names: str) -> str:
+    script = (Path(__file__).resolve().parents[1] / "scripts" / "make_default_model.sh").read_text()
+    return "\n".join(re.search(rf"^{name}\(\) \{{.*?^\}}$", script, re.M | re.S).group(0) for name in names)
+
+
+def test_recipe_script_background_lane_runs_idle_reports_and_stops_with_the_script(tmp_path):
+    """scripts/make_default_model.sh's background lane, run as the script defines it: the function runs at the lowest
+    CPU priority (SCHED_IDLE, or nice 19 where that cannot be set) in its own process group; the wait copies its log
+    into the script's and stops the script with the lane's exit code if it failed; a script that ends before the wait
+    (a failed step, Ctrl-C) takes the lane and its children with it."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    funcs = _script_functions("lowest_priority", "start_background", "wait_background", "stop_background")
+
+    def run(work, body):
+        prog = (f"set -euo pipefail\nWORK={work}\nSECONDS=0\nBG_PID=\n{funcs}\ntrap stop_background EXIT\n"
+                f"trap 'exit 130' INT\n{body}")
+        return subprocess.Popen(["bash", "-c", prog], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}, start_new_session=True)
+
+    work = tmp_path / "ok"
+    work.mkdir()
+    lane = ("lane() { echo lane says hi; awk '{print $41}' /proc/$BASHPID/stat > $WORK/policy;"
+            " awk '{print $19}' /proc/$BASHPID/stat > $WORK/nice; ps -o pgid= $BASHPID > $WORK/pgid; }")
+    proc = run(work, f"{lane}\nstart_background lane\necho main $$ $(ps -o pgid= $$)\nwait_background\necho main goes on")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("background lane started (pid ")
+    assert "lane says hi" in lines and lines[-1] == "main goes on"
+    assert any(line.startswith("time: background lane done ") for line in lines)
+    policy, nice = int((work / "policy").read_text()), int((work / "nice").read_text())
+    assert policy == 5 or nice == 19  # SCHED_IDLE is policy 5 in /proc/PID/stat
+    main_pgid = next(line for line in lines if line.startswith("main ")).split()[2]
+    assert (work / "pgid").read_text().strip() != main_pgid  # its own process group
+
+    work = tmp_path / "fails"
+    work.mkdir()
+    proc = run(work, "lane() { echo trying; false; echo never; }\nstart_background lane\nwait_background\necho main goes on")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "trying" in out and "never" not in out and "main goes on" not in out
+    assert f"the background lane failed (exit code 1): {work}/background.log" in err
+
+    work = tmp_path / "stopped"
+    work.mkdir()
+    proc = run(work, "lane() { sleep 300 & echo $! > $WORK/child; wait; }\nstart_background lane\nsleep 300")
+    child = work / "child"
+    for _ in range(200):
+        if child.exists() and child.read_text().strip():
+            break
+        time.sleep(0.05)
+    pid = int(child.read_text())
+    os.kill(pid, 0)  # running
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal's foreground group, which the lane is not in
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    for _ in range(200):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the background lane's child outlived the script")
 
 
 @pytest.mark.parametrize("config", ["fgresq-compact-cnn", "fgresq-compact-cnn-log", "fgresq-compact-cnn-logk",
