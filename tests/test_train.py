@@ -747,6 +747,12 @@ def test_recipe_script_ship_rule_needs_a_better_mean_the_task_floor_and_no_worse
     assert not ships(result("lose", 0.91, tasks={"deblurring": 0.79, "denoising": 1.0}), old_low, res_up, old_res)
 
 
+def _script_functions(*names: str) -> str:
+    """These shell functions of scripts/make_default_model.sh, as the script defines them."""
+    script = (Path(__file__).resolve().parents[1] / "scripts" / "make_default_model.sh").read_text()
+    return "\n".join(re.search(rf"^{name}\(\) \{{.*?^\}}$", script, re.M | re.S).group(0) for name in names)
+
+
 def test_recipe_script_times_every_step_and_reads_the_total_against_the_budget_on_its_cpu(tmp_path):
     """scripts/make_default_model.sh's clock, run as the script defines it: $WORK/timings.tsv names the CPU, then
     one row per step in seconds, then the total; at exit (also an early or failed one) the log says whether the
@@ -757,8 +763,7 @@ def test_recipe_script_times_every_step_and_reads_the_total_against_the_budget_o
     from fgresq_sdk.cpu import cpu_model
 
     script = (Path(__file__).resolve().parents[1] / "scripts" / "make_default_model.sh").read_text()
-    funcs = "\n".join(re.search(rf"^{name}\(\) \{{.*?^\}}$", script, re.M | re.S).group(0)
-                      for name in ("timing_start", "timed", "timing_summary"))
+    funcs = _script_functions("timing_start", "timed", "timing_summary")
     budget = re.search(r"^BUDGET_MIN=(\d+)$", script, re.M).group(1)
     assert budget == "90"
 
@@ -791,11 +796,6 @@ def test_recipe_script_times_every_step_and_reads_the_total_against_the_budget_o
     assert marks == ["photos", "data", "training", "polish", "score-calibration", "prior", "bundle",
                      "test-evaluation", "background-wait", "mate-check", "residue-check", "install"]
     assert script.rstrip().endswith("timed install")
-
-
-def _script_functions(*names: str) -> str:
-    script = (Path(__file__).resolve().parents[1] / "scripts" / "make_default_model.sh").read_text()
-    return "\n".join(re.search(rf"^{name}\(\) \{{.*?^\}}$", script, re.M | re.S).group(0) for name in names)
 
 
 @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
@@ -843,6 +843,12 @@ def test_recipe_script_background_lane_runs_idle_reports_and_stops_with_the_scri
     assert proc.returncode == 1 and "trying" in out and "never" not in out and "main goes on" not in out
     assert f"the background lane failed (exit code 1): {work}/background.log" in err
 
+    def alive(pid: int) -> bool:  # a zombie waiting for a reaper counts as gone
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+
     work = tmp_path / "stopped"
     work.mkdir()
     proc = run(work, "lane() { sleep 300 & echo $! > $WORK/child; wait; }\nstart_background lane\nsleep 300")
@@ -852,15 +858,13 @@ def test_recipe_script_background_lane_runs_idle_reports_and_stops_with_the_scri
             break
         time.sleep(0.05)
     pid = int(child.read_text())
-    os.kill(pid, 0)  # running
+    assert alive(pid)
     # Ctrl-C (the terminal's foreground group, which the lane is not in) or a kill of the script's group
     os.killpg(proc.pid, getattr(signal, stop))
     proc.communicate(timeout=60)
     assert proc.returncode == {"SIGINT": 130, "SIGTERM": 143}[stop]
     for _ in range(200):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not alive(pid):
             break
         time.sleep(0.05)
     else:
