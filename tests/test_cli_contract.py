@@ -1,7 +1,8 @@
 """CLI contract details through the real executable: --version and -h, flags in help, every `--format`
 honoured, nothing-to-show outputs (a single image's win rate, nothing ranked, a failed compare), group
 headers that count what was ranked, contact-sheet formats and names, bench option checks made before
-the run, and the one-line refusal of a file that is not a PyTorch checkpoint.
+the run, and the one-line refusals of a file that is not a PyTorch checkpoint and of an eval folder that
+is not a manifest.
 """
 from __future__ import annotations
 
@@ -217,6 +218,30 @@ def test_import_official_a_zip_that_is_not_a_checkpoint_is_still_one_line(tmp_pa
     run = run_cli("import-official", "x.pth", "--out", "out", cwd=tmp_path)
     assert run.rc == 2
     assert len(run.lines) == 1 and run.lines[0].startswith("error: x.pth")
+
+
+# -- eval of a folder that is not a whole manifest ------------------------------------------------------
+def test_eval_of_a_folder_that_is_not_a_manifest_says_what_is_missing_in_one_line(tiny_bundle, photo_paths, tmp_path):
+    """The usual slip is an image folder passed to --manifest; a broken or partial manifest is the other."""
+    pytest.importorskip("scipy")
+    pytest.importorskip("skimage")
+    shutil.copy(photo_paths[0], tmp_path / photo_paths[0].name)
+    args = ("eval", "--model", str(tiny_bundle), "--no-baselines", "--manifest", ".")
+    run = run_cli(*args, cwd=tmp_path)
+    assert run.rc == 2
+    assert len(run.lines) == 1 and run.lines[0].startswith("error: ")
+    assert "no manifest.json in" in run.lines[0] and "images.csv and pairs.csv" in run.lines[0]
+    assert "Errno" not in run.lines[0]
+
+    (tmp_path / "manifest.json").write_text("{not json")
+    run = run_cli(*args, cwd=tmp_path)
+    assert run.rc == 2 and len(run.lines) == 1 and "manifest.json: not JSON" in run.lines[0]
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "fgresq-manifest", "version": 1, "scenes": {}}))
+    run = run_cli(*args, cwd=tmp_path)
+    assert run.rc == 2 and len(run.lines) == 1
+    assert "manifest.json names images.csv as its images table" in run.lines[0] and "Errno" not in run.lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["manifest.json", photo_paths[0].name])
 
 
 # -- contact sheet and heat map name their files ---------------------------------------------------------

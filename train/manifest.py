@@ -113,6 +113,15 @@ def _opt_float(s: str | None) -> float | None:
     return None if s == "" else float(s)
 
 
+def _table_path(folder: Path, meta: dict, key: str) -> Path:
+    """The images or pairs table manifest.json names; a missing one is named with the manifest that expects it."""
+    path = folder / str(meta.get(key, f"{key}.csv"))
+    if not path.is_file():
+        raise FileNotFoundError(f"{MANIFEST_FILE} names {path.name} as its {key} table, "
+                                "but the folder has no such file")
+    return path
+
+
 @dataclass
 class Manifest:
     root: Path
@@ -185,7 +194,16 @@ class Manifest:
         p = Path(folder_or_manifest_json)
         mpath = p / MANIFEST_FILE if p.is_dir() else p
         folder = mpath.parent
-        meta = json.loads(mpath.read_text(encoding="utf-8"))
+        if not mpath.is_file():
+            # a folder without the file is the usual slip (an image folder passed to --manifest): say what one holds
+            raise FileNotFoundError(f"no {MANIFEST_FILE} in this folder (a manifest folder holds {MANIFEST_FILE}, "
+                                    "images.csv and pairs.csv: train/manifest.py, README)")
+        try:
+            meta = json.loads(mpath.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{mpath.name}: not JSON ({e})") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"{mpath.name}: not a JSON object")
         if meta.get("format") != FORMAT:
             raise ValueError(f"{mpath}: not an {FORMAT} file (format={meta.get('format')!r})")
         if int(meta.get("version", -1)) != VERSION:
@@ -195,7 +213,7 @@ class Manifest:
         root = root.resolve()
 
         images: dict[str, ImageRecord] = {}
-        ipath = folder / meta.get("images", "images.csv")
+        ipath = _table_path(folder, meta, "images")
         with open(ipath, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             missing = [c for c in _REQUIRED_IMAGE_COLUMNS if c not in (reader.fieldnames or [])]
@@ -218,7 +236,7 @@ class Manifest:
                     reference=(row.get("reference") or "").strip() or None, strength=strength,
                 )
         pairs: list[PairRecord] = []
-        ppath = folder / meta.get("pairs", "pairs.csv")
+        ppath = _table_path(folder, meta, "pairs")
         with open(ppath, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             missing = [c for c in PAIR_COLUMNS if c not in (reader.fieldnames or [])]
