@@ -26,7 +26,7 @@ Measured (defaults: 20 steps, batch 8, 224², 2 threads; torch 2.14.1+cu130; sha
 
 | CPU | unpinned | `--pins avx2` | `--pins portable` |
 |---|---|---|---|
-| AMD EPYC family 25 model 1 (Zen 3, AVX2 only), 2026-12-03 | b530c1f23f3dcfd0 (twice) | 1ce22b9cd8659e88 | not run |
+| AMD EPYC family 25 model 1 (Zen 3, AVX2 only), 2026-12-03 and -06 | b530c1f23f3dcfd0 (three times) | 1ce22b9cd8659e88 (twice) | 361bb4f8ab361c14 (24 s; unpinned 18 s) |
 | Intel Xeon family 6 model 167 (AVX-512, VNNI, AMX), 2026-12-03 | 051b6e31ab1d6949 | **aa9f947cd488e585** | 503657042fda82ca |
 
 | CPU | `--pins cnr` | `--pins avx2-cnr` |
@@ -34,11 +34,16 @@ Measured (defaults: 20 steps, batch 8, 224², 2 threads; torch 2.14.1+cu130; sha
 | Intel Xeon family 6 model 167, 2026-12-04 | **d84cfaed1f279eb8** (21–24 s; unpinned 12 s) | **11646b4e65d436ce** (15–18 s)|
 | Intel Xeon family 6 model 207 (AVX-512, AMX; the GPU machine's host), torch **2.11.0**+cu130, 2026-12-04 | **d84cfaed1f279eb8** (38 s) | **11646b4e65d436ce** (23 s); unpinned 051b6e31ab1d6949 |
 | Intel Xeon family 6 model 207, 2 cores, torch 2.14.1 (bench/gpu_check.sh's step 4 in `--cpu` mode), 2026-12-04 | **d84cfaed1f279eb8** (23 s) | **11646b4e65d436ce** (15 s); unpinned 051b6e31ab1d6949 |
-| AMD (Zen 3 / Zen 4) | not run yet | not run yet |
+| AMD EPYC family 25 model 1 (Zen 3, AVX2 only), torch 2.14.1, 2026-12-06 | b8f61424d1ed6f5b (40 s) | 4b164375df3e7321 (25 s) |
 
 The model-207 row (bench/results/h200-2026-12-04/isa_repro.jsonl) matches model 167 in all three columns, on
 another Intel generation *and* another torch release: the hashes follow the CPU vendor's kernel choices, not the
-torch build between 2.11 and 2.14.1, so an AMD fingerprint may come from either torch.
+torch build between 2.11 and 2.14.1. **The real Zen 3 (2026-12-06) prints other hashes than the Intels in every
+column** — `cnr` and `avx2-cnr` too: MKL's COMPATIBLE branch with oneDNN off (or capped at AVX2) and ATen at AVX2
+gives the same weights across Intel generations, not across vendors. What still differs is not identified (not
+MKL's ISA cap, which leaves the Intel's hash alone; candidates: an instruction whose result is implementation-
+defined, such as the rcpps/rsqrtps approximations, or a kernel whose blocking follows what MKL or ATen read from
+CPUID).
 
 Emulated (`--emulate`, qemu-user 7.2 TCG, 2026-12-04; `--steps 2 --size 64 --batch 4`, against the same run natively
 on the Intel model 207; full-size runs take hours under TCG):
@@ -50,28 +55,32 @@ on the Intel model 207; full-size runs take hours under TCG):
 | `avx2-cnr` | d67a99445922779e | 5563361a587ce562 | 5563361a587ce562 |
 | `cnr` | e173c6485226972b | 0c4aa469e60244e9 | 0c4aa469e60244e9 |
 
+The same small runs natively on the real Zen 3 (2026-12-06, torch 2.14.1): `avx2` deb17cff51fa01ad, `cnr`
+c03b25e60867a186, `avx2-cnr` bae65374d0c09b8e — neither the native Intel's nor the emulated Zen 3's.
+
 What it shows: the emulator reproduces native arithmetic bit for bit where MKL runs its AVX2 branch (the `avx2`
 row: emulated Intel = native Intel), and it reproduces the vendor split the real Zen 3 showed (MKL ignores
 `MKL_CBWR=AVX2` on AMD: 3b15… ≠ 3040…). With MKL's COMPATIBLE branch (`cnr`, `avx2-cnr`) the emulated Intel and the
 emulated AMD agree with each other but **not with the native Intel**: that branch runs something the emulator
 computes differently from the hardware (an implementation-defined instruction such as the rcpps/rsqrtps
 approximations would do it; not identified). So qemu cannot certify COMPATIBLE's portability — and if the cause is
-such an instruction, real Intel and AMD could differ there too. Only a real AMD CPU answers it (the cnr and
-avx2-cnr rows above, 20 steps at 224², ~20 s each).
+such an instruction, real Intel and AMD could differ there too. The real Zen 3 answered it: they do (the cnr and
+avx2-cnr rows above).
 
 Both hashes stayed the same with MKL's own ISA cap lowered (MKL_ENABLE_INSTRUCTIONS=AVX2 or SSE4_2) and oneDNN capped
 at AVX2, while MKL's branch alone moves them (cnr with MKL_CBWR=AVX2: 19877abf…, AUTO: 1aaf03d5…): under these
 pins the weights do not follow what this CPU offers beyond AVX2. MKL documents its COMPATIBLE branch as the one
 that gives the same results on Intel and non-Intel CPUs (its AVX2 branch is ignored on non-Intel ones, which
-explains the table above); an AMD CPU printing the same `cnr` hash confirms it, and the same `avx2-cnr` hash would
-also clear oneDNN's AVX2 convolutions, which cost far less (stage-2 steps 1.13 s against `cnr`'s 2.30 s and native
-0.90 s on the Intel).
+explains the table above); the real Zen 3's `cnr` hash (b8f61424…, not d84cfaed…) says that training as a whole
+still differs between the vendors under it, and its `avx2-cnr` hash (4b164375…, not 11646b4e…) the same with
+oneDNN's AVX2 convolutions kept.
 
 So the AVX2 pins do **not** make training portable: the Intel prints another hash than the Zen 3 under the same
 pins (on the Intel each pin alone also changes the hash: ATen 48c2a01b…, oneDNN ad827a28…, MKL 18c3ef2d…; on the
 Zen 3 only MKL_CBWR did). What still differs is below the ISA (kernel blocking that follows cache sizes, or MKL's
-branch choice by vendor); `--pins portable` is the last probe (a Zen 3 printing 503657042fda82ca would mean it
-suffices; it costs 65.8 s against 16.1 s here for the 20 steps, so the recipe could not afford it anyway).
+branch choice by vendor); `--pins portable` was the last probe: the Zen 3 printed 361bb4f8… against the Intel's
+503657042fda82ca…, so even the least each library offers does not make the two vendors agree (it costs 65.8 s
+against 16.1 s on the Intel for the 20 steps, 24 s against 18 s on the Zen 3).
 """
 from __future__ import annotations
 

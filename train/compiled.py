@@ -9,7 +9,7 @@ with ATen, oneDNN and Inductor held to AVX2 (the stand-in for an AVX2-only Zen 3
 What it changes: fused kernels add in another order, so a compiled run trains weights that differ from an eager
 run's in the last bits, the same kind of difference as another CPU's kernels; on one machine a compiled run
 repeats itself. Hence an execution option, like the thread count, not part of a recipe, and refused with the
-portable kernels, whose point is the same sums on every CPU.
+portable kernels, whose point is the same sums on every CPU (among Intel CPUs, as measured).
 
 Inductor's on-disk caches are turned off for the process: with torch 2.14.1 a stage-2 graph loaded from the cache
 (a second run, or any graph compiled before) corrupted the heap and aborted the run within ten steps, every time,

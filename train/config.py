@@ -45,8 +45,9 @@ DEFAULTS: dict[str, Any] = {
     "threads": None,                  # torch.set_num_threads; None = all cores
     "device": "cpu",                  # torch device for training ("cuda", "cuda:1", ...)
     # CPU kernels (train/kernels.py): "native" = the fastest this CPU has; "portable" = ATen capped at AVX2,
-    # oneDNN off, MKL's COMPATIBLE reproducibility branch, so every x86-64 CPU with AVX2 sums in the same order
-    # and a seed trains the same weights on an AVX-512 Intel and an AVX2-only AMD (~2.5x the step time there)
+    # oneDNN off, MKL's COMPATIBLE reproducibility branch: a seed trains the same weights on Intel CPUs of
+    # different generations and ISAs (measured), but not on an AMD CPU (an AVX2-only Zen 3 trained others,
+    # 2026-12-06); ~2.5x the step time on an AVX-512 Intel
     "cpu_kernels": "native",
     # torch.compile the towers' call in full training batches (train/compiled.py): float noise, ~1/3 less step
     # time on 2-core CPUs; needs a C++ compiler (without one the run logs why and trains eagerly). An execution

@@ -1,5 +1,5 @@
-"""Which CPU kernels training runs on: the machine's fastest ("native"), or ones that sum in the same order on
-every x86-64 CPU with AVX2 ("portable").
+"""Which CPU kernels training runs on: the machine's fastest ("native"), or ones meant to sum in the same order on
+every x86-64 CPU with AVX2 ("portable") — which they do across Intel generations, not across vendors (below).
 
 Why: the default model's recipe is deterministic on one machine, but an AVX-512 Intel, an AVX-512 Zen 4 and an
 AVX2-only Zen 3 trained three different sets of towers from the same seed (README, "Embedded default model"):
@@ -22,6 +22,11 @@ kernels disabled (val photos, 1,508 files, 2026-12-04). ATen and MKL read their 
 so the pins must be in the environment before torch is imported: `reexec_with` starts the command again with them.
 Cost: the default recipe's steps took ~2.5× as long on an Intel Xeon with AVX-512 (stage 1 1.67 s vs 0.68 s,
 stage 2 2.30 s vs 0.90 s; README, "CPU kernels"), which is why that recipe stays native.
+
+What it buys, measured with bench/isa_repro.py (20 steps of the recipe's towers): the same weights on two Intel
+generations (family 6 models 167 and 207) and two torch releases, but other weights on a real AMD Zen 3
+(2026-12-06: `cnr` b8f61424… against the Intels' d84cfaed…). Something below these pins still follows the
+vendor; it is not identified. So "portable" means portable among Intel CPUs until an AMD matches.
 """
 from __future__ import annotations
 
