@@ -16,6 +16,11 @@ pins, torch build and threads mean training is portable there; the recipe can th
     .venv/bin/python bench/isa_repro.py --pins cnr      # what "cpu_kernels": "portable" trains on (train/kernels.py):
                                                         # ATen at AVX2, oneDNN off, MKL COMPATIBLE,STRICT
     .venv/bin/python bench/isa_repro.py --pins avx2-cnr # the same with oneDNN's AVX2 convolutions kept (cheaper)
+    .venv/bin/python bench/isa_repro.py --pins cnr --per-module zen3-cnr.json
+                                   # where two CPUs part: one training step's hash per module output (in the
+                                   # order they run), per gradient and per weight after the optimiser step
+    .venv/bin/python bench/isa_repro.py --compare zen3-cnr.json intel-cnr.json
+                                   # the first module, gradient and weight whose hashes differ, and how many do
     .venv/bin/python bench/isa_repro.py --pins avx2-cnr --emulate EPYC-Milan --steps 2
                                    # the same on an emulated AMD Zen 3 (qemu-user, `apt-get install qemu-user-static`):
                                    # what MKL and oneDNN choose from CPUID (vendor, ISA, caches) follows the model,
@@ -75,6 +80,14 @@ explains the table above); the real Zen 3's `cnr` hash (b8f61424…, not d84cfae
 still differs between the vendors under it, and its `avx2-cnr` hash (4b164375…, not 11646b4e…) the same with
 oneDNN's AVX2 convolutions kept.
 
+Where the vendors part, module by module (`--per-module`, 2026-12-06): the Zen 3's files for `cnr`, `avx2-cnr`,
+`avx2` and no pins are in bench/results/zen3-2026-12-06/ (one step at batch 8, 224², 2 threads, torch 2.14.1). On
+the Zen 3 itself they show the tool works: `cnr` against `avx2-cnr` part at the first convolution
+(image_tower.features.0: im2col against oneDNN), no pins against `avx2` at the first linear layer of the head (MKL's
+branch). The next session on an Intel runs `--pins cnr --per-module intel-cnr.json` and `--compare
+bench/results/zen3-2026-12-06/per-module-cnr.json intel-cnr.json`: the first differing forward entry names the
+kernel that still follows the vendor under the portable pins.
+
 So the AVX2 pins do **not** make training portable: the Intel prints another hash than the Zen 3 under the same
 pins (on the Intel each pin alone also changes the hash: ATen 48c2a01b…, oneDNN ad827a28…, MKL 18c3ef2d…; on the
 Zen 3 only MKL_CBWR did). What still differs is below the ISA (kernel blocking that follows cache sizes, or MKL's
@@ -92,6 +105,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from fgresq_sdk.train.kernels import PORTABLE_ENV, apply_in_process  # torch-free: imported before the re-exec
 
@@ -153,6 +167,79 @@ def fingerprint(steps: int, batch: int, size: int, threads: int, kernels: str = 
             "emulated_cpu": os.environ.get(EMULATED_ENV), "seconds": round(seconds, 1)}
 
 
+def _digest(t) -> str:
+    return hashlib.sha256(t.detach().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def per_module(batch: int, size: int, threads: int, kernels: str = "native") -> dict:
+    """One step of fingerprint()'s training (same seeds, init and loss), hashed where it can part between CPUs:
+    every leaf module's output in the order the forward pass runs it, the loss, every parameter's gradient, every
+    weight after clipping and AdamW. Compared across two machines (--compare), the first differing forward entry
+    names the kernel that sums differently (later ones differ because their input did); equal forward passes with
+    differing gradients point at a backward kernel, equal gradients with differing weights at the optimiser."""
+    import torch
+    import torch.nn.functional as F
+
+    from fgresq_sdk.cpu import cpu_isa, cpu_model
+    from fgresq_sdk.model import FGResQ
+
+    apply_in_process(kernels)
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = FGResQ("fgresq-compact-cnn-ms2").train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(1)
+    forward: list[list[str]] = []
+
+    def hook(name):
+        def record(_module, _inputs, output):
+            outs = output if isinstance(output, (tuple, list)) else (output,)
+            forward.extend([f"{name}[{k}]", _digest(t)] for k, t in enumerate(outs) if torch.is_tensor(t))
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n and not any(m.children())]
+    x = torch.randn(batch, 3, size, size, generator=gen)
+    target = torch.rand(batch, generator=gen)
+    q = model.quality_features(x)
+    score = model.score_from_features(q)
+    half = batch // 2
+    logits = model.compare_logits(q[:half], q[half:2 * half])
+    label = (target[:half] < target[half:2 * half]).long()
+    loss = F.mse_loss(score, target) + F.cross_entropy(logits, label)
+    for h in handles:
+        h.remove()
+    forward += [["quality_features", _digest(q)], ["score", _digest(score)], ["compare_logits", _digest(logits)],
+                ["loss", _digest(loss)]]
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    grads = [[n, _digest(p.grad)] for n, p in named if p.grad is not None]
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return {"forward": forward, "grads": grads, "weights": [[n, _digest(p)] for n, p in named],
+            "cpu": cpu_model(), "isa": cpu_isa(), "torch": torch.__version__, "threads": threads, "batch": batch,
+            "size": size, "pins": {k: os.environ[k] for k in PINS if k in os.environ},
+            "aten_capability": torch.backends.cpu.get_cpu_capability(), "onednn": torch.backends.mkldnn.enabled}
+
+
+def compare(a: dict, b: dict) -> list[str]:
+    """Lines saying, per section of two per_module() results, the first entry whose hash differs and how many do."""
+    lines = [f"A: {a.get('cpu')} {a.get('isa')} torch {a.get('torch')} pins {a.get('pins')}",
+             f"B: {b.get('cpu')} {b.get('isa')} torch {b.get('torch')} pins {b.get('pins')}"]
+    if (a.get("batch"), a.get("size"), a.get("threads")) != (b.get("batch"), b.get("size"), b.get("threads")):
+        lines.append("warning: batch, size or threads differ, so every hash may differ for that alone")
+    for section in ("forward", "grads", "weights"):
+        ea, eb = a.get(section, []), b.get(section, [])
+        if [n for n, _ in ea] != [n for n, _ in eb]:
+            lines.append(f"{section}: the two runs hold other entries (another model or torch); not comparable")
+            continue
+        differ = [n for (n, ha), (_, hb) in zip(ea, eb) if ha != hb]
+        where = f", the first: {differ[0]}" if differ else ""
+        lines.append(f"{section}: {len(differ)} of {len(ea)} differ{where}")
+    return lines
+
+
 def emulate(model: str, argv: list[str], pins: dict[str, str]) -> int:
     """Run this script under qemu-user's CPU `model` with the pins already in the environment (an execve inside
     qemu-user would leave the emulator and run natively). qemu's warnings about CPUID bits its TCG lacks are
@@ -180,7 +267,19 @@ def main(argv=None) -> int:
     ap.add_argument("--emulate", metavar="QEMU_CPU",
                     help="run under qemu-user as this CPU model, e.g. EPYC-Milan (AMD Zen 3), EPYC-Rome (Zen 2); "
                          "see qemu-x86_64 -cpu help")
+    ap.add_argument("--per-module", metavar="OUT_JSON",
+                    help="write one step's hashes per module output, gradient and weight (to compare two CPUs)")
+    ap.add_argument("--compare", nargs=2, metavar=("A_JSON", "B_JSON"),
+                    help="where two --per-module files part: the first differing entry of each section")
     a = ap.parse_args(argv)
+    if a.compare:
+        try:
+            runs = [json.loads(Path(f).read_text(encoding="utf-8")) for f in a.compare]
+        except (OSError, ValueError) as exc:
+            print(f"isa_repro: --compare: {exc}", file=sys.stderr)
+            return 2
+        print("\n".join(compare(*runs)))
+        return 0
     pins = PIN_SETS.get(a.pins or "", {})
     if a.emulate:
         given, rest = iter(sys.argv[1:] if argv is None else argv), []
@@ -193,7 +292,14 @@ def main(argv=None) -> int:
     if any(os.environ.get(k) != v for k, v in pins.items()):
         # the libraries read these when they load: set them before torch is imported, in a fresh process
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **pins})
-    print(json.dumps(fingerprint(a.steps, a.batch, a.size, a.threads, "portable" if a.pins == "cnr" else "native")))
+    kernels = "portable" if a.pins == "cnr" else "native"
+    if a.per_module:
+        result = per_module(a.batch, a.size, a.threads, kernels)
+        Path(a.per_module).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {a.per_module}: {len(result['forward'])} module outputs, {len(result['grads'])} gradients, "
+              f"{len(result['weights'])} weights")
+        return 0
+    print(json.dumps(fingerprint(a.steps, a.batch, a.size, a.threads, kernels)))
     return 0
 
 

@@ -170,6 +170,40 @@ def test_isa_fingerprint_is_deterministic_and_the_pins_reach_the_child():
     assert cnr["pins"] == PORTABLE_ENV and cnr["onednn"] is False
 
 
+def test_isa_repro_per_module_repeats_itself_and_compare_names_the_first_entry_that_parts(tmp_path):
+    """bench/isa_repro.py --per-module / --compare: one step's hashes per module output, gradient and weight are the
+    same twice on one machine (else comparing machines means nothing), and --compare names the first entry of each
+    section whose hash differs (planted here: a module output halfway through the forward pass, the last gradient)."""
+    script = Path(__file__).resolve().parents[1] / "bench" / "isa_repro.py"
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    for out in (a, b):
+        res = run("--size", "32", "--batch", "2", "--per-module", str(out))
+        assert res.returncode == 0, res.stderr[-2000:]
+    ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    for section in ("forward", "grads", "weights"):
+        assert ra[section] == rb[section] and len(ra[section]) > 10
+    assert ra["forward"][-1][0] == "loss" and ra["cpu"] and ra["threads"] == 2
+    assert len(ra["grads"]) <= len(ra["weights"]) and ra["grads"] != ra["weights"]  # unused ones have no grad
+    same = run("--compare", str(a), str(b))
+    assert same.returncode == 0
+    n_fwd, n_grad, n_w = len(ra["forward"]), len(ra["grads"]), len(ra["weights"])
+    assert f"forward: 0 of {n_fwd} differ" in same.stdout and f"weights: 0 of {n_w} differ" in same.stdout
+    k = n_fwd // 2
+    ra["forward"][k][1] = "0" * 16
+    ra["grads"][-1][1] = "0" * 16
+    c.write_text(json.dumps(ra))
+    parted = run("--compare", str(b), str(c)).stdout
+    assert f"forward: 1 of {n_fwd} differ, the first: {ra['forward'][k][0]}" in parted
+    assert f"grads: 1 of {n_grad} differ, the first: {ra['grads'][-1][0]}" in parted
+    assert f"weights: 0 of {n_w} differ" in parted
+    missing = run("--compare", str(a), str(tmp_path / "nothing.json"))
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+
+
 def test_isa_repro_emulate_runs_under_qemu_as_the_named_cpu_or_says_what_is_missing(tmp_path):
     """bench/isa_repro.py --emulate: the fingerprint of another CPU model (qemu-user), with the pins in the
     environment of the emulated process (an execve there would leave the emulator) and the model recorded;
