@@ -121,13 +121,12 @@ PINS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_ENABLE_INS
 EMULATED_ENV = "FGRESQ_ISA_REPRO_EMULATED"  # set by --emulate for the emulated process: the CPU model it runs as
 
 
-def fingerprint(steps: int, batch: int, size: int, threads: int, kernels: str = "native") -> dict:
+def _seeded_training(threads: int, kernels: str):
+    """The recipe's towers, seeded, with AdamW over their trainable weights and the seeded input generator: what
+    every machine starts from, so that two machines' hashes differ only by their kernels."""
     import torch
-    import torch.nn.functional as F
 
-    from fgresq_sdk.cpu import cpu_isa, cpu_model
     from fgresq_sdk.model import FGResQ
-    from fgresq_sdk.train.ema import WeightEMA
 
     apply_in_process(kernels)
     torch.set_num_threads(threads)
@@ -135,19 +134,36 @@ def fingerprint(steps: int, batch: int, size: int, threads: int, kernels: str = 
     model = FGResQ("fgresq-compact-cnn-ms2").train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
+    return model, params, opt, torch.Generator().manual_seed(1)
+
+
+def _forward_loss(model, gen, batch: int, size: int):
+    """One seeded batch through both heads: (features, scores, comparison logits, loss: fidelity + 3-way)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.randn(batch, 3, size, size, generator=gen)
+    target = torch.rand(batch, generator=gen)
+    q = model.quality_features(x)
+    score = model.score_from_features(q)
+    half = batch // 2
+    logits = model.compare_logits(q[:half], q[half:2 * half])
+    label = (target[:half] < target[half:2 * half]).long()
+    return q, score, logits, F.mse_loss(score, target) + F.cross_entropy(logits, label)
+
+
+def fingerprint(steps: int, batch: int, size: int, threads: int, kernels: str = "native") -> dict:
+    import torch
+
+    from fgresq_sdk.cpu import cpu_isa, cpu_model
+    from fgresq_sdk.train.ema import WeightEMA
+
+    model, params, opt, gen = _seeded_training(threads, kernels)
     ema = WeightEMA(model, 0.995)
-    gen = torch.Generator().manual_seed(1)
     losses = []
     t0 = time.perf_counter()
     for step in range(steps):
-        x = torch.randn(batch, 3, size, size, generator=gen)
-        target = torch.rand(batch, generator=gen)
-        q = model.quality_features(x)
-        score = model.score_from_features(q)
-        half = batch // 2
-        logits = model.compare_logits(q[:half], q[half:2 * half])
-        label = (target[:half] < target[half:2 * half]).long()
-        loss = F.mse_loss(score, target) + F.cross_entropy(logits, label)
+        loss = _forward_loss(model, gen, batch, size)[3]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -178,18 +194,10 @@ def per_module(batch: int, size: int, threads: int, kernels: str = "native") -> 
     names the kernel that sums differently (later ones differ because their input did); equal forward passes with
     differing gradients point at a backward kernel, equal gradients with differing weights at the optimiser."""
     import torch
-    import torch.nn.functional as F
 
     from fgresq_sdk.cpu import cpu_isa, cpu_model
-    from fgresq_sdk.model import FGResQ
 
-    apply_in_process(kernels)
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = FGResQ("fgresq-compact-cnn-ms2").train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
-    gen = torch.Generator().manual_seed(1)
+    model, params, opt, gen = _seeded_training(threads, kernels)
     forward: list[list[str]] = []
 
     def hook(name):
@@ -199,14 +207,7 @@ def per_module(batch: int, size: int, threads: int, kernels: str = "native") -> 
         return record
 
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n and not any(m.children())]
-    x = torch.randn(batch, 3, size, size, generator=gen)
-    target = torch.rand(batch, generator=gen)
-    q = model.quality_features(x)
-    score = model.score_from_features(q)
-    half = batch // 2
-    logits = model.compare_logits(q[:half], q[half:2 * half])
-    label = (target[:half] < target[half:2 * half]).long()
-    loss = F.mse_loss(score, target) + F.cross_entropy(logits, label)
+    q, score, logits, loss = _forward_loss(model, gen, batch, size)
     for h in handles:
         h.remove()
     forward += [["quality_features", _digest(q)], ["score", _digest(score)], ["compare_logits", _digest(logits)],
