@@ -242,6 +242,8 @@ def test_eval_of_a_folder_that_is_not_a_manifest_says_what_is_missing_in_one_lin
     assert run.rc == 2 and len(run.lines) == 1
     assert "manifest.json names images.csv as its images table" in run.lines[0] and "Errno" not in run.lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["manifest.json", photo_paths[0].name])
+    run = run_cli(*args[:-1], "nowhere", cwd=tmp_path)
+    assert run.rc == 2 and run.lines == ["error: nowhere: no such folder"]
 
 
 # -- contact sheet and heat map name their files ---------------------------------------------------------

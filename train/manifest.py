@@ -194,6 +194,8 @@ class Manifest:
         p = Path(folder_or_manifest_json)
         mpath = p / MANIFEST_FILE if p.is_dir() else p
         folder = mpath.parent
+        if not p.exists():
+            raise FileNotFoundError("no such folder")
         if not mpath.is_file():
             # a folder without the file is the usual slip (an image folder passed to --manifest): say what one holds
             raise FileNotFoundError(f"no {MANIFEST_FILE} in this folder (a manifest folder holds {MANIFEST_FILE}, "
