@@ -155,7 +155,6 @@ def _forward_loss(model, gen, batch: int, size: int):
 def fingerprint(steps: int, batch: int, size: int, threads: int, kernels: str = "native") -> dict:
     import torch
 
-    from fgresq_sdk.cpu import cpu_isa, cpu_model
     from fgresq_sdk.train.ema import WeightEMA
 
     model, params, opt, gen = _seeded_training(threads, kernels)
@@ -176,11 +175,21 @@ def fingerprint(steps: int, batch: int, size: int, threads: int, kernels: str = 
         for name, t in sorted(model.state_dict().items()):
             h.update(name.encode())
             h.update(t.detach().contiguous().numpy().tobytes())
-    return {"sha256": h.hexdigest(), "last_loss": losses[-1], "cpu": cpu_model(), "isa": cpu_isa(),
-            "torch": torch.__version__, "threads": threads, "steps": steps, "batch": batch, "size": size,
-            "pins": {k: os.environ[k] for k in PINS if k in os.environ},
+    return {"sha256": h.hexdigest(), "last_loss": losses[-1], **_machine(threads, batch, size), "steps": steps,
+            "seconds": round(seconds, 1)}
+
+
+def _machine(threads: int, batch: int, size: int) -> dict:
+    """What a result must carry to be compared with another machine's: the CPU, torch, the run's shape, the pins in
+    force and what ATen and oneDNN made of them."""
+    import torch
+
+    from fgresq_sdk.cpu import cpu_isa, cpu_model
+
+    return {"cpu": cpu_model(), "isa": cpu_isa(), "torch": torch.__version__, "threads": threads, "batch": batch,
+            "size": size, "pins": {k: os.environ[k] for k in PINS if k in os.environ},
             "aten_capability": torch.backends.cpu.get_cpu_capability(), "onednn": torch.backends.mkldnn.enabled,
-            "emulated_cpu": os.environ.get(EMULATED_ENV), "seconds": round(seconds, 1)}
+            "emulated_cpu": os.environ.get(EMULATED_ENV)}
 
 
 def _digest(t) -> str:
@@ -194,8 +203,6 @@ def per_module(batch: int, size: int, threads: int, kernels: str = "native") -> 
     names the kernel that sums differently (later ones differ because their input did); equal forward passes with
     differing gradients point at a backward kernel, equal gradients with differing weights at the optimiser."""
     import torch
-
-    from fgresq_sdk.cpu import cpu_isa, cpu_model
 
     model, params, opt, gen = _seeded_training(threads, kernels)
     forward: list[list[str]] = []
@@ -219,9 +226,7 @@ def per_module(batch: int, size: int, threads: int, kernels: str = "native") -> 
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     return {"forward": forward, "grads": grads, "weights": [[n, _digest(p)] for n, p in named],
-            "cpu": cpu_model(), "isa": cpu_isa(), "torch": torch.__version__, "threads": threads, "batch": batch,
-            "size": size, "pins": {k: os.environ[k] for k in PINS if k in os.environ},
-            "aten_capability": torch.backends.cpu.get_cpu_capability(), "onednn": torch.backends.mkldnn.enabled}
+            **_machine(threads, batch, size)}
 
 
 def compare(a: dict, b: dict) -> list[str]:
@@ -296,7 +301,11 @@ def main(argv=None) -> int:
     kernels = "portable" if a.pins == "cnr" else "native"
     if a.per_module:
         result = per_module(a.batch, a.size, a.threads, kernels)
-        Path(a.per_module).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        try:
+            Path(a.per_module).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        except OSError as exc:
+            print(f"isa_repro: --per-module: {exc}", file=sys.stderr)
+            return 2
         print(f"wrote {a.per_module}: {len(result['forward'])} module outputs, {len(result['grads'])} gradients, "
               f"{len(result['weights'])} weights")
         return 0

@@ -202,6 +202,9 @@ def test_isa_repro_per_module_repeats_itself_and_compare_names_the_first_entry_t
     assert f"weights: 0 of {n_w} differ" in parted
     missing = run("--compare", str(a), str(tmp_path / "nothing.json"))
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    nowhere = run("--size", "32", "--batch", "2", "--per-module", str(tmp_path / "no-folder" / "x.json"))
+    assert nowhere.returncode == 2 and nowhere.stderr.strip().startswith("isa_repro: --per-module: ")
+    assert len(nowhere.stderr.strip().splitlines()) == 1
 
 
 def test_isa_repro_emulate_runs_under_qemu_as_the_named_cpu_or_says_what_is_missing(tmp_path):
